@@ -1,0 +1,129 @@
+"""Configuration dataclasses that travel with checkpoints and bundles as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, choose
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SELECTION_RULES = ("nearest", "authors")
+SCORE_MODES = ("topk_mean", "max")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything `preprocess()` needs; stored in checkpoints and bundle manifests."""
+
+    height: int = 256
+    width: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    color_order: str = "RGB"
+    interpolation: str = "linear"
+
+    def __post_init__(self):
+        if self.height < 32 or self.width < 32 or self.height % 32 or self.width % 32:
+            raise ConfigError(
+                f"image size {self.height}x{self.width} is not supported",
+                "use a multiple of 32 that is at least 32 (e.g. 256)",
+            )
+        choose("color order", self.color_order, ("RGB", "BGR"))
+        choose("interpolation", self.interpolation, ("linear", "area", "nearest"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
+        data = dict(data)
+        data["mean"] = tuple(data["mean"])
+        data["std"] = tuple(data["std"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The DM-GRD network's shape and inference rules."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 256
+    memory_size: int = 30
+    selection: str = "nearest"
+    use_memory: bool = True
+    score_mode: str = "topk_mean"
+    score_topk: int = 100
+    blur_sigma: float = 4.0
+
+    def __post_init__(self):
+        choose("memory selection rule", self.selection, SELECTION_RULES)
+        choose("score mode", self.score_mode, SCORE_MODES)
+        if self.memory_size < 1:
+            raise ConfigError(f"memory size must be >= 1, got {self.memory_size}")
+        if self.selection == "authors" and self.memory_size != 30:
+            raise ConfigError(
+                f"the authors' selection rule needs memory size 30, got {self.memory_size}",
+                "it concatenates the top-10 channels of 3 levels into one 30-vector; "
+                "use --selection nearest for other sizes",
+            )
+        if self.score_topk < 1:
+            raise ConfigError(f"score top-k must be >= 1, got {self.score_topk}")
+        PreprocessConfig(height=self.image_size, width=self.image_size)  # validates size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(
+                f"model config has unknown fields {sorted(unknown)}",
+                "the checkpoint was written by a newer dmgrd-edge; upgrade",
+            )
+        return cls(**data)
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(height=self.image_size, width=self.image_size)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (defaults are the authors': Adam 0.005, batch 8, 5000 steps)."""
+
+    steps: int = 5000
+    batch_size: int = 8
+    lr: float = 0.005
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    seed: int = 111
+    val_fraction: float = 0.1
+    val_every: int = 250
+    checkpoint_every: int = 250
+    anomaly_fraction: float = 0.5
+    texture_dir: str | None = None
+    amp: bool = True
+    channels_last: bool = True
+    threads: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"batch size must be >= 2, got {self.batch_size}",
+                "each batch holds normal and pseudo-anomalous images",
+            )
+        if not 0.0 < self.val_fraction < 0.9:
+            raise ConfigError(f"validation fraction must be in (0, 0.9), got {self.val_fraction}")
+        if not 0.0 < self.anomaly_fraction < 1.0:
+            raise ConfigError(f"anomaly fraction must be in (0, 1), got {self.anomaly_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,96 @@
+"""Reading images and masks consistently: always RGB uint8 HxWx3, masks bool HxW.
+
+Grayscale is replicated to three channels, RGBA drops alpha, 16-bit is scaled to 8-bit
+(value / 257, so 65535 -> 255). Truncated PNG and JPEG files are detected before decoding:
+OpenCV would otherwise return a partially grey image without an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_END = b"\xff\xd9"
+
+
+def _check_complete(path: Path, data: bytes) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".png" and not data.rstrip(b"\x00").endswith(_PNG_END):
+        raise DataError(
+            f"truncated PNG file: {path}",
+            "the file ends before its IEND chunk; re-copy it or remove it from the dataset",
+        )
+    if suffix in (".jpg", ".jpeg") and _JPEG_END not in data[-64:]:
+        raise DataError(
+            f"truncated JPEG file: {path}",
+            "the file ends before its end-of-image marker; re-copy it or remove it",
+        )
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}", "check the dataset root and layout")
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"empty image file: {path}", "re-copy the file or remove it")
+    _check_complete(path, data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise DataError(
+            f"cannot decode image: {path}",
+            f"the file is corrupt or not an image; supported: {', '.join(IMAGE_SUFFIXES)}",
+        )
+    return image
+
+
+def to_rgb8(image: np.ndarray, bgr: bool = True) -> np.ndarray:
+    """Convert any decoded array (gray, BGR, BGRA; 8 or 16 bit) to RGB uint8 HxWx3."""
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"unsupported image dtype {image.dtype}", "use 8- or 16-bit images")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    elif channels != 3:
+        raise DataError(f"unsupported channel count {channels}", "use gray, RGB or RGBA images")
+    if bgr:
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3)."""
+    return to_rgb8(_decode(Path(path), cv2.IMREAD_UNCHANGED))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W): any non-zero pixel is anomalous."""
+    mask = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    return mask > 0
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image; the parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise DataError(f"cannot encode image for {path}")
+    path.write_bytes(buf.tobytes())

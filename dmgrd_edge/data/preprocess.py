@@ -1,0 +1,62 @@
+"""THE preprocessing function. Training, calibration, evaluation and the runtime all call
+this one function with parameters taken from the checkpoint or bundle manifest."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..config import PreprocessConfig
+from ..errors import DataError
+
+_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+
+
+def resize_rgb(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize an RGB uint8 image to the model's input size (no-op when already there)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(
+            f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}",
+            "read images with dmgrd_edge.data.read_image",
+        )
+    if image.shape[:2] == (cfg.height, cfg.width):
+        return image
+    return cv2.resize(image, (cfg.width, cfg.height), interpolation=_INTERP[cfg.interpolation])
+
+
+def normalize(batch_hwc: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB at model size -> float32 (N, 3, H, W) normalised."""
+    if cfg.color_order == "BGR":
+        batch_hwc = batch_hwc[..., ::-1]
+    scale = np.asarray(cfg.std, np.float32) * 255.0
+    shift = np.asarray(cfg.mean, np.float32) * 255.0
+    out = (batch_hwc.astype(np.float32) - shift) / scale
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
+    """RGB uint8 image(s) of any size -> normalised float32 NCHW at the model's size."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    if len(images) == 0:
+        raise DataError("preprocess got no images")
+    resized = np.stack([resize_rgb(image, cfg) for image in images])
+    return normalize(resized, cfg)
+
+
+def denormalize(batch_nchw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Inverse of `normalize`, for drawing: float NCHW -> RGB uint8 NHWC."""
+    hwc = batch_nchw.transpose(0, 2, 3, 1) * np.asarray(cfg.std) + np.asarray(cfg.mean)
+    if cfg.color_order == "BGR":
+        hwc = hwc[..., ::-1]
+    return np.clip(hwc * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask."""
+    if mask.shape == (height, width):
+        return mask.astype(bool)
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized > 0

@@ -1,0 +1,81 @@
+"""Multi-scale feature fusion (from MemSeg), shared by both memory paths."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, padding=1)
+
+
+class NonLocal(nn.Module):
+    """Embedded dot-product non-local block with 2x2 max-pooled keys/values; the output
+    projection's BatchNorm starts at zero so the block starts as identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inner = max(1, channels // 2)
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.out = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        query = self.theta(x).flatten(2).transpose(1, 2)  # B, P, C'
+        key = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C', P'
+        value = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # B, P', C'
+        attention = (query @ key) / key.shape[-1]
+        y = (attention @ value).transpose(1, 2).reshape(b, -1, h, w)
+        return x + self.out(y)
+
+
+class FusionBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+        self.attention = NonLocal(channels)
+        self.reduce = conv3x3(channels, channels // 2)
+        self.refine = conv3x3(channels // 2, channels // 2)
+
+    def forward(self, x):
+        return self.refine(self.reduce(self.conv(x) * self.attention(x)))
+
+
+class SpatialAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+def upsample2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+
+
+class MSFF(nn.Module):
+    """Inputs: MI_l with 2*C_l channels. Outputs: Phi_l with C_l channels."""
+
+    def __init__(self, channels: tuple[int, int, int]):
+        super().__init__()
+        self.blocks = nn.ModuleList(FusionBlock(2 * c) for c in channels)
+        self.up3 = conv3x3(channels[2], channels[1])
+        self.up2 = conv3x3(channels[1], channels[0])
+        self.attention = nn.ModuleList(SpatialAttention() for _ in channels)
+
+    def forward(self, memory_inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        b1, b2, b3 = (block(x) for block, x in zip(self.blocks, memory_inputs))
+        f2 = b2 + self.up3(upsample2(b3, b2))
+        f1 = b1 + self.up2(upsample2(f2, b1))
+        m3 = self.attention[2](memory_inputs[2])
+        m2 = self.attention[1](memory_inputs[1]) * upsample2(m3, b2)
+        m1 = self.attention[0](memory_inputs[0]) * upsample2(m2, b1)
+        return [f1 * m1, f2 * m2, b3 * m3]

@@ -1,0 +1,1 @@
+"""Training: pseudo-anomaly synthesis (numpy), losses, the training loop, checkpoints, eval."""

@@ -1,0 +1,87 @@
+"""Checkpoints: one file with weights, memory banks, configs and metadata.
+
+Loadable with ``torch.load(weights_only=True)`` (tensors and plain containers only).
+Writes are atomic: a temporary file in the same folder, fsync, then rename, so a crash
+never leaves a half-written checkpoint and never destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmgrd_edge.config import ModelConfig, PreprocessConfig
+from dmgrd_edge.errors import CheckpointError
+
+FORMAT = "dmgrd-edge-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model, metadata: dict[str, Any], optimizer=None, step: int = 0) -> None:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "preprocess": model.config.preprocess().to_dict(),
+        "state_dict": model.state_dict(),
+        "step": step,
+        "metadata": metadata,
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", "train one with `dmgrd-edge train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}",
+                              "the file is truncated or not a dmgrd-edge checkpoint; retrain or re-copy it") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dmgrd-edge checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {payload['format_version']}",
+                              f"this dmgrd-edge reads up to {FORMAT_VERSION}; upgrade dmgrd-edge")
+    return payload
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Rebuild the model from a checkpoint. Returns (model, payload)."""
+    from dmgrd_edge.model import DMGRD
+
+    payload = read_checkpoint(path)
+    config = ModelConfig.from_dict(payload["model_config"])
+    model = DMGRD(config, pretrained=False)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model config: {str(exc)[:300]}") from exc
+    model.teacher_source = payload["metadata"].get("teacher_weights", "from checkpoint")
+    return model.to(device).eval(), payload
+
+
+def checkpoint_preprocess(payload: dict[str, Any]) -> PreprocessConfig:
+    return PreprocessConfig.from_dict(payload["preprocess"])

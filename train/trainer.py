@@ -1,0 +1,184 @@
+"""`train_category`: one DM-GRD model for one category, end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dmgrd_edge import __version__
+from dmgrd_edge.data.datasets import index_category
+from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.errors import DataError
+from dmgrd_edge.model import DMGRD
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .loop import BatchSource, TrainJob, load_images, lr_at, make_validation_set, pick_device, validate
+from .losses import dmgrd_loss
+from .synthesis import AnomalySynthesizer
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    console=console, transient=False)
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng([seed, 3]).permutation(n)
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 2:
+        raise DataError(f"only {n} training images: too few to hold out a validation split",
+                        "provide at least 4 good training images")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _prepare_out_dir(job: TrainJob) -> Path:
+    out = Path(job.out_dir)
+    last = out / "last.pt"
+    if job.resume:
+        if not last.is_file():
+            raise DataError(f"--resume given but {last} does not exist", "drop --resume to start a new run")
+    elif out.exists() and any(out.iterdir()):
+        if not job.overwrite:
+            raise DataError(f"output folder {out} is not empty",
+                            "pass --resume to continue that run, --overwrite to replace it, or another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _fill_memory(model, images: np.ndarray, synth, job: TrainJob, device, console) -> dict[str, Any]:
+    k = job.model.memory_size
+    rng = np.random.default_rng([job.train.seed, 0])
+    replace = len(images) < k
+    if replace:
+        console.print(f"[yellow]warning:[/] only {len(images)} training images for a memory of {k}; "
+                      "some memory items repeat an image")
+    idx = rng.choice(len(images), k, replace=replace)
+    abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
+    cfg = job.model.preprocess()
+    model.fill_memory(torch.from_numpy(normalize(images[idx], cfg)).to(device),
+                      torch.from_numpy(normalize(abnormal, cfg)).to(device))
+    return {"size": k, "train_indices": idx.tolist(), "bytes_per_bank": model.memory_bytes() // 2}
+
+
+def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    cfg, tcfg = job.model.preprocess(), job.train
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = pick_device(job.device)
+    index = index_category(job.dataset, job.root, job.category)
+    out = _prepare_out_dir(job)
+    console.print(f"[bold]{index.summary()}[/] -> {out} on {device}")
+    with _progress(console) as bar:
+        task = bar.add_task("loading", total=len(index.train), info="")
+        images = load_images([s.path for s in index.train], cfg,
+                             lambda xs: (bar.advance(task) or x for x in xs))
+    train_idx, val_idx = _split(len(images), tcfg.val_fraction, tcfg.seed)
+    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
+    train_images, val = images[train_idx], make_validation_set(images[val_idx], synth, tcfg.seed)
+
+    torch.manual_seed(tcfg.seed)
+    model = DMGRD(job.model, job.pretrained, job.teacher_weights).to(device)
+    if device.type == "cuda" and tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=tcfg.lr, betas=(0.5, 0.999))
+    start, history = 0, []
+    metadata: dict[str, Any] = {
+        "dataset": job.dataset, "root": str(job.root), "category": job.category,
+        "teacher_weights": model.teacher_source, "selection_rule": job.model.selection,
+        "train_config": tcfg.to_dict(), "synthesis": synth.source_kind,
+        "n_train": int(len(train_idx)), "n_val_normal": int(len(val_idx)),
+        "versions": {"dmgrd_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "model_selection": "last checkpoint and best validation checkpoint; never the test set",
+    }
+    if job.resume:
+        payload = read_checkpoint(out / "last.pt")
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        start, metadata = payload["step"], payload["metadata"]
+        history = metadata.get("history", [])
+        console.print(f"resuming at step {start}")
+    else:
+        metadata["memory"] = _fill_memory(model, train_images, synth, job, device, console)
+    autocast, scaler = _autocast(device, tcfg.amp)
+    source = BatchSource(train_images, synth, tcfg)
+    best = max((h["val_mean"] for h in history), default=-1.0)
+    train_time, seen = 0.0, 0
+
+    def checkpoint(step: int) -> None:
+        metadata["history"] = history
+        save_checkpoint(out / "last.pt", model, metadata, optimizer, step)
+
+    with _progress(console) as bar:
+        task = bar.add_task(f"train {job.category}", total=tcfg.steps, completed=start, info="")
+        for step in range(start, tcfg.steps):
+            t0 = time.perf_counter()
+            augmented, clean, _, is_anomalous = source.batch(step)
+            x_aug = torch.from_numpy(normalize(augmented, cfg)).to(device)
+            x_clean = torch.from_numpy(normalize(clean, cfg)).to(device)
+            if device.type == "cuda" and tcfg.channels_last:
+                x_aug = x_aug.contiguous(memory_format=torch.channels_last)
+                x_clean = x_clean.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, tcfg)
+            model.train()
+            with autocast:
+                features = model.training_features(x_aug)
+                target = model.teacher_features(x_clean)
+                terms = dmgrd_loss(features, target, torch.from_numpy(is_anomalous).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(terms.total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                terms.total.backward()
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            seen += len(augmented)
+            done = step + 1
+            info = (f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
+                    f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s")
+            bar.update(task, completed=done, info=info)
+            if done % tcfg.val_every == 0 or done == tcfg.steps:
+                metrics = validate(model, val, cfg, device)
+                metrics.update(step=done, loss=float(terms.total.item()),
+                               val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2)
+                history.append(metrics)
+                bar.console.print(f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
+                                  f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
+                                  f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}")
+                metadata["score_stats"] = metrics["score_stats"]
+                if metrics["val_mean"] > best:
+                    best = metrics["val_mean"]
+                    metadata["history"] = history
+                    save_checkpoint(out / "best.pt", model, metadata, None, done)
+            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+                checkpoint(done)
+    summary = {"category": job.category, "out": str(out), "steps": tcfg.steps,
+               "train_img_per_s": seen / train_time if train_time else None,
+               "final_validation": history[-1] if history else None, "device": str(device)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
