@@ -108,7 +108,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         "teacher_weights": model.teacher_source, "selection_rule": job.model.selection,
         "train_config": tcfg.to_dict(), "synthesis": synth.source_kind,
         "n_train": int(len(train_idx)), "n_val_normal": int(len(val_idx)),
-        "versions": {"dmgrd_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"dmgrd_edge": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         "model_selection": "last checkpoint and best validation checkpoint; never the test set",
     }
     if job.resume:

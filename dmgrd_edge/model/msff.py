@@ -27,10 +27,12 @@ class NonLocal(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        query = self.theta(x).flatten(2).transpose(1, 2)  # B, P, C'
         key = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C', P'
         value = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # B, P', C'
-        attention = (query @ key) / key.shape[-1]
+        # dot-product attention normalised by the number of keys; scaling the (small)
+        # query instead of the (P x P') attention matrix saves a large element-wise pass
+        query = self.theta(x).flatten(2).transpose(1, 2) * (1.0 / key.shape[-1])  # B, P, C'
+        attention = query @ key
         y = (attention @ value).transpose(1, 2).reshape(b, -1, h, w)
         return x + self.out(y)
 
