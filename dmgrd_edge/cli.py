@@ -131,9 +131,97 @@ def evaluate(
     console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
 
 
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
+    out: Path = typer.Option(..., "--out", help="bundle folder to write (replaced atomically)"),
+    int8: bool = typer.Option(False, "--int8", help="also write the INT8 Q/DQ model (calibrated)"),
+    fp16: bool = typer.Option(False, "--fp16", help="also write an FP16-typed model (TensorRT 11)"),
+    engine: bool = typer.Option(False, "--engine", help="build a TensorRT engine now (needs TensorRT)"),
+    calib_data: Optional[Path] = typer.Option(None, help="dataset root or image folder (default: the training data)"),
+    calib_dataset: Optional[str] = typer.Option(None, help=f"layout of --calib-data: {', '.join(DATASETS)}; "
+                                                "omit for a plain image folder"),
+    calib_category: Optional[str] = typer.Option(None, help="category inside --calib-data"),
+    calib_count: int = typer.Option(300, help="calibration images (all training images if fewer)"),
+    calib_method: str = typer.Option("entropy", help="entropy, minmax or percentile"),
+    calib_pseudo: bool = typer.Option(False, help="add pseudo-anomalous images to the calibration set"),
+    max_drop: Optional[float] = typer.Option(None, help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
+                                             "the most sensitive layers in fp32 until it fits"),
+    batch: str = typer.Option("1:1:8", help="fixed batch N or profile MIN:OPT:MAX"),
+    dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson; fixed batch)"),
+    workspace: str = typer.Option("1G", help="TensorRT builder workspace, e.g. 512M, 2G"),
+    guard_count: int = typer.Option(40, help="held-out images for the fp32/int8 accuracy guard"),
+):
+    """Turn a checkpoint into a deployment bundle (ONNX with frozen memory banks, INT8, engine)."""
+    from .errors import choose
+    from .export.options import BatchProfile, ExportOptions, parse_size
+
+    if calib_dataset is not None:
+        choose("calibration dataset layout", calib_dataset, DATASETS)
+    opts = ExportOptions(checkpoint, out, int8, fp16, engine, calib_data, calib_dataset, calib_category,
+                         calib_count, calib_method, calib_pseudo, max_drop, BatchProfile.parse(batch), dla_core,
+                         parse_size(workspace), guard_count).validate()
+    from rich.progress import track
+
+    from .export.pipeline import export_bundle
+
+    manifest = export_bundle(opts, log=console.print,
+                             progress=lambda xs, what: track(xs, description=what, console=console))
+    if engine:
+        _build_engines(out, ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"], opts.batch, opts.workspace,
+                       dla_core)
+    typer.echo(json.dumps({"bundle": str(out), "files": sorted(manifest["files"]), "guard": manifest["guard"]},
+                          indent=2))
+    guard = manifest["guard"] or {}
+    if guard.get("max_drop_met") is False:
+        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in {out / 'manifest.json'}")
+        console.print("  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
+                      "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)")
+        raise SystemExit(3)
+
+
+def _build_engines(bundle_path: Path, precisions: list[str], batch, workspace: int, dla_core) -> None:
+    from .bundle import add_files, load_bundle
+    from .export.tensorrt_engine import EngineRequest, build_engine
+
+    bundle = load_bundle(bundle_path)
+    for precision in precisions:
+        request = EngineRequest(bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core)
+        entry = build_engine(request, log=console.print)
+        name, info = next(iter(entry.items()))
+        from .bundle import file_entry
+
+        info.update({k: v for k, v in file_entry(bundle.root / name, "engine", precision).items()
+                     if k in ("bytes", "sha256")})
+        bundle = add_files(bundle, {name: info})
+        console.print(f"engine written: {bundle.root / name}")
+
+
+@app.command("build-engine")
+def build_engine_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
+    precision: str = typer.Option("int8", help="int8, fp16 or fp32"),
+    batch: Optional[str] = typer.Option(None, help="fixed N or MIN:OPT:MAX (default: the bundle's)"),
+    dla_core: Optional[int] = typer.Option(None, help="DLA core (fixed batch, int8/fp16)"),
+    workspace: str = typer.Option("1G"),
+):
+    """Build a TensorRT engine for this device from a bundle (runs without torch)."""
+    from .bundle import load_bundle
+    from .errors import choose
+    from .export.options import BatchProfile, parse_size
+
+    choose("precision", precision, ("int8", "fp16", "fp32"))
+    loaded = load_bundle(bundle)
+    profile = BatchProfile.parse(batch) if batch else BatchProfile(**loaded.manifest["batch"])
+    if dla_core is not None and (profile.dynamic or precision == "fp32"):
+        raise ConfigError("DLA needs a fixed batch and int8 or fp16", "use --batch 1 --precision int8")
+    _build_engines(bundle, [precision], profile, parse_size(workspace), dla_core)
+
+
 def main() -> None:
+    """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix."""
     try:
-        app(standalone_mode=False)
+        app()
     except DmgrdError as exc:
         console.print(f"[bold red]error:[/] {exc.problem}")
         if exc.fix:
@@ -142,15 +230,6 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

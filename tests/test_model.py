@@ -94,7 +94,7 @@ def _bank(k=5):
 def test_nearest_rule_finds_the_closest_item():
     bank = _bank()
     query = [bank.maps(level)[[3, 1]] + 0.01 * torch.randn_like(bank.maps(level)[[3, 1]]) for level in range(3)]
-    fused, index = bank.read(query, "nearest")
+    fused, index = bank(query, "nearest")
     assert index.tolist() == [3, 1]
     assert [f.shape[1] for f in fused] == [8, 12, 16]
     torch.testing.assert_close(fused[0][:, 4:], (bank.maps(0)[[3, 1]] - query[0]) ** 2)
@@ -155,6 +155,7 @@ def test_memory_is_part_of_the_state_dict():
     model = DMGRD(ModelConfig(image_size=64, memory_size=3), pretrained=False)
     keys = model.state_dict().keys()
     assert {"normal_memory.maps0", "abnormal_memory.maps2", "normal_memory.means1"} <= set(keys)
-    assert model.memory_bytes() == 2 * 4 * 3 * sum(c * (64 // s) ** 2 + c for c, s in zip((24, 40, 112), (4, 8, 16)))
+    per_item = sum(c * (64 // s) ** 2 + c + 1 for c, s in zip((24, 40, 112), (4, 8, 16)))
+    assert model.memory_bytes() == 2 * 4 * 3 * per_item
     plain = DMGRD(ModelConfig(image_size=64, use_memory=False), pretrained=False)
     assert not any("memory" in k or "msff" in k for k in plain.state_dict())

@@ -63,7 +63,7 @@ class DMGRD(nn.Module):
         return self.teacher(image)
 
     def _fuse(self, features: list[torch.Tensor], bank: MemoryBank) -> list[torch.Tensor]:
-        memory_inputs, _ = bank.read(features, self.config.selection)
+        memory_inputs, _ = bank(features, self.config.selection)
         return self.msff(memory_inputs)
 
     def training_features(self, image: torch.Tensor) -> TrainingFeatures:
@@ -79,8 +79,7 @@ class DMGRD(nn.Module):
         teacher = self.teacher(image)
         guided = self._fuse(teacher, self.normal_memory) if self.config.use_memory else teacher
         student = self.student(self.bottleneck(guided))
-        anomaly_map = self.head.anomaly_map(teacher, student)
-        return AnomalyOutput(anomaly_map, self.head.score(anomaly_map))
+        return AnomalyOutput(*self.head(teacher, student))
 
     @torch.no_grad()
     def fill_memory(self, normal: torch.Tensor, abnormal: torch.Tensor, chunk: int = 8) -> None:

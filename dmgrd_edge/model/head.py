@@ -51,6 +51,11 @@ class AnomalyMapHead(nn.Module):
             total = self._blur_raw(total) * self.inv_norm
         return total
 
+    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor]):
+        """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
+        anomaly_map = self.anomaly_map(teacher, student)
+        return anomaly_map, self.score(anomaly_map)
+
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         flat = anomaly_map.flatten(1)
         if self.score_mode == "max":

@@ -6,8 +6,8 @@ and exported into the ONNX graph as initializers.
 
 Selection rules (which memory sample k feeds the squared difference):
 - ``nearest`` (default): the sample with the smallest mean squared distance to the query,
-  summed over the three levels. Computed as |F|^2 - 2 F.U_k + |U_k|^2 with one matmul per
-  level, so it exports as MatMul/ReduceSum/ArgMin/Gather.
+  summed over the three levels. Computed as |U_k|^2 - 2 F.U_k (|F|^2 is the same for all
+  k) with one matrix product per level, so it exports as MatMul/Add/ArgMin/Gather.
 - ``authors``: the rule in the authors' code: attention-weighted read of M_l, top-10
   channel values averaged over space, the three levels concatenated into a 30-vector,
   argmin. Because top-k values come sorted, it can only pick items 9, 19 or 29. Kept
@@ -31,6 +31,7 @@ class MemoryBank(nn.Module):
         for level, (c, (h, w)) in enumerate(zip(channels, shapes)):
             self.register_buffer(f"maps{level}", torch.zeros(size, c, h, w))
             self.register_buffer(f"means{level}", torch.zeros(size, c))
+            self.register_buffer(f"sqnorm{level}", torch.zeros(size))
 
     def maps(self, level: int) -> torch.Tensor:
         return getattr(self, f"maps{level}")
@@ -43,14 +44,17 @@ class MemoryBank(nn.Module):
         for level, feat in enumerate(features):
             self.maps(level).copy_(feat)
             self.means(level).copy_(feat.mean(dim=(2, 3)))
+            getattr(self, f"sqnorm{level}").copy_(feat.flatten(1).pow(2).sum(1))
 
     def select_nearest(self, features: list[torch.Tensor]) -> torch.Tensor:
+        # mean squared distance |F - U_k|^2 / D without the |F|^2 term, which is the same
+        # for every k and so cannot change the argmin; |U_k|^2 is stored at fill time.
         distance = 0.0
         for level, feat in enumerate(features):
-            query = feat.flatten(1)
             bank = self.maps(level).flatten(1)
-            d = (query * query).sum(1, keepdim=True) - 2.0 * query @ bank.t() + (bank * bank).sum(1)[None]
-            distance = distance + d / query.shape[1]
+            # (K x D) @ (D x B): the bank stays as stored (no transposed copy of a constant)
+            cross = (bank @ feat.flatten(1).t()).t()
+            distance = distance + (getattr(self, f"sqnorm{level}") - 2.0 * cross) / bank.shape[1]
         return torch.argmin(distance, dim=1)
 
     def select_authors(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -63,8 +67,9 @@ class MemoryBank(nn.Module):
             votes.append(read.topk(AUTHORS_TOPK, dim=1).values.mean(2))
         return torch.argmin(torch.cat(votes, dim=1), dim=1) % self.size
 
-    def read(self, features: list[torch.Tensor], rule: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Returns MI_l = concat(F_l, (U_l[k] - F_l)^2) for each level and the chosen k."""
+    def forward(self, features: list[torch.Tensor], rule: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The memory read (a module call, so exported nodes are named under the bank's
+        scope and can be kept fp32 by name). Returns MI_l = concat(F_l, (U_l[k] - F_l)^2) for each level and the chosen k."""
         index = self.select_nearest(features) if rule == "nearest" else self.select_authors(features)
         fused = []
         for level, feat in enumerate(features):

@@ -1,0 +1,111 @@
+"""Calibration and guard images, read and preprocessed by the shared `preprocess`.
+
+Sources: a dataset root + category (its training normals) or a folder of images (searched
+recursively). A seeded shuffle splits the normals into a held-out guard set (used only to
+compare fp32 and int8) and the calibration set. Pseudo-anomalous images (the training
+synthesis) can join the calibration set, and always form the anomalous half of the guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmgrd_edge.config import PreprocessConfig
+from dmgrd_edge.data.datasets import index_category
+from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, read_image
+from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.errors import DataError
+from dmgrd_edge.train.synthesis import AnomalySynthesizer
+
+MIN_RECOMMENDED = 100
+
+
+@dataclass
+class CalibrationData:
+    calibration: np.ndarray  # uint8 (N, H, W, 3) at model size
+    guard_images: np.ndarray  # uint8 (M, H, W, 3): held-out normals, then pseudo-anomalous copies
+    guard_labels: np.ndarray
+    guard_masks: np.ndarray
+    source: str
+    n_pseudo: int
+    warnings: list[str]
+
+    def summary(self) -> dict:
+        return {"source": self.source, "calibration_images": int(len(self.calibration)),
+                "pseudo_anomalous_in_calibration": self.n_pseudo,
+                "guard_normal": int((self.guard_labels == 0).sum()),
+                "guard_pseudo_anomalous": int((self.guard_labels == 1).sum()), "warnings": self.warnings}
+
+
+def list_source_images(source: Path, dataset: str | None, category: str | None) -> list[Path]:
+    if dataset is not None:
+        if category is None:
+            raise DataError("calibration from a dataset needs a category", "add --calib-category NAME")
+        return [s.path for s in index_category(dataset, source, category).train]
+    if not source.is_dir():
+        raise DataError(f"calibration folder not found: {source}", "give a folder of good images or a dataset root")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images in {source}", f"expected image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def collect(source: Path, dataset: str | None, category: str | None, cfg: PreprocessConfig, count: int,
+            guard_count: int, pseudo: bool, seed: int = 0, progress=None) -> CalibrationData:
+    files = list_source_images(Path(source), dataset, category)
+    order = np.random.default_rng([seed, 11]).permutation(len(files))
+    n_guard = min(guard_count // 2, max(2, len(files) // 5))
+    if len(files) - n_guard < 1:
+        raise DataError(f"only {len(files)} images in {source}: too few for calibration plus a guard set",
+                        "give at least 4 good images")
+    guard_files = [files[i] for i in order[:n_guard]]
+    calib_files = [files[i] for i in order[n_guard:n_guard + count]]
+    warnings = []
+    if len(calib_files) < MIN_RECOMMENDED:
+        warnings.append(f"only {len(calib_files)} calibration images (fewer than {MIN_RECOMMENDED}); "
+                        "INT8 ranges may not cover the line's variation")
+    read = progress or (lambda xs, _: xs)
+    calib = np.stack([resize_rgb(read_image(p), cfg) for p in read(calib_files, "calibration images")])
+    guard = np.stack([resize_rgb(read_image(p), cfg) for p in read(guard_files, "guard images")])
+    synth = AnomalySynthesizer(cfg.height, cfg.width)
+    rng = np.random.default_rng([seed, 12])
+    bad, masks = zip(*(synth(image, rng, calib) for image in guard))
+    n_pseudo = 0
+    if pseudo:
+        n_pseudo = len(calib) // 4
+        extra = [synth(calib[i], rng, calib)[0] for i in rng.choice(len(calib), n_pseudo, replace=False)]
+        calib = np.concatenate([calib, np.stack(extra)]) if extra else calib
+    guard_images = np.concatenate([guard, np.stack(bad)])
+    labels = np.r_[np.zeros(len(guard), int), np.ones(len(guard), int)]
+    guard_masks = np.concatenate([np.zeros(guard.shape[:3], bool), np.stack(masks)])
+    where = f"{dataset}:{source}/{category}" if dataset else str(source)
+    return CalibrationData(calib, guard_images, labels, guard_masks, where, n_pseudo, warnings)
+
+
+class CalibrationReader:
+    """ONNX Runtime CalibrationDataReader over preprocessed batches ({'image': array})."""
+
+    def __init__(self, images: np.ndarray, cfg: PreprocessConfig, batch_size: int = 1, input_name: str = "image"):
+        if len(images) == 0:
+            raise DataError("the calibration set is empty", "give calibration images with --calib-data")
+        self.images, self.cfg, self.batch_size, self.input_name = images, cfg, batch_size, input_name
+        self.position = 0
+
+    def get_next(self):
+        if self.position + self.batch_size > len(self.images):
+            return None
+        chunk = self.images[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        batch = normalize(chunk, self.cfg)
+        if batch.dtype != np.float32 or batch.shape[1:] != (3, self.cfg.height, self.cfg.width):
+            raise DataError(f"calibration batch has {batch.dtype} {batch.shape}, expected float32 (N, 3, H, W)")
+        return {self.input_name: batch}
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def rewind(self) -> None:
+        self.position = 0

@@ -1,0 +1,189 @@
+"""Deployment bundles: a directory with ``manifest.json`` and the model files.
+
+Torch-free: the runtime on the Jetson reads bundles with this module. The manifest is
+schema-versioned and validated on load; every file it lists carries its size and sha256,
+so a modified or truncated file is detected before anything runs. Writes are atomic:
+files are staged in a sibling temporary directory that replaces the bundle by rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig, PreprocessConfig
+from .errors import DmgrdError
+
+SCHEMA = "dmgrd-edge-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+FILE_KINDS = ("onnx", "engine", "timing_cache", "report")
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "schema_version": int, "created": str, "model": dict, "preprocess": dict,
+    "inputs": list, "outputs": list, "batch": dict, "threshold": (int, float), "score_stats": dict,
+    "files": dict, "versions": dict, "source": dict,
+}
+
+
+class BundleError(DmgrdError):
+    """A bundle that is missing, tampered with, truncated or from an incompatible version."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path, kind: str, precision: str | None, **extra: Any) -> dict[str, Any]:
+    if kind not in FILE_KINDS:
+        raise ValueError(f"unknown file kind {kind!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
+    return {"kind": kind, "precision": precision, "bytes": path.stat().st_size, "sha256": sha256_file(path), **extra}
+
+
+def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
+    fix = "re-export the bundle with `dmgrd-edge export`"
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise BundleError(f"{where} is not a dmgrd-edge bundle manifest", fix)
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise BundleError(f"{where} has schema version {version!r}; this dmgrd-edge reads up to {SCHEMA_VERSION}",
+                          "upgrade dmgrd-edge on this machine or export with the matching version")
+    for key, kind in _REQUIRED.items():
+        if key not in manifest:
+            raise BundleError(f"{where} lacks the field {key!r}", fix)
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) and kind is not bool:
+            raise BundleError(f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix)
+    ModelConfig.from_dict(manifest["model"])
+    PreprocessConfig.from_dict(manifest["preprocess"])
+    for name, entry in manifest["files"].items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{where}: file name {name!r} points outside the bundle", fix)
+        for field in ("kind", "bytes", "sha256"):
+            if field not in entry:
+                raise BundleError(f"{where}: entry for {name!r} lacks {field!r}", fix)
+    return manifest
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.manifest["model"])
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.manifest["preprocess"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    def path(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.root} has no file {name!r}",
+                              f"files in this bundle: {sorted(self.manifest['files'])}")
+        return self.root / name
+
+    def files(self, kind: str | None = None, precision: str | None = None) -> list[str]:
+        return [n for n, e in self.manifest["files"].items()
+                if (kind is None or e["kind"] == kind) and (precision is None or e.get("precision") == precision)]
+
+    def verify(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else list(self.manifest["files"]):
+            entry, path = self.manifest["files"][name], self.root / name
+            if not path.is_file():
+                raise BundleError(f"bundle file missing: {path}", "re-export the bundle or copy it again whole")
+            if path.stat().st_size != entry["bytes"]:
+                raise BundleError(f"bundle file {path} has {path.stat().st_size} bytes, the manifest says "
+                                  f"{entry['bytes']}: truncated or replaced", "copy the bundle again or re-export it")
+            if sha256_file(path) != entry["sha256"]:
+                raise BundleError(f"bundle file {path} does not match its sha256 in the manifest: modified",
+                                  "copy the bundle again or re-export it")
+
+
+def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "copy the bundle again or re-export it") from exc
+    bundle = Bundle(root, validate_manifest(manifest, str(manifest_path)))
+    if verify:
+        bundle.verify()
+    return bundle
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def staging_dir(out: str | Path) -> Path:
+    """A fresh sibling directory of ``out`` to assemble a bundle in."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    path.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
+    return path
+
+
+def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write the manifest into ``staging`` and move it to ``out``, replacing any old bundle
+    only once the new one is complete."""
+    out = Path(out)
+    validate_manifest(manifest)
+    write_json_atomic(staging / MANIFEST, manifest)
+    Bundle(staging, manifest).verify()
+    if out.exists():
+        if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise BundleError(f"{out} exists and is not a bundle", "choose another --out; nothing was changed")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "bundle")
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            os.replace(old / "bundle", out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+    return out
+
+
+def add_files(bundle: Bundle, entries: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> Bundle:
+    """Register files already written inside the bundle (e.g. engines built on the target)."""
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["files"].update(entries)
+    for key, value in (extra or {}).items():
+        manifest[key] = value
+    validate_manifest(manifest)
+    write_json_atomic(bundle.root / MANIFEST, manifest)
+    return Bundle(bundle.root, manifest)

@@ -1,0 +1,204 @@
+"""ONNX -> TensorRT engine, for TensorRT 8.6, 10.x and 11.x. Torch-free: runs on the Jetson.
+
+Precision handling (see docs/TENSORRT.md):
+- int8: the Q/DQ graph. TensorRT >= 10 builds it strongly typed; 8.6 with the INT8 and
+  FP16 builder flags.
+- fp16: TensorRT <= 10 builds the fp32 graph with the FP16 flag; TensorRT 11 (no precision
+  flags, always strongly typed) needs the FP16-typed graph ``model.fp16.onnx``.
+- fp32: the fp32 graph, no flags.
+Engines are named by precision, GPU and TensorRT version; they are not portable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmgrd_edge.errors import DmgrdError
+
+from .options import BatchProfile
+from .precision import keep_fp32
+
+ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class EngineError(DmgrdError):
+    """TensorRT missing, or an engine that cannot be built or does not fit this device."""
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as exc:
+        raise EngineError("TensorRT is not installed on this machine, so no engine can be built",
+                          "build on the target: on a Jetson use JetPack's python3-libnvinfer (venv with "
+                          "--system-site-packages), elsewhere pip install 'dmgrd-edge[tensorrt]'; then run "
+                          "`dmgrd-edge build-engine BUNDLE`") from exc
+    return trt
+
+
+def trt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def gpu_name() -> str | None:
+    """The CUDA device's name without torch: pycuda, nvidia-smi, or the Jetson's device tree."""
+    try:
+        import pycuda.driver as cuda  # noqa: PLC0415
+
+        cuda.init()
+        return cuda.Device(0).name()
+    except Exception:  # noqa: BLE001 - any failure means "try the next way"
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    model = Path("/proc/device-tree/model")
+    if model.is_file():
+        return model.read_text(errors="ignore").strip("\x00 \n")
+    return None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def engine_file_name(precision: str, gpu: str, trt_version: str, dla_core: int | None = None) -> str:
+    dla = f".dla{dla_core}" if dla_core is not None else ""
+    return f"engines/model.{precision}{dla}.{slug(gpu)}.trt{trt_version}.engine"
+
+
+def check_engine_matches(entry: dict, gpu: str | None, trt_version: str, name: str) -> None:
+    """Raise with rebuild instructions when an engine was built for another GPU or TensorRT."""
+    fix = f"rebuild it here: dmgrd-edge build-engine BUNDLE --precision {entry.get('precision', 'int8')}"
+    if entry.get("trt_version") != trt_version:
+        raise EngineError(f"engine {name} was built with TensorRT {entry.get('trt_version')}, this machine has "
+                          f"{trt_version}", fix)
+    if gpu is not None and entry.get("gpu") != gpu:
+        raise EngineError(f"engine {name} was built for GPU {entry.get('gpu')!r}, this machine has {gpu!r}", fix)
+
+
+@dataclass
+class EngineRequest:
+    bundle: Path
+    precision: str
+    batch: BatchProfile
+    image_size: int
+    workspace: int = 1 << 30
+    dla_core: int | None = None
+
+
+def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
+    """(ONNX file, whether the FP16 builder flag is needed)."""
+    if request.precision == "fp16":
+        if major >= 11:
+            path = request.bundle / "model.fp16.onnx"
+            if not path.is_file():
+                raise EngineError("TensorRT 11 builds FP16 only from an FP16-typed graph, and the bundle has none",
+                                  "re-export with `dmgrd-edge export CKPT --fp16`")
+            return path, False
+        return request.bundle / "model.onnx", True
+    path = request.bundle / ONNX_FOR_PRECISION[request.precision]
+    if not path.is_file():
+        raise EngineError(f"the bundle has no {path.name} for a {request.precision} engine",
+                          "re-export with --int8" if request.precision == "int8" else "re-export the bundle")
+    return path, False
+
+
+def build_engine(request: EngineRequest, log=print) -> dict:
+    """Build, serialise and write an engine into the bundle; returns its manifest entry."""
+    trt = import_tensorrt()
+    version, major = trt.__version__, trt_major(trt.__version__)
+    gpu = gpu_name() or "unknown-gpu"
+    onnx_path, fp16_flag = onnx_for(request, major)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    creation = trt.NetworkDefinitionCreationFlag
+    strongly_typed = hasattr(creation, "STRONGLY_TYPED") and (major >= 11 or request.precision == "int8")
+    flags = 1 << int(creation.STRONGLY_TYPED) if strongly_typed else 0
+    if major < 10:
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
+                          "re-export the bundle with this dmgrd-edge; the graph check should have caught this")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
+    if not strongly_typed:
+        if request.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif fp16_flag:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if request.precision in ("int8", "fp16"):
+            pinned = pin_fp32_layers(trt, network)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, scoring head)")
+    size = request.image_size
+    profile = builder.create_optimization_profile()
+    b = request.batch
+    profile.set_shape("image", (b.min, 3, size, size), (b.opt, 3, size, size), (b.max, 3, size, size))
+    config.add_optimization_profile(profile)
+    if request.dla_core is not None:
+        if builder.num_DLA_cores <= request.dla_core:
+            raise EngineError(f"DLA core {request.dla_core} asked for, this device has {builder.num_DLA_cores}",
+                              "drop --dla-core or pick a core below that number")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = request.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache_path = request.bundle / "engines" / f"timing.{slug(gpu)}.trt{version}.cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building {request.precision} engine with TensorRT {version} on {gpu} (this takes minutes)")
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"TensorRT {version} failed to build the {request.precision} engine",
+                          "see the TensorRT log above; try a larger --workspace or another precision")
+    name = engine_file_name(request.precision, gpu, version, request.dla_core)
+    _write_atomic(request.bundle / name, bytes(plan))
+    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    return {name: {"kind": "engine", "precision": request.precision, "gpu": gpu, "trt_version": version,
+                   "onnx": onnx_path.name, "strongly_typed": strongly_typed, "batch": str(request.batch),
+                   "dla_core": request.dla_core, "build_seconds": time.perf_counter() - started}}
+
+
+def pin_fp32_layers(trt, network) -> int:
+    """With the FP16 flag TensorRT may run any layer in fp16; pin the layers that must stay
+    fp32 (see precision.py). Layer names are the ONNX node names."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not keep_fp32(layer.name, fp16=True):
+            continue
+        floating = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        if not floating:
+            continue
+        layer.precision = trt.float32
+        for j in floating:
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,173 @@
+"""Export to a bundle: ONNX parity, graph check, INT8 Q/DQ, FP16 graph, manifest and
+tamper detection, atomic replacement, TensorRT absent."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from dmgrd_edge.bundle import BundleError, load_bundle
+from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.export.graph_check import GraphCheckError, check_graph, require_trt_compatible
+from dmgrd_edge.export.options import BatchProfile, ExportOptions, parse_size
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, trained_ckpt):
+    from dmgrd_edge.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "washer"
+    opts = ExportOptions(trained_ckpt, out, int8=True, fp16=True, calib_count=8, batch=BatchProfile(1, 2, 4))
+    export_bundle(opts, log=lambda _: None)
+    return out
+
+
+def test_manifest_and_files(bundle):
+    loaded = load_bundle(bundle)
+    manifest = loaded.manifest
+    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.fp16.onnx"}
+    assert manifest["files"]["model.int8.onnx"]["precision"] == "int8"
+    assert manifest["inputs"][0]["shape"] == ["batch", 3, 64, 64]
+    assert manifest["threshold"] > 0 and "p99" in manifest["score_stats"]
+    assert manifest["calibration"]["method"] == "entropy" and manifest["calibration"]["warnings"]
+    assert {"i_auroc_drop_points", "pro_30_drop_points", "map_cosine_mean"} <= set(manifest["guard"])
+    assert manifest["parity"]["fp32_onnxruntime_vs_torch"]["score_max_rel_err"] <= 1e-4
+    assert manifest["parity"]["fp32_onnxruntime_vs_torch"]["map_max_abs_err"] <= 1e-3
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_onnx_graph_is_self_contained(bundle):
+    model = onnx.load(str(bundle / "model.onnx"))
+    inits = {i.name for i in model.graph.initializer}
+    assert [i.name for i in model.graph.input if i.name not in inits] == ["image"]
+    assert [o.name for o in model.graph.output] == ["anomaly_map", "score"]
+    assert any("normal_memory.maps0" in name for name in inits)  # the bank is a constant
+    assert not any("abnormal_memory" in name for name in inits)  # not needed at inference
+    assert model.opset_import[0].version >= 17
+    assert check_graph(model).ok
+
+
+def test_int8_graph_is_tensorrt_style(bundle):
+    model = onnx.load(str(bundle / "model.int8.onnx"))
+    report = check_graph(model)
+    assert report.ok, report.problems
+    assert report.op_counts.get("QuantizeLinear", 0) > 10 and "QLinearConv" not in report.op_counts
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(onnx.numpy_helper.to_array(inits[z]).max() == 0 for z in zero_points if z in inits)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.name.startswith(("/head/", "/normal_memory/"))]
+    assert head and all(producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "DequantizeLinear"
+                        for n in head if n.op_type in ("Conv", "MatMul"))
+
+
+def test_onnxruntime_runs_every_precision(bundle):
+    from dmgrd_edge.runtime.onnx_backend import OnnxBackend
+
+    x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    ref_map, ref_score = OnnxBackend(bundle / "model.onnx").infer(x)
+    for name in ("model.int8.onnx", "model.fp16.onnx"):
+        amap, score = OnnxBackend(bundle / name).infer(x)
+        assert amap.shape == (3, 1, 64, 64) and np.isfinite(score).all()
+        assert np.corrcoef(amap.ravel(), ref_map.ravel())[0, 1] > 0.9
+
+
+def test_tampered_and_truncated_files_are_detected(tmp_path, bundle):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "model.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256.*modified"):
+        load_bundle(copy)
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(BundleError, match="truncated"):
+        load_bundle(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="upgrade"):
+        load_bundle(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(copy)
+
+
+def test_graph_check_names_offending_nodes():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NonMaxSuppression", ["a"], ["b"], name="nms_0")
+    bad = helper.make_node("Foo", ["b"], ["c"], name="custom_1", domain="com.example")
+    graph = helper.make_graph([node, bad], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    report = check_graph(model)
+    assert any("opset 18" in p for p in report.problems)
+    assert any("custom_1" in p for p in report.problems)
+    with pytest.raises(GraphCheckError, match="custom_1"):
+        require_trt_compatible(model)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"calib_method": "kl"}, "entropy"),
+    ({"max_drop": 1.0}, "INT8 only"),
+    ({"int8": True, "max_drop": -1.0}, "> 0"),
+    ({"dla_core": 0}, "--engine"),
+    ({"dla_core": 0, "engine": True, "int8": True}, "fixed batch"),
+    ({"calib_count": 0}, ">= 1"),
+])
+def test_options_are_validated_before_work(trained_ckpt, tmp_path, kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        ExportOptions(trained_ckpt, tmp_path / "b", **kwargs).validate()
+    assert not (tmp_path / "b").exists()
+
+
+def test_batch_profile_and_sizes():
+    assert BatchProfile.parse("4") == BatchProfile(4, 4, 4) and not BatchProfile.parse("4").dynamic
+    assert BatchProfile.parse("1:4:8").dynamic
+    for bad in ("0", "8:4:1", "a", "1:2"):
+        with pytest.raises(ConfigError):
+            BatchProfile.parse(bad)
+    assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_reexport_replaces_atomically_and_engine_needs_tensorrt(tmp_path, trained_ckpt):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bundle"
+    first = _cli("export", trained_ckpt, "--out", out, "--calib-count", "4", "--batch", "2")
+    assert first.returncode == 0, first.stderr
+    old_created = json.loads((out / "manifest.json").read_text())["created"]
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed: the missing-TensorRT path cannot be shown here")
+    except ImportError:
+        pass
+    second = _cli("export", trained_ckpt, "--out", out, "--engine", "--batch", "2")
+    assert second.returncode == 2
+    assert "TensorRT is not installed" in second.stderr and "build-engine" in second.stderr
+    bundle = load_bundle(out)  # the rest of the bundle is still written, complete and valid
+    assert bundle.manifest["inputs"][0]["shape"][0] == 2 and "model.onnx" in bundle.manifest["files"]
+    assert bundle.manifest["created"] >= old_created
+    engine = _cli("build-engine", out)
+    assert engine.returncode == 2 and "TensorRT is not installed" in engine.stderr
+
+
+def test_export_refuses_a_folder_that_is_not_a_bundle(tmp_path, trained_ckpt):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = _cli("export", trained_ckpt, "--out", out, "--calib-count", "4")
+    assert result.returncode == 2 and "not a bundle" in result.stderr
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
