@@ -46,11 +46,12 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=60)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/train_synthetic.json")
+    parser.add_argument("--work", default=None, help="keep data and checkpoints here (default: a temp folder)")
     args = parser.parse_args()
     console = Console(stderr=True)
     categories = args.categories.split(",")
-    work = Path(tempfile.mkdtemp(prefix="dmgrd-bench-"))
-    data = generate_line_data(work / "line", categories, n_train=args.n_train, n_test_good=12,
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dmgrd-bench-"))
+    data = generate_line_data(work / "line", categories, overwrite=True, n_train=args.n_train, n_test_good=12,
                               n_test_per_defect=4, size=args.image_size, seed=0)
     results, started = [], time.time()
     for category in categories:
@@ -61,7 +62,7 @@ def main() -> None:
             run_dir = work / "runs" / f"{category}-{'dmgrd' if use_memory else 'rd'}"
             t0 = time.time()
             summary = train_category(TrainJob("mvtec", str(data), category, str(run_dir), model_cfg, train_cfg,
-                                              device=args.device), console)
+                                              device=args.device, overwrite=True), console)
             train_s = time.time() - t0
             evaluation = evaluate_checkpoint(run_dir / "last.pt", device=args.device, console=console)
             row = evaluation["row"]

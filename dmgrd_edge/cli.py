@@ -218,6 +218,53 @@ def build_engine_cmd(
     _build_engines(bundle, [precision], profile, parse_size(workspace), dla_core)
 
 
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
+    source: str = typer.Option(..., help="camera index, /dev/videoN, csi://N, rtsp://..., gst://..., video file, "
+                               "image folder or glob"),
+    sink: list[str] = typer.Option([], help="display://, out.mp4, events.jsonl[?ng_only=1], folder://DIR (repeat)"),
+    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
+    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    threshold: Optional[float] = typer.Option(None, help="image threshold (default: the bundle's)"),
+    pixel_threshold: Optional[float] = typer.Option(None, help="region threshold on the map (default: threshold)"),
+    batch: int = typer.Option(1, help="frames per inference call"),
+    headless: bool = typer.Option(False, help="no window"),
+    max_frames: Optional[int] = typer.Option(None, help="stop after N frames"),
+    stats_json: Optional[Path] = typer.Option(None, help="write latency statistics here at the end"),
+    input_width: Optional[int] = typer.Option(None, help="capture width"),
+    input_height: Optional[int] = typer.Option(None, help="capture height"),
+    input_fps: Optional[float] = typer.Option(None, help="capture frame rate"),
+    loop: bool = typer.Option(False, help="loop video files and image folders"),
+    queue_size: int = typer.Option(4, help="capture queue length (live sources drop the oldest beyond it)"),
+    max_retries: int = typer.Option(5, help="reconnect attempts for a live source before giving up"),
+    threads: int = typer.Option(0, help="ONNX Runtime threads (0: all cores)"),
+):
+    """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
+    from .bundle import load_bundle
+    from .runtime.capture import Capture
+    from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from .runtime.select import create_backend
+    from .runtime.sinks import open_sink
+    from .runtime.sources import open_source, parse_uri
+
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    spec = parse_uri(source, input_width, input_height, input_fps, loop)
+    loaded = load_bundle(bundle)
+    chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print)
+    sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
+    thr = loaded.threshold if threshold is None else threshold
+    config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
+                       stats_json=stats_json, extra={"source": source, "bundle": str(bundle)})
+    capture = Capture(open_source(spec), make_preprocess(loaded), queue_size, max_retries)
+    pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
+    pipeline.install_signal_handlers()
+    code = pipeline.run(capture)
+    if code:
+        raise SystemExit(code)
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix."""
     try:

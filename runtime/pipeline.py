@@ -1,0 +1,151 @@
+"""The streaming loop: frames -> backend -> decision, regions -> sinks, with statistics.
+
+Capture and preprocessing run in the capture thread, so they overlap with inference here.
+SIGINT/SIGTERM stop the loop cleanly: sinks are flushed and closed, statistics written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dmgrd_edge.bundle import Bundle
+from dmgrd_edge.data.preprocess import normalize, resize_rgb
+
+from .capture import END, Capture
+from .postprocess import draw, regions
+from .stats import Stats
+
+EXIT_OK, EXIT_SOURCE_LOST = 0, 3
+
+
+@dataclass
+class RunConfig:
+    threshold: float
+    pixel_threshold: float
+    batch: int = 1
+    max_frames: int | None = None
+    status_every_s: float = 5.0
+    stats_json: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def make_preprocess(bundle: Bundle):
+    cfg = bundle.preprocess
+
+    def run(image: np.ndarray) -> np.ndarray:
+        return normalize(resize_rgb(image, cfg)[None], cfg)[0]
+
+    return run
+
+
+class Pipeline:
+    def __init__(self, bundle: Bundle, backend, sinks: list, config: RunConfig, log=print):
+        self.bundle, self.backend, self.sinks, self.config, self.log = bundle, backend, sinks, config, log
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self.needs_overlay = any(getattr(s, "needs_overlay", False) for s in sinks)
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def _next_batch(self, capture: Capture) -> tuple[list, bool]:
+        """Up to `batch` frames; waits for the first, takes the rest only if ready (live)
+        or waits for them (files). Returns (frames, ended)."""
+        frames, ended = [], False
+        started = time.perf_counter()
+        while len(frames) < self.config.batch and not self.stop_event.is_set():
+            try:
+                wait = 0.2 if not frames or not capture.live else 0.0
+                item = capture.queue.get(timeout=wait) if wait else capture.queue.get_nowait()
+            except queue.Empty:
+                if frames and capture.live:
+                    break
+                continue
+            if item is END:
+                ended = True
+                break
+            frames.append(item)
+        self.stats.add("capture_wait", 1000 * (time.perf_counter() - started))
+        return frames, ended
+
+    def _handle(self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float) -> None:
+        for frame, amap, score in zip(frames, maps[:, 0], scores):
+            t0 = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            found = regions(amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0]))
+            ng = bool(score >= self.config.threshold)
+            overlay = draw(frame.image, amap, float(score), self.config.threshold, found) if self.needs_overlay else None
+            post_ms = 1000 * (time.perf_counter() - t0)
+            event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                     "frame": frame.index, "score": round(float(score), 6), "decision": "NG" if ng else "OK",
+                     "regions": [r.as_dict() for r in found[:20]],
+                     "latency_ms": {"preprocess": round(frame.preprocess_ms, 3),
+                                    "inference": round(infer_ms / len(frames), 3), "postprocess": round(post_ms, 3)}}
+            t1 = time.perf_counter()
+            for sink in self.sinks:
+                sink.write(event, frame.image, overlay)
+            sinks_ms = 1000 * (time.perf_counter() - t1)
+            self.stats.add("preprocess", frame.preprocess_ms)
+            self.stats.add("postprocess", post_ms)
+            self.stats.add("sinks", sinks_ms)
+            self.stats.add("end_to_end", 1000 * (time.monotonic() - frame.captured_at))
+            self.stats.frame_done(ng)
+
+    def run(self, capture: Capture) -> int:
+        capture.start()
+        last_status = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                if self.config.max_frames is not None and self.stats.frames >= self.config.max_frames:
+                    break
+                frames, ended = self._next_batch(capture)
+                if self.config.max_frames is not None:
+                    frames = frames[: self.config.max_frames - self.stats.frames]
+                if frames:
+                    batch = np.stack([f.tensor for f in frames])
+                    t0 = time.perf_counter()
+                    maps, scores = self.backend.infer(batch)
+                    infer_ms = 1000 * (time.perf_counter() - t0)
+                    self.stats.add("inference", infer_ms / len(frames))
+                    self._handle(frames, maps, scores, infer_ms)
+                if time.monotonic() - last_status >= self.config.status_every_s:
+                    last_status = time.monotonic()
+                    c = capture.counters
+                    self.log(f"[status] frames {self.stats.frames} NG {self.stats.ng} fps {self.stats.fps:.1f} "
+                             f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
+                if ended:
+                    break
+        finally:
+            capture.stop()
+            capture.join(timeout=5)
+            for sink in self.sinks:
+                sink.close()
+        return self._finish(capture)
+
+    def _finish(self, capture: Capture) -> int:
+        c = capture.counters
+        counters = {"captured": c.captured, "dropped": c.dropped, "corrupt": c.corrupt, "reconnects": c.reconnects}
+        summary = {**self.stats.summary(), **counters, "backend": self.backend.describe(),
+                   "threshold": self.config.threshold, "source_error": capture.fatal,
+                   "stopped_by_signal": self.stop_event.is_set(), **self.config.extra}
+        self.log(self.stats.table(counters))
+        if self.config.stats_json is not None:
+            self.config.stats_json.parent.mkdir(parents=True, exist_ok=True)
+            self.config.stats_json.write_text(json.dumps(summary, indent=2))
+        self.summary = summary
+        if capture.fatal:
+            self.log(f"error: {capture.fatal}")
+            return EXIT_SOURCE_LOST
+        return EXIT_OK

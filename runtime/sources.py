@@ -1,0 +1,226 @@
+"""Frame sources: one pure URI parser and a factory keyed on the scheme.
+
+| URI | source |
+|---|---|
+| `0`, `/dev/video0`, `v4l2:///dev/video0` | V4L2 camera (live) |
+| `csi://0` | Jetson CSI camera through a GStreamer nvarguscamerasrc pipeline (live) |
+| `rtsp://host/path` | network stream (live) |
+| `gst://<pipeline ending in appsink>` | any GStreamer pipeline (live) |
+| `file:///x.mp4`, `x.mp4` | video file |
+| `folder/`, `images/*.png` | image folder or glob, sorted |
+
+Every source's ``read()`` tells OK, TIMEOUT, END (of stream) and ERROR apart. Frames are
+RGB uint8 (H, W, 3).
+"""
+
+from __future__ import annotations
+
+import enum
+import glob as globlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, to_rgb8
+from dmgrd_edge.errors import DataError, DmgrdError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".h264", ".h265")
+
+
+class SourceError(DmgrdError):
+    """A source that cannot be opened or parsed."""
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    TIMEOUT = "timeout"
+    END = "end"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # v4l2, csi, rtsp, gst, file, images
+    location: str
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    loop: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("v4l2", "csi", "rtsp", "gst")
+
+
+def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
+              loop: bool = False) -> SourceSpec:
+    """Turn a source string into a SourceSpec without touching any device."""
+    text = str(uri).strip()
+    if not text:
+        raise SourceError("empty --source", "give a camera index, csi://0, rtsp://..., a video file or an image folder")
+    opts = dict(width=width, height=height, fps=fps, loop=loop)
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme == "csi":
+            if not rest.isdigit():
+                raise SourceError(f"bad CSI source {text!r}", "use csi://N with N the sensor id, e.g. csi://0")
+            return SourceSpec("csi", rest, **opts)
+        if scheme in ("rtsp", "rtsps", "http", "https"):
+            return SourceSpec("rtsp", text, **opts)
+        if scheme == "gst":
+            if "appsink" not in rest:
+                raise SourceError("a gst:// pipeline must end in an appsink", "e.g. gst://videotestsrc ! videoconvert ! appsink")
+            return SourceSpec("gst", rest, **opts)
+        if scheme == "v4l2":
+            return SourceSpec("v4l2", rest, **opts)
+        if scheme == "file":
+            return _path_spec(rest, opts)
+        raise SourceError(f"unknown source scheme {scheme!r}",
+                          "choose one of csi://, rtsp://, gst://, v4l2://, file://, a camera index or a path")
+    if text.isdigit():
+        return SourceSpec("v4l2", text, **opts)
+    if re.fullmatch(r"/dev/video\d+", text):
+        return SourceSpec("v4l2", text, **opts)
+    return _path_spec(text, opts)
+
+
+def _path_spec(text: str, opts: dict) -> SourceSpec:
+    if any(ch in text for ch in "*?["):
+        return SourceSpec("images", text, **opts)
+    path = Path(text)
+    if path.is_dir():
+        return SourceSpec("images", text, **opts)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return SourceSpec("file", text, **opts)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return SourceSpec("images", text, **opts)
+    raise SourceError(f"cannot tell what source {text!r} is",
+                      f"give a folder, a glob, a video ({', '.join(VIDEO_SUFFIXES)}), a camera or a URI")
+
+
+def gstreamer_available() -> bool:
+    info = cv2.getBuildInformation()
+    match = re.search(r"GStreamer:\s*(\w+)", info)
+    return bool(match and match.group(1).upper() == "YES")
+
+
+def csi_pipeline(spec: SourceSpec) -> str:
+    w, h, fps = spec.width or 1920, spec.height or 1080, int(spec.fps or 30)
+    return (f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
+            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=1 max-buffers=1")
+
+
+class VideoCaptureSource:
+    """OpenCV VideoCapture for cameras, streams, GStreamer pipelines and files."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.live = spec.live
+        self.cap: cv2.VideoCapture | None = None
+        self.open()
+
+    def open(self) -> None:
+        spec = self.spec
+        if spec.kind in ("csi", "gst") and not gstreamer_available():
+            raise SourceError(f"{spec.kind} sources need OpenCV built with GStreamer; this OpenCV is not",
+                              "on a Jetson use JetPack's OpenCV (python3-opencv) and remove pip's "
+                              "opencv-python(-headless) from the environment; check with "
+                              "python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep GStreamer")
+        if spec.kind == "file" and not Path(spec.location).is_file():
+            raise SourceError(f"video file not found: {spec.location}")
+        if spec.kind == "csi":
+            cap = cv2.VideoCapture(csi_pipeline(spec), cv2.CAP_GSTREAMER)
+        elif spec.kind == "gst":
+            cap = cv2.VideoCapture(spec.location, cv2.CAP_GSTREAMER)
+        elif spec.kind == "v4l2":
+            index = int(spec.location) if spec.location.isdigit() else int(spec.location.rsplit("video", 1)[1])
+            cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        else:
+            cap = cv2.VideoCapture(spec.location)
+        if spec.kind in ("v4l2", "rtsp"):
+            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, spec.width), (cv2.CAP_PROP_FRAME_HEIGHT, spec.height),
+                                (cv2.CAP_PROP_FPS, spec.fps)):
+                if value:
+                    cap.set(prop, value)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {spec.kind} source {spec.location!r}",
+                              "check the device/URL and that nothing else holds the camera")
+        self.cap = cap
+
+    def read(self) -> tuple[Status, np.ndarray | None]:
+        if self.cap is None:
+            return Status.ERROR, None
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            if self.spec.kind == "file" and self.spec.loop:
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = self.cap.read()
+                if ok and frame is not None:
+                    return Status.OK, to_rgb8(frame)
+            return (Status.ERROR if self.live else Status.END), None
+        return Status.OK, to_rgb8(frame)
+
+    def reopen(self) -> None:
+        self.close()
+        self.open()
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class ImageFolderSource:
+    """Sorted image files from a folder or glob; unreadable files are reported, not fatal."""
+
+    live = False
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        location = spec.location
+        if any(ch in location for ch in "*?["):
+            files = sorted(globlib.glob(location))
+        elif Path(location).is_dir():
+            files = sorted(str(p) for p in Path(location).iterdir())
+        else:
+            files = [location]
+        self.files = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(f)]
+        if not self.files:
+            raise SourceError(f"no images found for {location!r}", f"expected {', '.join(IMAGE_SUFFIXES)} files")
+        self.position = 0
+
+    def read(self) -> tuple[Status, np.ndarray | None]:
+        from dmgrd_edge.data.imageio import read_image
+
+        if self.position >= len(self.files):
+            if not self.spec.loop:
+                return Status.END, None
+            self.position = 0
+        path = self.files[self.position]
+        self.position += 1
+        try:
+            return Status.OK, read_image(path)
+        except DataError:
+            return Status.ERROR, None  # a corrupt file: counted and skipped by the capture loop
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(spec: SourceSpec):
+    """Factory keyed on the source kind."""
+    if spec.kind == "images":
+        return ImageFolderSource(spec)
+    return VideoCaptureSource(spec)
