@@ -1,0 +1,251 @@
+"""The torch-free runtime: URI parsing, capture behaviour, reconnect, sinks, the whole
+pipeline on a real generated video, signals, and the run CLI without torch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from dmgrd_edge.data.synthetic import make_image
+from dmgrd_edge.runtime.capture import END, Capture
+from dmgrd_edge.runtime.postprocess import regions
+from dmgrd_edge.runtime.sinks import SinkError, open_sink
+from dmgrd_edge.runtime.sources import (ImageFolderSource, SourceError, SourceSpec, Status, VideoCaptureSource,
+                                        csi_pipeline, parse_uri)
+
+DEFECT_EVERY = 7
+
+
+def write_video(path, n, size=64, defect_every=DEFECT_EVERY):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (size, size))
+    truth = []
+    for i in range(n):
+        bad = i % defect_every == 3
+        image, _ = make_image("washer", 0, "video", i, size, "foreign" if bad else None)
+        writer.write(np.ascontiguousarray(image[:, :, ::-1]))
+        truth.append(bad)
+    writer.release()
+    return truth
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "line.avi"
+    return path, write_video(path, 40)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, trained_ckpt):
+    from dmgrd_edge.export.options import BatchProfile, ExportOptions
+    from dmgrd_edge.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("rb") / "bundle"
+    export_bundle(ExportOptions(trained_ckpt, out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)),
+                  log=lambda _: None)
+    return out
+
+
+@pytest.mark.parametrize("uri, kind, location", [
+    ("0", "v4l2", "0"), ("/dev/video2", "v4l2", "/dev/video2"), ("csi://1", "csi", "1"),
+    ("rtsp://cam.local/stream", "rtsp", "rtsp://cam.local/stream"),
+    ("gst://videotestsrc ! videoconvert ! appsink", "gst", "videotestsrc ! videoconvert ! appsink"),
+    ("line.mp4", "file", "line.mp4"), ("file://line.avi", "file", "line.avi"), ("frames/*.png", "images", "frames/*.png"),
+])
+def test_parse_uri(uri, kind, location):
+    spec = parse_uri(uri)
+    assert (spec.kind, spec.location) == (kind, location)
+    assert spec.live == (kind in ("v4l2", "csi", "rtsp", "gst"))
+
+
+@pytest.mark.parametrize("uri, needle", [("csi://left", "csi://N"), ("ftp://x", "unknown source scheme"),
+                                         ("notes.txt", "cannot tell"), ("gst://videotestsrc", "appsink"), ("", "empty")])
+def test_parse_uri_errors(uri, needle):
+    with pytest.raises(SourceError, match=needle):
+        parse_uri(uri)
+
+
+def test_csi_pipeline_and_gstreamer_check():
+    spec = parse_uri("csi://0", 1280, 720, 60)
+    text = csi_pipeline(spec)
+    assert "sensor-id=0" in text and "width=1280" in text and "framerate=60/1" in text and "appsink" in text
+    from dmgrd_edge.runtime.sources import gstreamer_available
+
+    if not gstreamer_available():
+        with pytest.raises(SourceError, match="GStreamer"):
+            VideoCaptureSource(spec)
+
+
+def test_video_file_source_reads_every_frame(video):
+    path, truth = video
+    source = VideoCaptureSource(parse_uri(str(path)))
+    frames = []
+    while True:
+        status, frame = source.read()
+        if status is Status.END:
+            break
+        frames.append(frame)
+    assert len(frames) == len(truth) and frames[0].shape == (64, 64, 3)
+
+
+def test_folder_skips_corrupt_files(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), i * 50, np.uint8))
+    (tmp_path / "1.png").write_bytes(b"garbage")
+    capture = Capture(ImageFolderSource(parse_uri(str(tmp_path))))
+    capture.start()
+    items = []
+    while (item := capture.queue.get(timeout=5)) is not END:
+        items.append(item)
+    assert len(items) == 2 and capture.counters.corrupt == 1
+
+
+class SlowConsumerLive(VideoCaptureSource):
+    """A real video file presented as a live camera."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.live = True
+
+
+def test_live_source_drops_oldest_but_file_never_drops(video):
+    path, truth = video
+    live = Capture(SlowConsumerLive(parse_uri(str(path))), queue_size=2, max_retries=0)
+    live.start()
+    live.join(timeout=10)  # nobody consumes: the live capture keeps only the newest frames
+    kept = []
+    while (item := live.queue.get(timeout=1)) is not END:
+        kept.append(item.index)
+    assert live.counters.dropped > 0 and kept[-1] == live.counters.captured - 1
+    file_capture = Capture(VideoCaptureSource(parse_uri(str(path))), queue_size=2)
+    file_capture.start()
+    time.sleep(0.3)
+    got = []
+    while (item := file_capture.queue.get(timeout=5)) is not END:
+        got.append(item.index)
+    assert got == list(range(len(truth))) and file_capture.counters.dropped == 0
+
+
+class FlakyCamera(VideoCaptureSource):
+    """A real video stream that dies after `fail_at` frames; reopening works `recoveries` times."""
+
+    def __init__(self, spec, fail_at, recoveries):
+        self.fail_at, self.recoveries, self.served, self.opens = fail_at, recoveries, 0, 0
+        super().__init__(spec)
+        self.live = True
+
+    def open(self):
+        self.opens += 1
+        if self.opens > 1 + self.recoveries:
+            raise SourceError("camera unplugged")
+        super().open()
+
+    def read(self):
+        self.served += 1
+        if self.served % self.fail_at == 0:
+            return Status.ERROR, None
+        return super().read()
+
+
+def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.pipeline import EXIT_SOURCE_LOST, Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.select import create_backend
+
+    path, _ = video
+    loaded = load_bundle(bundle)
+    camera = FlakyCamera(parse_uri(str(path)), fail_at=6, recoveries=1)
+    capture = Capture(camera, make_preprocess(loaded), queue_size=64, max_retries=2, backoff_s=0.01,
+                      errors_before_reconnect=1)
+    logs = []
+    pipeline = Pipeline(loaded, create_backend(loaded, "onnxruntime", log=logs.append), [],
+                        RunConfig(loaded.threshold, loaded.threshold, status_every_s=0), log=logs.append)
+    code = pipeline.run(capture)
+    assert code == EXIT_SOURCE_LOST
+    assert capture.counters.reconnects == 3 and camera.opens == 4  # 1 recovery, then 2 failed attempts
+    assert pipeline.stats.frames == 10  # 5 frames before each failure
+    assert "not recovered" in pipeline.summary["source_error"]
+
+
+def test_regions_boxes_and_peaks():
+    amap = np.zeros((32, 32), np.float32)
+    amap[2:6, 3:9] = 1.0
+    amap[20:30, 20:22] = 2.0
+    found = regions(amap, 0.5, scale=(2.0, 2.0))
+    assert [r.as_dict()["box"] for r in found] == [[40, 40, 4, 20], [6, 4, 12, 8]]
+    assert found[0].peak == 2.0 and found[1].area == 24 * 4
+
+
+def test_sink_uris(tmp_path):
+    with pytest.raises(SinkError, match="--headless"):
+        open_sink("display://", headless=True)
+    with pytest.raises(SinkError, match="unknown sink"):
+        open_sink("kafka://topic", headless=True)
+    sink = open_sink(f"jsonl://{tmp_path}/e.jsonl?ng_only=1", headless=True)
+    sink.write({"decision": "OK", "frame": 0, "score": 0.1}, None, None)
+    sink.write({"decision": "NG", "frame": 1, "score": 0.9}, None, None)
+    # flushed per line: readable before close
+    assert [json.loads(l)["frame"] for l in (tmp_path / "e.jsonl").read_text().splitlines()] == [1]
+    sink.close()
+
+
+def _run_cli(*args, block_torch=True, **kwargs):
+    prelude = "import sys; sys.modules['torch'] = None\n" if block_torch else ""
+    code = prelude + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\nfrom dmgrd_edge.cli import main\nmain()"
+    return subprocess.Popen([sys.executable, "-c", "import sys\n" + code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_run_end_to_end_without_torch(tmp_path, video, bundle):
+    path, truth = video
+    proc = _run_cli("run", bundle, "--source", path, "--sink", tmp_path / "events.jsonl", "--sink",
+                    tmp_path / "out.avi", "--sink", f"folder://{tmp_path / 'ng'}", "--batch", "4", "--headless",
+                    "--stats-json", tmp_path / "stats.json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    events = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["frame"] for e in events] == list(range(len(truth)))
+    assert all(set(e["latency_ms"]) == {"preprocess", "inference", "postprocess"} for e in events)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames"] == len(truth) and stats["dropped"] == 0
+    assert {"p50", "p90", "p99"} <= set(stats["stages_ms"]["inference"])
+    assert stats["backend"]["backend"] == "onnxruntime" and "ONNX Runtime" in err
+    ng = sum(e["decision"] == "NG" for e in events)
+    assert len(list((tmp_path / "ng").iterdir())) == ng
+    reader = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) == len(truth)
+
+
+def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
+    path, _ = video
+    proc = _run_cli("run", bundle, "--source", path, "--loop", "--sink", tmp_path / "events.jsonl", "--headless",
+                    "--stats-json", tmp_path / "stats.json")
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((tmp_path / "events.jsonl").exists()
+                                           and (tmp_path / "events.jsonl").stat().st_size > 0):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert stats["stopped_by_signal"] and len(lines) == stats["frames"]
+    json.loads(lines[-1])  # the last line is complete
+
+
+def test_tampered_bundle_fails_at_start(tmp_path, video, bundle):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    with open(copy / "model.int8.onnx", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    proc = _run_cli("run", copy, "--source", video[0], "--headless")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "modified" in err and "Traceback" not in err
