@@ -265,6 +265,37 @@ def run(
         raise SystemExit(code)
 
 
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
+    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    batch: str = typer.Option("1,4,8", help="comma list of batch sizes"),
+    warmup: int = typer.Option(5), runs: int = typer.Option(30),
+    data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
+    dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
+    category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
+    threads: int = typer.Option(0, help="ONNX Runtime threads (0: all cores)"),
+    out: Path = typer.Option(Path("bench.json"), help="JSON results"),
+):
+    """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
+    from .errors import choose
+    from .runtime.bench import print_table, run_bench, write_json
+
+    choose("dataset", dataset, DATASETS)
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
+    if not batches or min(batches) < 1 or runs < 1 or warmup < 0:
+        raise ConfigError("batch sizes and --runs must be >= 1, --warmup >= 0")
+    result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
+                       log=console.print)
+    write_json(result, out)
+    typer.echo(print_table(result))
+    console.print(f"wrote {out}")
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix."""
     try:

@@ -249,3 +249,16 @@ def test_tampered_bundle_fails_at_start(tmp_path, video, bundle):
     proc = _run_cli("run", copy, "--source", video[0], "--headless")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "modified" in err and "Traceback" not in err
+
+
+def test_bench_without_torch(tmp_path, bundle, line_root):
+    proc = _run_cli("bench", bundle, "--batch", "1,2", "--runs", "3", "--warmup", "1", "--data", line_root,
+                    "--out", tmp_path / "bench.json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["batch"] for r in result["latency"]] == [1, 2]
+    assert all(r["ms_p50"] <= r["ms_p99"] for r in result["latency"])
+    assert result["device"]["cpu_count"] >= 1 and result["device"]["onnxruntime"]
+    assert result["accuracy"]["category"] == "washer" and 0 <= result["accuracy"]["i_auroc"] <= 1
+    assert result["startup_s"] > 0 and result["peak_host_rss_mib"] > 0

@@ -1,0 +1,105 @@
+"""`dmgrd-edge bench`: backend latency, throughput, memory, start-up time and accuracy, with
+the device recorded. Torch-free, so it runs on the Jetson as-is."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dmgrd_edge.bundle import load_bundle
+from dmgrd_edge.data.datasets import index_category
+from dmgrd_edge.data.imageio import read_image, read_mask
+from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.metrics import evaluate_all
+
+from .device_info import device_info
+from .select import create_backend
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device_memory_mib() -> float | None:
+    try:
+        import pycuda.driver as cuda
+
+        free, total = cuda.mem_get_info()
+        return (total - free) / 2**20
+    except Exception:  # noqa: BLE001 - no CUDA context: not measured
+        return None
+
+
+def latency(backend, batch: int, size: tuple[int, int], warmup: int, runs: int, seed: int = 0) -> dict:
+    x = np.random.default_rng(seed).normal(size=(batch, 3, *size)).astype(np.float32)
+    for _ in range(warmup):
+        backend.infer(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        times.append(1000 * (time.perf_counter() - t0))
+    t = np.asarray(times)
+    return {"batch": batch, "runs": runs, "warmup": warmup, "ms_p50": float(np.percentile(t, 50)),
+            "ms_p90": float(np.percentile(t, 90)), "ms_p99": float(np.percentile(t, 99)),
+            "ms_mean": float(t.mean()), "images_per_s": float(batch * 1000 / np.percentile(t, 50))}
+
+
+def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: int) -> dict:
+    cfg = bundle.preprocess
+    index = index_category(dataset, root, category)
+    maps, scores = [], []
+    for i in range(0, len(index.test), batch):
+        chunk = index.test[i:i + batch]
+        amap, score = backend.infer(normalize(np.stack([resize_rgb(read_image(s.path), cfg) for s in chunk]), cfg))
+        maps.append(amap[:, 0])
+        scores.append(score)
+    masks = np.stack([resize_mask(read_mask(s.mask_path), cfg.height, cfg.width) if s.mask_path
+                      else np.zeros((cfg.height, cfg.width), bool) for s in index.test])
+    labels = np.array([s.label for s in index.test])
+    result = evaluate_all(labels, np.concatenate(scores), masks, np.concatenate(maps))
+    result.update(dataset=dataset, category=category, n_test=int(len(labels)))
+    return result
+
+
+def run_bench(bundle_path: Path, backend_name: str = "auto", precision: str = "auto", batches=(1, 4, 8),
+              warmup: int = 5, runs: int = 30, data: Path | None = None, dataset: str = "mvtec",
+              category: str | None = None, threads: int = 0, log=print) -> dict:
+    started = time.perf_counter()
+    bundle = load_bundle(bundle_path)
+    backend = create_backend(bundle, backend_name, precision, max_batch=max(batches), threads=threads, log=log)
+    startup_s = time.perf_counter() - started
+    size = (bundle.preprocess.height, bundle.preprocess.width)
+    rows = []
+    for b in batches:
+        rows.append(latency(backend, b, size, warmup, runs))
+        log(f"batch {b}: p50 {rows[-1]['ms_p50']:.2f} ms, p90 {rows[-1]['ms_p90']:.2f}, p99 {rows[-1]['ms_p99']:.2f}, "
+            f"{rows[-1]['images_per_s']:.1f} img/s")
+    result = {"bundle": str(bundle_path), "backend": backend.describe(), "startup_s": startup_s, "latency": rows,
+              "peak_host_rss_mib": _peak_rss_mib(), "device_memory_used_mib": _device_memory_mib(),
+              "device": device_info(), "model": bundle.manifest["model"]}
+    if data is not None:
+        category = category or bundle.manifest["source"].get("category")
+        result["accuracy"] = accuracy(backend, bundle, Path(data), dataset, category, max(batches))
+    return result
+
+
+def print_table(result: dict) -> str:
+    lines = [f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s}"]
+    for r in result["latency"]:
+        lines.append(f"{r['batch']:5d} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f} {r['ms_p99']:8.2f} {r['images_per_s']:8.1f}")
+    lines.append(f"start-up {result['startup_s']:.2f} s, peak host RSS {result['peak_host_rss_mib']:.0f} MiB")
+    if "accuracy" in result:
+        a = result["accuracy"]
+        lines.append(f"accuracy: I-AUC {100 * a.get('i_auroc', float('nan')):.2f} P-AUC "
+                     f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 {100 * a.get('pro_30', float('nan')):.2f}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,66 @@
+"""What the measurements ran on: CPU, GPU, library versions and, on a Jetson, the L4T
+release, power mode and clock state. Torch-free; every probe is optional."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def _run(cmd: list[str]) -> str | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout or out.stderr).strip() or None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict:
+    info: dict = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                  "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+        info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        info["onnxruntime"] = None
+    try:
+        import tensorrt
+
+        info["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        info["tensorrt"] = None
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        info["cuda_driver"] = str(cuda.get_driver_version())
+    except Exception:  # noqa: BLE001
+        info["cuda_driver"] = None
+    from dmgrd_edge.export.tensorrt_engine import gpu_name
+
+    info["gpu"] = gpu_name()
+    release = Path("/etc/nv_tegra_release")
+    if release.is_file():
+        info["jetson"] = {"l4t": release.read_text().splitlines()[0].strip(),
+                          "nvpmodel": _run(["nvpmodel", "-q"]),
+                          "jetson_clocks": _run(["jetson_clocks", "--show"])}
+        temps = sorted(Path("/sys/devices/virtual/thermal").glob("thermal_zone*/temp"))
+        info["jetson"]["temperatures_c"] = {p.parent.name: int(p.read_text()) / 1000 for p in temps if p.is_file()}
+    return info
