@@ -50,11 +50,10 @@ def _calibration_source(opts: ExportOptions, meta: dict) -> tuple[Path, str | No
 
 def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
     """Run the whole export; returns the manifest written."""
-    from dmgrd_edge.calib.data import CalibrationReader, collect
-    from dmgrd_edge.calib.guard import compare, run_onnx
+    from dmgrd_edge.calib.data import collect
     from dmgrd_edge.train.checkpoint import load_model
 
-    from .onnx_export import check_parity, fp32_node_names, torch_to_onnx
+    from .onnx_export import check_parity, torch_to_onnx
 
     opts.validate()
     timings: dict[str, float] = {}
@@ -120,7 +119,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
 
 def _int8(opts, staging, proto, data, pre, files, timings, log):
     from dmgrd_edge.calib.data import CalibrationReader
-    from dmgrd_edge.calib.guard import compare, layer_sensitivity, run_onnx, within
+    from dmgrd_edge.calib.guard import compare, run_onnx, within
     from dmgrd_edge.calib.quantize import quantize_qdq
 
     from .onnx_export import fp32_node_names

@@ -19,8 +19,7 @@ import enum
 import glob as globlib
 import os
 import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2

@@ -1,6 +1,5 @@
 """Image reading, the shared preprocess, dataset layouts and the synthetic generator."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np

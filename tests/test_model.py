@@ -1,6 +1,5 @@
 """Backbones, memory read, fusion, head and the whole DM-GRD module (plain torch)."""
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F

@@ -2,7 +2,6 @@
 pipeline on a real generated video, signals, and the run CLI without torch."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.runtime.capture import END, Capture
 from dmgrd_edge.runtime.postprocess import regions
 from dmgrd_edge.runtime.sinks import SinkError, open_sink
-from dmgrd_edge.runtime.sources import (ImageFolderSource, SourceError, SourceSpec, Status, VideoCaptureSource,
+from dmgrd_edge.runtime.sources import (ImageFolderSource, SourceError, Status, VideoCaptureSource,
                                         csi_pipeline, parse_uri)
 
 DEFECT_EVERY = 7
