@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +28,9 @@ from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.export.onnx_export import check_parity, fp32_node_names, torch_to_onnx
 from dmgrd_edge.export.options import BatchProfile, ExportOptions
 from dmgrd_edge.model import BACKBONES, DMGRD
-from dmgrd_edge.runtime.bench import accuracy
+from dmgrd_edge.runtime.bench import accuracy, latency
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.onnx_backend import OnnxBackend
-
-
-def timed(backend: OnnxBackend, batch: int, size: int, warmup: int, runs: int) -> dict:
-    x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-    for _ in range(warmup):
-        backend.infer(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        backend.infer(x)
-        times.append(1000 * (time.perf_counter() - t0))
-    return {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90))}
 
 
 def untrained_model(name: str, size: int) -> DMGRD:
@@ -71,8 +58,8 @@ def measure(name, model, work: Path, calib_images, method, args) -> dict:
         backend = OnnxBackend(path, threads=args.threads)
         for b in (1, 8):
             runs = args.runs if b == 1 else max(3, args.runs // 4)
-            t = timed(backend, b, size, args.warmup, runs)
-            row[f"{precision}_b{b}_ms"], row[f"{precision}_b{b}_p90_ms"] = t["p50"], t["p90"]
+            t = latency(backend, b, (size, size), args.warmup, runs)
+            row[f"{precision}_b{b}_ms"], row[f"{precision}_b{b}_p90_ms"] = t["ms_p50"], t["ms_p90"]
     row["int8_vs_fp32_b1"] = row["int8_b1_ms"] / row["fp32_b1_ms"]
     row["int8_vs_fp32_b8"] = row["int8_b8_ms"] / row["fp32_b8_ms"]
     return row

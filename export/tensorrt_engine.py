@@ -11,15 +11,14 @@ Engines are named by precision, GPU and TensorRT version; they are not portable.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.errors import DmgrdError
 
 from .options import BatchProfile
@@ -169,8 +168,8 @@ def build_engine(request: EngineRequest, log=print) -> dict:
         raise EngineError(f"TensorRT {version} failed to build the {request.precision} engine",
                           "see the TensorRT log above; try a larger --workspace or another precision")
     name = engine_file_name(request.precision, gpu, version, request.dla_core)
-    _write_atomic(request.bundle / name, bytes(plan))
-    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(request.bundle / name, bytes(plan))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return {name: {"kind": "engine", "precision": request.precision, "gpu": gpu, "trt_version": version,
                    "onnx": onnx_path.name, "strongly_typed": strongly_typed, "batch": str(request.batch),
                    "dla_core": request.dla_core, "build_seconds": time.perf_counter() - started}}
@@ -192,13 +191,3 @@ def pin_fp32_layers(trt, network) -> int:
             layer.set_output_type(j, trt.float32)
         pinned += 1
     return pinned
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -7,13 +7,12 @@ never leaves a half-written checkpoint and never destroys the previous one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dmgrd_edge.atomic import atomic_write
 from dmgrd_edge.config import ModelConfig, PreprocessConfig
 from dmgrd_edge.errors import CheckpointError
 
@@ -22,18 +21,7 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(path: str | Path, model, metadata: dict[str, Any], optimizer=None, step: int = 0) -> None:
