@@ -55,6 +55,7 @@ class ModelConfig:
     memory_size: int = 30
     selection: str = "nearest"
     use_memory: bool = True
+    scale_memory_inputs: bool = True
     score_mode: str = "topk_mean"
     score_topk: int = 100
     blur_sigma: float = 4.0

@@ -34,8 +34,8 @@ class ExportError(DmgrdError):
 
 
 class HalfPrecisionDMGRD(torch.nn.Module):
-    """The deployable module with teacher, bottleneck and student in fp16 and the memory
-    read, MSFF and head in fp32 (see precision.py); fp32 input and outputs."""
+    """The deployable module with teacher and student in fp16 and the memory read, MSFF,
+    bottleneck and head in fp32 (see precision.py); fp32 input and outputs."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -45,7 +45,7 @@ class HalfPrecisionDMGRD(torch.nn.Module):
         self.selection = model.config.selection
         self.use_memory = model.config.use_memory
         self.teacher = model.teacher.half()
-        self.bottleneck = model.bottleneck.half()
+        self.bottleneck = model.bottleneck
         self.student = model.student.half()
         self.head = model.head
         if self.use_memory:
@@ -57,7 +57,7 @@ class HalfPrecisionDMGRD(torch.nn.Module):
         if self.use_memory:
             memory_inputs, _ = self.normal_memory(teacher, self.selection)
             guided = self.msff(memory_inputs)
-        student = self.student(self.bottleneck([f.half() for f in guided]))
+        student = self.student(self.bottleneck(guided).half())
         return AnomalyOutput(*self.head(teacher, [f.float() for f in student]))
 
 
@@ -134,6 +134,9 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, ba
         if not batch.dynamic and len(chunk) != batch.min:
             continue
         ort_map, ort_score = backend.infer(chunk)
+        if not (np.isfinite(ort_map).all() and np.isfinite(ort_score).all()):
+            raise ExportError(f"{onnx_path.name} produces non-finite values (overflow) on real images",
+                              "this is a bug in the export's precision plan (export/precision.py); please report it")
         ref = model(torch.from_numpy(chunk))
         ref_map, ref_score = ref.anomaly_map.numpy(), ref.score.numpy()
         rel = max(rel, float(np.max(np.abs(ort_score - ref_score) / np.maximum(np.abs(ref_score), 1e-12))))

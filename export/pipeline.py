@@ -56,6 +56,11 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
     from .onnx_export import check_parity, torch_to_onnx
 
     opts.validate()
+    from .options import OUTPUTS
+
+    for name in opts.planned_outputs():
+        file_name, precision, _ = OUTPUTS[name]
+        log(f"will write {file_name} ({precision})")
     timings: dict[str, float] = {}
     model, payload = load_model(opts.checkpoint)
     meta, cfg = payload["metadata"], model.config
@@ -186,5 +191,5 @@ def _fp16(staging: Path, model, opts: ExportOptions, images: np.ndarray) -> tupl
     proto = torch_to_onnx(model, path, opts.batch, model.config.image_size, fp16=True)
     require_trt_compatible(proto, "model.fp16.onnx")
     parity = check_parity(model, path, images, opts.batch, score_rtol=1e-2, map_atol=5e-2)
-    entry = file_entry(path, "onnx", "fp16", kept_fp32="memory selection, MSFF and scoring head")
+    entry = file_entry(path, "onnx", "fp16", kept_fp32="memory selection, MSFF, bottleneck and scoring head")
     return entry, parity.as_dict()

@@ -145,7 +145,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
         if request.precision in ("int8", "fp16"):
             pinned = pin_fp32_layers(trt, network)
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, scoring head)")
+            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, scoring head)")
     size = request.image_size
     profile = builder.create_optimization_profile()
     b = request.batch

@@ -63,6 +63,11 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
     if not files:
         raise BackendError(f"{bundle.root} has no {precision} ONNX model",
                            f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16")
-    chosen = OnnxBackend(bundle.root / files[0], threads=threads, precision=precision)
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    chosen = OnnxBackend(bundle.root / files[0], providers=accelerated + ["CPUExecutionProvider"], threads=threads,
+                         precision=precision)
     log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {files[0]}")
     return chosen

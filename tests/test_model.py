@@ -96,7 +96,12 @@ def test_nearest_rule_finds_the_closest_item():
     fused, index = bank(query, "nearest")
     assert index.tolist() == [3, 1]
     assert [f.shape[1] for f in fused] == [8, 12, 16]
-    torch.testing.assert_close(fused[0][:, 4:], (bank.maps(0)[[3, 1]] - query[0]) ** 2)
+    scale = bank.maps(0).pow(2).mean().rsqrt()
+    torch.testing.assert_close(fused[0][:, :4], query[0] * scale)
+    torch.testing.assert_close(fused[0][:, 4:], ((bank.maps(0)[[3, 1]] - query[0]) * scale) ** 2)
+    unscaled = MemoryBank(5, (4, 6, 8), ((8, 8), (4, 4), (2, 2)), scale_inputs=False)
+    unscaled.fill([bank.maps(level) for level in range(3)])
+    torch.testing.assert_close(unscaled(query, "nearest")[0][0][:, 4:], (bank.maps(0)[[3, 1]] - query[0]) ** 2)
 
 
 def test_authors_rule_only_ever_picks_9_19_29():
@@ -155,6 +160,6 @@ def test_memory_is_part_of_the_state_dict():
     keys = model.state_dict().keys()
     assert {"normal_memory.maps0", "abnormal_memory.maps2", "normal_memory.means1"} <= set(keys)
     per_item = sum(c * (64 // s) ** 2 + c + 1 for c, s in zip((24, 40, 112), (4, 8, 16)))
-    assert model.memory_bytes() == 2 * 4 * 3 * per_item
+    assert model.memory_bytes() == 2 * 4 * (3 * per_item + 3)
     plain = DMGRD(ModelConfig(image_size=64, use_memory=False), pretrained=False)
     assert not any("memory" in k or "msff" in k for k in plain.state_dict())

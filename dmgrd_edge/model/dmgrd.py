@@ -43,8 +43,9 @@ class DMGRD(nn.Module):
         self.spec = spec
         shapes = tuple((config.image_size // s, config.image_size // s) for s in spec.strides)
         if config.use_memory:
-            self.normal_memory = MemoryBank(config.memory_size, spec.channels, shapes)
-            self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes)
+            scale = config.scale_memory_inputs
+            self.normal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
+            self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
             self.msff = MSFF(spec.channels)
         self.bottleneck = OCBE(spec)
         self.student = StudentDecoder(spec)

@@ -24,14 +24,17 @@ AUTHORS_TOPK = 10
 
 
 class MemoryBank(nn.Module):
-    def __init__(self, size: int, channels: tuple[int, ...], shapes: tuple[tuple[int, int], ...]):
+    def __init__(self, size: int, channels: tuple[int, ...], shapes: tuple[tuple[int, int], ...],
+                 scale_inputs: bool = True):
         super().__init__()
         self.size = size
+        self.scale_inputs = scale_inputs
         self.levels = len(channels)
         for level, (c, (h, w)) in enumerate(zip(channels, shapes)):
             self.register_buffer(f"maps{level}", torch.zeros(size, c, h, w))
             self.register_buffer(f"means{level}", torch.zeros(size, c))
             self.register_buffer(f"sqnorm{level}", torch.zeros(size))
+            self.register_buffer(f"inv_rms{level}", torch.ones(()))
 
     def maps(self, level: int) -> torch.Tensor:
         return getattr(self, f"maps{level}")
@@ -45,6 +48,7 @@ class MemoryBank(nn.Module):
             self.maps(level).copy_(feat)
             self.means(level).copy_(feat.mean(dim=(2, 3)))
             getattr(self, f"sqnorm{level}").copy_(feat.flatten(1).pow(2).sum(1))
+            getattr(self, f"inv_rms{level}").fill_(float(feat.pow(2).mean().rsqrt()) if self.scale_inputs else 1.0)
 
     def select_nearest(self, features: list[torch.Tensor]) -> torch.Tensor:
         # mean squared distance |F - U_k|^2 / D without the |F|^2 term, which is the same
@@ -69,10 +73,14 @@ class MemoryBank(nn.Module):
 
     def forward(self, features: list[torch.Tensor], rule: str) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The memory read (a module call, so exported nodes are named under the bank's
-        scope and can be kept fp32 by name). Returns MI_l = concat(F_l, (U_l[k] - F_l)^2) for each level and the chosen k."""
+        scope and can be kept fp32 by name). Returns MI_l = concat(F_l, (U_l[k] - F_l)^2)
+        for each level and the chosen k. With ``scale_inputs`` both terms are computed on
+        features divided by the bank's RMS (a constant fixed at fill time), which keeps the
+        squared difference O(1) instead of O(|F|^2)."""
         index = self.select_nearest(features) if rule == "nearest" else self.select_authors(features)
         fused = []
         for level, feat in enumerate(features):
             chosen = self.maps(level).index_select(0, index)
-            fused.append(torch.cat([feat, (chosen - feat) ** 2], dim=1))
+            scale = getattr(self, f"inv_rms{level}")
+            fused.append(torch.cat([feat * scale, ((chosen - feat) * scale) ** 2], dim=1))
         return fused, index
