@@ -95,6 +95,14 @@ class Bundle:
     def threshold(self) -> float:
         return float(self.manifest["threshold"])
 
+    def threshold_for(self, name: str) -> float:
+        """The decision threshold calibrated for this model file (engines use the one of the
+        ONNX file they were built from); the bundle's fp32 threshold otherwise."""
+        entry = self.manifest["files"].get(name, {})
+        if entry.get("kind") == "engine" and entry.get("onnx") in self.manifest["files"]:
+            entry = self.manifest["files"][entry["onnx"]]
+        return float(entry.get("threshold", self.manifest["threshold"]))
+
     def path(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise BundleError(f"{self.root} has no file {name!r}",

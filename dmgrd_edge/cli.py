@@ -254,7 +254,8 @@ def run(
     loaded = load_bundle(bundle)
     chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print)
     sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
-    thr = loaded.threshold if threshold is None else threshold
+    thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
+    console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
     config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
                        stats_json=stats_json, extra={"source": source, "bundle": str(bundle)})
     capture = Capture(open_source(spec), make_preprocess(loaded), queue_size, max_retries)

@@ -94,6 +94,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
             with step(log, "export FP16-typed ONNX", timings):
                 files["model.fp16.onnx"], parities["fp16_onnxruntime_vs_torch_fp32"] = _fp16(
                     staging, model, opts, normalize(data.guard_images, pre))
+        with step(log, "per-precision thresholds", timings):
+            _precision_thresholds(staging, files, data, pre, float(meta["score_stats"]["threshold"]), log)
         manifest = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -120,6 +122,23 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, log) -> None:
+    """Lower precisions shift the scores (INT8 noise lowers the teacher-student cosine
+    everywhere), so each model file gets its own threshold: the fp32 validation threshold
+    moved by the median score difference on the held-out normal images."""
+    from dmgrd_edge.calib.guard import run_onnx
+
+    normals = data.guard_images[data.guard_labels == 0]
+    reference = np.median(run_onnx(staging / "model.onnx", normals, pre)[1])
+    files["model.onnx"].update(threshold=base, threshold_rule="mean + 3 std of validation normal scores")
+    for name in ("model.int8.onnx", "model.fp16.onnx"):
+        if name in files:
+            shift = float(np.median(run_onnx(staging / name, normals, pre)[1]) - reference)
+            files[name].update(threshold=base + shift, score_shift_vs_fp32=shift,
+                               threshold_rule=f"fp32 threshold + median score shift on {len(normals)} held-out normals")
+            log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
 
 
 def _int8(opts, staging, proto, data, pre, files, timings, log):

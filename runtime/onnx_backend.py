@@ -17,7 +17,7 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", spin: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -33,6 +33,10 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.log_severity_level = 3
+        if not spin:
+            # idle pool threads sleep instead of spinning, leaving the cores to capture and
+            # preprocessing while the main thread post-processes
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -39,7 +39,7 @@ def _engine_for(bundle: Bundle, precision: str):
 
 
 def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", max_batch: int = 8,
-                   threads: int = 0, log=print):
+                   threads: int = 0, log=print, spin: bool = True):
     choose("backend", backend, BACKENDS)
     choose("precision", precision, PRECISIONS)
     if backend in ("auto", "tensorrt"):
@@ -49,6 +49,7 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
             from .tensorrt_backend import TensorRTBackend
 
             chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch)
+            chosen.bundle_file = name
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
             return chosen
         except Exception as exc:
@@ -68,6 +69,7 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
     available = ort.get_available_providers()
     accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     chosen = OnnxBackend(bundle.root / files[0], providers=accelerated + ["CPUExecutionProvider"], threads=threads,
-                         precision=precision)
+                         precision=precision, spin=spin)
+    chosen.bundle_file = files[0]
     log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {files[0]}")
     return chosen

@@ -171,3 +171,16 @@ def test_export_refuses_a_folder_that_is_not_a_bundle(tmp_path, trained_ckpt):
     assert result.returncode == 2 and "not a bundle" in result.stderr
     assert (out / "notes.txt").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_each_precision_has_its_threshold(bundle):
+    from dmgrd_edge.bundle import Bundle
+
+    loaded = load_bundle(bundle)
+    files = loaded.manifest["files"]
+    assert files["model.onnx"]["threshold"] == loaded.threshold
+    shift = files["model.int8.onnx"]["score_shift_vs_fp32"]
+    assert loaded.threshold_for("model.int8.onnx") == pytest.approx(loaded.threshold + shift)
+    manifest = json.loads(json.dumps(loaded.manifest))
+    manifest["files"]["engines/x.engine"] = {"kind": "engine", "onnx": "model.int8.onnx", "bytes": 1, "sha256": "0"}
+    assert Bundle(bundle, manifest).threshold_for("engines/x.engine") == loaded.threshold_for("model.int8.onnx")
