@@ -25,7 +25,7 @@ from dmgrd_edge.calib.quantize import quantize_qdq
 from dmgrd_edge.config import ModelConfig
 from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthetic import make_image
-from dmgrd_edge.export.onnx_export import check_parity, fp32_node_names, torch_to_onnx
+from dmgrd_edge.export.onnx_export import check_parity, int8_excluded_nodes, torch_to_onnx
 from dmgrd_edge.export.options import BatchProfile, ExportOptions
 from dmgrd_edge.model import BACKBONES, DMGRD
 from dmgrd_edge.runtime.bench import accuracy, latency
@@ -50,7 +50,7 @@ def measure(name, model, work: Path, calib_images, method, args) -> dict:
     proto = torch_to_onnx(model, fp32, batch, size)
     guard = normalize(calib_images[:8], pre)
     parity = check_parity(model, fp32, guard, batch)
-    quantize_qdq(fp32, int8, CalibrationReader(calib_images, pre), method, fp32_node_names(proto), None)
+    quantize_qdq(fp32, int8, CalibrationReader(calib_images, pre), method, int8_excluded_nodes(proto), None)
     row = {"backbone": name, "calibration": f"{method}, {len(calib_images)} images",
            "fp32_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6,
            "parity_score_rel": parity.score_max_rel_err, "parity_map_abs": parity.map_max_abs_err}

@@ -147,6 +147,8 @@ def export(
     calib_pseudo: bool = typer.Option(False, help="add pseudo-anomalous images to the calibration set"),
     max_drop: Optional[float] = typer.Option(None, help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
                                              "the most sensitive layers in fp32 until it fits"),
+    int8_teacher: bool = typer.Option(False, help="quantize the teacher too (faster; its noise shows up as "
+                                      "anomaly: check the guard)"),
     batch: str = typer.Option("1:1:8", help="fixed batch N or profile MIN:OPT:MAX"),
     dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson; fixed batch)"),
     workspace: str = typer.Option("1G", help="TensorRT builder workspace, e.g. 512M, 2G"),
@@ -159,8 +161,8 @@ def export(
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, DATASETS)
     opts = ExportOptions(checkpoint, out, int8, fp16, engine, calib_data, calib_dataset, calib_category,
-                         calib_count, calib_method, calib_pseudo, max_drop, BatchProfile.parse(batch), dla_core,
-                         parse_size(workspace), guard_count).validate()
+                         calib_count, calib_method, calib_pseudo, max_drop, int8_teacher, BatchProfile.parse(batch),
+                         dla_core, parse_size(workspace), guard_count).validate()
     from rich.progress import track
 
     from .export.pipeline import export_bundle

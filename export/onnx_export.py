@@ -21,7 +21,7 @@ from dmgrd_edge.errors import DmgrdError
 from dmgrd_edge.model.dmgrd import AnomalyOutput
 
 from .options import BatchProfile
-from .precision import keep_fp32
+from .precision import int8_excluded, keep_fp32
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -107,6 +107,11 @@ def check_interface(proto: onnx.ModelProto, batch: BatchProfile, image_size: int
 def fp32_node_names(proto: onnx.ModelProto, fp16: bool = False) -> list[str]:
     """Nodes that stay fp32 (memory selection and head; MSFF too in fp16)."""
     return [n.name for n in proto.graph.node if keep_fp32(n.name, fp16)]
+
+
+def int8_excluded_nodes(proto: onnx.ModelProto, quantize_teacher: bool = False) -> list[str]:
+    """Nodes that get no Q/DQ in the INT8 graph (see precision.int8_excluded)."""
+    return [n.name for n in proto.graph.node if int8_excluded(n.name, quantize_teacher)]
 
 
 @dataclass

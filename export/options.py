@@ -67,6 +67,7 @@ class ExportOptions:
     calib_method: str = "entropy"
     calib_pseudo: bool = False
     max_drop: float | None = None
+    int8_teacher: bool = False
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 1, 8))
     dla_core: int | None = None
     workspace: int = 1 << 30
@@ -84,6 +85,8 @@ class ExportOptions:
                 raise ConfigError("--max-drop applies to INT8 only", "add --int8 or drop --max-drop")
             if self.max_drop <= 0:
                 raise ConfigError(f"--max-drop must be > 0 (points of I-AUC / PRO@0.3), got {self.max_drop}")
+        if self.int8_teacher and not self.int8:
+            raise ConfigError("--int8-teacher applies to INT8 only", "add --int8")
         if self.calib_pseudo and not self.int8:
             raise ConfigError("--calib-pseudo applies to INT8 calibration only", "add --int8")
         if self.dla_core is not None:

@@ -146,12 +146,12 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
     from dmgrd_edge.calib.guard import compare, run_onnx, within
     from dmgrd_edge.calib.quantize import quantize_qdq
 
-    from .onnx_export import fp32_node_names
+    from .onnx_export import int8_excluded_nodes
 
     fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
     reader = CalibrationReader(data.calibration, pre, batch_size=1 if opts.batch.dynamic else opts.batch.min)
     cache = staging / ".calibration-ranges.json"
-    always_fp32 = fp32_node_names(proto)
+    always_fp32 = int8_excluded_nodes(proto, opts.int8_teacher)
     with step(log, f"calibrate ({opts.calib_method}, {len(data.calibration)} images) and quantize", timings):
         quant = quantize_qdq(fp32_path, int8_path, reader, opts.calib_method, always_fp32, cache)
         require_trt_compatible(str(int8_path), "model.int8.onnx")
@@ -167,7 +167,9 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
         f"map cosine {guard['map_cosine_mean']:.4f}")
     cache.unlink(missing_ok=True)
     files["model.int8.onnx"] = file_entry(int8_path, "onnx", "int8", quantized_layers=quant["quantized_layers"])
-    calibration = {**data.summary(), **quant, "preprocess": "dmgrd_edge.data.preprocess (the runtime's)"}
+    calibration = {**data.summary(), **quant, "preprocess": "dmgrd_edge.data.preprocess (the runtime's)",
+                   "teacher": "int8" if opts.int8_teacher else "fp32 (no Q/DQ)",
+                   "fp32_nodes": "memory selection, scoring head" + ("" if opts.int8_teacher else ", teacher")}
     return calibration, guard
 
 

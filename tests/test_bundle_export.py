@@ -60,9 +60,11 @@ def test_int8_graph_is_tensorrt_style(bundle):
     zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     assert zero_points and all(onnx.numpy_helper.to_array(inits[z]).max() == 0 for z in zero_points if z in inits)
     producers = {o: n for n in model.graph.node for o in n.output}
-    head = [n for n in model.graph.node if n.name.startswith(("/head/", "/normal_memory/"))]
+    head = [n for n in model.graph.node if n.name.startswith(("/head/", "/normal_memory/", "/teacher/"))]
     assert head and all(producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "DequantizeLinear"
                         for n in head if n.op_type in ("Conv", "MatMul"))
+    student = [n for n in model.graph.node if n.name.startswith("/student/") and n.op_type == "Conv"]
+    assert any(producers[n.input[0]].op_type == "DequantizeLinear" for n in student)
 
 
 def test_onnxruntime_runs_every_precision(bundle):
@@ -115,6 +117,7 @@ def test_graph_check_names_offending_nodes():
 @pytest.mark.parametrize("kwargs, needle", [
     ({"calib_method": "kl"}, "entropy"),
     ({"max_drop": 1.0}, "INT8 only"),
+    ({"int8_teacher": True}, "INT8 only"),
     ({"int8": True, "max_drop": -1.0}, "> 0"),
     ({"dla_core": 0}, "--engine"),
     ({"dla_core": 0, "engine": True, "int8": True}, "fixed batch"),
