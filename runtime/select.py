@@ -56,18 +56,21 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
             if backend == "tensorrt":
                 raise
             log(f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); using ONNX Runtime")
+    import onnxruntime as ort
+
     from .onnx_backend import OnnxBackend
 
+    available = ort.get_available_providers()
+    accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     if precision == "auto":
-        precision = "int8" if bundle.files(kind="onnx", precision="int8") else "fp32"
+        # The Q/DQ graph pays off where Q/DQ is fused (TensorRT/CUDA providers); on the CPU
+        # provider it measured slower than fp32 (docs/BENCHMARKS.md), so fp32 is the default.
+        has_int8 = bool(bundle.files(kind="onnx", precision="int8"))
+        precision = "int8" if accelerated and has_int8 else "fp32"
     files = bundle.files(kind="onnx", precision=precision)
     if not files:
         raise BackendError(f"{bundle.root} has no {precision} ONNX model",
                            f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16")
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     chosen = OnnxBackend(bundle.root / files[0], providers=accelerated + ["CPUExecutionProvider"], threads=threads,
                          precision=precision, spin=spin)
     chosen.bundle_file = files[0]
