@@ -12,13 +12,14 @@ import json
 import tempfile
 from pathlib import Path
 
+from dmgrd_edge.train.evaluate import evaluate_checkpoint
+from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
-from dmgrd_edge.train.evaluate import evaluate_checkpoint
-from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.trainer import train_category
+from dmgrd_edge.report import redact_paths
 
 VARIANTS = (("DM-GRD, scaled inputs", True, True), ("DM-GRD, unscaled (authors)", True, False),
             ("RD (no memory)", False, True))
@@ -49,8 +50,8 @@ def main() -> None:
             print(f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} {100 * row['p_auroc']:7.2f} "
                   f"{100 * row['pro_30']:7.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "ablation_memory_scaling", "args": vars(args), "rows": rows},
-                                         indent=2))
+    Path(args.out).write_text(redact_paths(json.dumps(
+        {"benchmark": "ablation_memory_scaling", "args": vars(args), "rows": rows}, indent=2)))
 
 
 if __name__ == "__main__":

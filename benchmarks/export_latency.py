@@ -19,18 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from dmgrd_edge.calib.data import CalibrationReader
 from dmgrd_edge.calib.quantize import quantize_qdq
-from dmgrd_edge.config import ModelConfig
-from dmgrd_edge.data.preprocess import normalize
-from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.export.onnx_export import check_parity, int8_excluded_nodes, torch_to_onnx
 from dmgrd_edge.export.options import BatchProfile, ExportOptions
-from dmgrd_edge.model import BACKBONES, DMGRD
 from dmgrd_edge.runtime.bench import accuracy, latency
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.onnx_backend import OnnxBackend
+
+from dmgrd_edge.config import ModelConfig
+from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.data.synthetic import make_image
+from dmgrd_edge.model import BACKBONES, DMGRD
+from dmgrd_edge.report import redact_paths
 
 
 def untrained_model(name: str, size: int) -> DMGRD:
@@ -68,8 +69,9 @@ def measure(name, model, work: Path, calib_images, method, args) -> dict:
 def accuracy_delta(checkpoint: Path, work: Path, args) -> dict:
     """Export the trained checkpoint with --int8 as a user would, then score the test split
     with both ONNX models through ONNX Runtime and the numpy metrics."""
-    from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.export.pipeline import export_bundle
+
+    from dmgrd_edge.bundle import load_bundle
 
     out = work / "bundle"
     manifest = export_bundle(ExportOptions(checkpoint, out, int8=True, calib_count=args.calib_count,
@@ -109,8 +111,9 @@ def main() -> None:
             from dmgrd_edge.train.checkpoint import load_model
 
             model, payload = load_model(args.checkpoint)
-            from dmgrd_edge.data.datasets import index_category
             from dmgrd_edge.train.loop import load_images
+
+            from dmgrd_edge.data.datasets import index_category
 
             meta = payload["metadata"]
             paths = [s.path for s in index_category(meta["dataset"], args.data or meta["root"], meta["category"]).train]
@@ -141,7 +144,7 @@ def main() -> None:
     record = {"benchmark": "export_latency", "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "accuracy": delta, "device": device_info(), "torch": str(torch.__version__)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
+    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
     print(f"wrote {args.out}")
 
 

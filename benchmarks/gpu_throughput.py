@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dmgrd_edge.train.loop import BatchSource
+from dmgrd_edge.train.losses import dmgrd_loss
+from dmgrd_edge.train.synthesis import AnomalySynthesizer
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.model import BACKBONES, DMGRD
-from dmgrd_edge.train.loop import BatchSource
-from dmgrd_edge.train.losses import dmgrd_loss
-from dmgrd_edge.train.synthesis import AnomalySynthesizer
+from dmgrd_edge.report import redact_paths
 
 
 def _sync(device):
@@ -143,7 +144,7 @@ def main():
               "machine": {"gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                           "torch": str(torch.__version__), "cuda": torch.version.cuda, "python": platform.python_version()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
+    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
 
 
 if __name__ == "__main__":

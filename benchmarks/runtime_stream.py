@@ -18,15 +18,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from dmgrd_edge.bundle import load_bundle
-from dmgrd_edge.data.synthetic import DEFECTS, make_image
 from dmgrd_edge.runtime.capture import Capture
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
 from dmgrd_edge.runtime.select import create_backend
 from dmgrd_edge.runtime.sinks import open_sink
 from dmgrd_edge.runtime.sources import VideoCaptureSource, parse_uri
+
+from dmgrd_edge.bundle import load_bundle
+from dmgrd_edge.data.synthetic import DEFECTS, make_image
+from dmgrd_edge.report import redact_paths
 
 
 def rss_mib() -> float:
@@ -131,7 +132,7 @@ def main() -> None:
         value = result[key]
         print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
     print(f"wrote {args.out}")
 
 

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import torch
+from dmgrd_edge.train.evaluate import evaluate_checkpoint
+from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
-from dmgrd_edge.train.evaluate import evaluate_checkpoint
-from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.trainer import train_category
+from dmgrd_edge.report import redact_paths
 
 
 def cpu_name() -> str:
@@ -81,7 +82,7 @@ def main() -> None:
               "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "torch": str(torch.__version__),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
+    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
     console.print(f"wrote {args.out}")
 
 

@@ -60,3 +60,13 @@ def write_reports(rows: list[dict[str, Any]], out_dir: str | Path, stem: str, ti
     paths["csv"].write_text(to_csv(rows))
     paths["json"].write_text(json.dumps({"title": title, "rows": with_average(rows), **(extra or {})}, indent=2))
     return paths
+
+
+def redact_paths(text: str) -> str:
+    """Replace temporary working folders in benchmark records by ``<work>``, so committed
+    results name no folder of the machine that produced them."""
+    import re
+    import tempfile
+
+    root = re.escape(tempfile.gettempdir().rstrip("/"))
+    return re.sub(root + r"/[A-Za-z0-9_.\-]+", "<work>", text)
