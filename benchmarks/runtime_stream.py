@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--defect-rate", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-spin", action="store_true", help="ONNX Runtime pool threads sleep when idle")
+    parser.add_argument("--calibrate-frames", type=int, default=1000,
+                        help="good frames (another seed) to calibrate the threshold on first; 0 keeps the bundle's")
+    parser.add_argument("--false-alarm-rate", type=float, default=0.002)
     parser.add_argument("--out", default="benchmarks/results/runtime_stream.json")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
@@ -101,6 +104,20 @@ def main() -> None:
 
     probe = MemoryProbe(after=100)
     events = work / "events.jsonl"
+    calibration = None
+    if args.calibrate_frames:
+        from dmgrd_edge.runtime.pipeline import make_preprocess as _pre
+        from dmgrd_edge.runtime.sources import ImageFolderSource
+        from dmgrd_edge.runtime.threshold import calibrate, score_source
+
+        good = work / "good"
+        good.mkdir()
+        for i in range(args.calibrate_frames):
+            image, _ = make_image(category, 8, "video", i, size)
+            cv2.imwrite(str(good / f"{i:05d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
+        scores = score_source(ImageFolderSource(parse_uri(str(good))), backend, _pre(bundle))
+        bundle, calibration = calibrate(bundle, backend.bundle_file, scores, args.false_alarm_rate, "generated good frames, seed 8")
+        print(f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}")
     threshold = bundle.threshold_for(backend.bundle_file)
     config = RunConfig(threshold, threshold, batch=1, status_every_s=30)
     pipeline = Pipeline(bundle, backend, [open_sink(str(events), headless=True), probe], config, log=print)
@@ -120,7 +137,7 @@ def main() -> None:
         "inference_ms": stages["inference"], "sinks_ms": stages["sinks"],
         "recall": float(pred[truth_arr].mean()) if truth_arr.any() else None,
         "false_alarm_rate": float(pred[~truth_arr].mean()), "false_alarms": int(pred[~truth_arr].sum()),
-        "missed": int((~pred[truth_arr]).sum()), "threshold": threshold,
+        "missed": int((~pred[truth_arr]).sum()), "threshold": threshold, "threshold_calibration": calibration,
         "rss_after_100_frames_mib": probe.start, "rss_end_mib": probe.end,
         "rss_growth_mib": (probe.end - probe.start) if probe.start else None,
         "dropped": pipeline.summary["dropped"], "backend": backend.describe(), "device": device_info(),

@@ -299,6 +299,36 @@ def bench(
     console.print(f"wrote {out}")
 
 
+@app.command("calibrate-threshold")
+def calibrate_threshold(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    source: str = typer.Option(..., help="known-good frames: image folder/glob, video file, or a camera URI"),
+    false_alarm_rate: float = typer.Option(0.001, help="wanted share of good frames flagged NG"),
+    backend: str = typer.Option("auto", help="the backend the line will run: auto, tensorrt or onnxruntime"),
+    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    max_frames: Optional[int] = typer.Option(None, help="stop after N frames (needed for live sources)"),
+    batch: int = typer.Option(8),
+):
+    """Set the decision threshold of the model file the line uses from good frames (no torch)."""
+    from .bundle import load_bundle
+    from .runtime.pipeline import make_preprocess
+    from .runtime.select import create_backend
+    from .runtime.sources import open_source, parse_uri
+    from .runtime.threshold import calibrate, score_source
+
+    spec = parse_uri(source)
+    if spec.live and max_frames is None:
+        raise ConfigError("a live source needs --max-frames", "e.g. --max-frames 2000")
+    loaded = load_bundle(bundle)
+    chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
+    scores = score_source(open_source(spec), chosen, make_preprocess(loaded), batch, max_frames)
+    before = loaded.threshold_for(chosen.bundle_file)
+    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=console.print)
+    console.print(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+                  f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})")
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix."""
     try:

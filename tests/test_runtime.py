@@ -261,3 +261,30 @@ def test_bench_without_torch(tmp_path, bundle, line_root):
     assert result["device"]["cpu_count"] >= 1 and result["device"]["onnxruntime"]
     assert result["accuracy"]["category"] == "washer" and 0 <= result["accuracy"]["i_auroc"] <= 1
     assert result["startup_s"] > 0 and result["peak_host_rss_mib"] > 0
+
+
+def test_calibrate_threshold_from_good_frames(tmp_path, bundle):
+    import shutil
+
+    from dmgrd_edge.bundle import load_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(20):
+        image, _ = make_image("washer", 5, "video", i, 64)
+        cv2.imwrite(str(good / f"{i:03d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    proc = _run_cli("calibrate-threshold", copy, "--source", good, "--false-alarm-rate", "0.05",
+                    "--backend", "onnxruntime", "--precision", "fp32")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    loaded = load_bundle(copy)  # manifest rewritten, every file still verifies
+    assert loaded.threshold_for("model.onnx") == summary["threshold"] and summary["count"] == 20
+    assert "cannot resolve" not in err
+    proc = _run_cli("run", copy, "--source", good, "--precision", "fp32", "--sink", tmp_path / "e.jsonl",
+                    "--headless")
+    proc.communicate(timeout=120)
+    events = [json.loads(l) for l in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert sum(e["decision"] == "NG" for e in events) <= 1  # at most 5 % of 20 good frames

@@ -1,0 +1,55 @@
+"""Decision-threshold calibration on good frames from the line (torch-free).
+
+The threshold written at training comes from a handful of validation images; the right one
+comes from the camera, codec and lighting of the line. This reads known-good frames from any
+source, scores them with the backend that will run, and stores the score quantile for the
+wanted false-alarm rate in the bundle manifest, for that model file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from dmgrd_edge.bundle import Bundle, add_files
+from dmgrd_edge.errors import ConfigError, DataError
+
+from .sources import Status
+
+
+def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None) -> np.ndarray:
+    scores, pending = [], []
+    while max_frames is None or len(scores) + len(pending) < max_frames:
+        status, image = source.read()
+        if status is Status.END:
+            break
+        if status is not Status.OK:
+            continue
+        pending.append(preprocess(image))
+        if len(pending) == batch:
+            scores.extend(backend.infer(np.stack(pending))[1].tolist())
+            pending = []
+    if pending:
+        scores.extend(backend.infer(np.stack(pending))[1].tolist())
+    source.close()
+    return np.asarray(scores, np.float64)
+
+
+def calibrate(bundle: Bundle, file_name: str, scores: np.ndarray, false_alarm_rate: float, source: str,
+              log=print) -> tuple[Bundle, dict]:
+    if not 0 < false_alarm_rate < 0.5:
+        raise ConfigError(f"--false-alarm-rate must be in (0, 0.5), got {false_alarm_rate}")
+    if scores.size < 10:
+        raise DataError(f"only {scores.size} good frames scored", "give at least 10 (better: 1 / rate) good frames")
+    if scores.size < 1 / false_alarm_rate:
+        log(f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
+            f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)")
+    threshold = float(np.quantile(scores, 1 - false_alarm_rate, method="higher"))
+    summary = {"threshold": threshold, "count": int(scores.size), "false_alarm_rate": false_alarm_rate,
+               "p50": float(np.median(scores)), "max": float(scores.max()), "source": source,
+               "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    entry = dict(bundle.manifest["files"][file_name])
+    entry.update(threshold=threshold, threshold_calibration=summary,
+                 threshold_rule=f"{100 * (1 - false_alarm_rate):g}th percentile of {scores.size} good frames")
+    return add_files(bundle, {file_name: entry}), summary
