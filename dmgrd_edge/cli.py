@@ -241,6 +241,8 @@ def run(
     queue_size: int = typer.Option(4, help="capture queue length (live sources drop the oldest beyond it)"),
     max_retries: int = typer.Option(5, help="reconnect attempts for a live source before giving up"),
     threads: int = typer.Option(0, help="ONNX Runtime threads (0: all cores)"),
+    no_spin: bool = typer.Option(False, "--no-spin", help="ONNX Runtime pool threads sleep when idle (leaves CPU "
+                                 "to capture on small machines; lowers the backend's own rate)"),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
     from .bundle import load_bundle
@@ -254,7 +256,8 @@ def run(
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     spec = parse_uri(source, input_width, input_height, input_fps, loop)
     loaded = load_bundle(bundle)
-    chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print)
+    chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
+                            spin=not no_spin)
     sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
     console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")

@@ -284,7 +284,7 @@ def test_calibrate_threshold_from_good_frames(tmp_path, bundle):
     assert loaded.threshold_for("model.onnx") == summary["threshold"] and summary["count"] == 20
     assert "cannot resolve" not in err
     proc = _run_cli("run", copy, "--source", good, "--precision", "fp32", "--sink", tmp_path / "e.jsonl",
-                    "--headless")
+                    "--headless", "--no-spin")
     proc.communicate(timeout=120)
     events = [json.loads(l) for l in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert sum(e["decision"] == "NG" for e in events) <= 1  # at most 5 % of 20 good frames
