@@ -177,12 +177,10 @@ def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> P
     return out
 
 
-def add_files(bundle: Bundle, entries: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> Bundle:
+def add_files(bundle: Bundle, entries: dict[str, dict[str, Any]]) -> Bundle:
     """Register files already written inside the bundle (e.g. engines built on the target)."""
     manifest = json.loads(json.dumps(bundle.manifest))
     manifest["files"].update(entries)
-    for key, value in (extra or {}).items():
-        manifest[key] = value
     validate_manifest(manifest)
     write_json_atomic(bundle.root / MANIFEST, manifest)
     return Bundle(bundle.root, manifest)

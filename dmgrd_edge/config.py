@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, choose
@@ -111,7 +111,6 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     threads: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.steps < 1:

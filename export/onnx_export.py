@@ -21,7 +21,7 @@ from dmgrd_edge.errors import DmgrdError
 from dmgrd_edge.model.dmgrd import AnomalyOutput
 
 from .options import BatchProfile
-from .precision import int8_excluded, keep_fp32
+from .precision import int8_excluded
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -102,11 +102,6 @@ def check_interface(proto: onnx.ModelProto, batch: BatchProfile, image_size: int
     expected = ["batch" if batch.dynamic else batch.min, 3, image_size, image_size]
     if dims != expected:
         raise ExportError(f"input shape {dims} differs from the expected {expected}")
-
-
-def fp32_node_names(proto: onnx.ModelProto, fp16: bool = False) -> list[str]:
-    """Nodes that stay fp32 (memory selection and head; MSFF too in fp16)."""
-    return [n.name for n in proto.graph.node if keep_fp32(n.name, fp16)]
 
 
 def int8_excluded_nodes(proto: onnx.ModelProto, quantize_teacher: bool = False) -> list[str]:
