@@ -1,9 +1,11 @@
-"""ONNX Runtime (CPU) latency of the exported fp32 and INT8 graphs for every backbone, file
-sizes, ONNX-vs-PyTorch parity, and the fp32 -> int8 accuracy change on generated line data.
+"""ONNX Runtime (CPU) latency of the exported fp32 graph and both INT8 graphs (the TensorRT
+Q/DQ form and the CPU form) for every backbone, file sizes, ONNX-vs-PyTorch parity, and the
+fp32 -> int8 accuracy change on generated line data.
 
     python benchmarks/export_latency.py --checkpoint RUN/washer-dmgrd/last.pt
 
-Latency: median (and p90) of repeated runs after warm-up, batch 1 and 8, one process.
+Latency: median (and p90) of repeated runs after warm-up, batch 1 and 8, one process; the
+three sessions take turns in rounds, so that a slow spell of the machine hits all of them.
 The default backbone's figures come from the trained checkpoint (its own training data for
 calibration, its test split for accuracy). The ResNet teachers have no ImageNet weights on
 an offline machine; their latency is measured on untrained models with the same shapes
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from dmgrd_edge.calib.data import CalibrationReader
 from dmgrd_edge.calib.quantize import quantize_qdq
 from dmgrd_edge.export.onnx_export import check_parity, int8_excluded_nodes, torch_to_onnx
 from dmgrd_edge.export.options import BatchProfile, ExportOptions
-from dmgrd_edge.runtime.bench import accuracy, latency
+from dmgrd_edge.runtime.bench import accuracy
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.onnx_backend import OnnxBackend
 
@@ -43,26 +46,48 @@ def untrained_model(name: str, size: int) -> DMGRD:
     return model
 
 
+FILES = (("fp32", "fp32", None), ("int8", "int8 (TensorRT Q/DQ)", "tensorrt"), ("int8_cpu", "int8 (CPU form)", "cpu"))
+
+
+def interleaved_latency(backends: dict, batch: int, size: int, warmup: int, runs: int, per_turn: int) -> dict:
+    x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+    times = {key: [] for key in backends}
+    for backend in backends.values():
+        for _ in range(warmup):
+            backend.infer(x)
+    for _ in range(max(1, runs // per_turn)):
+        for key, backend in backends.items():
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                backend.infer(x)
+                times[key].append(1000 * (time.perf_counter() - t0))
+    return {key: (float(np.percentile(t, 50)), float(np.percentile(t, 90))) for key, t in times.items()}
+
+
 def measure(name, model, work: Path, calib_images, method, args) -> dict:
     size = model.config.image_size
     pre = model.config.preprocess()
     batch = BatchProfile(1, 1, 8)
-    fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
-    proto = torch_to_onnx(model, fp32, batch, size)
+    paths = {key: work / f"{name}.{key}.onnx" for key, _, _ in FILES}
+    proto = torch_to_onnx(model, paths["fp32"], batch, size)
     guard = normalize(calib_images[:8], pre)
-    parity = check_parity(model, fp32, guard, batch)
-    quantize_qdq(fp32, int8, CalibrationReader(calib_images, pre), method, int8_excluded_nodes(proto), None)
+    parity = check_parity(model, paths["fp32"], guard, batch)
+    reader = CalibrationReader(calib_images, pre)
+    for key, _, target in FILES[1:]:
+        exclude = int8_excluded_nodes(proto, quantize_teacher=target == "cpu")
+        quantize_qdq(paths["fp32"], paths[key], reader, method, exclude, None, target)
     row = {"backbone": name, "calibration": f"{method}, {len(calib_images)} images",
-           "fp32_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6,
            "parity_score_rel": parity.score_max_rel_err, "parity_map_abs": parity.map_max_abs_err}
-    for precision, path in (("fp32", fp32), ("int8", int8)):
-        backend = OnnxBackend(path, threads=args.threads)
-        for b in (1, 8):
-            runs = args.runs if b == 1 else max(3, args.runs // 4)
-            t = latency(backend, b, (size, size), args.warmup, runs)
-            row[f"{precision}_b{b}_ms"], row[f"{precision}_b{b}_p90_ms"] = t["ms_p50"], t["ms_p90"]
-    row["int8_vs_fp32_b1"] = row["int8_b1_ms"] / row["fp32_b1_ms"]
-    row["int8_vs_fp32_b8"] = row["int8_b8_ms"] / row["fp32_b8_ms"]
+    backends = {key: OnnxBackend(path, threads=args.threads) for key, path in paths.items()}
+    for key, path in paths.items():
+        row[f"{key}_mb"] = path.stat().st_size / 1e6
+    for b in (1, 8):
+        runs = args.runs if b == 1 else max(4, args.runs // 4)
+        result = interleaved_latency(backends, b, size, args.warmup, runs, 5 if b == 1 else 2)
+        for key, (p50, p90) in result.items():
+            row[f"{key}_b{b}_ms"], row[f"{key}_b{b}_p90_ms"] = p50, p90
+        for key, _, _ in FILES[1:]:
+            row[f"{key}_vs_fp32_b{b}"] = row[f"{key}_b{b}_ms"] / row[f"fp32_b{b}_ms"]
     return row
 
 
@@ -79,13 +104,14 @@ def accuracy_delta(checkpoint: Path, work: Path, args) -> dict:
     bundle = load_bundle(out)
     source = manifest["source"]
     result = {"bundle": str(out), "guard": manifest["guard"], "calibration": manifest["calibration"]}
-    for precision, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-        result[precision] = accuracy(OnnxBackend(out / name, threads=args.threads), bundle,
-                                     Path(manifest["source"].get("root") or args.data), source["dataset"],
-                                     source["category"], 8)
-    result["i_auroc_drop_points"] = 100 * (result["fp32"]["i_auroc"] - result["int8"]["i_auroc"])
-    result["pro_30_drop_points"] = 100 * (result["fp32"]["pro_30"] - result["int8"]["pro_30"])
-    result["p_auroc_drop_points"] = 100 * (result["fp32"]["p_auroc"] - result["int8"]["p_auroc"])
+    result["guard_cpu"] = manifest["files"]["model.int8-cpu.onnx"]["guard"]
+    for key, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"), ("int8_cpu", "model.int8-cpu.onnx")):
+        result[key] = accuracy(OnnxBackend(out / name, threads=args.threads), bundle,
+                               Path(args.data or manifest["source"].get("root")), source["dataset"],
+                               source["category"], 8)
+        if key != "fp32":
+            for metric in ("i_auroc", "pro_30", "p_auroc"):
+                result[f"{key}_{metric}_drop_points"] = 100 * (result["fp32"][metric] - result[key][metric])
     return result
 
 
@@ -129,18 +155,18 @@ def main() -> None:
         del model
     if args.checkpoint:
         delta = accuracy_delta(args.checkpoint, work, args)
-    header = (f"{'backbone':18s} {'fp32 b1':>8s} {'int8 b1':>8s} {'ratio':>6s} {'fp32 b8':>8s} {'int8 b8':>8s} "
-              f"{'ratio':>6s} {'fp32 MB':>8s} {'int8 MB':>8s} {'score rel':>9s} {'map abs':>8s}")
-    print(header)
+    print(f"{'backbone':18s} {'file':22s} {'b1 ms':>7s} {'x fp32':>6s} {'b8 ms':>7s} {'x fp32':>6s} {'MB':>6s}")
     for r in rows:
-        print(f"{r['backbone']:18s} {r['fp32_b1_ms']:8.1f} {r['int8_b1_ms']:8.1f} {r['int8_vs_fp32_b1']:6.2f} "
-              f"{r['fp32_b8_ms']:8.1f} {r['int8_b8_ms']:8.1f} {r['int8_vs_fp32_b8']:6.2f} {r['fp32_mb']:8.1f} "
-              f"{r['int8_mb']:8.1f} {r['parity_score_rel']:9.1e} {r['parity_map_abs']:8.1e}")
+        for key, label, _ in FILES:
+            ratio = lambda b: "" if key == "fp32" else f"{r[f'{key}_vs_fp32_b{b}']:.2f}"  # noqa: E731
+            print(f"{r['backbone']:18s} {label:22s} {r[f'{key}_b1_ms']:7.1f} {ratio(1):>6s} "
+                  f"{r[f'{key}_b8_ms']:7.1f} {ratio(8):>6s} {r[f'{key}_mb']:6.1f}")
+        print(f"{'':18s} parity fp32 vs torch: score rel {r['parity_score_rel']:.1e}, map abs {r['parity_map_abs']:.1e}")
     if delta:
-        print(f"accuracy on the test split (efficientnet_lite0): I-AUC {100 * delta['fp32']['i_auroc']:.2f} -> "
-              f"{100 * delta['int8']['i_auroc']:.2f}, P-AUC {100 * delta['fp32']['p_auroc']:.2f} -> "
-              f"{100 * delta['int8']['p_auroc']:.2f}, PRO@0.3 {100 * delta['fp32']['pro_30']:.2f} -> "
-              f"{100 * delta['int8']['pro_30']:.2f}")
+        for key, label, _ in FILES[1:]:
+            print(f"accuracy on the test split (efficientnet_lite0), fp32 -> {label}: "
+                  + ", ".join(f"{m} {100 * delta['fp32'][k]:.2f} -> {100 * delta[key][k]:.2f}"
+                              for m, k in (("I-AUC", "i_auroc"), ("P-AUC", "p_auroc"), ("PRO@0.3", "pro_30"))))
     record = {"benchmark": "export_latency", "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "accuracy": delta, "device": device_info(), "torch": str(torch.__version__)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

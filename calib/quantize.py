@@ -1,11 +1,21 @@
-"""INT8 post-training quantization to explicit Q/DQ with ONNX Runtime, in the form TensorRT
-consumes: symmetric int8 activations and weights (zero points 0), per-channel weight scales
-(Conv axis 0, ConvTranspose axis 1), Q/DQ pairs on weights, biases left in float.
+"""INT8 post-training quantization to explicit Q/DQ with ONNX Runtime, for two consumers.
 
-Only compute-heavy operators (Conv, ConvTranspose, MatMul, Gemm) get Q/DQ; the memory
-selection and the scoring head are excluded by node name and stay fp32. Calibration ranges
-are computed once per export and cached in the export's staging folder, so re-quantizing
-with more layers excluded (``--max-drop``) does not recalibrate.
+``tensorrt`` (``model.int8.onnx``): the form TensorRT consumes: symmetric int8 activations
+and weights (zero points 0), per-channel weight scales (Conv axis 0, ConvTranspose axis 1),
+Q/DQ pairs on weights, biases left in float. Only compute-heavy operators (Conv,
+ConvTranspose, MatMul, Gemm) get Q/DQ; TensorRT fuses the rest around them.
+
+``cpu`` (``model.int8-cpu.onnx``): the form ONNX Runtime's CPU provider turns into integer
+kernels (QLinearConv, QLinearAdd, ...): uint8 activations with zero points (ReLU6 outputs use
+all 256 levels instead of 128), symmetric per-channel int8 weights, int32 biases, a dedicated
+Q/DQ pair per consumer (its fusion needs one), and Q/DQ also on the element-wise, pooling,
+concatenation and resize operators, so that integer regions are not cut into pieces by
+float islands. TensorRT cannot take this graph (it needs zero points of 0).
+
+In both, the memory selection and the scoring head are excluded by node name and stay fp32.
+Calibration ranges are computed once per export and target and cached in the export's
+staging folder, so re-quantizing with more layers excluded (``--max-drop``) does not
+recalibrate.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import onnx
 from dmgrd_edge.errors import DmgrdError
 
 QUANT_OP_TYPES = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+CPU_OP_TYPES = ["Conv", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool", "Clip", "Relu", "Sigmoid",
+                "DepthToSpace"]
+TARGETS = ("tensorrt", "cpu")
 
 TRT_EXTRA_OPTIONS = {
     "ActivationSymmetric": True,
@@ -30,6 +43,19 @@ TRT_EXTRA_OPTIONS = {
     "DedicatedQDQPair": False,
     "ForceQuantizeNoInputCheck": True,
     "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
+}
+
+CPU_EXTRA_OPTIONS = {
+    "ActivationSymmetric": False,
+    "WeightSymmetric": True,
+    "DedicatedQDQPair": True,
+    "ForceQuantizeNoInputCheck": True,
+}
+
+# target -> (operator types, activation type name, extra options)
+PLANS = {
+    "tensorrt": (QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS),
+    "cpu": (CPU_OP_TYPES, "QUInt8", CPU_EXTRA_OPTIONS),
 }
 
 
@@ -51,9 +77,12 @@ def supports_range_cache() -> bool:
 
 
 def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude: list[str],
-                 cache_path: Path | None) -> dict:
-    """Write ``int8_path``; returns what was done (method, excluded nodes, Q/DQ counts)."""
+                 cache_path: Path | None, target: str = "tensorrt") -> dict:
+    """Write ``int8_path`` for ``target`` (see the module text); returns what was done
+    (target, method, excluded nodes, Q/DQ counts)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    op_types, activation, extra = PLANS[target]
 
     kwargs = {}
     if cache_path is not None and supports_range_cache():
@@ -66,10 +95,10 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # and prints histogram sizes
             quantize_static(str(fp32_path), str(int8_path), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=QUANT_OP_TYPES, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(op_types), per_channel=True,
+                            activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude), calibrate_method=_method(method),
-                            extra_options=dict(TRT_EXTRA_OPTIONS), **kwargs)
+                            extra_options=dict(extra), **kwargs)
     except Exception as exc:
         raise QuantizationError(f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
                                 "try --calib-method minmax, or report the checkpoint") from exc
@@ -81,7 +110,7 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     quantized = sorted(quantized_nodes(model))
     if not quantized:
         raise QuantizationError("INT8 quantization produced no quantized layer", "report the checkpoint")
-    return {"method": method, "quantize_linear": q, "dequantize_linear": dq, "quantized_layers": len(quantized),
+    return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q, "dequantize_linear": dq, "quantized_layers": len(quantized),
             "excluded_nodes": len(exclude), "range_cache": "calibration_cache_path" in kwargs}
 
 

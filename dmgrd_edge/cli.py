@@ -135,7 +135,8 @@ def evaluate(
 def export(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
     out: Path = typer.Option(..., "--out", help="bundle folder to write (replaced atomically)"),
-    int8: bool = typer.Option(False, "--int8", help="also write the INT8 Q/DQ model (calibrated)"),
+    int8: bool = typer.Option(False, "--int8", help="also write the INT8 Q/DQ models (calibrated): one for "
+                              "TensorRT, one for ONNX Runtime on CPU"),
     fp16: bool = typer.Option(False, "--fp16", help="also write an FP16-typed model (TensorRT 11)"),
     engine: bool = typer.Option(False, "--engine", help="build a TensorRT engine now (needs TensorRT)"),
     calib_data: Optional[Path] = typer.Option(None, help="dataset root or image folder (default: the training data)"),
@@ -148,7 +149,9 @@ def export(
     max_drop: Optional[float] = typer.Option(None, help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
                                              "the most sensitive layers in fp32 until it fits"),
     int8_teacher: bool = typer.Option(False, help="quantize the teacher too (faster; its noise shows up as "
-                                      "anomaly: check the guard)"),
+                                      "anomaly: check the guard); TensorRT file only"),
+    int8_cpu: bool = typer.Option(True, help="with --int8, also write model.int8-cpu.onnx (uint8 activations, "
+                                  "the form ONNX Runtime's CPU provider runs as integer kernels)"),
     batch: str = typer.Option("1:1:8", help="fixed batch N or profile MIN:OPT:MAX"),
     dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson; fixed batch)"),
     workspace: str = typer.Option("1G", help="TensorRT builder workspace, e.g. 512M, 2G"),
@@ -161,8 +164,8 @@ def export(
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, DATASETS)
     opts = ExportOptions(checkpoint, out, int8, fp16, engine, calib_data, calib_dataset, calib_category,
-                         calib_count, calib_method, calib_pseudo, max_drop, int8_teacher, BatchProfile.parse(batch),
-                         dla_core, parse_size(workspace), guard_count).validate()
+                         calib_count, calib_method, calib_pseudo, max_drop, int8_teacher, int8_cpu,
+                         BatchProfile.parse(batch), dla_core, parse_size(workspace), guard_count).validate()
     from rich.progress import track
 
     from .export.pipeline import export_bundle
@@ -174,8 +177,8 @@ def export(
                        dla_core)
     typer.echo(json.dumps({"bundle": str(out), "files": sorted(manifest["files"]), "guard": manifest["guard"]},
                           indent=2))
-    guard = manifest["guard"] or {}
-    if guard.get("max_drop_met") is False:
+    guards = [manifest["guard"] or {}] + [f["guard"] for f in manifest["files"].values() if "guard" in f]
+    if any(g.get("max_drop_met") is False for g in guards):
         console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in {out / 'manifest.json'}")
         console.print("  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
                       "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)")

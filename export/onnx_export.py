@@ -3,7 +3,9 @@
 One input ``image`` (normalised NCHW float32), outputs ``anomaly_map`` [B,1,H,W] and
 ``score`` [B]. Opset 17 (the highest TensorRT 8.6 parses), TorchScript-based exporter with
 constant folding, then the onnxscript optimizer (folding, dead-code removal). One file
-unless the weights exceed protobuf's 2 GB limit.
+unless the weights exceed protobuf's 2 GB limit. The module is first passed through the
+equivalence-preserving deployment rewrites of ``deploy.py`` (recorded in the graph's
+metadata); the parity check compares the graph with the original module.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class HalfPrecisionDMGRD(torch.nn.Module):
 def torch_to_onnx(model: torch.nn.Module, path: Path, batch: BatchProfile, image_size: int,
                   fp16: bool = False) -> onnx.ModelProto:
     """Export the fp32 graph, or with ``fp16`` the FP16-typed graph for TensorRT 11."""
-    model = HalfPrecisionDMGRD(model) if fp16 else model.eval().float().cpu()
+    from .deploy import deployable
+
+    model, rewrites = deployable(model)
+    model = HalfPrecisionDMGRD(model) if fp16 else model
     dummy = torch.zeros(batch.opt, 3, image_size, image_size)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}}
     buffer = io.BytesIO()
@@ -78,6 +83,7 @@ def torch_to_onnx(model: torch.nn.Module, path: Path, batch: BatchProfile, image
 
     proto = optimizer.optimize(proto)
     proto.producer_name = "dmgrd-edge"
+    onnx.helper.set_model_props(proto, {"dmgrd_edge.rewrites": ",".join(f"{k}={v}" for k, v in rewrites.items())})
     check_interface(proto, batch, image_size)
     save_onnx(proto, path)
     return proto

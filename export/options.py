@@ -13,7 +13,9 @@ CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 # output -> (file name, precision, what asks for it)
 OUTPUTS = {
     "onnx-fp32": ("model.onnx", "fp32", "always"),
-    "onnx-int8": ("model.int8.onnx", "int8", "--int8 (explicit Q/DQ, symmetric int8, per-channel weights)"),
+    "onnx-int8": ("model.int8.onnx", "int8", "--int8 (explicit Q/DQ for TensorRT: symmetric int8, per-channel weights)"),
+    "onnx-int8-cpu": ("model.int8-cpu.onnx", "int8", "--int8 unless --no-int8-cpu (Q/DQ for ONNX Runtime's CPU "
+                      "provider: uint8 activations)"),
     "onnx-fp16": ("model.fp16.onnx", "fp16", "--fp16 (FP16-typed graph for strongly typed TensorRT 11)"),
     "engine": ("engines/model.<precision>.<gpu>.trt<version>.engine", "as built", "--engine (needs TensorRT)"),
 }
@@ -68,6 +70,7 @@ class ExportOptions:
     calib_pseudo: bool = False
     max_drop: float | None = None
     int8_teacher: bool = False
+    int8_cpu: bool = True
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 1, 8))
     dla_core: int | None = None
     workspace: int = 1 << 30
@@ -104,9 +107,15 @@ class ExportOptions:
             raise ConfigError(f"--guard-count must be >= 4, got {self.guard_count}")
         return self
 
+    def int8_targets(self) -> list[str]:
+        """Consumers of the INT8 files to write (calib/quantize.py): TensorRT always, the
+        ONNX Runtime CPU provider unless --no-int8-cpu."""
+        return ["tensorrt"] + (["cpu"] if self.int8_cpu else []) if self.int8 else []
+
     def planned_outputs(self) -> list[str]:
         names = ["onnx-fp32"]
         names += ["onnx-int8"] if self.int8 else []
+        names += ["onnx-int8-cpu"] if self.int8 and self.int8_cpu else []
         names += ["onnx-fp16"] if self.fp16 else []
         names += ["engine"] if self.engine else []
         return names

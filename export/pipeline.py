@@ -133,7 +133,7 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
     normals = data.guard_images[data.guard_labels == 0]
     reference = np.median(run_onnx(staging / "model.onnx", normals, pre)[1])
     files["model.onnx"].update(threshold=base, threshold_rule="mean + 3 std of validation normal scores")
-    for name in ("model.int8.onnx", "model.fp16.onnx"):
+    for name in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"):
         if name in files:
             shift = float(np.median(run_onnx(staging / name, normals, pre)[1]) - reference)
             files[name].update(threshold=base + shift, score_shift_vs_fp32=shift,
@@ -141,55 +141,83 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
             log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
 
 
+# target -> (file name, ONNX Runtime / TensorRT consumer, graph must pass the TensorRT check)
+INT8_FILES = {
+    "tensorrt": ("model.int8.onnx", "TensorRT (and ONNX Runtime's CUDA/TensorRT providers)", True),
+    "cpu": ("model.int8-cpu.onnx", "ONNX Runtime CPU provider", False),
+}
+
+
 def _int8(opts, staging, proto, data, pre, files, timings, log):
+    """Both INT8 files (see calib/quantize.py); the TensorRT one's guard and calibration are
+    the manifest's top-level ``guard``/``calibration``; the CPU one's sit in its file entry."""
     from dmgrd_edge.calib.data import CalibrationReader
+    from dmgrd_edge.calib.guard import run_onnx
+
+    fp32_path = staging / "model.onnx"
+    reader = CalibrationReader(data.calibration, pre, batch_size=1 if opts.batch.dynamic else opts.batch.min)
+    reference = run_onnx(fp32_path, data.guard_images, pre)
+    result = {}
+    for target in opts.int8_targets():
+        result[target] = _int8_target(target, opts, staging, proto, data, pre, reader, reference, timings, log)
+        name = INT8_FILES[target][0]
+        quant, guard = result[target]
+        extra = {"target": target, "runs_on": INT8_FILES[target][1], "quantized_layers": quant["quantized_layers"]}
+        if target != "tensorrt":
+            extra.update(calibration=quant, guard=guard)
+        files[name] = file_entry(staging / name, "onnx", "int8", **extra)
+    calibration = {**data.summary(), "preprocess": "dmgrd_edge.data.preprocess (the runtime's)"}
+    if "tensorrt" in result:
+        calibration.update(result["tensorrt"][0])
+        calibration.update(teacher="int8" if opts.int8_teacher else "fp32 (no Q/DQ)",
+                           fp32_nodes="memory selection, scoring head" + ("" if opts.int8_teacher else ", teacher"))
+    return calibration, result["tensorrt"][1] if "tensorrt" in result else result["cpu"][1]
+
+
+def _int8_target(target, opts, staging, proto, data, pre, reader, reference, timings, log):
     from dmgrd_edge.calib.guard import compare, run_onnx, within
     from dmgrd_edge.calib.quantize import quantize_qdq
 
     from .onnx_export import int8_excluded_nodes
 
-    fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
-    reader = CalibrationReader(data.calibration, pre, batch_size=1 if opts.batch.dynamic else opts.batch.min)
-    cache = staging / ".calibration-ranges.json"
-    always_fp32 = int8_excluded_nodes(proto, opts.int8_teacher)
-    with step(log, f"calibrate ({opts.calib_method}, {len(data.calibration)} images) and quantize", timings):
-        quant = quantize_qdq(fp32_path, int8_path, reader, opts.calib_method, always_fp32, cache)
-        require_trt_compatible(str(int8_path), "model.int8.onnx")
-    with step(log, "accuracy guard fp32 vs int8", timings):
-        reference = run_onnx(fp32_path, data.guard_images, pre)
+    name, _, trt_check = INT8_FILES[target]
+    fp32_path, int8_path = staging / "model.onnx", staging / name
+    cache = staging / f".calibration-ranges.{target}.json"
+    always_fp32 = int8_excluded_nodes(proto, opts.int8_teacher or target == "cpu")
+    with step(log, f"{name}: calibrate ({opts.calib_method}, {len(data.calibration)} images) and quantize", timings):
+        quant = quantize_qdq(fp32_path, int8_path, reader, opts.calib_method, always_fp32, cache, target)
+        if trt_check:
+            require_trt_compatible(str(int8_path), name)
+    with step(log, f"{name}: accuracy guard fp32 vs int8", timings):
         guard = compare(reference, run_onnx(int8_path, data.guard_images, pre), data.guard_labels, data.guard_masks)
     guard["kept_in_higher_precision"] = []
     if opts.max_drop is not None and not within(guard, opts.max_drop):
-        guard = _fit_drop(opts, fp32_path, int8_path, reader, data, pre, always_fp32, cache, reference, guard, log,
-                          timings)
-    log(f"INT8 guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> {100 * guard['i_auroc_int8']:.2f}, "
+        guard = _fit_drop(opts, target, fp32_path, int8_path, reader, data, pre, always_fp32, cache, reference,
+                          log, timings)
+    log(f"{name} guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> {100 * guard['i_auroc_int8']:.2f}, "
         f"PRO@0.3 {100 * guard['pro_30_fp32']:.2f} -> {100 * guard['pro_30_int8']:.2f}, "
         f"map cosine {guard['map_cosine_mean']:.4f}")
     cache.unlink(missing_ok=True)
-    files["model.int8.onnx"] = file_entry(int8_path, "onnx", "int8", quantized_layers=quant["quantized_layers"])
-    calibration = {**data.summary(), **quant, "preprocess": "dmgrd_edge.data.preprocess (the runtime's)",
-                   "teacher": "int8" if opts.int8_teacher else "fp32 (no Q/DQ)",
-                   "fp32_nodes": "memory selection, scoring head" + ("" if opts.int8_teacher else ", teacher")}
-    return calibration, guard
+    return quant, guard
 
 
-def _fit_drop(opts, fp32_path, int8_path, reader, data, pre, always_fp32, cache, reference, guard, log, timings):
+def _fit_drop(opts, target, fp32_path, int8_path, reader, data, pre, always_fp32, cache, reference, log, timings):
     """Keep the most sensitive layers in fp32 (2, 4, 8, ...) until the drop fits. At least
     one layer stays int8: keeping every layer in fp32 is not an INT8 model."""
     from dmgrd_edge.calib.guard import compare, layer_sensitivity, run_onnx, within
     from dmgrd_edge.calib.quantize import quantize_qdq
 
-    with step(log, "per-layer sensitivity", timings):
+    with step(log, f"{int8_path.name}: per-layer sensitivity", timings):
         ranked = layer_sensitivity(fp32_path, int8_path, data.guard_images[:4], pre)
     limit = max(1, len(ranked) - 1)
     keep, tries = min(2, limit), []
     while True:
         chosen = [r["node"] for r in ranked[:keep]]
-        quantize_qdq(fp32_path, int8_path, reader, opts.calib_method, always_fp32 + chosen, cache)
+        quantize_qdq(fp32_path, int8_path, reader, opts.calib_method, always_fp32 + chosen, cache, target)
         guard = compare(reference, run_onnx(int8_path, data.guard_images, pre), data.guard_labels, data.guard_masks)
         tries.append({"kept": keep, "i_auroc_drop_points": guard["i_auroc_drop_points"],
                       "pro_30_drop_points": guard["pro_30_drop_points"]})
-        log(f"kept {keep} layer(s) in fp32: I-AUC drop {guard['i_auroc_drop_points']:.2f}, "
+        log(f"{int8_path.name}: kept {keep} layer(s) in fp32: I-AUC drop {guard['i_auroc_drop_points']:.2f}, "
             f"PRO@0.3 drop {guard['pro_30_drop_points']:.2f} points")
         if within(guard, opts.max_drop) or keep >= limit:
             break
@@ -200,7 +228,8 @@ def _fit_drop(opts, fp32_path, int8_path, reader, data, pre, always_fp32, cache,
     guard["max_drop_met"] = within(guard, opts.max_drop)
     guard["tries"] = tries
     if not guard["max_drop_met"]:
-        log(f"warning: the drop stays above {opts.max_drop} points with {keep} of {len(ranked)} layers in fp32")
+        log(f"warning: {int8_path.name}: the drop stays above {opts.max_drop} points with {keep} of {len(ranked)} "
+            "layers in fp32")
     return guard
 
 

@@ -38,6 +38,38 @@ def _engine_for(bundle: Bundle, precision: str):
     raise BackendError(f"no {precision} engine in {bundle.root}", f"engines there: {engines}")
 
 
+def int8_target(entry: dict) -> str:
+    """Which consumer an INT8 ONNX file was quantized for (bundles before the CPU file have
+    only the TensorRT-shaped one, without the field)."""
+    return entry.get("target", "tensorrt")
+
+
+def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) -> tuple[str, str]:
+    """(file name, precision) for ONNX Runtime. INT8 comes in two forms (calib/quantize.py):
+    the TensorRT-shaped Q/DQ graph for the CUDA/TensorRT providers and the uint8 graph for
+    the CPU provider, which runs the TensorRT-shaped one slower than fp32. ``auto`` takes
+    INT8 in the form this provider runs fast, else fp32."""
+    want = "tensorrt" if accelerated else "cpu"
+    int8 = {int8_target(bundle.manifest["files"][n]): n for n in bundle.files(kind="onnx", precision="int8")}
+    if precision == "auto":
+        if want in int8:
+            return int8[want], "int8"
+        precision = "fp32"
+    if precision == "int8" and int8:
+        if want in int8:
+            return int8[want], "int8"
+        other = next(iter(int8.values()))
+        consumer = "TensorRT" if want == "cpu" else "the CPU provider"
+        log(f"note: {other} was quantized for {consumer}, not for this provider, and may run slowly here; "
+            f"re-export with --int8 (without --no-int8-cpu) to get the {want} form")
+        return other, "int8"
+    files = bundle.files(kind="onnx", precision=precision)
+    if not files:
+        raise BackendError(f"{bundle.root} has no {precision} ONNX model",
+                           f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16")
+    return files[0], precision
+
+
 def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", max_batch: int = 8,
                    threads: int = 0, log=print, spin: bool = True):
     choose("backend", backend, BACKENDS)
@@ -62,17 +94,9 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
 
     available = ort.get_available_providers()
     accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-    if precision == "auto":
-        # The Q/DQ graph pays off where Q/DQ is fused (TensorRT/CUDA providers); on the CPU
-        # provider it measured slower than fp32 (docs/BENCHMARKS.md), so fp32 is the default.
-        has_int8 = bool(bundle.files(kind="onnx", precision="int8"))
-        precision = "int8" if accelerated and has_int8 else "fp32"
-    files = bundle.files(kind="onnx", precision=precision)
-    if not files:
-        raise BackendError(f"{bundle.root} has no {precision} ONNX model",
-                           f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16")
-    chosen = OnnxBackend(bundle.root / files[0], providers=accelerated + ["CPUExecutionProvider"], threads=threads,
+    name, precision = onnx_file_for(bundle, precision, bool(accelerated), log)
+    chosen = OnnxBackend(bundle.root / name, providers=accelerated + ["CPUExecutionProvider"], threads=threads,
                          precision=precision, spin=spin)
-    chosen.bundle_file = files[0]
-    log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {files[0]}")
+    chosen.bundle_file = name
+    log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}")
     return chosen

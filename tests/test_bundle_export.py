@@ -29,8 +29,12 @@ def bundle(tmp_path_factory, trained_ckpt):
 def test_manifest_and_files(bundle):
     loaded = load_bundle(bundle)
     manifest = loaded.manifest
-    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.fp16.onnx"}
+    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"}
     assert manifest["files"]["model.int8.onnx"]["precision"] == "int8"
+    assert manifest["files"]["model.int8.onnx"]["target"] == "tensorrt"
+    cpu = manifest["files"]["model.int8-cpu.onnx"]
+    assert cpu["precision"] == "int8" and cpu["target"] == "cpu" and cpu["calibration"]["activations"] == "quint8"
+    assert {"i_auroc_drop_points", "pro_30_drop_points"} <= set(cpu["guard"]) and "threshold" in cpu
     assert manifest["inputs"][0]["shape"] == ["batch", 3, 64, 64]
     assert manifest["threshold"] > 0 and "p99" in manifest["score_stats"]
     assert manifest["calibration"]["method"] == "entropy" and manifest["calibration"]["warnings"]
@@ -67,12 +71,43 @@ def test_int8_graph_is_tensorrt_style(bundle):
     assert any(producers[n.input[0]].op_type == "DequantizeLinear" for n in student)
 
 
+def test_int8_cpu_graph_becomes_integer_kernels(bundle, tmp_path):
+    """The CPU file has uint8 activations with zero points, quantizes the teacher, keeps the
+    memory read and head in float, and ONNX Runtime's CPU provider fuses it into integer
+    convolutions (checked on the graph ORT actually runs)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(bundle / "model.int8-cpu.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes and {str(inits[n.input[2]].dtype) for n in q_nodes if n.input[2] in inits} == {"uint8"}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    fed = {n.name.split("/")[1] for n in convs if producers.get(n.input[0]) is not None
+           and producers[n.input[0]].op_type == "DequantizeLinear"}
+    assert {"teacher", "student", "bottleneck", "msff"} <= fed and not fed & {"head", "normal_memory"}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(bundle / "model.int8-cpu.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") >= len(convs) // 2, (ops.count("QLinearConv"), len(convs))
+
+
+def test_deployment_rewrites_recorded_and_no_conv_transpose(bundle):
+    model = onnx.load(str(bundle / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert "conv_transpose_to_pixel_shuffle=3" in props["dmgrd_edge.rewrites"]
+    ops = {n.op_type for n in model.graph.node}
+    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+
+
 def test_onnxruntime_runs_every_precision(bundle):
     from dmgrd_edge.runtime.onnx_backend import OnnxBackend
 
     x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
     ref_map, ref_score = OnnxBackend(bundle / "model.onnx").infer(x)
-    for name in ("model.int8.onnx", "model.fp16.onnx"):
+    for name in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"):
         amap, score = OnnxBackend(bundle / name).infer(x)
         assert amap.shape == (3, 1, 64, 64) and np.isfinite(score).all()
         assert np.corrcoef(amap.ravel(), ref_map.ravel())[0, 1] > 0.9

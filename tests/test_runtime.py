@@ -288,3 +288,26 @@ def test_calibrate_threshold_from_good_frames(tmp_path, bundle):
     proc.communicate(timeout=120)
     events = [json.loads(l) for l in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert sum(e["decision"] == "NG" for e in events) <= 1  # at most 5 % of 20 good frames
+
+
+def test_onnx_file_choice_follows_the_provider(bundle):
+    """auto takes the INT8 form the provider runs as integer kernels; a bundle with only the
+    TensorRT-shaped file falls back to fp32 on CPU for auto and says so for an explicit int8."""
+    import copy
+
+    from dmgrd_edge.bundle import Bundle, load_bundle
+    from dmgrd_edge.runtime.select import onnx_file_for
+
+    loaded = load_bundle(bundle)
+    assert onnx_file_for(loaded, "auto", accelerated=False) == ("model.int8-cpu.onnx", "int8")
+    assert onnx_file_for(loaded, "auto", accelerated=True) == ("model.int8.onnx", "int8")
+    assert onnx_file_for(loaded, "int8", accelerated=False) == ("model.int8-cpu.onnx", "int8")
+    assert onnx_file_for(loaded, "fp32", accelerated=False) == ("model.onnx", "fp32")
+    manifest = copy.deepcopy(loaded.manifest)
+    del manifest["files"]["model.int8-cpu.onnx"]
+    for entry in manifest["files"].values():
+        entry.pop("target", None)  # as written before the CPU file existed
+    older, notes = Bundle(bundle, manifest), []
+    assert onnx_file_for(older, "auto", accelerated=False, log=notes.append) == ("model.onnx", "fp32")
+    assert onnx_file_for(older, "int8", accelerated=False, log=notes.append) == ("model.int8.onnx", "int8")
+    assert notes and "quantized for TensorRT" in notes[0]

@@ -29,11 +29,13 @@ class NonLocal(nn.Module):
         b, _, h, w = x.shape
         key = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C', P'
         value = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # B, P', C'
-        # dot-product attention normalised by the number of keys; scaling the (small)
-        # query instead of the (P x P') attention matrix saves a large element-wise pass
+        # dot-product attention normalised by the number of keys. There is no softmax, so
+        # (query @ key) @ value == query @ (key @ value): the C' x C' product replaces the
+        # P x P' attention matrix (at 256 px and stride 4: 4096 x 1024 values per image),
+        # about 60x fewer multiply-adds and no large intermediate; equal up to rounding
         query = self.theta(x).flatten(2).transpose(1, 2) * (1.0 / key.shape[-1])  # B, P, C'
-        attention = query @ key
-        y = (attention @ value).transpose(1, 2).reshape(b, -1, h, w)
+        context = key @ value  # B, C', C'
+        y = (query @ context).transpose(1, 2).reshape(b, -1, h, w)
         return x + self.out(y)
 
 

@@ -1,0 +1,83 @@
+"""Deployment rewrites of the trained module, applied before ONNX export.
+
+Each rewrite computes the same function as the module it replaces (the export's parity
+check compares the exported graph with the original, unrewritten model on real images).
+
+* ``ConvTranspose2d(kernel 2, stride 2)`` followed by ``BatchNorm2d`` -> a 1x1 ``Conv2d``
+  with 4x the output channels (BatchNorm folded in) and ``PixelShuffle(2)``
+  (``DepthToSpace``). With kernel == stride every input pixel writes its own 2x2 output
+  block, so the two are the same map. ONNX Runtime's CPU provider has fast fp32 and int8
+  kernels for 1x1 convolutions but runs ConvTranspose in fp32 through a slow col2im path and
+  has no integer ConvTranspose kernel; TensorRT parses both forms.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class PixelShuffleUp(nn.Sequential):
+    """Conv 1x1 (C_in -> 4 C_out) + PixelShuffle(2): a kernel-2 / stride-2 transposed conv."""
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None) -> PixelShuffleUp:
+    """y[co, 2i+a, 2j+b] = sum_ci x[ci, i, j] W[ci, co, a, b]  ==  PixelShuffle of a 1x1 conv
+    whose output channel co*4 + a*2 + b has weights W[:, co, a, b]."""
+    c_in, c_out = deconv.in_channels, deconv.out_channels
+    weight = deconv.weight.permute(1, 2, 3, 0).reshape(c_out, 4, c_in)  # [co, a*2+b, ci]
+    bias = deconv.bias if deconv.bias is not None else torch.zeros(c_out, dtype=weight.dtype)
+    if bn is not None:
+        scale, shift = _bn_scale_shift(bn)
+        weight = weight * scale.view(-1, 1, 1)
+        bias = bias * scale + shift
+    conv = nn.Conv2d(c_in, 4 * c_out, 1, bias=True)
+    conv.weight.copy_(weight.reshape(4 * c_out, c_in, 1, 1))
+    conv.bias.copy_(bias.repeat_interleave(4))
+    return PixelShuffleUp(conv, nn.PixelShuffle(2))
+
+
+def _rewritable(module: nn.Module) -> bool:
+    return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (2, 2) and module.stride == (2, 2)
+            and module.padding == (0, 0) and module.output_padding == (0, 0) and module.groups == 1
+            and module.dilation == (1, 1))
+
+
+def _rewrite_sequential(seq: nn.Sequential) -> int:
+    children = list(seq.children())
+    out, count, i = [], 0, 0
+    while i < len(children):
+        child = children[i]
+        if _rewritable(child):
+            bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d) else None
+            out.append(pixel_shuffle_up(child, bn))
+            if bn is not None:
+                out.append(nn.Identity())  # keeps the indices, hence the exported node names, stable
+                i += 1
+            count += 1
+        else:
+            out.append(child)
+        i += 1
+    if count:
+        for index, module in enumerate(out):
+            seq[index] = module
+    return count
+
+
+def deployable(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    """An eval-mode fp32 copy of ``model`` with the rewrites applied, and what was rewritten."""
+    model = copy.deepcopy(model).eval().float().cpu()
+    count = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential) and not isinstance(module, PixelShuffleUp):
+            count += _rewrite_sequential(module)
+    kept = sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+    return model, {"conv_transpose_to_pixel_shuffle": count, "conv_transpose_kept": kept}
