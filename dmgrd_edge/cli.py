@@ -259,8 +259,9 @@ def run(
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     spec = parse_uri(source, input_width, input_height, input_fps, loop)
     loaded = load_bundle(bundle)
+    # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
     chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
-                            spin=not no_spin)
+                            spin=not no_spin, spin_between_runs=False)
     sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
     console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")

@@ -17,7 +17,7 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0,
-                 precision: str = "fp32", spin: bool = True):
+                 precision: str = "fp32", spin: bool = True, spin_between_runs: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -37,6 +37,10 @@ class OnnxBackend:
             # idle pool threads sleep instead of spinning, leaving the cores to capture and
             # preprocessing while the main thread post-processes
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif not spin_between_runs:
+            # pool threads spin inside a run (fast hand-offs between operators) but stop as soon
+            # as the run returns, so the gap between runs (post-processing, capture) gets the cores
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types

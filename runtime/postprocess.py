@@ -36,7 +36,8 @@ def regions(anomaly_map: np.ndarray, pixel_threshold: float, scale: tuple[float,
         x, y, w, h, area = boxes[label]
         if area < min_area:
             continue
-        peak = float(anomaly_map[labels == label].max())
+        box = (slice(y, y + h), slice(x, x + w))  # the peak search stays inside the box
+        peak = float(anomaly_map[box][labels[box] == label].max())
         found.append(Region(int(x * sx), int(y * sy), max(1, int(w * sx)), max(1, int(h * sy)),
                             int(area * sx * sy), peak))
     return sorted(found, key=lambda r: r.peak, reverse=True)

@@ -71,7 +71,7 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
 
 
 def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", max_batch: int = 8,
-                   threads: int = 0, log=print, spin: bool = True):
+                   threads: int = 0, log=print, spin: bool = True, spin_between_runs: bool = True):
     choose("backend", backend, BACKENDS)
     choose("precision", precision, PRECISIONS)
     if backend in ("auto", "tensorrt"):
@@ -96,7 +96,7 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
     accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     name, precision = onnx_file_for(bundle, precision, bool(accelerated), log)
     chosen = OnnxBackend(bundle.root / name, providers=accelerated + ["CPUExecutionProvider"], threads=threads,
-                         precision=precision, spin=spin)
+                         precision=precision, spin=spin, spin_between_runs=spin_between_runs)
     chosen.bundle_file = name
     log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}")
     return chosen

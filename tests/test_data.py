@@ -63,6 +63,19 @@ def test_preprocess_normalises_and_round_trips(rgb):
     assert np.abs(back[0].astype(int) - resized.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_normalize_matches_the_textbook_formula(order):
+    from dmgrd_edge.data.preprocess import normalize
+
+    cfg = PreprocessConfig(height=32, width=64, color_order=order)
+    batch = np.random.default_rng(0).integers(0, 256, size=(3, 32, 64, 3), dtype=np.uint8)
+    channels = batch[..., ::-1] if order == "BGR" else batch
+    expected = ((channels / 255.0 - np.array(cfg.mean)) / np.array(cfg.std)).transpose(0, 3, 1, 2)
+    got = normalize(batch, cfg)
+    assert got.shape == (3, 3, 32, 64) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+
+
 def test_preprocess_rejects_wrong_shape():
     with pytest.raises(DataError, match="RGB uint8"):
         preprocess(np.zeros((8, 8), np.uint8), PreprocessConfig(height=32, width=32))

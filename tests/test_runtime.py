@@ -311,3 +311,4 @@ def test_onnx_file_choice_follows_the_provider(bundle):
     assert onnx_file_for(older, "auto", accelerated=False, log=notes.append) == ("model.onnx", "fp32")
     assert onnx_file_for(older, "int8", accelerated=False, log=notes.append) == ("model.int8.onnx", "int8")
     assert notes and "quantized for TensorRT" in notes[0]
+
