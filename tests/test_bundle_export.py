@@ -164,6 +164,15 @@ def test_options_are_validated_before_work(trained_ckpt, tmp_path, kwargs, needl
     assert not (tmp_path / "b").exists()
 
 
+def test_int8_targets_follow_the_options(trained_ckpt, tmp_path):
+    both = ExportOptions(trained_ckpt, tmp_path / "b", int8=True).validate()
+    assert both.int8_targets() == ["tensorrt", "cpu"]
+    assert both.planned_outputs() == ["onnx-fp32", "onnx-int8", "onnx-int8-cpu"]
+    trt_only = ExportOptions(trained_ckpt, tmp_path / "b", int8=True, int8_cpu=False).validate()
+    assert trt_only.int8_targets() == ["tensorrt"] and "onnx-int8-cpu" not in trt_only.planned_outputs()
+    assert ExportOptions(trained_ckpt, tmp_path / "b").validate().int8_targets() == []
+
+
 def test_batch_profile_and_sizes():
     assert BatchProfile.parse("4") == BatchProfile(4, 4, 4) and not BatchProfile.parse("4").dynamic
     assert BatchProfile.parse("1:4:8").dynamic
