@@ -306,6 +306,24 @@ def bench(
     console.print(f"wrote {out}")
 
 
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="JSON files written by dmgrd-edge bench (one per backbone, "
+                                         "precision or device)"),
+    out: Path = typer.Option(Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"),
+    metric: str = typer.Option("pro_30", help="accuracy axis: pro_30, i_auroc or p_auroc"),
+    max_drop: float = typer.Option(1.0, help="recommend the fastest variant within this many points of the best"),
+):
+    """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
+    from .tradeoff import write_report
+
+    result = write_report(results, out, metric, max_drop)
+    typer.echo(result["paths"]["md"].read_text())
+    for device, pick in result["recommended"].items():
+        console.print(f"recommended on {device}: {pick.name}")
+    console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+
+
 @app.command("calibrate-threshold")
 def calibrate_threshold(
     bundle: Path = typer.Argument(..., help="bundle folder"),

@@ -261,6 +261,23 @@ def test_bench_without_torch(tmp_path, bundle, line_root):
     assert result["device"]["cpu_count"] >= 1 and result["device"]["onnxruntime"]
     assert result["accuracy"]["category"] == "washer" and 0 <= result["accuracy"]["i_auroc"] <= 1
     assert result["startup_s"] > 0 and result["peak_host_rss_mib"] > 0
+    # a second variant of the same bundle, then the trade-off report over both (no torch)
+    proc = _run_cli("bench", bundle, "--precision", "fp32", "--batch", "1", "--runs", "3", "--warmup", "1",
+                    "--data", line_root, "--out", tmp_path / "bench_fp32.json")
+    assert proc.communicate(timeout=120) and proc.returncode == 0
+    proc = _run_cli("report", tmp_path / "bench.json", tmp_path / "bench_fp32.json", "--out", tmp_path / "report")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    for name in ("report.md", "report.csv", "report.html", "pareto.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert cv2.imread(str(tmp_path / "report" / "pareto.png")).shape == (560, 900, 3)
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "model.int8-cpu.onnx" in table and "model.onnx" in table and "Recommended:" in table
+    assert "data:image/png;base64," in (tmp_path / "report" / "report.html").read_text()
+    (tmp_path / "not_bench.json").write_text(json.dumps({"frames": 3}))
+    proc = _run_cli("report", tmp_path / "not_bench.json", "--out", tmp_path / "r2")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "not a dmgrd-edge bench result" in err and not (tmp_path / "r2").exists()
 
 
 def test_calibrate_threshold_from_good_frames(tmp_path, bundle):

@@ -1,0 +1,36 @@
+"""Trade-off report logic: Pareto front per device and the recommendation."""
+
+import pytest
+
+from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.tradeoff import Variant, mark_pareto, recommend, write_report
+
+
+def variant(name, ms, pro, device="cpu A"):
+    return Variant(name=name, device=device, backbone=name, image_size=256, file="model.onnx", precision="fp32",
+                   backend="onnxruntime", ms_b1_p50=ms, ms_b1_p99=ms, best_images_per_s=1000 / ms, best_batch=1,
+                   peak_host_rss_mib=1.0, startup_s=0.1, i_auroc=None, p_auroc=None, pro_30=pro, source="x.json")
+
+
+def test_pareto_front_and_recommendation():
+    fast_poor = variant("fast", 10, 0.90)
+    slow_good = variant("slow", 40, 0.95)
+    dominated = variant("dominated", 45, 0.93)  # slower and worse than "slow"
+    middle = variant("middle", 20, 0.945)
+    other_device = variant("gpu", 100, 0.80, device="gpu B")  # alone on its device: on its front
+    no_accuracy = variant("unscored", 5, None)
+    variants = [fast_poor, slow_good, dominated, middle, other_device, no_accuracy]
+    mark_pareto(variants, "pro_30")
+    assert [v.name for v in variants if v.pareto] == ["fast", "slow", "middle", "gpu", "unscored"]
+    picks = recommend(variants, "pro_30", max_drop=1.0)
+    assert picks["cpu A"].name == "middle"  # 0.5 points below the best, twice as fast
+    assert recommend(variants, "pro_30", max_drop=0.1)["cpu A"].name == "slow"
+    assert recommend(variants, "pro_30", max_drop=10)["cpu A"].name == "fast"
+    assert picks["gpu B"].name == "gpu"
+
+
+def test_report_options_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="pro_30"):
+        write_report([tmp_path / "x.json"], tmp_path / "out", metric="f1")
+    with pytest.raises(ConfigError, match="no bench results"):
+        write_report([], tmp_path / "out")
