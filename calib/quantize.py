@@ -70,6 +70,15 @@ def _method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
+CALIBRATION_CHUNK = 8  # batches per statistics pass: bounds the calibration's memory
+
+
+def calibration_stride(batches: int, limit: int = CALIBRATION_CHUNK) -> int:
+    """The largest number of batches <= limit that divides ``batches`` (ONNX Runtime's strided
+    collection needs equal chunks); 1 in the worst case (a prime count)."""
+    return max(d for d in range(1, min(limit, batches) + 1) if batches % d == 0)
+
+
 def supports_range_cache() -> bool:
     from onnxruntime.quantization import quantize_static
 
@@ -83,6 +92,12 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     op_types, activation, extra = PLANS[target]
+    extra = dict(extra)
+    if reader is not None and hasattr(reader, "set_range") and len(reader) > 0:
+        # statistics are collected a few batches at a time and merged (ranges for min-max,
+        # histograms for entropy/percentile); in one pass ONNX Runtime would hold every
+        # intermediate tensor of every calibration image in memory at once
+        extra["CalibStridedMinMax"] = calibration_stride(len(reader))
 
     kwargs = {}
     if cache_path is not None and supports_range_cache():
@@ -98,7 +113,7 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
                             op_types_to_quantize=list(op_types), per_channel=True,
                             activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude), calibrate_method=_method(method),
-                            extra_options=dict(extra), **kwargs)
+                            extra_options=extra, **kwargs)
     except Exception as exc:
         raise QuantizationError(f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
                                 "try --calib-method minmax, or report the checkpoint") from exc

@@ -231,3 +231,32 @@ def test_each_precision_has_its_threshold(bundle):
     manifest = json.loads(json.dumps(loaded.manifest))
     manifest["files"]["engines/x.engine"] = {"kind": "engine", "onnx": "model.int8.onnx", "bytes": 1, "sha256": "0"}
     assert Bundle(bundle, manifest).threshold_for("engines/x.engine") == loaded.threshold_for("model.int8.onnx")
+
+
+def test_calibration_statistics_are_collected_in_chunks(bundle, tmp_path):
+    """ONNX Runtime keeps every intermediate tensor of the batches it is given; the quantizer
+    feeds them a few at a time (memory stays bounded for 300+ calibration images)."""
+    from dmgrd_edge.calib.data import CalibrationReader
+    from dmgrd_edge.calib.quantize import CALIBRATION_CHUNK, calibration_stride, quantize_qdq
+
+    assert [calibration_stride(n) for n in (1, 7, 8, 12, 13, 300)] == [1, 7, 8, 6, 1, 6]
+
+    class Recording(CalibrationReader):
+        ranges = []
+
+        def set_range(self, start_index, end_index):
+            self.ranges.append((start_index, end_index))
+            super().set_range(start_index, end_index)
+
+    loaded = load_bundle(bundle)
+    images = np.random.default_rng(0).integers(0, 256, size=(20, 64, 64, 3), dtype=np.uint8)
+    reader = Recording(images, loaded.preprocess)
+    proto = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    from dmgrd_edge.export.onnx_export import int8_excluded_nodes
+
+    quantize_qdq(bundle / "model.onnx", tmp_path / "q.onnx", reader, "entropy", int8_excluded_nodes(proto, True),
+                 None, "cpu")
+    assert Recording.ranges == [(0, 5), (5, 10), (10, 15), (15, 20)]
+    assert all(end - start <= CALIBRATION_CHUNK for start, end in Recording.ranges)
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == 20
