@@ -93,7 +93,7 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
 
     op_types, activation, extra = PLANS[target]
     extra = dict(extra)
-    if reader is not None and hasattr(reader, "set_range") and len(reader) > 0:
+    if reader is not None and callable(getattr(reader, "set_range", None)) and len(reader) > 0:
         # statistics are collected a few batches at a time and merged (ranges for min-max,
         # histograms for entropy/percentile); in one pass ONNX Runtime would hold every
         # intermediate tensor of every calibration image in memory at once
