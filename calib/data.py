@@ -96,7 +96,7 @@ class CalibrationReader:
         if len(images) == 0:
             raise DataError("the calibration set is empty", "give calibration images with --calib-data")
         self.images, self.cfg, self.batch_size, self.input_name = images, cfg, batch_size, input_name
-        self.position, self.stop = 0, len(images)
+        self.rewind()
 
     def get_next(self):
         if self.position + self.batch_size > self.stop:

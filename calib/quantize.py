@@ -33,7 +33,6 @@ from dmgrd_edge.errors import DmgrdError
 QUANT_OP_TYPES = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 CPU_OP_TYPES = ["Conv", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool", "Clip", "Relu", "Sigmoid",
                 "DepthToSpace"]
-TARGETS = ("tensorrt", "cpu")
 
 TRT_EXTRA_OPTIONS = {
     "ActivationSymmetric": True,
@@ -125,8 +124,8 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     quantized = sorted(quantized_nodes(model))
     if not quantized:
         raise QuantizationError("INT8 quantization produced no quantized layer", "report the checkpoint")
-    return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q, "dequantize_linear": dq, "quantized_layers": len(quantized),
-            "excluded_nodes": len(exclude), "range_cache": "calibration_cache_path" in kwargs}
+    return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q,
+            "dequantize_linear": dq, "quantized_layers": len(quantized), "excluded_nodes": len(exclude), "range_cache": "calibration_cache_path" in kwargs}
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

@@ -132,6 +132,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+NOTES = ("Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of repeated "
+         "runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies compare only within one "
+         "device.")
 COLUMNS = ("variant", "p50 ms (b1)", "p99 ms (b1)", "best img/s (batch)", "I-AUC", "P-AUC", "PRO@0.3",
            "peak RSS MiB", "start-up s", "Pareto")
 
@@ -157,9 +160,7 @@ def to_markdown(variants: list[Variant], picks: dict[str, Variant], metric: str,
         else:
             lines.append(f"No recommendation: no result here has {METRICS[metric]} (run bench with --data).")
         lines.append("")
-    lines.append("Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of "
-                 "repeated runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies "
-                 "compare only within one device.")
+    lines.append(NOTES)
     return "\n".join(lines) + "\n"
 
 
@@ -174,12 +175,10 @@ def to_csv(variants: list[Variant]) -> str:
 
 
 def _short(file_name: str) -> str:
-    """'model.int8-cpu.onnx' -> 'int8-cpu'; engines keep their precision field."""
-    stem = Path(file_name).name
-    for prefix in ("model.",):
-        stem = stem[len(prefix):] if stem.startswith(prefix) else stem
-    parts = stem.split(".")
-    return parts[0] if parts[0] not in ("onnx", "") else "fp32"
+    """'model.int8-cpu.onnx' -> 'int8-cpu', 'model.onnx' -> 'fp32'; engines keep their precision field."""
+    stem = Path(file_name).name.removeprefix("model.")
+    first = stem.split(".")[0]
+    return "fp32" if first in ("onnx", "") else first
 
 
 def draw_pareto(variants: list[Variant], metric: str, size: tuple[int, int] = (900, 560)) -> np.ndarray:
@@ -237,7 +236,7 @@ def draw_pareto(variants: list[Variant], metric: str, size: tuple[int, int] = (9
     return image
 
 
-def to_html(markdown_table: str, variants: list[Variant], png: bytes) -> str:
+def to_html(variants: list[Variant], png: bytes) -> str:
     rows = []
     for v in sorted(variants, key=lambda v: (v.device, v.ms_b1_p50)):
         cells = "".join(f"<td>{html.escape(c)}</td>" for c in [v.device] + _cells(v))
@@ -251,7 +250,7 @@ def to_html(markdown_table: str, variants: list[Variant], png: bytes) -> str:
             "<h1>Latency / accuracy trade-off</h1>"
             f"<img alt='trade-off plot' src='data:image/png;base64,{picture}'>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-            f"<pre>{html.escape(markdown_table.split('Latency:')[-1].strip())}</pre>")
+            f"<p>{html.escape(NOTES)}</p>")
 
 
 def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max_drop: float = 1.0) -> dict:
@@ -273,6 +272,6 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
              "png": out / "pareto.png"}
     paths["md"].write_text(markdown)
     paths["csv"].write_text(to_csv(variants))
-    paths["html"].write_text(to_html(markdown, variants, png.tobytes()))
+    paths["html"].write_text(to_html(variants, png.tobytes()))
     paths["png"].write_bytes(png.tobytes())
     return {"paths": paths, "variants": variants, "recommended": picks}

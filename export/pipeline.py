@@ -22,7 +22,7 @@ from dmgrd_edge.bundle import SCHEMA, SCHEMA_VERSION, commit_bundle, file_entry,
 from dmgrd_edge.data.preprocess import normalize
 
 from .graph_check import require_trt_compatible
-from .options import ExportOptions
+from .options import OUTPUTS, ExportOptions
 
 
 @contextlib.contextmanager
@@ -56,8 +56,6 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
     from .onnx_export import check_parity, torch_to_onnx
 
     opts.validate()
-    from .options import OUTPUTS
-
     for name in opts.planned_outputs():
         file_name, precision, _ = OUTPUTS[name]
         log(f"will write {file_name} ({precision})")
@@ -133,18 +131,17 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
     normals = data.guard_images[data.guard_labels == 0]
     reference = np.median(run_onnx(staging / "model.onnx", normals, pre)[1])
     files["model.onnx"].update(threshold=base, threshold_rule="mean + 3 std of validation normal scores")
-    for name in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"):
-        if name in files:
-            shift = float(np.median(run_onnx(staging / name, normals, pre)[1]) - reference)
-            files[name].update(threshold=base + shift, score_shift_vs_fp32=shift,
-                               threshold_rule=f"fp32 threshold + median score shift on {len(normals)} held-out normals")
-            log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
+    for name in [n for n, entry in files.items() if entry["kind"] == "onnx" and entry["precision"] != "fp32"]:
+        shift = float(np.median(run_onnx(staging / name, normals, pre)[1]) - reference)
+        files[name].update(threshold=base + shift, score_shift_vs_fp32=shift,
+                           threshold_rule=f"fp32 threshold + median score shift on {len(normals)} held-out normals")
+        log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
 
 
 # target -> (file name, ONNX Runtime / TensorRT consumer, graph must pass the TensorRT check)
 INT8_FILES = {
-    "tensorrt": ("model.int8.onnx", "TensorRT (and ONNX Runtime's CUDA/TensorRT providers)", True),
-    "cpu": ("model.int8-cpu.onnx", "ONNX Runtime CPU provider", False),
+    "tensorrt": (OUTPUTS["onnx-int8"][0], "TensorRT (and ONNX Runtime's CUDA/TensorRT providers)", True),
+    "cpu": (OUTPUTS["onnx-int8-cpu"][0], "ONNX Runtime CPU provider", False),
 }
 
 
@@ -159,19 +156,18 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
     reference = run_onnx(fp32_path, data.guard_images, pre)
     result = {}
     for target in opts.int8_targets():
-        result[target] = _int8_target(target, opts, staging, proto, data, pre, reader, reference, timings, log)
+        quant, guard = result[target] = _int8_target(target, opts, staging, proto, data, pre, reader, reference,
+                                                     timings, log)
         name = INT8_FILES[target][0]
-        quant, guard = result[target]
         extra = {"target": target, "runs_on": INT8_FILES[target][1], "quantized_layers": quant["quantized_layers"]}
         if target != "tensorrt":
             extra.update(calibration=quant, guard=guard)
         files[name] = file_entry(staging / name, "onnx", "int8", **extra)
-    calibration = {**data.summary(), "preprocess": "dmgrd_edge.data.preprocess (the runtime's)"}
-    if "tensorrt" in result:
-        calibration.update(result["tensorrt"][0])
-        calibration.update(teacher="int8" if opts.int8_teacher else "fp32 (no Q/DQ)",
-                           fp32_nodes="memory selection, scoring head" + ("" if opts.int8_teacher else ", teacher"))
-    return calibration, result["tensorrt"][1] if "tensorrt" in result else result["cpu"][1]
+    quant, guard = result["tensorrt"]  # always written with --int8 (ExportOptions.int8_targets)
+    calibration = {**data.summary(), **quant, "preprocess": "dmgrd_edge.data.preprocess (the runtime's)",
+                   "teacher": "int8" if opts.int8_teacher else "fp32 (no Q/DQ)",
+                   "fp32_nodes": "memory selection, scoring head" + ("" if opts.int8_teacher else ", teacher")}
+    return calibration, guard
 
 
 def _int8_target(target, opts, staging, proto, data, pre, reader, reference, timings, log):
