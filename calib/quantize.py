@@ -125,7 +125,8 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     if not quantized:
         raise QuantizationError("INT8 quantization produced no quantized layer", "report the checkpoint")
     return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q,
-            "dequantize_linear": dq, "quantized_layers": len(quantized), "excluded_nodes": len(exclude), "range_cache": "calibration_cache_path" in kwargs}
+            "dequantize_linear": dq, "quantized_layers": len(quantized), "excluded_nodes": len(exclude),
+            "range_cache": "calibration_cache_path" in kwargs}
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
