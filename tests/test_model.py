@@ -10,7 +10,7 @@ from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.errors import ConfigError, WeightsError
 from dmgrd_edge.model import BACKBONES, DMGRD, AnomalyOutput, create_teacher
 from dmgrd_edge.model.backbones import EfficientNetLite0Features, efficientnet_lite0_weights_path
-from dmgrd_edge.model.head import AnomalyMapHead
+from dmgrd_edge.model.head import AnomalyMapHead, gaussian_kernel1d
 from dmgrd_edge.model.memory import MemoryBank
 
 
@@ -127,6 +127,16 @@ def test_head_blur_is_a_normalised_gaussian():
     profile = blurred.sum(0)
     x = torch.arange(64, dtype=torch.float32) - 32
     assert float((profile * x ** 2).sum()) == pytest.approx(16.0, rel=0.01)
+
+
+def test_head_blur_equals_the_2d_gaussian_convolution():
+    """The row/column depthwise form computes the plain separable blur (zero padding), per image."""
+    head = AnomalyMapHead(48, 3.0, "topk_mean", 100)
+    x = torch.rand(2, 1, 48, 48)
+    x[1, 0, 5:9, 30:40] += 3  # not symmetric: a mixed-up transpose would show
+    k = gaussian_kernel1d(3.0)
+    reference = F.conv2d(x, (k[:, None] * k[None, :]).view(1, 1, k.numel(), k.numel()), padding=head.pad)
+    torch.testing.assert_close(head._blur_raw(x), reference, atol=1e-6, rtol=1e-5)
 
 
 def test_head_scores():
