@@ -4,11 +4,20 @@ Each rewrite computes the same function as the module it replaces (the export's 
 check compares the exported graph with the original, unrewritten model on real images).
 
 * ``ConvTranspose2d(kernel 2, stride 2)`` followed by ``BatchNorm2d`` -> a 1x1 ``Conv2d``
-  with 4x the output channels (BatchNorm folded in) and ``PixelShuffle(2)``
-  (``DepthToSpace``). With kernel == stride every input pixel writes its own 2x2 output
-  block, so the two are the same map. ONNX Runtime's CPU provider has fast fp32 and int8
-  kernels for 1x1 convolutions but runs ConvTranspose in fp32 through a slow col2im path and
-  has no integer ConvTranspose kernel; TensorRT parses both forms.
+  with 4x the output channels (BatchNorm folded in) and a pixel shuffle. With kernel ==
+  stride every input pixel writes its own 2x2 output block, so the two are the same map.
+  ONNX Runtime's CPU provider has fast fp32 and int8 kernels for 1x1 convolutions but runs
+  ConvTranspose in fp32 through a slow col2im path and has no integer ConvTranspose kernel;
+  TensorRT parses both forms.
+
+  The pixel shuffle is written channels-last (``SubPixelInterleave``): Transpose to NHWC,
+  Reshape [N, H, W, 2, 2, C], swap the W and row-offset axes, Reshape [N, 2H, 2W, C],
+  Transpose back. The conv's output channels are ordered offset-major ((a*2+b)*C + c), so
+  the swap moves whole runs of C contiguous values. ONNX Runtime's CPU provider runs its
+  integer convolutions in NHWC, cancels the two outer transposes against its own layout
+  changes and, in the INT8 graph, runs the middle on uint8; ``DepthToSpace`` it computes
+  in fp32 between a DequantizeLinear and a QuantizeLinear, and it was the largest non-conv
+  cost of the INT8 graph (``benchmarks/ort_profile.py``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -19,8 +28,20 @@ import torch
 from torch import nn
 
 
+class SubPixelInterleave(nn.Module):
+    """[N, 4C, H, W] with channel (a*2+b)*C + c -> [N, C, 2H, 2W] with y[c, 2i+a, 2j+b] = x[(a*2+b)*C + c, i, j],
+    through channels-last (see the module text). Static H, W; any batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c4, h, w = x.shape
+        c = int(c4) // 4
+        x = x.permute(0, 2, 3, 1).reshape(-1, int(h), int(w), 2, 2, c)  # [N, i, j, a, b, c]
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, 2 * int(h), 2 * int(w), c)  # [N, (i a), (j b), c]
+        return x.permute(0, 3, 1, 2)
+
+
 class PixelShuffleUp(nn.Sequential):
-    """Conv 1x1 (C_in -> 4 C_out) + PixelShuffle(2): a kernel-2 / stride-2 transposed conv."""
+    """Conv 1x1 (C_in -> 4 C_out) + SubPixelInterleave: a kernel-2 / stride-2 transposed conv."""
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +50,10 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None) -> PixelShuffleUp:
-    """y[co, 2i+a, 2j+b] = sum_ci x[ci, i, j] W[ci, co, a, b]  ==  PixelShuffle of a 1x1 conv
-    whose output channel co*4 + a*2 + b has weights W[:, co, a, b]."""
+def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None,
+                     act: nn.Module | None = None) -> PixelShuffleUp:
+    """y[co, 2i+a, 2j+b] = sum_ci x[ci, i, j] W[ci, co, a, b]  ==  the interleave of a 1x1 conv
+    whose output channel (a*2+b)*C_out + co has weights W[:, co, a, b]."""
     c_in, c_out = deconv.in_channels, deconv.out_channels
     weight = deconv.weight.permute(1, 2, 3, 0).reshape(c_out, 4, c_in)  # [co, a*2+b, ci]
     bias = deconv.bias if deconv.bias is not None else torch.zeros(c_out, dtype=weight.dtype)
@@ -40,9 +62,15 @@ def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None) -> P
         weight = weight * scale.view(-1, 1, 1)
         bias = bias * scale + shift
     conv = nn.Conv2d(c_in, 4 * c_out, 1, bias=True)
-    conv.weight.copy_(weight.reshape(4 * c_out, c_in, 1, 1))
-    conv.bias.copy_(bias.repeat_interleave(4))
-    return PixelShuffleUp(conv, nn.PixelShuffle(2))
+    conv.weight.copy_(weight.transpose(0, 1).reshape(4 * c_out, c_in, 1, 1))  # [a*2+b, co, ci]
+    conv.bias.copy_(bias.repeat(4))
+    return PixelShuffleUp(conv, act, SubPixelInterleave()) if act is not None else PixelShuffleUp(conv, SubPixelInterleave())
+
+
+# per-element activations commute with the interleave; moved in front of it, they follow the
+# conv directly, and ONNX Runtime fuses them into its integer conv instead of running
+# DequantizeLinear -> Clip -> QuantizeLinear after the interleave
+ELEMENTWISE = (nn.ReLU, nn.ReLU6)
 
 
 def _rewritable(module: nn.Module) -> bool:
@@ -58,8 +86,10 @@ def _rewrite_sequential(seq: nn.Sequential) -> int:
         child = children[i]
         if _rewritable(child):
             bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d) else None
-            out.append(pixel_shuffle_up(child, bn))
-            if bn is not None:
+            after = i + (2 if bn is not None else 1)
+            act = children[after] if after < len(children) and isinstance(children[after], ELEMENTWISE) else None
+            out.append(pixel_shuffle_up(child, bn, act))
+            for _ in range((bn is not None) + (act is not None)):
                 out.append(nn.Identity())  # keeps the indices, hence the exported node names, stable
                 i += 1
             count += 1

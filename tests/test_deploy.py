@@ -20,15 +20,16 @@ def _randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g))
 
 
-@pytest.mark.parametrize("with_bn, bias", [(True, False), (False, True), (False, False)])
-def test_pixel_shuffle_up_equals_conv_transpose(with_bn, bias):
+@pytest.mark.parametrize("with_bn, bias, act", [(True, False, None), (False, True, None), (False, False, None),
+                                                (True, False, nn.ReLU6()), (False, True, nn.ReLU())])
+def test_pixel_shuffle_up_equals_conv_transpose(with_bn, bias, act):
     torch.manual_seed(0)
     deconv = nn.ConvTranspose2d(5, 3, 2, 2, bias=bias)
     bn = nn.BatchNorm2d(3)
     _randomise_batchnorm(bn)
-    reference = nn.Sequential(deconv, bn) if with_bn else deconv
+    reference = nn.Sequential(deconv, *([bn] if with_bn else []), *([act] if act is not None else []))
     reference.eval()
-    rewritten = pixel_shuffle_up(deconv, bn if with_bn else None).eval()
+    rewritten = pixel_shuffle_up(deconv, bn if with_bn else None, act).eval()
     x = torch.randn(2, 5, 7, 6)
     with torch.no_grad():
         expected, got = reference(x), rewritten(x)
