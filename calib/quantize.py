@@ -7,10 +7,13 @@ ConvTranspose, MatMul, Gemm) get Q/DQ; TensorRT fuses the rest around them.
 
 ``cpu`` (``model.int8-cpu.onnx``): the form ONNX Runtime's CPU provider turns into integer
 kernels (QLinearConv, QLinearAdd, ...): uint8 activations with zero points (ReLU6 outputs use
-all 256 levels instead of 128), symmetric per-channel int8 weights, int32 biases, a dedicated
-Q/DQ pair per consumer (its fusion needs one), and Q/DQ also on the element-wise, pooling,
+all 256 levels instead of 128), symmetric per-channel int8 weights, int32 biases, one Q/DQ
+pair per tensor (see CPU_EXTRA_OPTIONS), and Q/DQ also on the element-wise, pooling,
 concatenation and resize operators, so that integer regions are not cut into pieces by
-float islands. TensorRT cannot take this graph (it needs zero points of 0).
+float islands, and on the Transpose/Reshape chains of the decoder's sub-pixel up-sampling
+(``export/deploy.py``), which then run on uint8 in NHWC; other Transpose/Reshape nodes (the
+memory selection's flattening, the attention's reshapes) get none. TensorRT cannot take this
+graph (it needs zero points of 0).
 
 In both, the memory selection and the scoring head are excluded by node name and stay fp32.
 Calibration ranges are computed once per export and target and cached in the export's
@@ -32,7 +35,8 @@ from dmgrd_edge.errors import DmgrdError
 
 QUANT_OP_TYPES = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 CPU_OP_TYPES = ["Conv", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool", "Clip", "Relu", "Sigmoid",
-                "DepthToSpace"]
+                "DepthToSpace", "Transpose", "Reshape"]
+LAYOUT_OPS = ("Transpose", "Reshape")  # quantized in the CPU form only inside a sub-pixel interleave
 
 TRT_EXTRA_OPTIONS = {
     "ActivationSymmetric": True,
@@ -47,7 +51,10 @@ TRT_EXTRA_OPTIONS = {
 CPU_EXTRA_OPTIONS = {
     "ActivationSymmetric": False,
     "WeightSymmetric": True,
-    "DedicatedQDQPair": True,
+    # one Q/DQ pair per tensor: ONNX Runtime gives each consumer its own copy of a shared
+    # DequantizeLinear itself, while a tensor with one pair per consumer has several
+    # QuantizeLinear nodes, and its producer then stays a float conv
+    "DedicatedQDQPair": False,
     "ForceQuantizeNoInputCheck": True,
 }
 
@@ -92,6 +99,11 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
 
     op_types, activation, extra = PLANS[target]
     extra = dict(extra)
+    if any(op in op_types for op in LAYOUT_OPS):
+        model = onnx.load(str(fp32_path), load_external_data=False)
+        inside = set(interleave_nodes(model))
+        exclude = list(exclude) + [n.name for n in model.graph.node
+                                   if n.op_type in LAYOUT_OPS and n.name not in inside and n.name not in exclude]
     if reader is not None and callable(getattr(reader, "set_range", None)) and len(reader) > 0:
         # statistics are collected a few batches at a time and merged (ranges for min-max,
         # histograms for entropy/percentile); in one pass ONNX Runtime would hold every
@@ -127,6 +139,43 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q,
             "dequantize_linear": dq, "quantized_layers": len(quantized), "excluded_nodes": len(exclude),
             "range_cache": "calibration_cache_path" in kwargs}
+
+
+def interleave_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of every sub-pixel interleave (export/deploy.SubPixelInterleave):
+    Transpose(0,2,3,1) -> Reshape -> Transpose(0,1,3,2,4,5) -> Reshape -> Transpose(0,3,1,2),
+    each feeding only the next (in a Q/DQ graph, through a QuantizeLinear/DequantizeLinear pair)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+
+    def perm(node) -> list[int] | None:
+        if node is None or node.op_type != "Transpose":
+            return None
+        return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+    def single_producer(node, op_type):
+        source = producers.get(node.input[0])
+        while source is not None and source.op_type == "DequantizeLinear":
+            quantize = producers.get(source.input[0])
+            source = producers.get(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" \
+                else None
+        ok = source is not None and source.op_type == op_type and uses.get(source.output[0]) == 1
+        return source if ok else None
+
+    names = []
+    for last in model.graph.node:
+        if perm(last) != [0, 3, 1, 2]:
+            continue
+        merge = single_producer(last, "Reshape")
+        swap = merge and single_producer(merge, "Transpose")
+        split = swap and perm(swap) == [0, 1, 3, 2, 4, 5] and single_producer(swap, "Reshape")
+        first = split and single_producer(split, "Transpose")
+        if first and perm(first) == [0, 2, 3, 1]:
+            names += [first.name, split.name, swap.name, merge.name, last.name]
+    return names
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

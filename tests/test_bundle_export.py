@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from dmgrd_edge.calib.quantize import interleave_nodes
 from dmgrd_edge.bundle import BundleError, load_bundle
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.export.graph_check import GraphCheckError, check_graph, require_trt_compatible
@@ -86,12 +87,21 @@ def test_int8_cpu_graph_becomes_integer_kernels(bundle, tmp_path):
     fed = {n.name.split("/")[1] for n in convs if producers.get(n.input[0]) is not None
            and producers[n.input[0]].op_type == "DequantizeLinear"}
     assert {"teacher", "student", "bottleneck", "msff"} <= fed and not fed & {"head", "normal_memory"}
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("normal_")]
+    interleave = interleave_nodes(model)
+    assert len(interleave) == 3 * 5  # three decoder up-samplings, each a Q/DQ-wrapped layout chain
+    assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in model.graph.node if n.name in interleave)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(str(bundle / "model.int8-cpu.onnx"), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    ops = [n.op_type for n in optimized]
     assert ops.count("QLinearConv") >= len(convs) // 2, (ops.count("QLinearConv"), len(convs))
+    # ONNX Runtime dropped the Q/DQ pairs around the interleaves: they move uint8 data
+    swaps = [n for n in optimized if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 1, 3, 2, 4, 5]]
+    optimized_producers = {o: n for n in optimized for o in n.output}
+    assert len(swaps) == 3 and all(optimized_producers[n.input[0]].op_type == "Reshape" for n in swaps)
 
 
 def test_deployment_rewrites_recorded_and_no_conv_transpose(bundle):
@@ -99,7 +109,8 @@ def test_deployment_rewrites_recorded_and_no_conv_transpose(bundle):
     props = {p.key: p.value for p in model.metadata_props}
     assert "conv_transpose_to_pixel_shuffle=3" in props["dmgrd_edge.rewrites"]
     ops = {n.op_type for n in model.graph.node}
-    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+    assert "ConvTranspose" not in ops and "DepthToSpace" not in ops
+    assert len(interleave_nodes(model)) == 3 * 5
 
 
 def test_onnxruntime_runs_every_precision(bundle):
