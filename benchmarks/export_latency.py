@@ -6,6 +6,10 @@ fp32 -> int8 accuracy change on generated line data.
 
 Latency: median (and p90) of repeated runs after warm-up, batch 1 and 8, one process; the
 three sessions take turns in rounds, so that a slow spell of the machine hits all of them.
+Their pool threads stop spinning when a call returns (as in `dmgrd-edge run`); otherwise
+the session that just ran keeps the cores busy while the next one starts. Measured for
+each ``--threads`` count (0: all cores, the default of one call at a time; 1: one call per
+core, what `dmgrd-edge run` uses on the CPU provider with two calls in flight).
 The default backbone's figures come from the trained checkpoint (its own training data for
 calibration, its test split for accuracy). The ResNet teachers have no ImageNet weights on
 an offline machine; their latency is measured on untrained models with the same shapes
@@ -78,16 +82,21 @@ def measure(name, model, work: Path, calib_images, method, args) -> dict:
         quantize_qdq(paths["fp32"], paths[key], reader, method, exclude, None, target)
     row = {"backbone": name, "calibration": f"{method}, {len(calib_images)} images",
            "parity_score_rel": parity.score_max_rel_err, "parity_map_abs": parity.map_max_abs_err}
-    backends = {key: OnnxBackend(path, threads=args.threads) for key, path in paths.items()}
     for key, path in paths.items():
         row[f"{key}_mb"] = path.stat().st_size / 1e6
-    for b in (1, 8):
-        runs = args.runs if b == 1 else max(4, args.runs // 4)
-        result = interleaved_latency(backends, b, size, args.warmup, runs, 5 if b == 1 else 2)
-        for key, (p50, p90) in result.items():
-            row[f"{key}_b{b}_ms"], row[f"{key}_b{b}_p90_ms"] = p50, p90
-        for key, _, _ in FILES[1:]:
-            row[f"{key}_vs_fp32_b{b}"] = row[f"{key}_b{b}_ms"] / row[f"fp32_b{b}_ms"]
+    for threads in args.thread_counts:
+        backends = {key: OnnxBackend(path, threads=threads, spin_between_runs=False) for key, path in paths.items()}
+        timing = {"threads": backends["fp32"].threads}
+        for b in (1, 8):
+            runs = args.runs if b == 1 else max(4, args.runs // 4)
+            result = interleaved_latency(backends, b, size, args.warmup, runs, 5 if b == 1 else 2)
+            for key, (p50, p90) in result.items():
+                timing[f"{key}_b{b}_ms"], timing[f"{key}_b{b}_p90_ms"] = p50, p90
+            for key, _, _ in FILES[1:]:
+                timing[f"{key}_vs_fp32_b{b}"] = timing[f"{key}_b{b}_ms"] / timing[f"fp32_b{b}_ms"]
+        row.setdefault("by_threads", []).append(timing)
+        del backends
+    row.update({k: v for k, v in row["by_threads"][0].items() if k != "threads"})  # the first count, flat
     return row
 
 
@@ -106,7 +115,7 @@ def accuracy_delta(checkpoint: Path, work: Path, args) -> dict:
     result = {"bundle": str(out), "guard": manifest["guard"], "calibration": manifest["calibration"]}
     result["guard_cpu"] = manifest["files"]["model.int8-cpu.onnx"]["guard"]
     for key, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"), ("int8_cpu", "model.int8-cpu.onnx")):
-        result[key] = accuracy(OnnxBackend(out / name, threads=args.threads), bundle,
+        result[key] = accuracy(OnnxBackend(out / name), bundle,
                                Path(args.data or manifest["source"].get("root")), source["dataset"],
                                source["category"], 8)
         if key != "fp32":
@@ -123,11 +132,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--calib-count", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", default="0,1", help="comma list of ONNX Runtime thread counts (0: all cores)")
     parser.add_argument("--keep", type=Path, help="keep the exported files here")
     parser.add_argument("--out", default="benchmarks/results/export_latency.json")
     args = parser.parse_args()
+    args.thread_counts = [int(t) for t in args.threads.split(",")]
     work = args.keep or Path(tempfile.mkdtemp(prefix="dmgrd-export-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     size = args.image_size
@@ -155,12 +165,14 @@ def main() -> None:
         del model
     if args.checkpoint:
         delta = accuracy_delta(args.checkpoint, work, args)
-    print(f"{'backbone':18s} {'file':22s} {'b1 ms':>7s} {'x fp32':>6s} {'b8 ms':>7s} {'x fp32':>6s} {'MB':>6s}")
+    print(f"{'backbone':18s} {'file':22s} {'threads':>7s} {'b1 ms':>7s} {'x fp32':>6s} {'b8 ms':>7s} {'x fp32':>6s} "
+          f"{'MB':>6s}")
     for r in rows:
-        for key, label, _ in FILES:
-            ratio = lambda b: "" if key == "fp32" else f"{r[f'{key}_vs_fp32_b{b}']:.2f}"  # noqa: E731
-            print(f"{r['backbone']:18s} {label:22s} {r[f'{key}_b1_ms']:7.1f} {ratio(1):>6s} "
-                  f"{r[f'{key}_b8_ms']:7.1f} {ratio(8):>6s} {r[f'{key}_mb']:6.1f}")
+        for t in r["by_threads"]:
+            for key, label, _ in FILES:
+                ratio = lambda b: "" if key == "fp32" else f"{t[f'{key}_vs_fp32_b{b}']:.2f}"  # noqa: E731
+                print(f"{r['backbone']:18s} {label:22s} {t['threads']:7d} {t[f'{key}_b1_ms']:7.1f} {ratio(1):>6s} "
+                      f"{t[f'{key}_b8_ms']:7.1f} {ratio(8):>6s} {r[f'{key}_mb']:6.1f}")
         print(f"{'':18s} parity fp32 vs torch: score rel {r['parity_score_rel']:.1e}, map abs {r['parity_map_abs']:.1e}")
     if delta:
         for key, label, _ in FILES[1:]:
