@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .msff import resize_to
+
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     radius = int(math.ceil(4.0 * sigma))
@@ -55,8 +57,7 @@ class AnomalyMapHead(nn.Module):
         total = 0.0
         for t, s in zip(teacher, student):
             distance = 1.0 - F.cosine_similarity(t, s, dim=1).unsqueeze(1)
-            total = total + F.interpolate(distance, size=(self.image_size, self.image_size),
-                                          mode="bilinear", align_corners=True)
+            total = total + resize_to(distance, self.image_size, self.image_size)
         if self.sigma > 0:
             total = self._blur_raw(total) * self.inv_norm
         return total

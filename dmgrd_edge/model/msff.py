@@ -26,16 +26,19 @@ class NonLocal(nn.Module):
         nn.init.zeros_(self.out[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        key = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C', P'
-        value = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # B, P', C'
+        # sizes as Python ints: the exported graph gets constant shapes instead of a chain of
+        # Shape/Gather/Concat nodes per reshape (the batch stays dynamic through -1)
+        inner, h, w = self.theta.out_channels, int(x.shape[2]), int(x.shape[3])
+        keys = (h // 2) * (w // 2)
+        key = F.max_pool2d(self.phi(x), 2).reshape(-1, inner, keys)  # B, C', P'
+        value = F.max_pool2d(self.g(x), 2).reshape(-1, inner, keys).transpose(1, 2)  # B, P', C'
         # dot-product attention normalised by the number of keys. There is no softmax, so
         # (query @ key) @ value == query @ (key @ value): the C' x C' product replaces the
         # P x P' attention matrix (at 256 px and stride 4: 4096 x 1024 values per image),
         # about 60x fewer multiply-adds and no large intermediate; equal up to rounding
-        query = self.theta(x).flatten(2).transpose(1, 2) * (1.0 / key.shape[-1])  # B, P, C'
+        query = self.theta(x).reshape(-1, inner, h * w).transpose(1, 2) * (1.0 / keys)  # B, P, C'
         context = key @ value  # B, C', C'
-        y = (query @ context).transpose(1, 2).reshape(b, -1, h, w)
+        y = (query @ context).transpose(1, 2).reshape(-1, inner, h, w)
         return x + self.out(y)
 
 
@@ -61,8 +64,18 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
+def resize_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear (align_corners) resize. An integer factor is given as the scale, which exports
+    as a Resize with constant scales; a size would export with the batch read from the
+    tensor's shape at run time (Shape/Slice/Concat before every Resize)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if height % h == 0 and width % w == 0:
+        return F.interpolate(x, scale_factor=(height // h, width // w), mode="bilinear", align_corners=True)
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+
+
 def upsample2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+    return resize_to(x, int(like.shape[-2]), int(like.shape[-1]))
 
 
 class MSFF(nn.Module):
