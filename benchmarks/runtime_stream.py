@@ -3,6 +3,10 @@ the ONNX Runtime INT8 bundle; compare end-to-end fps with the backend's own thro
 report pre+post-processing cost, detection against the generator's truth, and resident
 memory growth.
 
+The backend's own throughput is measured as `dmgrd-edge run` drives it (the same calls in
+flight, ``--workers``, default auto) on one preprocessed frame, by wall clock, before and
+after the stream; the end-to-end rate is frames over the stream's wall clock.
+
     python benchmarks/runtime_stream.py --bundle BUNDLE --frames 2000
 
 Torch is not imported (the runtime path is the one a Jetson runs).
@@ -18,10 +22,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from dmgrd_edge.runtime.bench import throughput
 from dmgrd_edge.runtime.capture import Capture
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
-from dmgrd_edge.runtime.select import create_backend
+from dmgrd_edge.runtime.select import create_backend, parse_workers
 from dmgrd_edge.runtime.sinks import open_sink
 from dmgrd_edge.runtime.sources import VideoCaptureSource, parse_uri
 
@@ -97,6 +102,7 @@ def main() -> None:
                         help="1: ONNX Runtime pool threads keep spinning after a run returns (dmgrd-edge run: 0)")
     parser.add_argument("--codec", default="png", choices=sorted(CODECS), help="lossless video codec")
     parser.add_argument("--batch", type=int, default=1, help="frames per inference call")
+    parser.add_argument("--workers", default="auto", help="inference calls in flight, as `dmgrd-edge run --workers`")
     parser.add_argument("--backend-runs", type=int, default=300, help="calls for the backend's own rate")
     parser.add_argument("--calibrate-frames", type=int, default=1000,
                         help="good frames (another seed) to calibrate the threshold on first; 0 keeps the bundle's")
@@ -114,19 +120,16 @@ def main() -> None:
     print(f"wrote {video} ({args.frames} frames, {sum(truth)} defective) in {time.perf_counter() - t0:.0f} s")
 
     backend = create_backend(bundle, "onnxruntime", args.precision, threads=args.threads, log=print,
-                             spin=not args.no_spin, spin_between_runs=bool(args.spin_between_runs))
+                             spin=not args.no_spin, spin_between_runs=bool(args.spin_between_runs),
+                             workers=parse_workers(args.workers))
 
     def backend_fps_alone(runs: int) -> float:
-        """The backend's own rate: back-to-back calls on one preprocessed frame."""
+        """The backend's own rate: back-to-back calls on one preprocessed frame, as many at
+        once as the pipeline keeps in flight."""
         x = np.repeat(make_preprocess(bundle)(make_image(category, 9, "video", 0, size)[0])[None], args.batch, 0)
         for _ in range(10):
             backend.infer(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            backend.infer(x)
-            times.append(time.perf_counter() - t)
-        return args.batch / float(np.median(times))
+        return throughput(backend, x, backend.workers, max(1, runs // backend.workers))
 
     backend_before = backend_fps_alone(args.backend_runs)
 
@@ -147,7 +150,7 @@ def main() -> None:
         bundle, calibration = calibrate(bundle, backend.bundle_file, scores, args.false_alarm_rate, "generated good frames, seed 8")
         print(f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}")
     threshold = bundle.threshold_for(backend.bundle_file)
-    config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30)
+    config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30, workers=backend.workers)
     pipeline = Pipeline(bundle, backend, [open_sink(str(events), headless=True), probe], config, log=print)
     capture = Capture(VideoCaptureSource(parse_uri(str(video))), make_preprocess(bundle), queue_size=8)
     started = time.perf_counter()
@@ -168,7 +171,8 @@ def main() -> None:
         "end_to_end_over_backend": (len(decisions) / wall) / backend_fps,
         "pre_plus_post_ms_mean": stages["preprocess"]["mean"] + stages["postprocess"]["mean"],
         "preprocess_ms": stages["preprocess"], "postprocess_ms": stages["postprocess"],
-        "inference_ms": stages["inference"], "sinks_ms": stages["sinks"],
+        "inference_ms": stages["inference"], "sinks_ms": stages["sinks"], "frame_latency_ms": stages["end_to_end"],
+        "workers": backend.workers, "threads_per_call": backend.threads,
         "recall": float(pred[truth_arr].mean()) if truth_arr.any() else None,
         "false_alarm_rate": float(pred[~truth_arr].mean()), "false_alarms": int(pred[~truth_arr].sum()),
         "missed": int((~pred[truth_arr]).sum()), "threshold": threshold, "threshold_calibration": calibration,
@@ -178,7 +182,7 @@ def main() -> None:
         "bundle": str(args.bundle), "category": category, "image_size": size,
     }
     print(f"{'metric':34s} value")
-    for key in ("frames", "codec", "decode_ms_per_frame", "end_to_end_fps", "backend_fps_before", "backend_fps_after",
+    for key in ("frames", "codec", "workers", "threads_per_call", "decode_ms_per_frame", "end_to_end_fps", "backend_fps_before", "backend_fps_after",
                 "backend_fps", "end_to_end_over_backend", "pre_plus_post_ms_mean",
                 "recall", "false_alarm_rate", "false_alarms", "missed", "rss_growth_mib", "dropped"):
         value = result[key]

@@ -243,7 +243,9 @@ def run(
     loop: bool = typer.Option(False, help="loop video files and image folders"),
     queue_size: int = typer.Option(4, help="capture queue length (live sources drop the oldest beyond it)"),
     max_retries: int = typer.Option(5, help="reconnect attempts for a live source before giving up"),
-    threads: int = typer.Option(0, help="ONNX Runtime threads (0: all cores)"),
+    threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
+    workers: str = typer.Option("auto", help="inference calls in flight: auto (2 on ONNX Runtime's CPU provider with "
+                                ">= 2 cores, else 1) or N; 1 gives the lowest latency per frame"),
     no_spin: bool = typer.Option(False, "--no-spin", help="ONNX Runtime pool threads sleep when idle (leaves CPU "
                                  "to capture on small machines; lowers the backend's own rate)"),
 ):
@@ -251,22 +253,23 @@ def run(
     from .bundle import load_bundle
     from .runtime.capture import Capture
     from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
-    from .runtime.select import create_backend
+    from .runtime.select import create_backend, parse_workers
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
+    in_flight = parse_workers(workers)
     spec = parse_uri(source, input_width, input_height, input_fps, loop)
     loaded = load_bundle(bundle)
     # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
     chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
-                            spin=not no_spin, spin_between_runs=False)
+                            spin=not no_spin, spin_between_runs=False, workers=in_flight)
     sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
     console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
     config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
-                       stats_json=stats_json, extra={"source": source, "bundle": str(bundle)})
+                       stats_json=stats_json, extra={"source": source, "bundle": str(bundle)}, workers=chosen.workers)
     capture = Capture(open_source(spec), make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
     pipeline.install_signal_handlers()
@@ -285,12 +288,15 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
     dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
     category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
-    threads: int = typer.Option(0, help="ONNX Runtime threads (0: all cores)"),
+    threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
+    workers: str = typer.Option("auto", help="calls in flight for the throughput figure, as in `run` (auto or N); "
+                                "latency is always one call at a time"),
     out: Path = typer.Option(Path("bench.json"), help="JSON results"),
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
     from .errors import choose
     from .runtime.bench import print_table, run_bench, write_json
+    from .runtime.select import parse_workers
 
     choose("dataset", dataset, DATASETS)
     try:
@@ -300,7 +306,7 @@ def bench(
     if not batches or min(batches) < 1 or runs < 1 or warmup < 0:
         raise ConfigError("batch sizes and --runs must be >= 1, --warmup >= 0")
     result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
-                       log=console.print)
+                       log=console.print, workers=parse_workers(workers))
     write_json(result, out)
     typer.echo(print_table(result))
     console.print(f"wrote {out}")

@@ -46,7 +46,7 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"ONNX Runtime cannot load {path}: {str(exc)[:300]}",
                                "the file is corrupt or was written by a newer exporter; re-export the bundle") from exc
-        self.path, self.precision = path, precision
+        self.path, self.precision, self.threads = path, precision, options.intra_op_num_threads
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise BackendError(f"{path} has {len(inputs)} inputs; a dmgrd-edge model has exactly one ('image')")
@@ -68,4 +68,5 @@ class OnnxBackend:
         import onnxruntime as ort
 
         return {"backend": self.name, "file": self.path.name, "precision": self.precision,
-                "providers": self.providers, "onnxruntime": ort.__version__, "fixed_batch": self.fixed_batch}
+                "providers": self.providers, "onnxruntime": ort.__version__, "fixed_batch": self.fixed_batch,
+                "threads": self.threads, "workers": getattr(self, "workers", 1)}

@@ -1,17 +1,23 @@
 """The streaming loop: frames -> backend -> decision, regions -> sinks, with statistics.
 
 Capture and preprocessing run in the capture thread, so they overlap with inference here.
-SIGINT/SIGTERM stop the loop cleanly: sinks are flushed and closed, statistics written.
+With ``workers`` > 1, up to that many batches are inferred at once in a small thread pool
+(the backend must take concurrent calls, as ONNX Runtime sessions do); results are handled
+strictly in frame order, and post-processing and sinks of one batch overlap with the
+inference of the next. SIGINT/SIGTERM stop the loop cleanly: the batches in flight are
+finished, sinks are flushed and closed, statistics written.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +42,7 @@ class RunConfig:
     status_every_s: float = 5.0
     stats_json: Path | None = None
     extra: dict = field(default_factory=dict)
+    workers: int = 1  # batches in flight
 
 
 def make_preprocess(bundle: Bundle):
@@ -103,23 +110,36 @@ class Pipeline:
             self.stats.add("end_to_end", 1000 * (time.monotonic() - frame.captured_at))
             self.stats.frame_done(ng)
 
+    def _infer(self, frames: list) -> tuple[list, np.ndarray, np.ndarray, float]:
+        batch = np.stack([f.tensor for f in frames])
+        t0 = time.perf_counter()
+        maps, scores = self.backend.infer(batch)
+        return frames, maps, scores, 1000 * (time.perf_counter() - t0)
+
+    def _complete(self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float) -> None:
+        self.stats.add("inference", infer_ms / len(frames))
+        self._handle(frames, maps, scores, infer_ms)
+
     def run(self, capture: Capture) -> int:
+        workers = max(1, self.config.workers)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="dmgrd-infer") if workers > 1 else None
+        in_flight: collections.deque = collections.deque()  # (frames, future), oldest first
         capture.start()
         last_status = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                if self.config.max_frames is not None and self.stats.frames >= self.config.max_frames:
+                queued = sum(len(batch) for batch, _ in in_flight)
+                if self.config.max_frames is not None and self.stats.frames + queued >= self.config.max_frames:
                     break
                 frames, ended = self._next_batch(capture)
                 if self.config.max_frames is not None:
-                    frames = frames[: self.config.max_frames - self.stats.frames]
-                if frames:
-                    batch = np.stack([f.tensor for f in frames])
-                    t0 = time.perf_counter()
-                    maps, scores = self.backend.infer(batch)
-                    infer_ms = 1000 * (time.perf_counter() - t0)
-                    self.stats.add("inference", infer_ms / len(frames))
-                    self._handle(frames, maps, scores, infer_ms)
+                    frames = frames[: self.config.max_frames - self.stats.frames - queued]
+                if frames and pool is None:
+                    self._complete(*self._infer(frames))
+                elif frames:
+                    in_flight.append((frames, pool.submit(self._infer, frames)))
+                    while len(in_flight) >= workers:
+                        self._complete(*in_flight.popleft()[1].result())
                 if time.monotonic() - last_status >= self.config.status_every_s:
                     last_status = time.monotonic()
                     c = capture.counters
@@ -127,7 +147,11 @@ class Pipeline:
                              f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
                 if ended:
                     break
+            while in_flight:  # frames already read are finished, also on a signal
+                self._complete(*in_flight.popleft()[1].result())
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             capture.stop()
             capture.join(timeout=5)
             for sink in self.sinks:

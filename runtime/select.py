@@ -1,10 +1,20 @@
 """Backend choice: ``auto`` takes an engine built for this device when the bundle has one
-and TensorRT is importable, else ONNX Runtime; it always says what it picked and why."""
+and TensorRT is importable, else ONNX Runtime; it always says what it picked and why.
+
+Calls in flight (``workers``): on ONNX Runtime's CPU provider a small model scales poorly
+across the cores of one call (every operator is split and joined again), so ``auto`` runs
+two calls at once, each on half the cores (``cores // workers`` threads): on 2 cores this
+gave 1.4x the frames per second of one call on both cores (``benchmarks/runtime_stream.py``).
+Each frame then takes longer. TensorRT and the CUDA/TensorRT providers get one call at a
+time.
+"""
 
 from __future__ import annotations
 
+import os
+
 from dmgrd_edge.bundle import Bundle
-from dmgrd_edge.errors import choose
+from dmgrd_edge.errors import ConfigError, choose
 
 from .backend import BackendError
 
@@ -70,8 +80,29 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
     return files[0], precision
 
 
+def parse_workers(text: str | int | None) -> int | None:
+    """``auto``/None -> None (decided with the backend), else an int >= 1."""
+    if text is None or text == "auto":
+        return None
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"bad --workers {text!r}", "give auto or a number of calls in flight >= 1")
+    return value
+
+
+def auto_workers(accelerated: bool, cores: int | None = None) -> int:
+    cores = cores or os.cpu_count() or 1
+    return 2 if not accelerated and cores >= 2 else 1
+
+
 def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", max_batch: int = 8,
-                   threads: int = 0, log=print, spin: bool = True, spin_between_runs: bool = True):
+                   threads: int = 0, log=print, spin: bool = True, spin_between_runs: bool = True,
+                   workers: int | None = 1):
+    """The backend, with ``.bundle_file`` (the file it runs) and ``.workers`` (calls it takes
+    in flight; ``workers=None`` lets it choose, see the module text)."""
     choose("backend", backend, BACKENDS)
     choose("precision", precision, PRECISIONS)
     if backend in ("auto", "tensorrt"):
@@ -80,8 +111,11 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
             bundle.verify([name])
             from .tensorrt_backend import TensorRTBackend
 
+            if workers not in (None, 1):
+                raise ConfigError(f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
+                                  "use --workers 1 or auto")
             chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch)
-            chosen.bundle_file = name
+            chosen.bundle_file, chosen.workers = name, 1
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
             return chosen
         except Exception as exc:
@@ -95,8 +129,11 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
     available = ort.get_available_providers()
     accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
     name, precision = onnx_file_for(bundle, precision, bool(accelerated), log)
+    workers = workers or auto_workers(bool(accelerated))
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     chosen = OnnxBackend(bundle.root / name, providers=accelerated + ["CPUExecutionProvider"], threads=threads,
                          precision=precision, spin=spin, spin_between_runs=spin_between_runs)
-    chosen.bundle_file = name
-    log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}")
+    chosen.bundle_file, chosen.workers = name, workers
+    log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}, "
+        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} thread{'s' if threads > 1 else ''}")
     return chosen

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from dmgrd_edge.data.synthetic import make_image
+from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.runtime.capture import END, Capture
 from dmgrd_edge.runtime.postprocess import regions
 from dmgrd_edge.runtime.sinks import SinkError, open_sink
 from dmgrd_edge.runtime.sources import (ImageFolderSource, SourceError, Status, VideoCaptureSource,
-                                        csi_pipeline, parse_uri)
+                                        csi_pipeline, open_source, parse_uri)
 
 DEFECT_EVERY = 7
 
@@ -171,6 +172,56 @@ def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     assert "not recovered" in pipeline.summary["source_error"]
 
 
+class RecordingSink:
+    def __init__(self):
+        self.events = []
+
+    def write(self, event, frame, overlay):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+def _stream(bundle, path, workers, batch=1, max_frames=None):
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.select import create_backend
+
+    loaded = load_bundle(bundle)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
+    sink = RecordingSink()
+    config = RunConfig(loaded.threshold, loaded.threshold, batch=batch, max_frames=max_frames, status_every_s=1e9,
+                       workers=backend.workers)
+    pipeline = Pipeline(loaded, backend, [sink], config, log=lambda *_: None)
+    assert pipeline.run(Capture(open_source(parse_uri(str(path))), make_preprocess(loaded), queue_size=8)) == 0
+    return backend, sink.events, pipeline.summary
+
+
+def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
+    """Several inference calls at once: every frame, in order, with the scores of one call at a time."""
+    path, truth = video
+    one, serial, _ = _stream(bundle, path, workers=1)
+    three, overlapped, summary = _stream(bundle, path, workers=3, batch=2)
+    assert one.workers == 1 and three.workers == 3 and summary["backend"]["workers"] == 3
+    assert [e["frame"] for e in overlapped] == [e["frame"] for e in serial] == list(range(len(truth)))
+    np.testing.assert_allclose([e["score"] for e in overlapped], [e["score"] for e in serial], rtol=1e-5)
+    assert [e["decision"] for e in overlapped] == [e["decision"] for e in serial]
+    _, limited, summary = _stream(bundle, path, workers=3, batch=2, max_frames=7)
+    assert [e["frame"] for e in limited] == list(range(7)) and summary["frames"] == 7
+
+
+def test_workers_option():
+    from dmgrd_edge.runtime.select import auto_workers, parse_workers
+
+    assert parse_workers("auto") is None and parse_workers(None) is None and parse_workers("3") == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ConfigError, match="auto or a number"):
+            parse_workers(bad)
+    assert auto_workers(accelerated=False, cores=2) == 2 and auto_workers(accelerated=False, cores=8) == 2
+    assert auto_workers(accelerated=False, cores=1) == 1 and auto_workers(accelerated=True, cores=8) == 1
+
+
 def test_regions_boxes_and_peaks():
     amap = np.zeros((32, 32), np.float32)
     amap[2:6, 3:9] = 1.0
@@ -248,15 +299,21 @@ def test_tampered_bundle_fails_at_start(tmp_path, video, bundle):
     proc = _run_cli("run", copy, "--source", video[0], "--headless")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "modified" in err and "Traceback" not in err
+    proc = _run_cli("run", bundle, "--source", video[0], "--headless", "--workers", "0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--workers" in err and "auto or a number" in err
 
 
 def test_bench_without_torch(tmp_path, bundle, line_root):
     proc = _run_cli("bench", bundle, "--batch", "1,2", "--runs", "3", "--warmup", "1", "--data", line_root,
-                    "--out", tmp_path / "bench.json")
+                    "--workers", "2", "--out", tmp_path / "bench.json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     result = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in result["latency"]] == [1, 2]
+    assert all(r["workers"] == 2 and r["images_per_s"] > 0 and r["images_per_s_one_call"] > 0
+               for r in result["latency"])
+    assert result["backend"]["workers"] == 2 and result["backend"]["threads"] >= 1
     assert all(r["ms_p50"] <= r["ms_p99"] for r in result["latency"])
     assert result["device"]["cpu_count"] >= 1 and result["device"]["onnxruntime"]
     assert result["accuracy"]["category"] == "washer" and 0 <= result["accuracy"]["i_auroc"] <= 1
