@@ -173,7 +173,8 @@ def main() -> None:
                 ratio = lambda b: "" if key == "fp32" else f"{t[f'{key}_vs_fp32_b{b}']:.2f}"  # noqa: E731
                 print(f"{r['backbone']:18s} {label:22s} {t['threads']:7d} {t[f'{key}_b1_ms']:7.1f} {ratio(1):>6s} "
                       f"{t[f'{key}_b8_ms']:7.1f} {ratio(8):>6s} {r[f'{key}_mb']:6.1f}")
-        print(f"{'':18s} parity fp32 vs torch: score rel {r['parity_score_rel']:.1e}, map abs {r['parity_map_abs']:.1e}")
+        print(f"{'':18s} parity fp32 vs torch: score rel {r['parity_score_rel']:.1e}, "
+              f"map abs {r['parity_map_abs']:.1e}")
     if delta:
         for key, label, _ in FILES[1:]:
             print(f"accuracy on the test split (efficientnet_lite0), fp32 -> {label}: "

@@ -43,7 +43,8 @@ def rss_mib() -> float:
 # lossless codecs only: MJPG artefacts raise every score (docs/BENCHMARKS.md), and the
 # threshold is calibrated on lossless PNG frames. Their software decode costs differ: the
 # script measures and reports it (decode_ms_per_frame), as it is part of the end-to-end work
-CODECS = {"png": ("png ", ".avi"), "ffv1": ("FFV1", ".mkv")}
+# all lossless; "raw" (uncompressed RGBA frames) is what a line camera hands over: no decoding
+CODECS = {"png": ("png ", ".avi"), "ffv1": ("FFV1", ".mkv"), "raw": ("RGBA", ".avi")}
 
 
 def write_video(path: Path, category: str, frames: int, size: int, defect_rate: float, seed: int,
@@ -51,7 +52,8 @@ def write_video(path: Path, category: str, frames: int, size: int, defect_rate: 
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[codec][0]), 25, (size, size))
     if not writer.isOpened():
-        raise SystemExit(f"this OpenCV build cannot write {codec} video; try --codec {'ffv1' if codec == 'png' else 'png'}")
+        others = ", ".join(c for c in CODECS if c != codec)
+        raise SystemExit(f"this OpenCV build cannot write {codec} video; try --codec with one of: {others}")
     truth = []
     for i in range(frames):
         defect = DEFECTS[int(rng.integers(len(DEFECTS)))] if rng.random() < defect_rate else None
@@ -129,7 +131,12 @@ def main() -> None:
         x = np.repeat(make_preprocess(bundle)(make_image(category, 9, "video", 0, size)[0])[None], args.batch, 0)
         for _ in range(10):
             backend.infer(x)
-        return throughput(backend, x, backend.workers, max(1, runs // backend.workers))
+        cpu, t = time.process_time(), time.perf_counter()
+        rate = throughput(backend, x, backend.workers, max(1, runs // backend.workers))
+        busy.append((time.process_time() - cpu) / (time.perf_counter() - t))
+        return rate
+
+    busy: list[float] = []
 
     backend_before = backend_fps_alone(args.backend_runs)
 
@@ -153,9 +160,10 @@ def main() -> None:
     config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30, workers=backend.workers)
     pipeline = Pipeline(bundle, backend, [open_sink(str(events), headless=True), probe], config, log=print)
     capture = Capture(VideoCaptureSource(parse_uri(str(video))), make_preprocess(bundle), queue_size=8)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     code = pipeline.run(capture)
     wall = time.perf_counter() - started
+    cores_busy = (time.process_time() - cpu_started) / wall  # CPU seconds of all threads per second
     # measured again right after the stream: the rate of a shared machine drifts by several
     # per cent over minutes, and the ratio is taken against the mean of both
     backend_after = backend_fps_alone(args.backend_runs)
@@ -173,6 +181,7 @@ def main() -> None:
         "preprocess_ms": stages["preprocess"], "postprocess_ms": stages["postprocess"],
         "inference_ms": stages["inference"], "sinks_ms": stages["sinks"], "frame_latency_ms": stages["end_to_end"],
         "workers": backend.workers, "threads_per_call": backend.threads,
+        "cores_busy_stream": cores_busy, "cores_busy_backend_alone": float(np.mean(busy)),
         "recall": float(pred[truth_arr].mean()) if truth_arr.any() else None,
         "false_alarm_rate": float(pred[~truth_arr].mean()), "false_alarms": int(pred[~truth_arr].sum()),
         "missed": int((~pred[truth_arr]).sum()), "threshold": threshold, "threshold_calibration": calibration,
@@ -182,8 +191,9 @@ def main() -> None:
         "bundle": str(args.bundle), "category": category, "image_size": size,
     }
     print(f"{'metric':34s} value")
-    for key in ("frames", "codec", "workers", "threads_per_call", "decode_ms_per_frame", "end_to_end_fps", "backend_fps_before", "backend_fps_after",
-                "backend_fps", "end_to_end_over_backend", "pre_plus_post_ms_mean",
+    for key in ("frames", "codec", "workers", "threads_per_call", "decode_ms_per_frame", "end_to_end_fps",
+                "backend_fps_before", "backend_fps_after", "backend_fps", "end_to_end_over_backend",
+                "cores_busy_backend_alone", "cores_busy_stream", "pre_plus_post_ms_mean",
                 "recall", "false_alarm_rate", "false_alarms", "missed", "rss_growth_mib", "dropped"):
         value = result[key]
         print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")

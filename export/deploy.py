@@ -64,7 +64,7 @@ def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None,
     conv = nn.Conv2d(c_in, 4 * c_out, 1, bias=True)
     conv.weight.copy_(weight.transpose(0, 1).reshape(4 * c_out, c_in, 1, 1))  # [a*2+b, co, ci]
     conv.bias.copy_(bias.repeat(4))
-    return PixelShuffleUp(conv, act, SubPixelInterleave()) if act is not None else PixelShuffleUp(conv, SubPixelInterleave())
+    return PixelShuffleUp(*(m for m in (conv, act, SubPixelInterleave()) if m is not None))
 
 
 # per-element activations commute with the interleave; moved in front of it, they follow the

@@ -123,8 +123,8 @@ def run_bench(bundle_path: Path, backend_name: str = "auto", precision: str = "a
 def print_table(result: dict) -> str:
     lines = [f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} {'in flight':>9s}"]
     for r in result["latency"]:
-        lines.append(f"{r['batch']:5d} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f} {r['ms_p99']:8.2f} {r['images_per_s']:8.1f} "
-                     f"{r.get('workers', 1):9d}")
+        lines.append(f"{r['batch']:5d} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f} {r['ms_p99']:8.2f} "
+                     f"{r['images_per_s']:8.1f} {r.get('workers', 1):9d}")
     lines.append(f"start-up {result['startup_s']:.2f} s, peak host RSS {result['peak_host_rss_mib']:.0f} MiB")
     if "accuracy" in result:
         a = result["accuracy"]

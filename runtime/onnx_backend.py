@@ -15,6 +15,7 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 
 class OnnxBackend:
     name = "onnxruntime"
+    calls_from_any_thread = True  # InferenceSession.run is thread-safe and needs no per-thread context
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0,
                  precision: str = "fp32", spin: bool = True, spin_between_runs: bool = True):

@@ -67,24 +67,28 @@ class Pipeline:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop_event.set())
 
-    def _next_batch(self, capture: Capture) -> tuple[list, bool]:
-        """Up to `batch` frames; waits for the first, takes the rest only if ready (live)
-        or waits for them (files). Returns (frames, ended)."""
+    def _next_batch(self, capture: Capture, wait: bool = True) -> tuple[list, bool]:
+        """Up to `batch` frames; waits for the first (or, with ``wait=False``, returns none
+        if none is queued), takes the rest only if ready (live) or waits for them (files).
+        Returns (frames, ended)."""
         frames, ended = [], False
         started = time.perf_counter()
         while len(frames) < self.config.batch and not self.stop_event.is_set():
             try:
-                wait = 0.2 if not frames or not capture.live else 0.0
-                item = capture.queue.get(timeout=wait) if wait else capture.queue.get_nowait()
+                timeout = 0.2 if not frames or not capture.live else 0.0
+                if not frames and not wait:
+                    timeout = 0.0
+                item = capture.queue.get(timeout=timeout) if timeout else capture.queue.get_nowait()
             except queue.Empty:
-                if frames and capture.live:
+                if (frames and capture.live) or (not frames and not wait):
                     break
                 continue
             if item is END:
                 ended = True
                 break
             frames.append(item)
-        self.stats.add("capture_wait", 1000 * (time.perf_counter() - started))
+        if frames or wait:
+            self.stats.add("capture_wait", 1000 * (time.perf_counter() - started))
         return frames, ended
 
     def _handle(self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float) -> None:
@@ -120,32 +124,65 @@ class Pipeline:
         self.stats.add("inference", infer_ms / len(frames))
         self._handle(frames, maps, scores, infer_ms)
 
+    def _room(self, in_flight) -> int:
+        """Frames that may still be read (``--max-frames``)."""
+        if self.config.max_frames is None:
+            return self.config.batch
+        return self.config.max_frames - self.stats.frames - sum(len(batch) for batch, _ in in_flight)
+
+    def _status(self, capture: Capture) -> None:
+        if time.monotonic() - self._last_status >= self.config.status_every_s:
+            self._last_status = time.monotonic()
+            c = capture.counters
+            self.log(f"[status] frames {self.stats.frames} NG {self.stats.ng} fps {self.stats.fps:.1f} "
+                     f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
+
     def run(self, capture: Capture) -> int:
-        workers = max(1, self.config.workers)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="dmgrd-infer") if workers > 1 else None
+        """Calls run in a thread pool when the backend takes calls from any thread (ONNX
+        Runtime): up to ``workers`` at once, and the next frame is submitted before the
+        finished one is post-processed, so inference never waits for post-processing and
+        sinks. Otherwise (TensorRT: its CUDA context belongs to this thread) one call at a
+        time, here."""
+        pooled = getattr(self.backend, "calls_from_any_thread", False)
+        workers = max(1, self.config.workers) if pooled else 1
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="dmgrd-infer") if pooled else None
         in_flight: collections.deque = collections.deque()  # (frames, future), oldest first
+        ended, finished = False, 0  # finished: frames inferred, not yet counted by _complete
         capture.start()
-        last_status = time.monotonic()
+        self._last_status = time.monotonic()
+
+        def refill(wait: bool) -> None:
+            nonlocal ended
+            while len(in_flight) < workers and not ended and not self.stop_event.is_set():
+                room = self._room(in_flight) - finished
+                if room <= 0:
+                    return
+                frames, ended = self._next_batch(capture, wait=wait and not in_flight)
+                if not frames:
+                    return
+                in_flight.append((frames[:room], pool.submit(self._infer, frames[:room])))
+
         try:
             while not self.stop_event.is_set():
-                queued = sum(len(batch) for batch, _ in in_flight)
-                if self.config.max_frames is not None and self.stats.frames + queued >= self.config.max_frames:
-                    break
-                frames, ended = self._next_batch(capture)
-                if self.config.max_frames is not None:
-                    frames = frames[: self.config.max_frames - self.stats.frames - queued]
-                if frames and pool is None:
-                    self._complete(*self._infer(frames))
-                elif frames:
-                    in_flight.append((frames, pool.submit(self._infer, frames)))
-                    while len(in_flight) >= workers:
-                        self._complete(*in_flight.popleft()[1].result())
-                if time.monotonic() - last_status >= self.config.status_every_s:
-                    last_status = time.monotonic()
-                    c = capture.counters
-                    self.log(f"[status] frames {self.stats.frames} NG {self.stats.ng} fps {self.stats.fps:.1f} "
-                             f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
-                if ended:
+                if pool is None:
+                    if self._room(in_flight) <= 0:
+                        break
+                    frames, ended = self._next_batch(capture)
+                    if frames:
+                        self._complete(*self._infer(frames[: self._room(in_flight)]))
+                else:
+                    refill(wait=True)
+                    if not in_flight:
+                        if ended or self._room(in_flight) <= 0:
+                            break
+                        continue
+                    done = in_flight.popleft()[1].result()
+                    finished = len(done[0])
+                    refill(wait=False)  # keep the cores busy while this one is post-processed
+                    self._complete(*done)
+                    finished = 0
+                self._status(capture)
+                if ended and not in_flight:
                     break
             while in_flight:  # frames already read are finished, also on a signal
                 self._complete(*in_flight.popleft()[1].result())

@@ -16,6 +16,7 @@ from .backend import BackendError, check_batch, run_in_chunks
 
 class TensorRTBackend:
     name = "tensorrt"
+    calls_from_any_thread = False  # the CUDA context (pycuda.autoinit) is current in the creating thread only
 
     def __init__(self, engine_path: str | Path, precision: str, max_batch: int):
         try:
