@@ -43,7 +43,7 @@ def rss_mib() -> float:
 # lossless codecs only: MJPG artefacts raise every score (docs/BENCHMARKS.md), and the
 # threshold is calibrated on lossless PNG frames. Their software decode costs differ: the
 # script measures and reports it (decode_ms_per_frame), as it is part of the end-to-end work
-# all lossless; "raw" (uncompressed RGBA frames) is what a line camera hands over: no decoding
+# "raw" (uncompressed RGBA frames) is what a line camera hands over: nothing to decode
 CODECS = {"png": ("png ", ".avi"), "ffv1": ("FFV1", ".mkv"), "raw": ("RGBA", ".avi")}
 
 
@@ -75,7 +75,8 @@ def decode_ms(path: Path, frames: int = 200) -> float:
 
 
 class MemoryProbe:
-    """RSS after the warm-up frames and at the end, sampled by the sink path."""
+    """RSS after the warm-up frames (sampled by the sink path) and at the end (when the
+    pipeline closes its sinks); one file read each, not one per frame."""
 
     needs_overlay = False
 
@@ -85,10 +86,37 @@ class MemoryProbe:
     def write(self, event, frame, overlay):
         if event["frame"] == self.after:
             self.start = rss_mib()
-        self.end = rss_mib()
 
     def close(self):
-        pass
+        self.end = rss_mib()
+
+
+class ConstantBackend:
+    """Answers at once with a flat map: streaming through it measures what the pipeline
+    itself costs per frame (decode, preprocess, queues, post-processing, sinks)."""
+
+    name, precision, calls_from_any_thread = "constant", "fp32", True
+
+    def __init__(self, size: int, workers: int):
+        self.size, self.workers = size, workers
+
+    def infer(self, batch):
+        return np.zeros((len(batch), 1, self.size, self.size), np.float32), np.zeros(len(batch), np.float32)
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def pipeline_cost(bundle, video: Path, size: int, workers: int, events: Path) -> dict:
+    """CPU milliseconds per frame of the pipeline alone, with the same sink and source."""
+    pipeline = Pipeline(bundle, ConstantBackend(size, workers), [open_sink(str(events), headless=True)],
+                        RunConfig(1.0, 1.0, status_every_s=1e9, workers=workers), log=lambda *_: None)
+    capture = Capture(VideoCaptureSource(parse_uri(str(video))), make_preprocess(bundle), queue_size=8)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    pipeline.run(capture)
+    frames = max(1, pipeline.stats.frames)
+    return {"cpu_ms_per_frame": 1000 * (time.process_time() - cpu_started) / frames,
+            "fps": frames / (time.perf_counter() - started)}
 
 
 def main() -> None:
@@ -154,7 +182,8 @@ def main() -> None:
             image, _ = make_image(category, 8, "video", i, size)
             cv2.imwrite(str(good / f"{i:05d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
         scores = score_source(ImageFolderSource(parse_uri(str(good))), backend, _pre(bundle))
-        bundle, calibration = calibrate(bundle, backend.bundle_file, scores, args.false_alarm_rate, "generated good frames, seed 8")
+        bundle, calibration = calibrate(bundle, backend.bundle_file, scores, args.false_alarm_rate,
+                                        "generated good frames, seed 8")
         print(f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}")
     threshold = bundle.threshold_for(backend.bundle_file)
     config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30, workers=backend.workers)
@@ -168,6 +197,10 @@ def main() -> None:
     # per cent over minutes, and the ratio is taken against the mean of both
     backend_after = backend_fps_alone(args.backend_runs)
     backend_fps = (backend_before + backend_after) / 2
+    overhead = pipeline_cost(bundle, video, size, backend.workers, work / "constant.jsonl")
+    # the CPU time one frame of inference takes when the backend runs alone, and the ratio the
+    # stream could reach if the pipeline's own CPU time were shared without any loss
+    backend_cpu_ms = 1000 * float(np.mean(busy)) / backend_fps
     decisions = [json.loads(line)["decision"] == "NG" for line in events.read_text().splitlines()]
     truth_arr, pred = np.array(truth[: len(decisions)]), np.array(decisions)
     stages = pipeline.summary["stages_ms"]
@@ -182,6 +215,9 @@ def main() -> None:
         "inference_ms": stages["inference"], "sinks_ms": stages["sinks"], "frame_latency_ms": stages["end_to_end"],
         "workers": backend.workers, "threads_per_call": backend.threads,
         "cores_busy_stream": cores_busy, "cores_busy_backend_alone": float(np.mean(busy)),
+        "pipeline_alone_cpu_ms_per_frame": overhead["cpu_ms_per_frame"], "pipeline_alone_fps": overhead["fps"],
+        "backend_cpu_ms_per_frame": backend_cpu_ms,
+        "ratio_bound_if_shared_without_loss": backend_cpu_ms / (backend_cpu_ms + overhead["cpu_ms_per_frame"]),
         "recall": float(pred[truth_arr].mean()) if truth_arr.any() else None,
         "false_alarm_rate": float(pred[~truth_arr].mean()), "false_alarms": int(pred[~truth_arr].sum()),
         "missed": int((~pred[truth_arr]).sum()), "threshold": threshold, "threshold_calibration": calibration,
@@ -193,7 +229,8 @@ def main() -> None:
     print(f"{'metric':34s} value")
     for key in ("frames", "codec", "workers", "threads_per_call", "decode_ms_per_frame", "end_to_end_fps",
                 "backend_fps_before", "backend_fps_after", "backend_fps", "end_to_end_over_backend",
-                "cores_busy_backend_alone", "cores_busy_stream", "pre_plus_post_ms_mean",
+                "cores_busy_backend_alone", "cores_busy_stream", "backend_cpu_ms_per_frame",
+                "pipeline_alone_cpu_ms_per_frame", "ratio_bound_if_shared_without_loss", "pre_plus_post_ms_mean",
                 "recall", "false_alarm_rate", "false_alarms", "missed", "rss_growth_mib", "dropped"):
         value = result[key]
         print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
