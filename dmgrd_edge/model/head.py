@@ -8,8 +8,8 @@ a normalised blur at the borders and exports as plain Conv and Mul.
 Each 1-D pass runs as a depthwise convolution with one channel per image row (then per
 column, after a transpose) instead of a single-channel convolution: the same sums, but ONNX
 Runtime's CPU provider pads a single-channel convolution to a 16-channel block and so did
-16x the work (``benchmarks/ort_profile.py`` showed the two blur convolutions at 6 % of the
-INT8 model's time).
+16x the work (``benchmarks/ort_profile.py --nodes`` listed the two blur convolutions among
+the slowest float nodes of the INT8 model).
 """
 
 from __future__ import annotations
