@@ -5,8 +5,8 @@ Calls in flight (``workers``): on ONNX Runtime's CPU provider a small model scal
 across the cores of one call (every operator is split and joined again), so ``auto`` runs
 two calls at once, each on half the cores (``cores // workers`` threads): on 2 cores this
 gave 1.36-1.38x the end-to-end frames per second of one call on both cores
-(``benchmarks/runtime_stream.py``, docs/BENCHMARKS.md). Each frame then takes longer. TensorRT and the CUDA/TensorRT providers get one call at a
-time.
+(``benchmarks/runtime_stream.py``, docs/BENCHMARKS.md). Each frame then takes longer.
+TensorRT and the CUDA/TensorRT providers get one call at a time.
 """
 
 from __future__ import annotations
@@ -113,11 +113,13 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
 
             if workers not in (None, 1):
                 raise ConfigError(f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
-                                  "use --workers 1 or auto")
+                                  "use --workers 1 or auto, or --backend onnxruntime")
             chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch)
             chosen.bundle_file, chosen.workers = name, 1
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
             return chosen
+        except ConfigError:
+            raise  # the engine is usable, the request is not: no quiet fall-back to ONNX Runtime
         except Exception as exc:
             if backend == "tensorrt":
                 raise

@@ -211,6 +211,17 @@ def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
     assert [e["frame"] for e in limited] == list(range(7)) and summary["frames"] == 7
 
 
+def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
+    """With a usable engine, --workers 2 is an error, not a quiet switch to ONNX Runtime."""
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime import select
+
+    loaded = load_bundle(bundle)
+    monkeypatch.setattr(select, "_engine_for", lambda *_: ("model.onnx", {"precision": "fp32", "trt_version": "10"}))
+    with pytest.raises(ConfigError, match="one call at a time"):
+        select.create_backend(loaded, "auto", workers=2, log=lambda *_: None)
+
+
 def test_workers_option():
     from dmgrd_edge.runtime.select import auto_workers, parse_workers
 
