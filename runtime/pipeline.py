@@ -115,7 +115,7 @@ class Pipeline:
             self.stats.frame_done(ng)
 
     def _infer(self, frames: list) -> tuple[list, np.ndarray, np.ndarray, float]:
-        batch = np.stack([f.tensor for f in frames])
+        batch = frames[0].tensor[None] if len(frames) == 1 else np.stack([f.tensor for f in frames])
         t0 = time.perf_counter()
         maps, scores = self.backend.infer(batch)
         return frames, maps, scores, 1000 * (time.perf_counter() - t0)

@@ -191,3 +191,22 @@ def test_generator_never_overwrites(tmp_path):
         generate_line_data(out, ["granite"], n_train=2, size=32)
     assert marker.read_text() == "x"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("channels, bgr", [(None, True), (1, True), (3, True), (3, False), (4, True), (4, False)])
+def test_to_rgb8_matches_channel_slicing(channels, bgr):
+    """OpenCV's conversions give the bytes of the plain numpy definition: gray repeated, alpha
+    dropped, BGR reversed."""
+    from dmgrd_edge.data.imageio import to_rgb8
+
+    rng = np.random.default_rng(channels or 0)
+    shape = (7, 5) if channels is None else (7, 5, channels)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    hwc = image[:, :, None] if image.ndim == 2 else image
+    expected = np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc[:, :, :3]
+    if bgr and hwc.shape[2] != 1:
+        expected = expected[:, :, ::-1]
+    got = to_rgb8(image, bgr=bgr)
+    assert got.dtype == np.uint8 and got.flags["C_CONTIGUOUS"] and np.array_equal(got, expected)
+    wide = to_rgb8(image.astype(np.uint16) * 257, bgr=bgr)  # 16-bit input scales back exactly
+    assert np.array_equal(wide, expected)
