@@ -97,7 +97,9 @@ class Pipeline:
             h, w = frame.image.shape[:2]
             found = regions(amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0]))
             ng = bool(score >= self.config.threshold)
-            overlay = draw(frame.image, amap, float(score), self.config.threshold, found) if self.needs_overlay else None
+            overlay = None
+            if self.needs_overlay:
+                overlay = draw(frame.image, amap, float(score), self.config.threshold, found)
             post_ms = 1000 * (time.perf_counter() - t0)
             event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                      "frame": frame.index, "score": round(float(score), 6), "decision": "NG" if ng else "OK",
