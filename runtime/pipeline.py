@@ -1,23 +1,21 @@
 """The streaming loop: frames -> backend -> decision, regions -> sinks, with statistics.
 
 Capture and preprocessing run in the capture thread, so they overlap with inference here.
-With ``workers`` > 1, up to that many batches are inferred at once in a small thread pool
-(the backend must take concurrent calls, as ONNX Runtime sessions do); results are handled
-strictly in frame order, and post-processing and sinks of one batch overlap with the
-inference of the next. SIGINT/SIGTERM stop the loop cleanly: the batches in flight are
-finished, sinks are flushed and closed, statistics written.
+With a backend that takes calls from any thread (ONNX Runtime), ``workers`` inference
+threads take frames from the capture queue and infer them, several at once; results are
+handled strictly in frame order in the main thread, so post-processing and sinks overlap
+with inference. SIGINT/SIGTERM stop the loop cleanly: the frames already read are finished,
+sinks are flushed and closed, statistics written.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import queue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +56,8 @@ class Pipeline:
     def __init__(self, bundle: Bundle, backend, sinks: list, config: RunConfig, log=print):
         self.bundle, self.backend, self.sinks, self.config, self.log = bundle, backend, sinks, config, log
         self.stats = Stats()
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # a signal: finish what was read, then stop
+        self._abort = threading.Event()  # an error in an inference thread: stop reading at once
         self.needs_overlay = any(getattr(s, "needs_overlay", False) for s in sinks)
 
     def install_signal_handlers(self) -> None:
@@ -73,7 +72,7 @@ class Pipeline:
         Returns (frames, ended)."""
         frames, ended = [], False
         started = time.perf_counter()
-        while len(frames) < self.config.batch and not self.stop_event.is_set():
+        while len(frames) < self.config.batch and not self.stop_event.is_set() and not self._abort.is_set():
             try:
                 timeout = 0.2 if not frames or not capture.live else 0.0
                 if not frames and not wait:
@@ -126,12 +125,6 @@ class Pipeline:
         self.stats.add("inference", infer_ms / len(frames))
         self._handle(frames, maps, scores, infer_ms)
 
-    def _room(self, in_flight) -> int:
-        """Frames that may still be read (``--max-frames``)."""
-        if self.config.max_frames is None:
-            return self.config.batch
-        return self.config.max_frames - self.stats.frames - sum(len(batch) for batch, _ in in_flight)
-
     def _status(self, capture: Capture) -> None:
         if time.monotonic() - self._last_status >= self.config.status_every_s:
             self._last_status = time.monotonic()
@@ -140,62 +133,102 @@ class Pipeline:
                      f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
 
     def run(self, capture: Capture) -> int:
-        """Calls run in a thread pool when the backend takes calls from any thread (ONNX
-        Runtime): up to ``workers`` at once, and the next frame is submitted before the
-        finished one is post-processed, so inference never waits for post-processing and
-        sinks. Otherwise (TensorRT: its CUDA context belongs to this thread) one call at a
-        time, here."""
-        pooled = getattr(self.backend, "calls_from_any_thread", False)
-        workers = max(1, self.config.workers) if pooled else 1
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="dmgrd-infer") if pooled else None
-        in_flight: collections.deque = collections.deque()  # (frames, future), oldest first
-        ended, finished = False, 0  # finished: frames inferred, not yet counted by _complete
+        """With a backend that takes calls from any thread (ONNX Runtime), ``workers``
+        inference threads each read the next frames from the capture queue themselves, infer
+        them and file the result under the batch's number, while this thread post-processes
+        and writes the results strictly in frame order; no thread hand-off sits between one
+        inference and the next. Otherwise (TensorRT: its CUDA context belongs to this thread)
+        one call at a time, here."""
         capture.start()
         self._last_status = time.monotonic()
-
-        def refill(wait: bool) -> None:
-            nonlocal ended
-            while len(in_flight) < workers and not ended and not self.stop_event.is_set():
-                room = self._room(in_flight) - finished
-                if room <= 0:
-                    return
-                frames, ended = self._next_batch(capture, wait=wait and not in_flight)
-                if not frames:
-                    return
-                in_flight.append((frames[:room], pool.submit(self._infer, frames[:room])))
-
         try:
-            while not self.stop_event.is_set():
-                if pool is None:
-                    if self._room(in_flight) <= 0:
-                        break
-                    frames, ended = self._next_batch(capture)
-                    if frames:
-                        self._complete(*self._infer(frames[: self._room(in_flight)]))
-                else:
-                    refill(wait=True)
-                    if not in_flight:
-                        if ended or self._room(in_flight) <= 0:
-                            break
-                        continue
-                    done = in_flight.popleft()[1].result()
-                    finished = len(done[0])
-                    refill(wait=False)  # keep the cores busy while this one is post-processed
-                    self._complete(*done)
-                    finished = 0
-                self._status(capture)
-                if ended and not in_flight:
-                    break
-            while in_flight:  # frames already read are finished, also on a signal
-                self._complete(*in_flight.popleft()[1].result())
+            if getattr(self.backend, "calls_from_any_thread", False):
+                self._run_threads(capture, max(1, self.config.workers))
+            else:
+                self._run_here(capture)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
             capture.stop()
             capture.join(timeout=5)
             for sink in self.sinks:
                 sink.close()
         return self._finish(capture)
+
+    def _run_here(self, capture: Capture) -> None:
+        while not self.stop_event.is_set() and self._room(0) > 0:
+            frames, ended = self._next_batch(capture)
+            if frames:
+                self._complete(*self._infer(frames[: self._room(0)]))
+            self._status(capture)
+            if ended:
+                break
+
+    def _room(self, pending: int) -> int:
+        """Frames that may still be read (``--max-frames``), with ``pending`` read but not done."""
+        if self.config.max_frames is None:
+            return self.config.batch
+        return self.config.max_frames - self.stats.frames - pending
+
+    def _run_threads(self, capture: Capture, workers: int) -> None:
+        read_lock, filed = threading.Lock(), threading.Condition()
+        results: dict[int, object] = {}  # batch number -> _infer's result or its exception
+        state = {"issued": 0, "read": 0, "ended": False, "running": workers}
+
+        def room() -> int:
+            if self.config.max_frames is None:
+                return self.config.batch
+            return self.config.max_frames - state["read"]
+
+        def infer_loop() -> None:
+            try:
+                while not self.stop_event.is_set() and not self._abort.is_set():
+                    with read_lock:  # batches are numbered in the order their frames were read
+                        if state["ended"] or room() <= 0:
+                            return
+                        frames, state["ended"] = self._next_batch(capture)
+                        frames = frames[: max(0, room())]
+                        if not frames:
+                            continue
+                        number = state["issued"]
+                        state["issued"] += 1
+                        state["read"] += len(frames)
+                    try:
+                        result = self._infer(frames)
+                    except BaseException as exc:  # handed to the main thread, which raises it
+                        result = exc
+                    with filed:
+                        results[number] = result
+                        filed.notify_all()
+            finally:
+                with filed:
+                    state["running"] -= 1
+                    filed.notify_all()
+
+        threads = [threading.Thread(target=infer_loop, name=f"dmgrd-infer-{i}", daemon=True) for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        expected = 0
+        try:
+            while True:
+                with filed:
+                    while expected not in results and (state["running"] or expected < state["issued"]):
+                        filed.wait(timeout=0.5)
+                        if expected not in results:
+                            break  # wake up for the status line
+                    result = results.pop(expected, None)
+                if result is None:
+                    if not state["running"] and expected >= state["issued"]:
+                        return
+                    self._status(capture)
+                    continue
+                expected += 1
+                if isinstance(result, BaseException):
+                    raise result
+                self._complete(*result)
+                self._status(capture)
+        finally:
+            self._abort.set()  # no-op after a normal end; after an error the threads stop reading
+            for thread in threads:
+                thread.join(timeout=30)
 
     def _finish(self, capture: Capture) -> int:
         c = capture.counters
