@@ -4,7 +4,7 @@ and TensorRT is importable, else ONNX Runtime; it always says what it picked and
 Calls in flight (``workers``): on ONNX Runtime's CPU provider a small model scales poorly
 across the cores of one call (every operator is split and joined again), so ``auto`` runs
 two calls at once, each on half the cores (``cores // workers`` threads): on 2 cores this
-gave 1.36-1.38x the end-to-end frames per second of one call on both cores
+gave 1.45-1.48x the end-to-end frames per second of one call on both cores
 (``benchmarks/runtime_stream.py``, docs/BENCHMARKS.md). Each frame then takes longer.
 TensorRT and the CUDA/TensorRT providers get one call at a time.
 """
