@@ -172,6 +172,7 @@ class Pipeline:
         read_lock, filed = threading.Lock(), threading.Condition()
         results: dict[int, object] = {}  # batch number -> _infer's result or its exception
         state = {"issued": 0, "read": 0, "ended": False, "running": workers}
+        self._abort.clear()
 
         def room() -> int:
             if self.config.max_frames is None:
