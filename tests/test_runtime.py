@@ -211,6 +211,49 @@ def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
     assert [e["frame"] for e in limited] == list(range(7)) and summary["frames"] == 7
 
 
+def test_inference_error_in_a_worker_stops_the_run(video, bundle):
+    """An exception in an inference thread ends the run with that error; sinks are closed and
+    capture stops; nothing hangs."""
+    import threading
+
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.backend import BackendError
+    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+
+    class FailingBackend:
+        name, precision, calls_from_any_thread = "failing", "fp32", True
+
+        def __init__(self):
+            self.calls, self.lock = 0, threading.Lock()
+
+        def infer(self, batch):
+            with self.lock:
+                self.calls += 1
+                if self.calls > 4:  # every call from the fifth on
+                    raise BackendError("device lost")
+            return np.zeros((len(batch), 1, 64, 64), np.float32), np.zeros(len(batch), np.float32)
+
+        def describe(self):
+            return {"backend": self.name}
+
+    class ClosingSink(RecordingSink):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    loaded = load_bundle(bundle)
+    sink = ClosingSink()
+    pipeline = Pipeline(loaded, FailingBackend(), [sink], RunConfig(1.0, 1.0, status_every_s=1e9, workers=2),
+                        log=lambda *_: None)
+    capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
+    with pytest.raises(BackendError, match="device lost"):
+        pipeline.run(capture)
+    # two calls run at once, so the fifth call may carry frame 3 or 4: the frames before it are written, in order
+    assert sink.closed and not capture.is_alive() and len(sink.events) in (3, 4)
+    assert [e["frame"] for e in sink.events] == list(range(len(sink.events)))
+
+
 def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
     """With a usable engine, --workers 2 is an error, not a quiet switch to ONNX Runtime."""
     from dmgrd_edge.bundle import load_bundle
