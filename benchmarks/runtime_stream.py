@@ -97,8 +97,8 @@ class ConstantBackend:
 
     name, precision, calls_from_any_thread = "constant", "fp32", True
 
-    def __init__(self, size: int, workers: int):
-        self.size, self.workers = size, workers
+    def __init__(self, size: int):
+        self.size = size
 
     def infer(self, batch):
         return np.zeros((len(batch), 1, self.size, self.size), np.float32), np.zeros(len(batch), np.float32)
@@ -109,7 +109,7 @@ class ConstantBackend:
 
 def pipeline_cost(bundle, video: Path, size: int, workers: int, events: Path) -> dict:
     """CPU milliseconds per frame of the pipeline alone, with the same sink and source."""
-    pipeline = Pipeline(bundle, ConstantBackend(size, workers), [open_sink(str(events), headless=True)],
+    pipeline = Pipeline(bundle, ConstantBackend(size), [open_sink(str(events), headless=True)],
                         RunConfig(1.0, 1.0, status_every_s=1e9, workers=workers), log=lambda *_: None)
     capture = Capture(VideoCaptureSource(parse_uri(str(video))), make_preprocess(bundle), queue_size=8)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -153,18 +153,18 @@ def main() -> None:
                              spin=not args.no_spin, spin_between_runs=bool(args.spin_between_runs),
                              workers=parse_workers(args.workers))
 
+    x = np.repeat(make_preprocess(bundle)(make_image(category, 9, "video", 0, size)[0])[None], args.batch, 0)
+    busy: list[float] = []  # cores busy while the backend runs alone
+
     def backend_fps_alone(runs: int) -> float:
         """The backend's own rate: back-to-back calls on one preprocessed frame, as many at
         once as the pipeline keeps in flight."""
-        x = np.repeat(make_preprocess(bundle)(make_image(category, 9, "video", 0, size)[0])[None], args.batch, 0)
         for _ in range(10):
             backend.infer(x)
         cpu, t = time.process_time(), time.perf_counter()
         rate = throughput(backend, x, backend.workers, max(1, runs // backend.workers))
         busy.append((time.process_time() - cpu) / (time.perf_counter() - t))
         return rate
-
-    busy: list[float] = []
 
     backend_before = backend_fps_alone(args.backend_runs)
 

@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import io
 import logging
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -35,7 +36,7 @@ from dmgrd_edge.errors import DmgrdError
 
 QUANT_OP_TYPES = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 CPU_OP_TYPES = ["Conv", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool", "Clip", "Relu", "Sigmoid",
-                "DepthToSpace", "Transpose", "Reshape"]
+                "Transpose", "Reshape"]
 LAYOUT_OPS = ("Transpose", "Reshape")  # quantized in the CPU form only inside a sub-pixel interleave
 
 TRT_EXTRA_OPTIONS = {
@@ -146,10 +147,7 @@ def interleave_nodes(model: onnx.ModelProto) -> list[str]:
     Transpose(0,2,3,1) -> Reshape -> Transpose(0,1,3,2,4,5) -> Reshape -> Transpose(0,3,1,2),
     each feeding only the next (in a Q/DQ graph, through a QuantizeLinear/DequantizeLinear pair)."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for node in model.graph.node for name in node.input)
 
     def perm(node) -> list[int] | None:
         if node is None or node.op_type != "Transpose":
@@ -158,11 +156,11 @@ def interleave_nodes(model: onnx.ModelProto) -> list[str]:
 
     def single_producer(node, op_type):
         source = producers.get(node.input[0])
-        while source is not None and source.op_type == "DequantizeLinear":
+        while source is not None and source.op_type == "DequantizeLinear":  # step over a Q -> DQ pair
             quantize = producers.get(source.input[0])
-            source = producers.get(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" \
-                else None
-        ok = source is not None and source.op_type == op_type and uses.get(source.output[0]) == 1
+            is_pair = quantize is not None and quantize.op_type == "QuantizeLinear"
+            source = producers.get(quantize.input[0]) if is_pair else None
+        ok = source is not None and source.op_type == op_type and uses[source.output[0]] == 1
         return source if ok else None
 
     names = []

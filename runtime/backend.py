@@ -17,7 +17,7 @@ class BackendError(DmgrdError):
 class Backend(Protocol):
     name: str
     precision: str
-    calls_from_any_thread: bool  # True: the pipeline may call infer from pool threads, several at once
+    calls_from_any_thread: bool  # True: the pipeline may call infer from its inference threads, several at once
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -66,28 +66,24 @@ class Pipeline:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop_event.set())
 
-    def _next_batch(self, capture: Capture, wait: bool = True) -> tuple[list, bool]:
-        """Up to `batch` frames; waits for the first (or, with ``wait=False``, returns none
-        if none is queued), takes the rest only if ready (live) or waits for them (files).
-        Returns (frames, ended)."""
+    def _next_batch(self, capture: Capture) -> tuple[list, bool]:
+        """Up to `batch` frames; waits for the first, takes the rest only if ready (live)
+        or waits for them (files). Returns (frames, ended)."""
         frames, ended = [], False
         started = time.perf_counter()
         while len(frames) < self.config.batch and not self.stop_event.is_set() and not self._abort.is_set():
             try:
-                timeout = 0.2 if not frames or not capture.live else 0.0
-                if not frames and not wait:
-                    timeout = 0.0
-                item = capture.queue.get(timeout=timeout) if timeout else capture.queue.get_nowait()
+                wait = 0.2 if not frames or not capture.live else 0.0
+                item = capture.queue.get(timeout=wait) if wait else capture.queue.get_nowait()
             except queue.Empty:
-                if (frames and capture.live) or (not frames and not wait):
+                if frames and capture.live:
                     break
                 continue
             if item is END:
                 ended = True
                 break
             frames.append(item)
-        if frames or wait:
-            self.stats.add("capture_wait", 1000 * (time.perf_counter() - started))
+        self.stats.add("capture_wait", 1000 * (time.perf_counter() - started))
         return frames, ended
 
     def _handle(self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float) -> None:
@@ -154,19 +150,19 @@ class Pipeline:
         return self._finish(capture)
 
     def _run_here(self, capture: Capture) -> None:
-        while not self.stop_event.is_set() and self._room(0) > 0:
+        while not self.stop_event.is_set() and self._room(self.stats.frames) > 0:
             frames, ended = self._next_batch(capture)
             if frames:
-                self._complete(*self._infer(frames[: self._room(0)]))
+                self._complete(*self._infer(frames[: self._room(self.stats.frames)]))
             self._status(capture)
             if ended:
                 break
 
-    def _room(self, pending: int) -> int:
-        """Frames that may still be read (``--max-frames``), with ``pending`` read but not done."""
+    def _room(self, read: int) -> int:
+        """Frames that may still be read (``--max-frames``) after ``read`` frames."""
         if self.config.max_frames is None:
             return self.config.batch
-        return self.config.max_frames - self.stats.frames - pending
+        return self.config.max_frames - read
 
     def _run_threads(self, capture: Capture, workers: int) -> None:
         read_lock, filed = threading.Lock(), threading.Condition()
@@ -174,19 +170,14 @@ class Pipeline:
         state = {"issued": 0, "read": 0, "ended": False, "running": workers}
         self._abort.clear()
 
-        def room() -> int:
-            if self.config.max_frames is None:
-                return self.config.batch
-            return self.config.max_frames - state["read"]
-
         def infer_loop() -> None:
             try:
                 while not self.stop_event.is_set() and not self._abort.is_set():
                     with read_lock:  # batches are numbered in the order their frames were read
-                        if state["ended"] or room() <= 0:
+                        if state["ended"] or self._room(state["read"]) <= 0:
                             return
                         frames, state["ended"] = self._next_batch(capture)
-                        frames = frames[: max(0, room())]
+                        frames = frames[: max(0, self._room(state["read"]))]
                         if not frames:
                             continue
                         number = state["issued"]
@@ -211,10 +202,8 @@ class Pipeline:
         try:
             while True:
                 with filed:
-                    while expected not in results and (state["running"] or expected < state["issued"]):
-                        filed.wait(timeout=0.5)
-                        if expected not in results:
-                            break  # wake up for the status line
+                    if expected not in results and (state["running"] or expected < state["issued"]):
+                        filed.wait(timeout=0.5)  # a result, a thread's end, or time for the status line
                     result = results.pop(expected, None)
                 if result is None:
                     if not state["running"] and expected >= state["issued"]:
