@@ -228,7 +228,7 @@ def run(
     bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
     source: str = typer.Option(..., help="camera index, /dev/videoN, csi://N, rtsp://..., gst://..., video file, "
                                "image folder or glob"),
-    sink: list[str] = typer.Option([], help="display://, out.mp4, events.jsonl[?ng_only=1], folder://DIR (repeat)"),
+    sink: list[str] = typer.Option([], help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR (repeat)"),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
     threshold: Optional[float] = typer.Option(None, help="image threshold (default: the bundle's)"),
@@ -262,15 +262,24 @@ def run(
     in_flight = parse_workers(workers)
     spec = parse_uri(source, input_width, input_height, input_fps, loop)
     loaded = load_bundle(bundle)
-    # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-    chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
-                            spin=not no_spin, spin_between_runs=False, workers=in_flight)
-    sinks = [open_sink(uri, headless, fps=input_fps or 25.0) for uri in sink]
+    source_handle = open_source(spec)  # a wrong source or sink is reported before the model loads
+    sinks: list = []
+    try:
+        for uri in sink:
+            sinks.append(open_sink(uri, headless, fps=input_fps or 25.0))
+        # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
+        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
+                                spin=not no_spin, spin_between_runs=False, workers=in_flight)
+    except BaseException:
+        for opened in sinks:
+            opened.close()
+        source_handle.close()
+        raise
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
     console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
     config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
                        stats_json=stats_json, extra={"source": source, "bundle": str(bundle)}, workers=chosen.workers)
-    capture = Capture(open_source(spec), make_preprocess(loaded), queue_size, max_retries)
+    capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
     pipeline.install_signal_handlers()
     code = pipeline.run(capture)

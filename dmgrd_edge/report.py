@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_bytes
+
 COLUMNS = (("i_auroc", "I-AUC"), ("p_auroc", "P-AUC"), ("pro_30", "PRO@0.3"), ("pro_full", "PRO(full)"),
            ("ms_per_image", "ms/image"))
 PERCENT = {"i_auroc", "p_auroc", "pro_30", "pro_full"}
@@ -56,9 +58,10 @@ def write_reports(rows: list[dict[str, Any]], out_dir: str | Path, stem: str, ti
     notes = ("\nI-AUC, P-AUC: ROC AUC of image scores / pixels. PRO@0.3: standard AUPRO up to FPR 0.3. "
              "PRO(full): PRO integrated over the whole FPR range, as the DM-GRD authors report it. "
              "ms/image: model forward time per image on the evaluation device, file reading excluded.\n")
-    paths["md"].write_text(to_markdown(rows, title) + notes)
-    paths["csv"].write_text(to_csv(rows))
-    paths["json"].write_text(json.dumps({"title": title, "rows": with_average(rows), **(extra or {})}, indent=2))
+    atomic_write_bytes(paths["md"], (to_markdown(rows, title) + notes).encode())
+    atomic_write_bytes(paths["csv"], to_csv(rows).encode())
+    atomic_write_bytes(paths["json"], json.dumps({"title": title, "rows": with_average(rows), **(extra or {})},
+                                                 indent=2).encode())
     return paths
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import ConfigError, DataError, choose
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
@@ -270,8 +271,7 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
         raise DataError("could not encode the trade-off plot as PNG")
     paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
              "png": out / "pareto.png"}
-    paths["md"].write_text(markdown)
-    paths["csv"].write_text(to_csv(variants))
-    paths["html"].write_text(to_html(variants, png.tobytes()))
-    paths["png"].write_bytes(png.tobytes())
+    for key, data in (("md", markdown.encode()), ("csv", to_csv(variants).encode()),
+                      ("html", to_html(variants, png.tobytes()).encode()), ("png", png.tobytes())):
+        atomic_write_bytes(paths[key], data)  # an earlier report is replaced whole or kept
     return {"paths": paths, "variants": variants, "recommended": picks}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image, read_mask
@@ -134,5 +135,4 @@ def print_table(result: dict) -> str:
 
 
 def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_bytes(path, json.dumps(result, indent=2).encode())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
 
@@ -227,9 +228,8 @@ class Pipeline:
                    "threshold": self.config.threshold, "source_error": capture.fatal,
                    "stopped_by_signal": self.stop_event.is_set(), **self.config.extra}
         self.log(self.stats.table(counters))
-        if self.config.stats_json is not None:
-            self.config.stats_json.parent.mkdir(parents=True, exist_ok=True)
-            self.config.stats_json.write_text(json.dumps(summary, indent=2))
+        if self.config.stats_json is not None:  # whole or not at all, even if killed while writing
+            atomic_write_bytes(self.config.stats_json, json.dumps(summary, indent=2).encode())
         self.summary = summary
         if capture.fatal:
             self.log(f"error: {capture.fatal}")

@@ -3,9 +3,9 @@
 | URI | sink |
 |---|---|
 | `display://` | an OpenCV window (not with --headless) |
-| `out.mp4`, `video://out.avi` | video file with overlays |
+| `out.avi`, `video://out.avi` | Motion-JPEG AVI with overlays (crash-safe; .mp4 is refused) |
 | `events.jsonl`, `jsonl://events.jsonl?ng_only=1` | one JSON line per frame (or per NG frame) |
-| `folder://ng_frames` | NG frames with overlays as PNG |
+| `folder://ng_frames` | NG frames with overlays as PNG, names stamped with the run's start |
 
 Every file sink hands each frame to the OS before the next one, so killing the process
 loses at most the frame being written.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs
@@ -24,6 +25,7 @@ import numpy as np
 
 from dmgrd_edge.errors import DmgrdError
 
+from .avi import DEFAULT_MAX_BYTES, MjpegAviWriter
 from .sources import VIDEO_SUFFIXES
 
 
@@ -60,24 +62,31 @@ class JsonlSink:
 
 
 class VideoSink:
+    """Motion-JPEG AVI with overlays, complete on disk after every frame (runtime/avi.py);
+    long recordings roll over to numbered files. Refuses to overwrite a recording."""
+
     needs_overlay = True
 
-    def __init__(self, path: Path, fps: float):
+    def __init__(self, path: Path, fps: float, max_bytes: int = DEFAULT_MAX_BYTES):
+        if path.suffix.lower() != ".avi":
+            raise SinkError(f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, which stays "
+                            "readable up to the last frame when a run is killed or the power fails (an .mp4 "
+                            "does not)",
+                            f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
+                            f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}")
+        taken = [p for p in [path, *path.parent.glob(f"{path.stem}-[0-9][0-9][0-9][0-9].avi")] if p.exists()]
+        if taken:
+            raise SinkError(f"{', '.join(str(p) for p in sorted(taken))} already exists",
+                            "give a new file name for the recording, or move the old one away (recordings are "
+                            "never overwritten)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.writer = path, fps, None
+        self.writer = MjpegAviWriter(path, fps, max_bytes=max_bytes)
 
     def write(self, event, frame, overlay):
-        image = overlay if overlay is not None else frame
-        if self.writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
-            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (image.shape[1], image.shape[0]))
-            if not self.writer.isOpened():
-                raise SinkError(f"cannot write video {self.path}", "use .avi (MJPG) or .mp4 (mp4v)")
-        self.writer.write(np.ascontiguousarray(image[:, :, ::-1]))
+        self.writer.write(overlay if overlay is not None else frame)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.release()
+        self.writer.close()
 
 
 class FolderSink:
@@ -86,14 +95,21 @@ class FolderSink:
     def __init__(self, path: Path):
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # a second run into the same folder adds files and never replaces the first run's
+        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     def write(self, event, frame, overlay):
         if event["decision"] != "NG":
             return
         image = overlay if overlay is not None else frame
-        target = self.path / f"frame{event['frame']:08d}_{event['score']:.4f}.png"
+        name = f"{self.run}_frame{event['frame']:08d}_{event['score']:.4f}"
+        target, n = self.path / f"{name}.png", 0
+        while target.exists():
+            n += 1
+            target = self.path / f"{name}-{n}.png"
         tmp = target.with_suffix(".tmp.png")
-        cv2.imwrite(str(tmp), np.ascontiguousarray(image[:, :, ::-1]))
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(image[:, :, ::-1])):
+            raise SinkError(f"cannot write {tmp}", "check that the folder is writable and the disk is not full")
         os.replace(tmp, target)
 
     def close(self):
@@ -137,4 +153,4 @@ def open_sink(uri: str, headless: bool, fps: float = 25.0) -> Sink:
     if scheme == "video" or (not scheme and path.suffix.lower() in VIDEO_SUFFIXES):
         return VideoSink(path, float(options.get("fps", fps)))
     raise SinkError(f"unknown sink {uri!r}",
-                    "use display://, a video file (.mp4/.avi), an events .jsonl file, or folder://DIR")
+                    "use display://, a video file (.avi), an events .jsonl file, or folder://DIR")

@@ -133,7 +133,8 @@ class VideoCaptureSource:
                               "opencv-python(-headless) from the environment; check with "
                               "python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep GStreamer")
         if spec.kind == "file" and not Path(spec.location).is_file():
-            raise SourceError(f"video file not found: {spec.location}")
+            raise SourceError(f"video file not found: {spec.location}",
+                              "check the path; for a camera give its index, /dev/videoN, csi://N or rtsp://...")
         if spec.kind == "csi":
             cap = cv2.VideoCapture(csi_pipeline(spec), cv2.CAP_GSTREAMER)
         elif spec.kind == "gst":

@@ -325,6 +325,16 @@ def test_run_end_to_end_without_torch(tmp_path, video, bundle):
     assert int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) == len(truth)
 
 
+def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(tmp_path, video, bundle):
+    old = tmp_path / "out.avi"
+    old.write_bytes(b"yesterday's recording")
+    proc = _run_cli("run", bundle, "--source", video[0], "--sink", old, "--headless")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "already exists" in err and "new file name" in err
+    assert "backend:" not in out + err  # refused before the model was loaded
+    assert old.read_bytes() == b"yesterday's recording"
+
+
 def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
     path, _ = video
     proc = _run_cli("run", bundle, "--source", path, "--loop", "--sink", tmp_path / "events.jsonl", "--headless",
