@@ -369,8 +369,12 @@ def calibrate_threshold(
     typer.echo(json.dumps(summary, indent=2))
 
 
+EXIT_IO = 4
+
+
 def main() -> None:
-    """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix."""
+    """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix
+    (exit 2), a lost source ends `run` with 3, a file that cannot be read or written with 4."""
     try:
         app()
     except DmgrdError as exc:
@@ -378,6 +382,11 @@ def main() -> None:
         if exc.fix:
             console.print(f"  [bold]fix:[/] {exc.fix}")
         sys.exit(exc.exit_code)
+    except OSError as exc:  # disk full, permission denied, a vanished mount: no traceback, a clear exit code
+        where = f" {exc.filename}" if exc.filename else ""
+        console.print(f"[bold red]error:[/] cannot read or write{where}: {exc.strerror or exc}")
+        console.print("  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted")
+        sys.exit(EXIT_IO)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

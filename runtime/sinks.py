@@ -41,24 +41,35 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the file (a failed write or flush on an open file names none)."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
 class JsonlSink:
     needs_overlay = False
 
     def __init__(self, path: Path, ng_only: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "a", buffering=1)
-        self.ng_only = ng_only
+        self.path, self.ng_only = path, ng_only
 
     def write(self, event, frame, overlay):
         if self.ng_only and event["decision"] != "NG":
             return
         # flushed to the kernel per line: a killed process loses nothing already written
         # (fsync per frame would cost ~1 ms and only protects against power loss)
-        self.handle.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self.handle.flush()
+        try:
+            self.handle.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self.handle.flush()
+        except OSError as exc:
+            raise _with_path(exc, self.path) from exc
 
     def close(self):
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # the write that failed has been reported; closing cannot flush more
 
 
 class VideoSink:
@@ -80,10 +91,13 @@ class VideoSink:
                             "give a new file name for the recording, or move the old one away (recordings are "
                             "never overwritten)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = MjpegAviWriter(path, fps, max_bytes=max_bytes)
+        self.path, self.writer = path, MjpegAviWriter(path, fps, max_bytes=max_bytes)
 
     def write(self, event, frame, overlay):
-        self.writer.write(overlay if overlay is not None else frame)
+        try:
+            self.writer.write(overlay if overlay is not None else frame)
+        except OSError as exc:
+            raise _with_path(exc, self.path) from exc
 
     def close(self):
         self.writer.close()

@@ -335,6 +335,13 @@ def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(tmp
     assert old.read_bytes() == b"yesterday's recording"
 
 
+def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, video, bundle):
+    proc = _run_cli("run", bundle, "--source", video[0], "--sink", "jsonl:///dev/full", "--headless")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err
+    assert "No space left on device" in err and "/dev/full" in err and "Traceback" not in out + err
+
+
 def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
     path, _ = video
     proc = _run_cli("run", bundle, "--source", path, "--loop", "--sink", tmp_path / "events.jsonl", "--headless",
