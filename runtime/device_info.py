@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,6 +29,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def parse_l4t(text: str) -> str:
+    """First line of /etc/nv_tegra_release ("# R35 (release), REVISION: 4.1, ...") -> "R35.4.1";
+    the line itself when it has another form."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    found = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", line)
+    return f"R{found.group(1)}.{found.group(2)}" if found else line.lstrip("# ").strip()
+
+
+def parse_nvpmodel(text: str | None) -> dict | None:
+    """`nvpmodel -q` ("NV Power Mode: MAXN" then the mode number) -> {"mode": .., "id": ..}."""
+    if not text:
+        return None
+    name = re.search(r"NV Power Mode:\s*(.+)", text)
+    number = re.search(r"^\s*(\d+)\s*$", text, re.MULTILINE)
+    return {"mode": name.group(1).strip() if name else None, "id": int(number.group(1)) if number else None,
+            "raw": text[:500]}
 
 
 def device_info() -> dict:
@@ -58,9 +77,9 @@ def device_info() -> dict:
     info["gpu"] = gpu_name()
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
-        info["jetson"] = {"l4t": release.read_text().splitlines()[0].strip(),
-                          "nvpmodel": _run(["nvpmodel", "-q"]),
-                          "jetson_clocks": _run(["jetson_clocks", "--show"])}
+        clocks = _run(["jetson_clocks", "--show"])
+        info["jetson"] = {"l4t": parse_l4t(release.read_text()), "nvpmodel": parse_nvpmodel(_run(["nvpmodel", "-q"])),
+                          "jetson_clocks": clocks[:4000] if clocks else None}
         temps = sorted(Path("/sys/devices/virtual/thermal").glob("thermal_zone*/temp"))
         info["jetson"]["temperatures_c"] = {p.parent.name: int(p.read_text()) / 1000 for p in temps if p.is_file()}
     return info

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -457,3 +458,17 @@ def test_onnx_file_choice_follows_the_provider(bundle):
     assert onnx_file_for(older, "int8", accelerated=False, log=notes.append) == ("model.int8.onnx", "int8")
     assert notes and "quantized for TensorRT" in notes[0]
 
+
+
+def test_jetson_release_and_power_mode_are_parsed():
+    from dmgrd_edge.runtime.device_info import device_info, parse_l4t, parse_nvpmodel
+
+    line = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023\n"
+    assert parse_l4t(line) == "R35.4.1"
+    assert parse_l4t("# R36 (release), REVISION: 3.0, GCID: 1\nmore") == "R36.3.0"
+    assert parse_l4t("# something else\n") == "something else"  # kept as written, not guessed
+    mode = parse_nvpmodel("NV Power Mode: MAXN\n0")
+    assert (mode["mode"], mode["id"]) == ("MAXN", 0)
+    assert parse_nvpmodel("NV Power Mode: 15W\n2")["id"] == 2 and parse_nvpmodel(None) is None
+    info = device_info()  # this machine: no Jetson, but the CPU and ONNX Runtime are recorded
+    assert info["cpu"] and info["onnxruntime"] and ("jetson" in info) == Path("/etc/nv_tegra_release").is_file()
