@@ -237,9 +237,11 @@ def run(
     headless: bool = typer.Option(False, help="no window"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N frames"),
     stats_json: Optional[Path] = typer.Option(None, help="write latency statistics here at the end"),
-    input_width: Optional[int] = typer.Option(None, help="capture width"),
-    input_height: Optional[int] = typer.Option(None, help="capture height"),
-    input_fps: Optional[float] = typer.Option(None, help="capture frame rate"),
+    input_width: Optional[int] = typer.Option(None, help="camera capture width (V4L2, CSI, RTSP)"),
+    input_height: Optional[int] = typer.Option(None, help="camera capture height (V4L2, CSI, RTSP)"),
+    input_fps: Optional[float] = typer.Option(None, help="camera frame rate; for a video file or image folder: "
+                                              "replay at this rate like a camera (frames drop when inference "
+                                              "falls behind)"),
     loop: bool = typer.Option(False, help="loop video files and image folders"),
     queue_size: int = typer.Option(4, help="capture queue length (live sources drop the oldest beyond it)"),
     max_retries: int = typer.Option(5, help="reconnect attempts for a live source before giving up"),

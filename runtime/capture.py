@@ -109,9 +109,9 @@ class Capture(threading.Thread):
         if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
             self.counters.corrupt += 1
             return None
-        started = time.perf_counter()
+        captured_at, started = time.monotonic(), time.perf_counter()  # latency counts preprocessing too
         tensor = self.preprocess(image) if self.preprocess else None
-        frame = Frame(self.counters.captured, time.monotonic(), image, tensor, 1000 * (time.perf_counter() - started))
+        frame = Frame(self.counters.captured, captured_at, image, tensor, 1000 * (time.perf_counter() - started))
         self.counters.captured += 1
         return frame
 
@@ -119,7 +119,10 @@ class Capture(threading.Thread):
         consecutive_errors = 0
         try:
             while not self.stop_event.is_set():
+                source_dropped = getattr(self.source, "dropped", 0)
                 status, image = self.source.read()
+                # frames a camera-like source produced while capture was busy (PacedSource)
+                self.counters.dropped += getattr(self.source, "dropped", 0) - source_dropped
                 if status is Status.OK:
                     consecutive_errors = 0
                     frame = self._frame(image)
@@ -130,8 +133,8 @@ class Capture(threading.Thread):
                 elif status is Status.END:
                     break
                 else:
-                    if not self.live:
-                        self.counters.corrupt += 1  # a corrupt image in a folder: skipped, counted
+                    if not getattr(self.source, "camera", self.live):
+                        self.counters.corrupt += 1  # a corrupt image or frame in a file: skipped, counted
                         continue
                     consecutive_errors += 1
                     if consecutive_errors >= self.errors_before_reconnect:

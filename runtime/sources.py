@@ -9,6 +9,9 @@
 | `file:///x.mp4`, `x.mp4` | video file |
 | `folder/`, `images/*.png` | image folder or glob, sorted |
 
+A file or folder given a frame rate (``--input-fps``) is replayed at that rate and treated
+like a camera (frames drop when inference falls behind); without one, no frame is dropped.
+
 Every source's ``read()`` tells OK, TIMEOUT, END (of stream) and ERROR apart. Frames are
 RGB uint8 (H, W, 3).
 """
@@ -19,6 +22,7 @@ import enum
 import glob as globlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +56,37 @@ class SourceSpec:
     loop: bool = False
 
     @property
-    def live(self) -> bool:
+    def camera(self) -> bool:
         return self.kind in ("v4l2", "csi", "rtsp", "gst")
+
+    @property
+    def live(self) -> bool:
+        """Frames arrive on a clock the runtime does not control: a camera, or a file or folder
+        replayed at ``fps`` (which then behaves like a camera: frames drop when inference is
+        behind)."""
+        return self.camera or self.fps is not None
 
 
 def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
               loop: bool = False) -> SourceSpec:
-    """Turn a source string into a SourceSpec without touching any device."""
+    """Turn a source string into a SourceSpec without touching any device; options that do
+    not apply to the kind of source are an error, not ignored."""
+    spec = _parse(uri, width, height, fps, loop)
+    if fps is not None and fps <= 0:
+        raise SourceError(f"--input-fps must be > 0, got {fps}")
+    if spec.kind == "gst" and (width or height or fps):
+        raise SourceError("--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
+                          "set them inside the pipeline, e.g. ... ! video/x-raw,width=1280,height=720,"
+                          "framerate=60/1 ! ... ! appsink")
+    if not spec.camera and (width or height):
+        raise SourceError("--input-width/--input-height apply to cameras (V4L2, CSI, RTSP) only",
+                          "frames from files keep their size; the runtime resizes them to the model's input")
+    if spec.camera and loop:
+        raise SourceError("--loop applies to video files and image folders only", "drop --loop for a camera")
+    return spec
+
+
+def _parse(uri: str, width: int | None, height: int | None, fps: float | None, loop: bool) -> SourceSpec:
     text = str(uri).strip()
     if not text:
         raise SourceError("empty --source", "give a camera index, csi://0, rtsp://..., a video file or an image folder")
@@ -121,7 +149,7 @@ class VideoCaptureSource:
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
-        self.live = spec.live
+        self.live = self.camera = spec.camera
         self.cap: cv2.VideoCapture | None = None
         self.open()
 
@@ -166,7 +194,8 @@ class VideoCaptureSource:
                 ok, frame = self.cap.read()
                 if ok and frame is not None:
                     return Status.OK, to_rgb8(frame)
-            return (Status.ERROR if self.live else Status.END), None
+            # a file ends (replayed at a rate or not); a camera that returns nothing has failed
+            return (Status.ERROR if self.spec.camera else Status.END), None
         return Status.OK, to_rgb8(frame)
 
     def reopen(self) -> None:
@@ -182,7 +211,7 @@ class VideoCaptureSource:
 class ImageFolderSource:
     """Sorted image files from a folder or glob; unreadable files are reported, not fatal."""
 
-    live = False
+    live = camera = False
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
@@ -219,8 +248,45 @@ class ImageFolderSource:
         pass
 
 
+class PacedSource:
+    """A file or folder replayed at a fixed frame rate, like a camera: frame k is due at
+    start + k / fps. A read waits for its frame's time; one that comes later than the next
+    frame's time finds the frames in between gone, as a camera's would be (read and thrown
+    away to keep the picture in step with the clock, and counted in ``dropped``)."""
+
+    live, camera = True, False
+
+    def __init__(self, inner, fps: float, clock=time.monotonic, sleep=time.sleep):
+        self.inner, self.period, self.clock, self.sleep = inner, 1.0 / fps, clock, sleep
+        self.spec = inner.spec
+        self.due: float | None = None
+        self.dropped = 0
+
+    def read(self) -> tuple[Status, np.ndarray | None]:
+        now = self.clock()
+        if self.due is None:
+            self.due = now
+        elif now < self.due:
+            self.sleep(self.due - now)
+        else:
+            missed = int((now - self.due) / self.period)
+            for _ in range(missed):
+                status, _ = self.inner.read()
+                if status is Status.END:
+                    return status, None
+                self.dropped += 1
+            self.due += missed * self.period
+        self.due += self.period
+        return self.inner.read()
+
+    def reopen(self) -> None:
+        self.inner.reopen()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_source(spec: SourceSpec):
     """Factory keyed on the source kind."""
-    if spec.kind == "images":
-        return ImageFolderSource(spec)
-    return VideoCaptureSource(spec)
+    inner = ImageFolderSource(spec) if spec.kind == "images" else VideoCaptureSource(spec)
+    return PacedSource(inner, spec.fps) if spec.fps is not None and not spec.camera else inner

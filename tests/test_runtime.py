@@ -138,7 +138,7 @@ class FlakyCamera(VideoCaptureSource):
     def __init__(self, spec, fail_at, recoveries):
         self.fail_at, self.recoveries, self.served, self.opens = fail_at, recoveries, 0, 0
         super().__init__(spec)
-        self.live = True
+        self.live = self.camera = True
 
     def open(self):
         self.opens += 1
@@ -472,3 +472,59 @@ def test_jetson_release_and_power_mode_are_parsed():
     assert parse_nvpmodel("NV Power Mode: 15W\n2")["id"] == 2 and parse_nvpmodel(None) is None
     info = device_info()  # this machine: no Jetson, but the CPU and ONNX Runtime are recorded
     assert info["cpu"] and info["onnxruntime"] and ("jetson" in info) == Path("/etc/nv_tegra_release").is_file()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
+    from dmgrd_edge.runtime.sources import PacedSource
+
+    spec = parse_uri(str(video[0]), fps=25.0)
+    assert spec.live and not spec.camera
+    source = open_source(spec)
+    assert isinstance(source, PacedSource) and source.live and not source.camera
+    clock = FakeClock()
+    source.clock, source.sleep = clock, clock.sleep
+    reference = VideoCaptureSource(parse_uri(str(video[0])))
+    frames = [reference.read()[1] for _ in range(40)]
+    got = [source.read()[1] for _ in range(3)]  # on time: frames 0, 1, 2, each 40 ms apart
+    assert clock.now == pytest.approx(100.08)
+    clock.now += 0.13  # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
+    got.append(source.read()[1])
+    assert source.dropped == 2 and clock.now == pytest.approx(100.21)
+    assert [int(np.abs(g.astype(int) - frames[i]).sum()) for g, i in zip(got, [0, 1, 2, 5])] == [0, 0, 0, 0]
+    got.append(source.read()[1])  # back on the clock: frame 6 at its time
+    assert source.dropped == 2 and clock.now == pytest.approx(100.0 + 6 * 0.04)
+    assert np.array_equal(got[-1], frames[6])
+    # a file replayed at a rate still ends (no reconnect), and a camera-only option is an error
+    while source.read()[0] is Status.OK:
+        pass
+    assert source.read()[0] is Status.END
+    with pytest.raises(SourceError, match="cameras"):
+        parse_uri(str(video[0]), width=640)
+    with pytest.raises(SourceError, match="inside the pipeline"):
+        parse_uri("gst://videotestsrc ! appsink", fps=30)
+    with pytest.raises(SourceError, match="--loop"):
+        parse_uri("csi://0", loop=True)
+    with pytest.raises(SourceError, match="> 0"):
+        parse_uri(str(video[0]), fps=0)
+
+
+def test_replay_at_a_frame_rate_through_the_cli(tmp_path, video, bundle):
+    proc = _run_cli("run", bundle, "--source", video[0], "--input-fps", 200, "--sink", tmp_path / "e.jsonl",
+                    "--headless", "--stats-json", tmp_path / "stats.json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    events = (tmp_path / "e.jsonl").read_text().splitlines()
+    # every frame of the file was either decided or counted as dropped, none twice
+    assert stats["frames"] == len(events) and stats["frames"] + stats["dropped"] == len(video[1])
