@@ -268,7 +268,8 @@ def run(
     sinks: list = []
     try:
         for uri in sink:
-            sinks.append(open_sink(uri, headless, fps=input_fps or 25.0))
+            # a recording plays at the source's rate (25 fps when the source does not tell)
+            sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
         chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
                                 spin=not no_spin, spin_between_runs=False, workers=in_flight)

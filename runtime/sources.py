@@ -198,6 +198,14 @@ class VideoCaptureSource:
             return (Status.ERROR if self.spec.camera else Status.END), None
         return Status.OK, to_rgb8(frame)
 
+    @property
+    def fps(self) -> float | None:
+        """The rate asked for, else the one the stream or file reports (None when unknown)."""
+        if self.spec.fps:
+            return self.spec.fps
+        reported = self.cap.get(cv2.CAP_PROP_FPS) if self.cap is not None else 0.0
+        return float(reported) if 0 < reported < 1000 else None
+
     def reopen(self) -> None:
         self.close()
         self.open()
@@ -214,7 +222,7 @@ class ImageFolderSource:
     live = camera = False
 
     def __init__(self, spec: SourceSpec):
-        self.spec = spec
+        self.spec, self.fps = spec, spec.fps
         location = spec.location
         if any(ch in location for ch in "*?["):
             files = sorted(globlib.glob(location))
@@ -257,7 +265,7 @@ class PacedSource:
     live, camera = True, False
 
     def __init__(self, inner, fps: float, clock=time.monotonic, sleep=time.sleep):
-        self.inner, self.period, self.clock, self.sleep = inner, 1.0 / fps, clock, sleep
+        self.inner, self.fps, self.period, self.clock, self.sleep = inner, fps, 1.0 / fps, clock, sleep
         self.spec = inner.spec
         self.due: float | None = None
         self.dropped = 0

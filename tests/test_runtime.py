@@ -324,6 +324,7 @@ def test_run_end_to_end_without_torch(tmp_path, video, bundle):
     assert len(list((tmp_path / "ng").iterdir())) == ng
     reader = cv2.VideoCapture(str(tmp_path / "out.avi"))
     assert int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) == len(truth)
+    assert reader.get(cv2.CAP_PROP_FPS) == 25  # the source video's rate
 
 
 def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(tmp_path, video, bundle):
@@ -521,6 +522,7 @@ def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
 
 def test_replay_at_a_frame_rate_through_the_cli(tmp_path, video, bundle):
     proc = _run_cli("run", bundle, "--source", video[0], "--input-fps", 200, "--sink", tmp_path / "e.jsonl",
+                    "--sink", tmp_path / "rec.avi",
                     "--headless", "--stats-json", tmp_path / "stats.json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -528,3 +530,4 @@ def test_replay_at_a_frame_rate_through_the_cli(tmp_path, video, bundle):
     events = (tmp_path / "e.jsonl").read_text().splitlines()
     # every frame of the file was either decided or counted as dropped, none twice
     assert stats["frames"] == len(events) and stats["frames"] + stats["dropped"] == len(video[1])
+    assert cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FPS) == 200  # recorded at the replay rate
