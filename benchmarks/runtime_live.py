@@ -90,7 +90,8 @@ def main() -> None:
           f"{'p99 ms':>7s} {'busy':>5s}")
     for p in points:
         lat = p["latency_ms"]
-        print(f"{p['workers_option']:>8s} {p['camera_fps']:10.0f} {p['decided_fps']:11.1f} {100 * p['dropped_share']:9.1f} "
+        print(f"{p['workers_option']:>8s} {p['camera_fps']:10.0f} {p['decided_fps']:11.1f} "
+              f"{100 * p['dropped_share']:9.1f} "
               f"{lat['p50']:7.1f} {lat['p90']:7.1f} {lat['p99']:7.1f} {p['cores_busy']:5.2f}")
     result = {"points": points, "queue_size": args.queue_size, "seconds_per_point": args.seconds,
               "bundle": str(args.bundle), "image_size": size, "backend": backend.describe(), "device": device_info()}

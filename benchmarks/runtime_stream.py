@@ -244,7 +244,8 @@ def main() -> None:
         "missed": int((~pred[truth_arr]).sum()), "threshold": threshold, "threshold_calibration": calibration,
         "rss_after_100_frames_mib": probe.start, "rss_end_mib": probe.end,
         "rss_growth_mib": (probe.end - probe.start) if probe.start else None,
-        "dropped": max(p.summary["dropped"] for p, _, _ in runs), "backend": backend.describe(), "device": device_info(),
+        "dropped": max(p.summary["dropped"] for p, _, _ in runs), "backend": backend.describe(),
+        "device": device_info(),
         "bundle": str(args.bundle), "category": category, "image_size": size,
     }
     print(f"{'metric':34s} value")

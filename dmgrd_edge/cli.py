@@ -6,6 +6,7 @@ runtime commands work on a machine without torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -129,6 +130,47 @@ def evaluate(
     paths = write_reports(rows, out, "report", title, {"runs": results})
     typer.echo(to_markdown(rows, title))
     console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
+
+
+@app.command()
+def prune(
+    checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
+    out: Path = typer.Option(..., "--out", help="folder for pruned.pt and the fine-tune's last.pt/best.pt"),
+    ratio: float = typer.Option(0.5, help="share of the channels inside each bottleneck/student block to remove"),
+    multiple: int = typer.Option(8, help="kept widths are multiples of this (8 suits INT8 kernels and TensorRT)"),
+    steps: int = typer.Option(500, help="fine-tune steps after the cut (0: cut only)"),
+    lr: float = typer.Option(0.001, help="fine-tune learning rate (peak, cosine decay)"),
+    batch_size: Optional[int] = typer.Option(None, help="fine-tune batch (default: the original run's)"),
+    data: Optional[Path] = typer.Option(None, help="dataset root (default: the one the checkpoint was trained on)"),
+    dataset: Optional[str] = typer.Option(None, help=f"layout: {', '.join(DATASETS)}"),
+    category: Optional[str] = typer.Option(None, help="category (default: the checkpoint's)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out folder"),
+):
+    """Remove channels inside the bottleneck and student blocks, then fine-tune on the same data."""
+    from .config import TrainConfig
+    from .errors import choose
+    from .train.checkpoint import read_checkpoint
+    from .train.prune import PruneJob, prune_checkpoint
+
+    if dataset is not None:
+        choose("dataset", dataset, DATASETS)
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    finetune = None
+    if steps:
+        original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        base = TrainConfig(**{k: v for k, v in original.items() if k in known})
+        finetune = dataclasses.replace(base, steps=steps, lr=lr, min_lr=min(base.min_lr, lr / 10),
+                                       warmup_steps=min(20, steps), batch_size=batch_size or base.batch_size,
+                                       val_every=min(base.val_every, steps), threads=threads or base.threads,
+                                       checkpoint_every=min(base.checkpoint_every, steps))
+    job = PruneJob(str(checkpoint), str(out), ratio, multiple, finetune, str(data) if data else None, dataset, category,
+                   device, overwrite)
+    summary = prune_checkpoint(job, console)
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()

@@ -59,6 +59,8 @@ class ModelConfig:
     score_mode: str = "topk_mean"
     score_topk: int = 100
     blur_sigma: float = 4.0
+    # {group name: kept channels} of a pruned model (dmgrd_edge/model/pruning.py); None: not pruned
+    pruned_widths: dict[str, int] | None = None
 
     def __post_init__(self):
         choose("memory selection rule", self.selection, SELECTION_RULES)

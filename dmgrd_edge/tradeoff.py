@@ -84,8 +84,11 @@ def load_result(path: Path) -> Variant:
     backend = data["backend"]
     model = data["model"]
     file_name = str(backend.get("file", "?"))
+    pruning = data.get("pruning") or {}
+    pruned = f" pruned {100 * float(pruning['ratio']):.0f}%" if pruning.get("ratio") else \
+        (" pruned" if model.get("pruned_widths") else "")
     return Variant(
-        name=f"{model.get('backbone', '?')} {backend.get('precision', '?')} "
+        name=f"{model.get('backbone', '?')}{pruned} {backend.get('precision', '?')} "
              f"({file_name}, {backend.get('backend', '?')})",
         device=_device_label(data.get("device", {}), backend), backbone=str(model.get("backbone", "?")),
         image_size=int(model.get("image_size", 0)), file=file_name, precision=str(backend.get("precision", "?")),

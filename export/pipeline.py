@@ -109,7 +109,10 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
             "source": {"checkpoint": Path(opts.checkpoint).name, "checkpoint_sha256": sha256_file(opts.checkpoint),
                        "dataset": meta.get("dataset"), "root": meta.get("root"), "category": meta.get("category"),
                        "step": payload["step"],
-                       "teacher_weights": meta.get("teacher_weights")},
+                       "teacher_weights": meta.get("teacher_weights"),
+                       # a pruned checkpoint (dmgrd-edge prune): the cut, without the per-group widths
+                       "pruning": ({k: v for k, v in meta["pruning"].items() if k not in ("widths", "from")}
+                                   if meta.get("pruning") else None)},
             "parity": parities,
             "calibration": calibration, "guard": guard, "export_seconds": timings,
             "memory_bank_bytes": model.memory_bytes() // 2 if cfg.use_memory else 0,

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 # byte offsets of the fields rewritten after every frame (layout written by _header)
-_RIFF_SIZE, _AVIH_FLAGS, _AVIH_FRAMES, _AVIH_BUFFER, _STRH_LENGTH, _STRH_BUFFER, _MOVI_SIZE = 4, 44, 48, 60, 140, 144, 216
+_RIFF_SIZE, _AVIH_FLAGS, _AVIH_FRAMES, _AVIH_BUFFER = 4, 44, 48, 60
+_STRH_LENGTH, _STRH_BUFFER, _MOVI_SIZE = 140, 144, 216
 _MOVI_DATA = 224  # first chunk; the 'movi' fourcc (the index's reference point) sits at 220
 _HAS_INDEX, _KEYFRAME = 0x10, 0x10
 DEFAULT_MAX_BYTES = 1 << 30
@@ -98,7 +99,8 @@ class MjpegAviWriter:
         self.written: list[Path] = []
 
     def write(self, rgb: np.ndarray) -> None:
-        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise OSError(f"JPEG encoding failed for a frame of shape {rgb.shape}")
         jpeg = encoded.tobytes()

@@ -114,7 +114,8 @@ def run_bench(bundle_path: Path, backend_name: str = "auto", precision: str = "a
             f"{row['images_per_s']:.1f} img/s ({backend.workers} in flight)")
     result = {"bundle": str(bundle_path), "backend": backend.describe(), "startup_s": startup_s, "latency": rows,
               "peak_host_rss_mib": _peak_rss_mib(), "device_memory_used_mib": _device_memory_mib(),
-              "device": device_info(), "model": bundle.manifest["model"]}
+              "device": device_info(), "model": bundle.manifest["model"],
+              "pruning": bundle.manifest.get("source", {}).get("pruning")}
     if data is not None:
         category = category or bundle.manifest["source"].get("category")
         result["accuracy"] = accuracy(backend, bundle, Path(data), dataset, category, max(batches))

@@ -36,6 +36,7 @@ class TrainJob:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    init_from: str | None = None  # start from this checkpoint's weights and memory (fine-tuning a pruned model)
 
 
 def pick_device(name: str) -> torch.device:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dmgrd_edge import __version__
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize
-from dmgrd_edge.errors import DataError
+from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -53,10 +53,11 @@ def _autocast(device: torch.device, enabled: bool):
 def _prepare_out_dir(job: TrainJob) -> Path:
     out = Path(job.out_dir)
     last = out / "last.pt"
+    start = Path(job.init_from).resolve() if job.init_from else None
     if job.resume:
         if not last.is_file():
             raise DataError(f"--resume given but {last} does not exist", "drop --resume to start a new run")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.resolve() != start for p in out.iterdir()):  # the start checkpoint may be there
         if not job.overwrite:
             raise DataError(f"output folder {out} is not empty",
                             "pass --resume to continue that run, --overwrite to replace it, or another --out")
@@ -98,7 +99,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     train_images, val = images[train_idx], make_validation_set(images[val_idx], synth, tcfg.seed)
 
     torch.manual_seed(tcfg.seed)
-    model = DMGRD(job.model, job.pretrained, job.teacher_weights).to(device)
+    # a model started from a checkpoint takes its teacher from there too
+    model = DMGRD(job.model, job.pretrained and not job.init_from, job.teacher_weights).to(device)
     if device.type == "cuda" and tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=tcfg.lr, betas=(0.5, 0.999))
@@ -118,6 +120,19 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         start, metadata = payload["step"], payload["metadata"]
         history = metadata.get("history", [])
         console.print(f"resuming at step {start}")
+    elif job.init_from:
+        init = read_checkpoint(job.init_from)
+        try:
+            model.load_state_dict(init["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{job.init_from} does not fit the model config: {str(exc)[:300]}") from exc
+        model.teacher_source = init["metadata"].get("teacher_weights", "from checkpoint")
+        metadata["teacher_weights"] = model.teacher_source
+        # the memory banks stay those of the run it came from (filled from its training images)
+        for key in ("memory", "pruning"):
+            if key in init["metadata"]:
+                metadata[key] = init["metadata"][key]
+        metadata["init_from"] = str(job.init_from)
     else:
         metadata["memory"] = _fill_memory(model, train_images, synth, job, device, console)
     autocast, scaler = _autocast(device, tcfg.amp)

@@ -19,6 +19,7 @@ from .backbones import create_teacher
 from .head import AnomalyMapHead
 from .memory import MemoryBank
 from .msff import MSFF
+from .pruning import apply_widths
 from .student import OCBE, StudentDecoder
 
 
@@ -50,6 +51,8 @@ class DMGRD(nn.Module):
         self.bottleneck = OCBE(spec)
         self.student = StudentDecoder(spec)
         self.head = AnomalyMapHead(config.image_size, config.blur_sigma, config.score_mode, config.score_topk)
+        if config.pruned_widths:
+            apply_widths(self, config.pruned_widths)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -24,6 +24,8 @@ class NonLocal(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.BatchNorm2d(channels))
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
+        # after pruning (model/pruning.py): the input channels the block still outputs
+        self.register_buffer("keep", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # sizes as Python ints: the exported graph gets constant shapes instead of a chain of
@@ -39,7 +41,7 @@ class NonLocal(nn.Module):
         query = self.theta(x).reshape(-1, inner, h * w).transpose(1, 2) * (1.0 / keys)  # B, P, C'
         context = key @ value  # B, C', C'
         y = (query @ context).transpose(1, 2).reshape(-1, inner, h, w)
-        return x + self.out(y)
+        return (x if self.keep is None else x.index_select(1, self.keep)) + self.out(y)
 
 
 class FusionBlock(nn.Module):

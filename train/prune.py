@@ -1,0 +1,85 @@
+"""`dmgrd-edge prune`: a trained checkpoint -> a checkpoint with fewer channels inside the
+bottleneck and student blocks (dmgrd_edge/model/pruning.py), then a short fine-tune on the
+same data to win back what the cut cost.
+
+OUT/pruned.pt is the model right after the cut; OUT/last.pt and OUT/best.pt come from the
+fine-tune (the memory banks and the teacher stay those of the original run). Export any of
+them as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dmgrd_edge.config import TrainConfig
+from dmgrd_edge.errors import ConfigError, DataError
+from dmgrd_edge.model.pruning import prune, trainable_parameter_count
+
+from .checkpoint import load_model, save_checkpoint
+from .loop import TrainJob
+from .trainer import train_category
+
+
+@dataclasses.dataclass
+class PruneJob:
+    checkpoint: str
+    out_dir: str
+    ratio: float
+    multiple: int = 8
+    finetune: TrainConfig | None = None  # None: cut only
+    data: str | None = None  # default: the checkpoint's dataset root, layout and category
+    dataset: str | None = None
+    category: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+
+def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    if not 0.0 < job.ratio < 1.0:
+        raise ConfigError(f"--ratio must be between 0 and 1 (the share of channels removed), got {job.ratio}")
+    if job.multiple < 1:
+        raise ConfigError(f"--multiple must be >= 1, got {job.multiple}")
+    model, payload = load_model(job.checkpoint)
+    metadata = dict(payload["metadata"])
+    out = Path(job.out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not job.overwrite:
+            raise DataError(f"output folder {out} is not empty", "give another --out, or --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    before = trainable_parameter_count(model)
+    widths = prune(model, job.ratio, job.multiple)
+    after = trainable_parameter_count(model)
+    model.config = dataclasses.replace(model.config, pruned_widths=widths)
+    history = list(metadata.get("pruning", {}).get("history", []))  # a pruned model pruned again
+    pruning = {"ratio": job.ratio, "multiple": job.multiple, "from": str(job.checkpoint),
+               "trainable_params_before": before, "trainable_params_after": after, "widths": widths}
+    step = {k: v for k, v in pruning.items() if k not in ("widths", "from")}
+    metadata["pruning"] = {**pruning, "history": history + [step]}
+    metadata.pop("history", None)  # the validation history of the unpruned run no longer applies
+    cut = out / "pruned.pt"
+    save_checkpoint(cut, model, metadata)
+    console.print(f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
+                  f"({100 * (1 - after / before):.0f} % fewer), {len(widths)} groups -> {cut}")
+    summary: dict[str, Any] = {"pruned": str(cut), **{k: v for k, v in pruning.items() if k != "widths"}}
+    if job.finetune is None:
+        console.print("[yellow]no fine-tune asked for (--steps 0): accuracy is not recovered after the cut; "
+                      "check it with `dmgrd-edge eval` before exporting[/]")
+        return summary
+    dataset = job.dataset or metadata.get("dataset")
+    root = job.data or metadata.get("root")
+    category = job.category or metadata.get("category")
+    if not (dataset and root and category):
+        raise DataError("the checkpoint does not say which data it was trained on",
+                        "give --data, --dataset and --category for the fine-tune")
+    train_job = TrainJob(dataset, str(root), category, str(out), model.config, job.finetune, pretrained=False,
+                         device=job.device, init_from=str(cut))
+    summary["finetune"] = train_category(train_job, console)
+    return summary
