@@ -346,6 +346,8 @@ def bench(
     workers: str = typer.Option("auto", help="calls in flight for the throughput figure, as in `run` (auto or N); "
                                 "latency is always one call at a time"),
     out: Path = typer.Option(Path("bench.json"), help="JSON results"),
+    label: Optional[str] = typer.Option(None, help="name of this variant in `dmgrd-edge report` (default: backbone, "
+                                        "and 'pruned N%' for a pruned bundle)"),
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
     from .errors import choose
@@ -361,6 +363,8 @@ def bench(
         raise ConfigError("batch sizes and --runs must be >= 1, --warmup >= 0")
     result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
                        log=console.print, workers=parse_workers(workers))
+    if label:
+        result["label"] = label
     write_json(result, out)
     typer.echo(print_table(result))
     console.print(f"wrote {out}")

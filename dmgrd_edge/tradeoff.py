@@ -87,9 +87,9 @@ def load_result(path: Path) -> Variant:
     pruning = data.get("pruning") or {}
     pruned = f" pruned {100 * float(pruning['ratio']):.0f}%" if pruning.get("ratio") else \
         (" pruned" if model.get("pruned_widths") else "")
+    label = data.get("label") or f"{model.get('backbone', '?')}{pruned}"  # `dmgrd-edge bench --label`
     return Variant(
-        name=f"{model.get('backbone', '?')}{pruned} {backend.get('precision', '?')} "
-             f"({file_name}, {backend.get('backend', '?')})",
+        name=f"{label} {backend.get('precision', '?')} ({file_name}, {backend.get('backend', '?')})",
         device=_device_label(data.get("device", {}), backend), backbone=str(model.get("backbone", "?")),
         image_size=int(model.get("image_size", 0)), file=file_name, precision=str(backend.get("precision", "?")),
         backend=str(backend.get("backend", "?")), ms_b1_p50=float(first["ms_p50"]), ms_b1_p99=float(first["ms_p99"]),

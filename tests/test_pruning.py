@@ -126,4 +126,5 @@ def test_prune_cli_refuses_bad_input_and_keeps_files(tmp_path, trained_ckpt):
     assert (taken / "notes.txt").read_text() == "keep" and len(list(taken.iterdir())) == 1
     proc = run(trained_ckpt, "--out", tmp_path / "c", "--ratio", 0.25, "--steps", 0)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["ratio"] == 0.25 and (tmp_path / "c" / "pruned.pt").is_file()
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["ratio"] == 0.25
+    assert (tmp_path / "c" / "pruned.pt").is_file()

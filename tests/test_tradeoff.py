@@ -34,3 +34,20 @@ def test_report_options_are_checked(tmp_path):
         write_report([tmp_path / "x.json"], tmp_path / "out", metric="f1")
     with pytest.raises(ConfigError, match="no bench results"):
         write_report([], tmp_path / "out")
+
+
+def test_variant_names_tell_pruned_and_labelled_bundles_apart(tmp_path):
+    import json
+
+    from dmgrd_edge.tradeoff import load_result
+
+    def bench(name, **extra):
+        data = {"latency": [{"batch": 1, "ms_p50": 10.0, "ms_p99": 12.0, "images_per_s": 100.0}],
+                "backend": {"backend": "onnxruntime", "file": "model.onnx", "precision": "fp32"},
+                "model": {"backbone": "efficientnet_lite0", "image_size": 256}, "device": {"cpu": "A"}, **extra}
+        (tmp_path / name).write_text(json.dumps(data))
+        return load_result(tmp_path / name).name
+
+    assert bench("plain.json").startswith("efficientnet_lite0 fp32")
+    assert bench("cut.json", pruning={"ratio": 0.5}).startswith("efficientnet_lite0 pruned 50% fp32")
+    assert bench("labelled.json", label="line 3 candidate").startswith("line 3 candidate fp32")
