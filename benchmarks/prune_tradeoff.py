@@ -3,9 +3,10 @@
 From one trained checkpoint: the checkpoint itself, the same model trained ``--steps`` more
 (so every variant below has seen as many steps), and pruned variants at each ``--ratios``
 fine-tuned for the same ``--steps``. Each is exported with INT8 (both forms) and measured
-with `dmgrd-edge bench` (ONNX Runtime on this CPU: fp32 and the INT8 form for the provider,
-latency one call at a time, accuracy on the test split); then `dmgrd-edge report` over all of
-them (Pareto front, recommendation, plot).
+with `dmgrd-edge bench --workers 1` in its own process (ONNX Runtime on this CPU: fp32 and the
+INT8 form for the provider, latency one call at a time on all cores, accuracy on the test
+split); then the `dmgrd-edge report` logic over all of them (Pareto front, recommendation,
+plot).
 
     python benchmarks/prune_tradeoff.py --checkpoint RUNS/washer-dmgrd/last.pt
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +29,6 @@ from dmgrd_edge.export.options import ExportOptions
 from dmgrd_edge.export.pipeline import export_bundle
 from dmgrd_edge.model.pruning import trainable_parameter_count
 from dmgrd_edge.report import redact_paths
-from dmgrd_edge.runtime.bench import run_bench
 from dmgrd_edge.tradeoff import write_report
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
 from dmgrd_edge.train.loop import TrainJob
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/pruning")
+    parser.add_argument("--work", default=None, help="folder for the checkpoints and bundles (default: a new temp)")
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     meta = payload["metadata"]
@@ -55,7 +58,8 @@ def main() -> None:
     finetune = dataclasses.replace(base, steps=args.steps, lr=args.lr, min_lr=min(base.min_lr, args.lr / 10),
                                    warmup_steps=min(20, args.steps), val_every=args.steps,
                                    checkpoint_every=args.steps, threads=args.threads)
-    work = Path(tempfile.mkdtemp(prefix="dmgrd-prune-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dmgrd-prune-"))
+    print(f"checkpoints and bundles in {work} (bundle0 = first variant, ...)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = {"trained": args.checkpoint}
@@ -79,11 +83,15 @@ def main() -> None:
         export_bundle(ExportOptions(Path(ckpt), bundle, int8=True, calib_count=args.calib_count), log=lambda _: None)
         row = {"variant": label, "trainable_params_m": trainable_parameter_count(model) / 1e6}
         for precision in ("fp32", "int8"):
-            result = run_bench(bundle, "onnxruntime", precision, (1, 8), 5, args.runs, Path(data), "mvtec", category,
-                               args.threads, log=lambda *_: None)
-            result["label"] = f"{model.config.backbone} {label}"
+            # the command a user runs, in its own process: its memory figures are the runtime's alone
             path = out / f"bench_{i}_{precision}.json"
-            path.write_text(redact_paths(json.dumps(result, indent=2)))
+            subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", "bench", str(bundle), "--backend", "onnxruntime",
+                            "--precision", precision, "--batch", "1,8", "--runs", str(args.runs), "--workers", "1",
+                            "--threads", str(args.threads), "--data", str(data), "--dataset", meta["dataset"],
+                            "--category", category, "--label", f"{model.config.backbone} {label}", "--out", str(path)],
+                           check=True, stdout=subprocess.DEVNULL)
+            path.write_text(redact_paths(path.read_text()))
+            result = json.loads(path.read_text())
             results.append(path)
             acc = result["accuracy"]
             b1 = next(r for r in result["latency"] if r["batch"] == 1)

@@ -531,3 +531,15 @@ def test_replay_at_a_frame_rate_through_the_cli(tmp_path, video, bundle):
     # every frame of the file was either decided or counted as dropped, none twice
     assert stats["frames"] == len(events) and stats["frames"] + stats["dropped"] == len(video[1])
     assert cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FPS) == 200  # recorded at the replay rate
+
+
+def test_bench_peak_memory_is_its_own_not_its_parents():
+    """A process started by a large one: its peak resident memory is its own (VmHWM), not the
+    parent's size at fork (ru_maxrss carries that over exec)."""
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MiB resident in this process
+    code = ("from dmgrd_edge.runtime.bench import _peak_rss_mib; import resource; "
+            "print(_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    assert ballast.sum() > 0 and own < 250
+    assert own <= inherited
