@@ -49,6 +49,7 @@ class Variant:
     pro_30: float | None
     source: str
     pareto: bool = False
+    label: str = ""  # what the variant is, without precision and file (backbone, pruning, --label)
 
 
 def _device_label(device: dict, backend: dict) -> str:
@@ -96,7 +97,7 @@ def load_result(path: Path) -> Variant:
         best_images_per_s=float(best["images_per_s"]), best_batch=int(best["batch"]),
         peak_host_rss_mib=float(data.get("peak_host_rss_mib", float("nan"))),
         startup_s=float(data.get("startup_s", float("nan"))), i_auroc=accuracy.get("i_auroc"),
-        p_auroc=accuracy.get("p_auroc"), pro_30=accuracy.get("pro_30"), source=Path(path).name)
+        p_auroc=accuracy.get("p_auroc"), pro_30=accuracy.get("pro_30"), source=Path(path).name, label=label)
 
 
 def mark_pareto(variants: list[Variant], metric: str) -> None:
@@ -221,6 +222,19 @@ def draw_pareto(variants: list[Variant], metric: str, size: tuple[int, int] = (9
                 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
     devices = sorted({v.device for v in points})
+    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far: later ones move off them
+
+    def free_spot(xs: list[int], y: int, w: int) -> tuple[int, int]:
+        """The first place near the point (right or left of it, then further up or down)
+        where the label overlaps no label drawn before; the first candidate if none is free."""
+        for dy in (0, 14, -14, 28, -28, 42, -42, 56, -56, 70, -70, 84, -84):
+            for x in xs:
+                box = (x, y + dy - 11, x + w, y + dy + 3)
+                if top < box[1] and box[3] < height - bottom and all(
+                        box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed):
+                    placed.append(box)
+                    return x, y + dy
+        return xs[0], y
     for d, device in enumerate(devices):
         colour = palette[d % len(palette)]  # the canvas is RGB; converted to BGR when encoded
         front = sorted((v for v in points if v.device == device and v.pareto), key=lambda v: v.ms_b1_p50)
@@ -230,10 +244,15 @@ def draw_pareto(variants: list[Variant], metric: str, size: tuple[int, int] = (9
         for v in (v for v in points if v.device == device):
             centre = to_px(v.ms_b1_p50, 100 * getattr(v, metric))
             cv2.circle(image, centre, 6 if v.pareto else 4, colour, -1 if v.pareto else 1, cv2.LINE_AA)
-            label = f"{v.backbone} {_short(v.file)}"
+            label = f"{v.label or v.backbone} {_short(v.file)}"
             (text_w, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-            x = centre[0] + 8 if centre[0] + 8 + text_w < width - right else centre[0] - 8 - text_w
-            cv2.putText(image, label, (x, centre[1] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+            sides = [centre[0] + 8, centre[0] - 8 - text_w]
+            fits = [x for x in sides if left < x and x + text_w < width - right] or sides[1:]
+            x, y = free_spot(fits, centre[1] - 8, text_w)
+            if y != centre[1] - 8:  # moved off its point: a thin line says whose label it is
+                end = (x - 2, y - 4) if x > centre[0] else (x + text_w + 2, y - 4)
+                cv2.line(image, centre, end, tuple(int(c + (255 - c) * 0.6) for c in colour), 1, cv2.LINE_AA)
+            cv2.putText(image, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
         if len(devices) > 1:
             cv2.putText(image, device[:60], (left + 10, top + 18 + 18 * d), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
                         1, cv2.LINE_AA)
