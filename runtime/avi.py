@@ -15,6 +15,7 @@ is ever overwritten.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -60,7 +61,7 @@ class _Segment:
     def write(self, jpeg: bytes) -> None:
         chunk = b"00dc" + struct.pack("<I", len(jpeg)) + jpeg + (b"\0" if len(jpeg) % 2 else b"")
         if os.pwrite(self.fd, chunk, self.end) != len(chunk):
-            raise OSError(f"short write to {self.path} (disk full?)")
+            raise OSError(errno.ENOSPC, "short write: no room for the frame", str(self.path))
         self.index.append((self.end - (_MOVI_DATA - 4), len(jpeg)))
         self.end += len(chunk)
         self.frames += 1
@@ -76,12 +77,17 @@ class _Segment:
         self._put(_RIFF_SIZE, self.end - 8)
 
     def close(self) -> None:
-        entries = b"".join(struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length) for offset, length in self.index)
-        os.pwrite(self.fd, b"idx1" + struct.pack("<I", len(entries)) + entries, self.end)
-        self._put(_AVIH_FLAGS, _HAS_INDEX)
-        self._put(_RIFF_SIZE, self.end + 8 + len(entries) - 8)
-        os.fsync(self.fd)
-        os.close(self.fd)
+        """Add the index; if that fails (a full disk), the file stays the complete AVI it was."""
+        try:
+            entries = b"".join(struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length)
+                               for offset, length in self.index)
+            index = b"idx1" + struct.pack("<I", len(entries)) + entries
+            if os.pwrite(self.fd, index, self.end) == len(index):
+                self._put(_AVIH_FLAGS, _HAS_INDEX)
+                self._put(_RIFF_SIZE, self.end + len(index) - 8)
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
 
 
 def segment_path(path: Path, number: int) -> Path:

@@ -100,7 +100,10 @@ class VideoSink:
             raise _with_path(exc, self.path) from exc
 
     def close(self):
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:
+            raise _with_path(exc, self.path) from exc
 
 
 class FolderSink:

@@ -136,3 +136,40 @@ def test_folder_sink_adds_and_never_replaces(tmp_path):
         sink.close()
     names = sorted(p.name for p in (tmp_path / "ng").iterdir())
     assert len(names) == 2 and all("_frame00000007_1.2500" in n and n.endswith(".png") for n in names)
+
+
+FULL_DISK = """
+import resource, signal
+import cv2
+import numpy as np
+from dmgrd_edge.runtime.avi import MjpegAviWriter
+{frame_source}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+writer = MjpegAviWriter({target!r}, fps=25)
+written = 0
+try:
+    for i in range(100):
+        writer.write(frame(i))
+        written += 1
+except OSError as exc:
+    print("failed:", exc.errno)
+try:
+    writer.close()
+except OSError:
+    pass
+print(written)
+"""
+
+
+def test_avi_stays_readable_when_the_disk_fills_up(tmp_path):
+    target = tmp_path / "rec.avi"
+    code = FULL_DISK.format(frame_source=inspect.getsource(frame), target=str(target))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    written = int(lines[-1])
+    assert "failed:" in proc.stdout and 0 < written < 100
+    assert_same_frames(read_all(target), 0, written)  # every frame written before the disk filled
+    size, riff, total, length = avi_counts(target)
+    assert total == length == written and riff <= size
