@@ -16,7 +16,6 @@ Data: the checkpoint's own dataset root and category unless --data/--category sa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dmgrd_edge.config import TrainConfig
+from dmgrd_edge.config import ModelConfig
 from dmgrd_edge.export.options import ExportOptions
 from dmgrd_edge.export.pipeline import export_bundle
 from dmgrd_edge.model.pruning import trainable_parameter_count
@@ -32,7 +31,7 @@ from dmgrd_edge.report import redact_paths
 from dmgrd_edge.tradeoff import write_report
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
 from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
+from dmgrd_edge.train.prune import PruneJob, finetune_config, prune_checkpoint
 from dmgrd_edge.train.trainer import train_category
 
 
@@ -53,11 +52,7 @@ def main() -> None:
     payload = read_checkpoint(args.checkpoint)
     meta = payload["metadata"]
     data, category = args.data or meta["root"], args.category or meta["category"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in meta.get("train_config", {}).items() if k in known})
-    finetune = dataclasses.replace(base, steps=args.steps, lr=args.lr, min_lr=min(base.min_lr, args.lr / 10),
-                                   warmup_steps=min(20, args.steps), val_every=args.steps,
-                                   checkpoint_every=args.steps, threads=args.threads)
+    finetune = finetune_config(meta.get("train_config", {}), args.steps, args.lr, threads=args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dmgrd-prune-"))
     print(f"checkpoints and bundles in {work} (bundle0 = first variant, ...)")
     out = Path(args.out)
@@ -65,7 +60,7 @@ def main() -> None:
     checkpoints = {"trained": args.checkpoint}
     timings = {}
     t0 = time.perf_counter()
-    config = load_model(args.checkpoint)[0].config
+    config = ModelConfig.from_dict(payload["model_config"])
     train_category(TrainJob(meta["dataset"], data, category, str(work / "continued"), config, finetune,
                             pretrained=False, init_from=str(args.checkpoint)))
     checkpoints[f"trained +{args.steps} steps"] = work / "continued" / "last.pt"

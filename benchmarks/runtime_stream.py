@@ -174,7 +174,6 @@ def main() -> None:
 
     calibration = None
     if args.calibrate_frames:
-        from dmgrd_edge.runtime.pipeline import make_preprocess as _pre
         from dmgrd_edge.runtime.sources import ImageFolderSource
         from dmgrd_edge.runtime.threshold import calibrate, score_source
 
@@ -183,7 +182,7 @@ def main() -> None:
         for i in range(args.calibrate_frames):
             image, _ = make_image(category, 8, "video", i, size)
             cv2.imwrite(str(good / f"{i:05d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
-        scores = score_source(ImageFolderSource(parse_uri(str(good))), backend, _pre(bundle))
+        scores = score_source(ImageFolderSource(parse_uri(str(good))), backend, make_preprocess(bundle))
         bundle, calibration = calibrate(bundle, backend.bundle_file, scores, args.false_alarm_rate,
                                         "generated good frames, seed 8")
         print(f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}")

@@ -6,7 +6,6 @@ runtime commands work on a machine without torch.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -149,10 +148,9 @@ def prune(
     overwrite: bool = typer.Option(False, help="replace a non-empty --out folder"),
 ):
     """Remove channels inside the bottleneck and student blocks, then fine-tune on the same data."""
-    from .config import TrainConfig
     from .errors import choose
     from .train.checkpoint import read_checkpoint
-    from .train.prune import PruneJob, prune_checkpoint
+    from .train.prune import PruneJob, finetune_config, prune_checkpoint
 
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
@@ -161,12 +159,7 @@ def prune(
     finetune = None
     if steps:
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = TrainConfig(**{k: v for k, v in original.items() if k in known})
-        finetune = dataclasses.replace(base, steps=steps, lr=lr, min_lr=min(base.min_lr, lr / 10),
-                                       warmup_steps=min(20, steps), batch_size=batch_size or base.batch_size,
-                                       val_every=min(base.val_every, steps), threads=threads or base.threads,
-                                       checkpoint_every=min(base.checkpoint_every, steps))
+        finetune = finetune_config(original, steps, lr, batch_size, threads)
     job = PruneJob(str(checkpoint), str(out), ratio, multiple, finetune, str(data) if data else None, dataset, category,
                    device, overwrite)
     summary = prune_checkpoint(job, console)

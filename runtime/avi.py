@@ -94,6 +94,12 @@ def segment_path(path: Path, number: int) -> Path:
     return path if number == 0 else path.with_name(f"{path.stem}-{number:04d}{path.suffix}")
 
 
+def existing_parts(path: Path) -> list[Path]:
+    """Files of a recording at ``path`` that already exist (the first and any numbered part)."""
+    numbered = path.parent.glob(f"{path.stem}-[0-9][0-9][0-9][0-9]{path.suffix}")
+    return sorted(p for p in [path, *numbered] if p.exists())
+
+
 class MjpegAviWriter:
     """RGB frames -> Motion-JPEG AVI, crash-safe, rolling over at ``max_bytes``."""
 

@@ -13,6 +13,7 @@ loses at most the frame being written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ import numpy as np
 
 from dmgrd_edge.errors import DmgrdError
 
-from .avi import DEFAULT_MAX_BYTES, MjpegAviWriter
+from .avi import DEFAULT_MAX_BYTES, MjpegAviWriter, existing_parts
 from .sources import VIDEO_SUFFIXES
 
 
@@ -41,9 +42,15 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _with_path(exc: OSError, path: Path) -> OSError:
-    """The same error, naming the file (a failed write or flush on an open file names none)."""
-    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Re-raise an OSError naming the file (a failed write or flush on an open file names none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 class JsonlSink:
@@ -59,11 +66,9 @@ class JsonlSink:
             return
         # flushed to the kernel per line: a killed process loses nothing already written
         # (fsync per frame would cost ~1 ms and only protects against power loss)
-        try:
+        with _naming(self.path):
             self.handle.write(json.dumps(event, separators=(",", ":")) + "\n")
             self.handle.flush()
-        except OSError as exc:
-            raise _with_path(exc, self.path) from exc
 
     def close(self):
         try:
@@ -85,25 +90,21 @@ class VideoSink:
                             "does not)",
                             f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
                             f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}")
-        taken = [p for p in [path, *path.parent.glob(f"{path.stem}-[0-9][0-9][0-9][0-9].avi")] if p.exists()]
+        taken = existing_parts(path)
         if taken:
-            raise SinkError(f"{', '.join(str(p) for p in sorted(taken))} already exists",
+            raise SinkError(f"{', '.join(str(p) for p in taken)} already exists",
                             "give a new file name for the recording, or move the old one away (recordings are "
                             "never overwritten)")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.writer = path, MjpegAviWriter(path, fps, max_bytes=max_bytes)
 
     def write(self, event, frame, overlay):
-        try:
+        with _naming(self.path):
             self.writer.write(overlay if overlay is not None else frame)
-        except OSError as exc:
-            raise _with_path(exc, self.path) from exc
 
     def close(self):
-        try:
+        with _naming(self.path):
             self.writer.close()
-        except OSError as exc:
-            raise _with_path(exc, self.path) from exc
 
 
 class FolderSink:

@@ -25,6 +25,18 @@ from .loop import TrainJob
 from .trainer import train_category
 
 
+def finetune_config(original: dict[str, Any], steps: int, lr: float, batch_size: int | None = None,
+                    threads: int = 0) -> TrainConfig:
+    """The fine-tune's settings: the original run's (from its checkpoint's ``train_config``,
+    so the same validation split and synthesis) with a shorter schedule and a lower rate."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in original.items() if k in known})
+    return dataclasses.replace(base, steps=steps, lr=lr, min_lr=min(base.min_lr, lr / 10),
+                               warmup_steps=min(20, steps), batch_size=batch_size or base.batch_size,
+                               val_every=min(base.val_every, steps), threads=threads or base.threads,
+                               checkpoint_every=min(base.checkpoint_every, steps))
+
+
 @dataclasses.dataclass
 class PruneJob:
     checkpoint: str

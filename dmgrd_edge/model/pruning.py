@@ -74,11 +74,15 @@ def _filter_norms(conv: nn.Module, dim: int) -> torch.Tensor:
 
 
 @dataclass
-class ReducePair:
-    """MSFF FusionBlock: reduce's outputs = refine's inputs."""
+class _FusionGroup:
+    """Channels inside one MSFF FusionBlock (conv, attention, reduce, refine)."""
 
     name: str
     block: nn.Module
+
+
+class ReducePair(_FusionGroup):
+    """reduce's outputs = refine's inputs."""
 
     @property
     def width(self) -> int:
@@ -100,12 +104,8 @@ class ReducePair:
         self.block.refine = _conv_like(refine, keep, None)
 
 
-@dataclass
-class ProductGroup:
-    """MSFF FusionBlock: conv(x) * attention(x) channels, read by reduce."""
-
-    name: str
-    block: nn.Module
+class ProductGroup(_FusionGroup):
+    """conv(x) * attention(x) channels, read by reduce."""
 
     @property
     def width(self) -> int:
@@ -169,10 +169,6 @@ def find_groups(model: nn.Module) -> list:
     return groups
 
 
-def importance(group) -> torch.Tensor:
-    return group.importance()
-
-
 def _conv_like(old: nn.Module, in_keep: torch.Tensor | None, out_keep: torch.Tensor | None) -> nn.Module:
     """A copy of a conv with only the given input/output channels (weights sliced)."""
     weight = old.weight.detach()
@@ -229,7 +225,7 @@ def prune(model: nn.Module, ratio: float, multiple: int = 8) -> dict[str, int]:
     for group in find_groups(model):
         width = kept_width(group.width, ratio, multiple)
         if width < group.width:
-            shrink(group, importance(group).argsort(descending=True)[:width])
+            shrink(group, group.importance().argsort(descending=True)[:width])
         widths[group.name] = width
     return widths
 
