@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -75,21 +76,28 @@ def _filter_norms(conv: nn.Module, dim: int) -> torch.Tensor:
 
 @dataclass
 class _FusionGroup:
-    """Channels inside one MSFF FusionBlock (conv, attention, reduce, refine)."""
+    """Channels inside one MSFF FusionBlock (conv, attention, reduce, refine): the outputs of
+    the ``producer`` conv that the ``consumer`` conv reads, ranked by the norm of each
+    channel's filter times the norm of the weights reading it."""
 
     name: str
     block: nn.Module
+    producer: ClassVar[str]
+    consumer: ClassVar[str]
+
+    @property
+    def width(self) -> int:
+        return getattr(self.block, self.producer).out_channels
+
+    def importance(self) -> torch.Tensor:
+        producer, consumer = getattr(self.block, self.producer), getattr(self.block, self.consumer)
+        return _filter_norms(producer, 0) * _filter_norms(consumer, 1)
 
 
 class ReducePair(_FusionGroup):
     """reduce's outputs = refine's inputs."""
 
-    @property
-    def width(self) -> int:
-        return self.block.reduce.out_channels
-
-    def importance(self) -> torch.Tensor:
-        return _filter_norms(self.block.reduce, 0) * _filter_norms(self.block.refine, 1)
+    producer, consumer = "reduce", "refine"
 
     def shrink(self, keep: torch.Tensor) -> None:
         reduce, refine = self.block.reduce, self.block.refine
@@ -107,12 +115,7 @@ class ReducePair(_FusionGroup):
 class ProductGroup(_FusionGroup):
     """conv(x) * attention(x) channels, read by reduce."""
 
-    @property
-    def width(self) -> int:
-        return self.block.conv.out_channels
-
-    def importance(self) -> torch.Tensor:
-        return _filter_norms(self.block.conv, 0) * _filter_norms(self.block.reduce, 1)
+    producer, consumer = "conv", "reduce"
 
     def shrink(self, keep: torch.Tensor) -> None:
         block, attention = self.block, self.block.attention
