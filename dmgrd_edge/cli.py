@@ -46,6 +46,28 @@ def generate_data(
     console.print(f"wrote {path} ({', '.join(names)})")
 
 
+@app.command("photo-data")
+def photo_data(
+    out: Path = typer.Argument(..., help="folder to create (MVTec AD layout)"),
+    categories: str = typer.Option("all", help="comma list of brick, grass, gravel, coin, or 'all'"),
+    n_train: int = typer.Option(60, help="good training crops per category"),
+    n_test_good: int = typer.Option(24, help="good test crops per category"),
+    n_test_defect: int = typer.Option(32, help="defective test crops per category (5 kinds)"),
+    size: int = typer.Option(256, help="crop side in pixels"),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="replace an existing folder"),
+):
+    """Cut a seeded evaluation set with masks from real photographs (needs scikit-image)."""
+    from rich.progress import track
+
+    from .data.photos import CATEGORIES, build_photo_set
+
+    names = list(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
+    path = build_photo_set(out, names, n_train, n_test_good, n_test_defect, size, seed, overwrite,
+                           progress=lambda jobs: track(jobs, description="photographs", console=console))
+    console.print(f"wrote {path} ({', '.join(names)})")
+
+
 @app.command()
 def backbones():
     """List the registered teacher backbones with their feature channels and strides."""
@@ -69,6 +91,12 @@ def train(
     selection: str = typer.Option("nearest", help="memory selection: nearest (intended) or authors"),
     no_memory: bool = typer.Option(False, "--no-memory", help="ablation: plain reverse distillation"),
     score_mode: str = typer.Option("topk_mean", help="topk_mean (authors, top-100) or max (RD)"),
+    method: str = typer.Option("dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"),
+    memory_read: Optional[str] = typer.Option(None, help="image (the paper's: one whole bank image) or patch "
+                                              "(the nearest normal patch at every location)"),
+    score_source: Optional[str] = typer.Option(None, help="student, memory (nearest-patch distance) or "
+                                               "combined"),
+    patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
     texture_dir: Optional[Path] = typer.Option(None, help="texture images for pseudo-anomalies (e.g. DTD)"),
     teacher_weights: Optional[Path] = typer.Option(None, help="ImageNet weights file for the teacher"),
     random_teacher: bool = typer.Option(False, help="random teacher weights (tests only)"),
@@ -80,7 +108,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import ModelConfig, TrainConfig
+    from .config import TrainConfig, model_config_from_options
     from .data.datasets import resolve_categories
     from .errors import choose
     from .train.loop import TrainJob
@@ -88,8 +116,10 @@ def train(
 
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
-    model_cfg = ModelConfig(backbone=backbone, image_size=image_size, memory_size=memory_size,
-                            selection=selection, use_memory=not no_memory, score_mode=score_mode)
+    model_cfg = model_config_from_options(
+        backbone=backbone, image_size=image_size, memory_size=memory_size, selection=selection,
+        use_memory=not no_memory, score_mode=score_mode, method=method, memory_read=memory_read,
+        score_source=score_source, patch_bank_size=patch_bank_size)
     train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
                             seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
                             texture_dir=str(texture_dir) if texture_dir else None, amp=not no_amp,
@@ -129,6 +159,23 @@ def evaluate(
     paths = write_reports(rows, out, "report", title, {"runs": results})
     typer.echo(to_markdown(rows, title))
     console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
+
+
+@app.command()
+def rescore(
+    checkpoint: Path = typer.Argument(..., help="trained checkpoint"),
+    out: Path = typer.Option(..., "--out", help="new checkpoint file to write"),
+    score_source: str = typer.Option("combined", help="student, memory or combined"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+):
+    """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
+    from .config import SCORE_SOURCES
+    from .errors import choose
+    from .train.rescore import rescore_checkpoint
+
+    choose("score source", score_source, SCORE_SOURCES)
+    typer.echo(json.dumps(rescore_checkpoint(checkpoint, out, score_source, device=device, console=console),
+                          indent=2))
 
 
 @app.command()

@@ -13,6 +13,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SELECTION_RULES = ("nearest", "authors")
 SCORE_MODES = ("topk_mean", "max")
+METHODS = ("dmgrd", "knn")
+MEMORY_READS = ("image", "patch")
+SCORE_SOURCES = ("student", "memory", "combined")
+# what a checkpoint written before a field existed meant by it
+LEGACY_MODEL_FIELDS = {"method": "dmgrd", "memory_read": "image", "score_source": "student"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,14 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The DM-GRD network's shape and inference rules."""
+    """The DM-GRD network's shape and inference rules.
+
+    ``method="knn"`` is the training-free nearest-neighbour baseline (teacher and patch
+    memory only). ``memory_read`` is how the normal memory guides the student: ``image``
+    (the paper: one whole bank image chosen by ``selection``) or ``patch`` (the nearest bank
+    patch at every location). ``score_source`` is the anomaly map: the student's distance to
+    the teacher, the memory's nearest-patch distance, or both, each on its validation scale.
+    """
 
     backbone: str = "efficientnet_lite0"
     image_size: int = 256
@@ -61,8 +73,27 @@ class ModelConfig:
     blur_sigma: float = 4.0
     # {group name: kept channels} of a pruned model (dmgrd_edge/model/pruning.py); None: not pruned
     pruned_widths: dict[str, int] | None = None
+    method: str = "dmgrd"
+    memory_read: str = "image"
+    score_source: str = "student"
+    patch_bank_size: int = 2048  # rows per level of the patch memory
+    memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
 
     def __post_init__(self):
+        choose("method", self.method, METHODS)
+        choose("memory read", self.memory_read, MEMORY_READS)
+        choose("score source", self.score_source, SCORE_SOURCES)
+        object.__setattr__(self, "memory_score_levels", tuple(int(v) for v in self.memory_score_levels))
+        if not self.memory_score_levels or any(v not in (0, 1, 2) for v in self.memory_score_levels):
+            raise ConfigError(f"memory score levels must be a non-empty subset of 0, 1, 2, "
+                              f"got {list(self.memory_score_levels)}")
+        if self.patch_bank_size < 16:
+            raise ConfigError(f"patch bank size must be >= 16, got {self.patch_bank_size}")
+        if self.method == "knn" and self.score_source != "memory":
+            raise ConfigError("the nearest-neighbour baseline scores with its memory only",
+                              "use score_source='memory' with method='knn'")
+        if not self.use_memory and self.memory_read == "patch":
+            raise ConfigError("--memory-read patch needs the memory", "drop --no-memory or use --memory-read image")
         choose("memory selection rule", self.selection, SELECTION_RULES)
         choose("score mode", self.score_mode, SCORE_MODES)
         if self.memory_size < 1:
@@ -89,10 +120,31 @@ class ModelConfig:
                 f"model config has unknown fields {sorted(unknown)}",
                 "the checkpoint was written by a newer dmgrd-edge; upgrade",
             )
+        data = {**LEGACY_MODEL_FIELDS, **data}
         return cls(**data)
+
+    @property
+    def uses_patch_memory(self) -> bool:
+        return self.method == "knn" or self.memory_read == "patch" or self.score_source != "student"
+
+    @property
+    def uses_student(self) -> bool:
+        return self.method == "dmgrd"
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(height=self.image_size, width=self.image_size)
+
+
+def model_config_from_options(**options: Any) -> ModelConfig:
+    """A ModelConfig from command-line options where None means "the default for this
+    method": the baseline scores with its memory, plain RD reads no memory."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if options.get("method") == "knn":
+        options.setdefault("score_source", "memory")
+        options["use_memory"] = False
+    if options.get("use_memory") is False:
+        options.setdefault("memory_read", "image")
+    return ModelConfig(**options)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from dmgrd_edge.errors import DmgrdError
-from dmgrd_edge.model.dmgrd import AnomalyOutput
+from dmgrd_edge.model.dmgrd import DMGRD, AnomalyOutput
 
 from .options import BatchProfile
 from .precision import int8_excluded
@@ -36,31 +36,33 @@ class ExportError(DmgrdError):
 
 
 class HalfPrecisionDMGRD(torch.nn.Module):
-    """The deployable module with teacher and student in fp16 and the memory read, MSFF,
-    bottleneck and head in fp32 (see precision.py); fp32 input and outputs."""
+    """The deployable module with teacher and student in fp16 and the memory reads, MSFF,
+    bottleneck and head in fp32 (see precision.py); fp32 input and outputs. It holds the
+    model's own submodules under the same names and runs the model's own ``guide`` and
+    ``outputs`` steps, so only the casts are written here."""
+
+    guide = DMGRD.guide
+    outputs = DMGRD.outputs
+    _fuse = DMGRD._fuse
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         import copy
 
         model = copy.deepcopy(model).float().eval()
-        self.selection = model.config.selection
-        self.use_memory = model.config.use_memory
-        self.teacher = model.teacher.half()
-        self.bottleneck = model.bottleneck
-        self.student = model.student.half()
-        self.head = model.head
-        if self.use_memory:
-            self.normal_memory, self.msff = model.normal_memory, model.msff
+        self.config = model.config
+        for name, child in model.named_children():
+            setattr(self, name, child)
+        self.teacher.half()
+        if self.config.uses_student:
+            self.student.half()
 
     def forward(self, image: torch.Tensor):
         teacher = [f.float() for f in self.teacher(image.half())]
-        guided = teacher
-        if self.use_memory:
-            memory_inputs, _ = self.normal_memory(teacher, self.selection)
-            guided = self.msff(memory_inputs)
-        student = self.student(self.bottleneck(guided).half())
-        return AnomalyOutput(*self.head(teacher, [f.float() for f in student]))
+        student = None
+        if self.config.score_source != "memory":
+            student = [f.float() for f in self.student(self.bottleneck(self.guide(teacher)).half())]
+        return self.outputs(teacher, student)
 
 
 def torch_to_onnx(model: torch.nn.Module, path: Path, batch: BatchProfile, image_size: int,

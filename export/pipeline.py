@@ -20,6 +20,7 @@ import onnx
 from dmgrd_edge import __version__
 from dmgrd_edge.bundle import SCHEMA, SCHEMA_VERSION, commit_bundle, file_entry, sha256_file, staging_dir
 from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.errors import ConfigError
 
 from .graph_check import require_trt_compatible
 from .options import OUTPUTS, ExportOptions
@@ -67,6 +68,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
 
         raise CheckpointError(f"{opts.checkpoint} has no validation score statistics (no threshold)",
                               "export a checkpoint written after a validation step (last.pt at the end of training)")
+    if opts.int8 and not cfg.uses_student and not opts.int8_teacher:
+        raise ConfigError("the nearest-neighbour baseline's only layers to quantize for TensorRT are its teacher's",
+                          "add --int8-teacher (the CPU form quantizes the teacher anyway), or export without --int8")
     pre = cfg.preprocess()
     source, dataset, category = _calibration_source(opts, meta)
     with step(log, "read calibration and guard images", timings):
@@ -115,7 +119,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print, progr
                                    if meta.get("pruning") else None)},
             "parity": parities,
             "calibration": calibration, "guard": guard, "export_seconds": timings,
-            "memory_bank_bytes": model.memory_bytes() // 2 if cfg.use_memory else 0,
+            "memory_bank_bytes": model.deployed_memory_bytes(),
         }
         out = commit_bundle(staging, opts.out, manifest)
         log(f"wrote bundle {out}")

@@ -1,7 +1,7 @@
 """Which parts of the graph stay fp32 in lower precisions (torch-free, shared by the ONNX
 export, INT8 calibration and the TensorRT builder).
 
-- Memory selection (``/normal_memory/``) and the scoring head (``/head/``) stay fp32 in
+- Memory reads (``/normal_memory/``, ``/patch_memory/``) and the scoring head (``/head/``) stay fp32 in
   every precision: the argmin over memory items and the top-k mean of the map are where a
   small numeric change flips a decision.
 - MSFF (``/msff/``) has no normalisation layers and multiplies two convolutions of its
@@ -14,7 +14,7 @@ export, INT8 calibration and the TensorRT builder).
 
 from __future__ import annotations
 
-FP32_ALWAYS = ("/normal_memory/", "/head/")
+FP32_ALWAYS = ("/normal_memory/", "/patch_memory/", "/head/")
 FP32_IN_FP16 = FP32_ALWAYS + ("/msff/", "/bottleneck/")
 TEACHER = "/teacher/"
 

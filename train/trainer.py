@@ -33,7 +33,7 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=False)
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng([seed, 3]).permutation(n)
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 2:
@@ -78,7 +78,14 @@ def _fill_memory(model, images: np.ndarray, synth, job: TrainJob, device, consol
     cfg = job.model.preprocess()
     model.fill_memory(torch.from_numpy(normalize(images[idx], cfg)).to(device),
                       torch.from_numpy(normalize(abnormal, cfg)).to(device))
-    return {"size": k, "train_indices": idx.tolist(), "bytes_per_bank": model.memory_bytes() // 2}
+    record: dict[str, Any] = {"size": k, "train_indices": idx.tolist()}
+    if job.model.uses_patch_memory:
+        t0 = time.perf_counter()
+        model.fill_patch_memory(torch.from_numpy(normalize(images, cfg)).to(device), job.train.seed)
+        record["patch_memory"] = {"rows_per_level": job.model.patch_bank_size, "from_images": int(len(images)),
+                                  "fill_seconds": round(time.perf_counter() - t0, 2)}
+    record["bytes"] = model.memory_bytes()
+    return record
 
 
 def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
@@ -94,7 +101,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         task = bar.add_task("loading", total=len(index.train), info="")
         images = load_images([s.path for s in index.train], cfg,
                              lambda xs: (bar.advance(task) or x for x in xs))
-    train_idx, val_idx = _split(len(images), tcfg.val_fraction, tcfg.seed)
+    train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
     train_images, val = images[train_idx], make_validation_set(images[val_idx], synth, tcfg.seed)
 
@@ -103,7 +110,10 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     model = DMGRD(job.model, job.pretrained and not job.init_from, job.teacher_weights).to(device)
     if device.type == "cuda" and tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=tcfg.lr, betas=(0.5, 0.999))
+    trainable = model.trainable_parameters()
+    # the nearest-neighbour baseline has nothing to train: its memory is all there is
+    steps = tcfg.steps if trainable else 0
+    optimizer = torch.optim.Adam(trainable, lr=tcfg.lr, betas=(0.5, 0.999)) if trainable else None
     start, history = 0, []
     metadata: dict[str, Any] = {
         "dataset": job.dataset, "root": str(job.root), "category": job.category,
@@ -116,7 +126,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     if job.resume:
         payload = read_checkpoint(out / "last.pt")
         model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(payload["optimizer"])
         start, metadata = payload["step"], payload["metadata"]
         history = metadata.get("history", [])
         console.print(f"resuming at step {start}")
@@ -144,9 +155,30 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         metadata["history"] = history
         save_checkpoint(out / "last.pt", model, metadata, optimizer, step)
 
+    def validation(done: int, loss: float, bar) -> None:
+        nonlocal best
+        weights = model.calibrate_map_weights(torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device))
+        if weights is not None:
+            metadata["map_means"] = {"student": weights[0], "memory": weights[1]}
+        metrics = validate(model, val, cfg, device)
+        metrics.update(step=done, loss=loss, val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2)
+        history.append(metrics)
+        bar.console.print(f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
+                          f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
+                          f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}")
+        metadata["score_stats"] = metrics["score_stats"]
+        if metrics["val_mean"] > best:
+            best = metrics["val_mean"]
+            metadata["history"] = history
+            save_checkpoint(out / "best.pt", model, metadata, None, done)
+
     with _progress(console) as bar:
-        task = bar.add_task(f"train {job.category}", total=tcfg.steps, completed=start, info="")
-        for step in range(start, tcfg.steps):
+        task = bar.add_task(f"train {job.category}", total=max(steps, 1), completed=start, info="")
+        if not steps:
+            validation(0, 0.0, bar)
+            checkpoint(0)
+            bar.update(task, completed=1, info="memory only: nothing to train")
+        for step in range(start, steps):
             t0 = time.perf_counter()
             augmented, clean, _, is_anomalous = source.batch(step)
             x_aug = torch.from_numpy(normalize(augmented, cfg)).to(device)
@@ -177,22 +209,11 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             info = (f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
                     f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s")
             bar.update(task, completed=done, info=info)
-            if done % tcfg.val_every == 0 or done == tcfg.steps:
-                metrics = validate(model, val, cfg, device)
-                metrics.update(step=done, loss=float(terms.total.item()),
-                               val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2)
-                history.append(metrics)
-                bar.console.print(f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
-                                  f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
-                                  f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}")
-                metadata["score_stats"] = metrics["score_stats"]
-                if metrics["val_mean"] > best:
-                    best = metrics["val_mean"]
-                    metadata["history"] = history
-                    save_checkpoint(out / "best.pt", model, metadata, None, done)
-            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+            if done % tcfg.val_every == 0 or done == steps:
+                validation(done, float(terms.total.item()), bar)
+            if done % tcfg.checkpoint_every == 0 or done == steps:
                 checkpoint(done)
-    summary = {"category": job.category, "out": str(out), "steps": tcfg.steps,
+    summary = {"category": job.category, "out": str(out), "steps": steps,
                "train_img_per_s": seen / train_time if train_time else None,
                "final_validation": history[-1] if history else None, "device": str(device)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

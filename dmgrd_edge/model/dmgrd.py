@@ -4,7 +4,12 @@
 ``AnomalyOutput`` NamedTuple whose field names become the ONNX output names.
 ``training_features(image)`` is the separate training path (both banks).
 With ``use_memory=False`` the memory/MSFF path is skipped: plain Reverse Distillation,
-the ablation the reports compare against.
+the ablation the reports compare against. With ``method="knn"`` there is no student at all:
+the teacher and the patch memory make the training-free nearest-neighbour baseline.
+
+The forward pass is three named steps that the FP16 export reuses as they are:
+``guide`` (what the bottleneck sees), ``decode`` (bottleneck and student) and ``outputs``
+(the head on the student's and the memory's distance maps).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .backbones import create_teacher
 from .head import AnomalyMapHead
 from .memory import MemoryBank
 from .msff import MSFF
+from .patch_memory import PatchMemory
 from .pruning import apply_widths
 from .student import OCBE, StudentDecoder
 
@@ -43,14 +49,19 @@ class DMGRD(nn.Module):
         spec = self.teacher.spec
         self.spec = spec
         shapes = tuple((config.image_size // s, config.image_size // s) for s in spec.strides)
-        if config.use_memory:
-            scale = config.scale_memory_inputs
-            self.normal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
-            self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
-            self.msff = MSFF(spec.channels)
-        self.bottleneck = OCBE(spec)
-        self.student = StudentDecoder(spec)
-        self.head = AnomalyMapHead(config.image_size, config.blur_sigma, config.score_mode, config.score_topk)
+        if config.uses_patch_memory:
+            self.patch_memory = PatchMemory(config.patch_bank_size, spec.channels)
+        if config.uses_student:
+            if config.use_memory:
+                scale = config.scale_memory_inputs
+                if config.memory_read == "image":
+                    self.normal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
+                self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
+                self.msff = MSFF(spec.channels)
+            self.bottleneck = OCBE(spec)
+            self.student = StudentDecoder(spec)
+        self.head = AnomalyMapHead(config.image_size, config.blur_sigma, config.score_mode, config.score_topk,
+                                   combined=config.score_source == "combined")
         if config.pruned_widths:
             apply_widths(self, config.pruned_widths)
 
@@ -70,31 +81,76 @@ class DMGRD(nn.Module):
         memory_inputs, _ = bank(features, self.config.selection)
         return self.msff(memory_inputs)
 
+    def guide(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The features the bottleneck sees: the memory-guided fusion, or the teacher's (RD)."""
+        if not self.config.use_memory:
+            return teacher
+        if self.config.memory_read == "patch":
+            return self.msff(self.patch_memory(teacher))
+        return self._fuse(teacher, self.normal_memory)
+
+    def decode(self, guided: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.student(self.bottleneck(guided))
+
+    def outputs(self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None) -> AnomalyOutput:
+        memory_map = None
+        if self.config.score_source != "student":
+            memory_map = self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size)
+        return AnomalyOutput(*self.head(teacher, student if self.config.score_source != "memory" else None,
+                                        memory_map))
+
     def training_features(self, image: torch.Tensor) -> TrainingFeatures:
         teacher = self.teacher_features(image)
         if not self.config.use_memory:
-            return TrainingFeatures(teacher, self.student(self.bottleneck(teacher)), None, None)
-        fused_normal = self._fuse(teacher, self.normal_memory)
+            return TrainingFeatures(teacher, self.decode(teacher), None, None)
+        fused_normal = self.guide(teacher)
         fused_abnormal = self._fuse(teacher, self.abnormal_memory)
-        student = self.student(self.bottleneck(fused_normal))
-        return TrainingFeatures(teacher, student, fused_normal, fused_abnormal)
+        return TrainingFeatures(teacher, self.decode(fused_normal), fused_normal, fused_abnormal)
 
     def forward(self, image: torch.Tensor) -> AnomalyOutput:
         teacher = self.teacher(image)
-        guided = self._fuse(teacher, self.normal_memory) if self.config.use_memory else teacher
-        student = self.student(self.bottleneck(guided))
-        return AnomalyOutput(*self.head(teacher, student))
+        student = self.decode(self.guide(teacher)) if self.config.score_source != "memory" else None
+        return self.outputs(teacher, student)
+
+    def _teacher_chunks(self, images: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+        parts = [self.teacher(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+        return [torch.cat([p[level] for p in parts]) for level in range(3)]
 
     @torch.no_grad()
     def fill_memory(self, normal: torch.Tensor, abnormal: torch.Tensor, chunk: int = 8) -> None:
-        """Fill both banks from K normal images and their pseudo-anomalous versions."""
-        if not self.config.use_memory:
+        """Fill the image banks from K normal images and their pseudo-anomalous versions."""
+        if not (self.config.use_memory and self.config.uses_student):
             return
-        for bank, images in ((self.normal_memory, normal), (self.abnormal_memory, abnormal)):
-            parts = [self.teacher(images[i:i + chunk]) for i in range(0, len(images), chunk)]
-            bank.fill([torch.cat([p[level] for p in parts]) for level in range(3)])
+        banks = [(self.abnormal_memory, abnormal)]
+        if self.config.memory_read == "image":
+            banks.insert(0, (self.normal_memory, normal))
+        for bank, images in banks:
+            bank.fill(self._teacher_chunks(images, chunk))
+
+    @torch.no_grad()
+    def fill_patch_memory(self, normal: torch.Tensor, seed: int, chunk: int = 8) -> None:
+        """Fill the patch memory from all training normals (a coreset of their patches)."""
+        if self.config.uses_patch_memory:
+            self.patch_memory.fill(self._teacher_chunks(normal, chunk), seed)
+
+    @torch.no_grad()
+    def calibrate_map_weights(self, normal: torch.Tensor) -> tuple[float, float] | None:
+        """For the combined score: weigh the student's and the memory's maps so that each has
+        mean 0.5 on these held-out normal images. Returns the two mean values."""
+        if self.config.score_source != "combined":
+            return None
+        teacher = self.teacher(normal)
+        student_map = self.head.distance_map(teacher, self.decode(self.guide(teacher)))
+        memory_map = self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size)
+        means = (float(student_map.mean()), float(memory_map.mean()))
+        self.head.map_weights.copy_(torch.tensor([0.5 / max(m, 1e-8) for m in means]))
+        return means
+
+    def deployed_memory_bytes(self) -> int:
+        """Bytes of the memory constants the deployment graph holds (no pseudo-anomaly bank)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers()
+                   if n.startswith(("normal_memory.", "patch_memory.")))
 
     def memory_bytes(self) -> int:
-        if not self.config.use_memory:
-            return 0
+        """Bytes of all memory constants (image banks and patch memory)."""
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if "memory" in n)

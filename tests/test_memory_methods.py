@@ -1,0 +1,218 @@
+"""The patch memory, the nearest-neighbour baseline and the combined score: exact reads,
+config rules, training, rescoring, export parity and the bundle through the runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dmgrd_edge.config import ModelConfig, TrainConfig, model_config_from_options
+from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.model.patch_memory import PatchMemory, greedy_coreset, local_average
+
+
+def _train(line_root, out, steps=4, **options):
+    from dmgrd_edge.train.loop import TrainJob
+    from dmgrd_edge.train.trainer import train_category
+
+    cfg = model_config_from_options(image_size=64, memory_size=4, patch_bank_size=64, **options)
+    job = TrainJob("mvtec", str(line_root), "washer", str(out), cfg,
+                   TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2))
+    train_category(job)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def knn_ckpt(tmp_path_factory, line_root):
+    return _train(line_root, tmp_path_factory.mktemp("knn") / "washer", method="knn")
+
+
+@pytest.fixture(scope="module")
+def combined_ckpt(tmp_path_factory, line_root):
+    return _train(line_root, tmp_path_factory.mktemp("patch") / "washer", memory_read="patch",
+                  score_source="combined")
+
+
+def test_patch_read_finds_the_exact_nearest_normal_patch():
+    torch.manual_seed(0)
+    memory = PatchMemory(32, (8, 16, 24))
+    train = [torch.randn(6, c, s, s) for c, s in ((8, 16), (16, 8), (24, 4))]
+    memory.fill(train, seed=0)
+    query = [torch.randn(2, c, s, s) for c, s in ((8, 16), (16, 8), (24, 4))]
+    for level, feat in enumerate(query):
+        distance, local, nearest = memory.read(feat, level, want_nearest=True)
+        rows = local.permute(0, 2, 3, 1).reshape(-1, feat.shape[1])
+        brute = (rows[:, None] - memory.bank(level)[None]).pow(2).sum(-1).sqrt().min(1).values
+        got = distance.permute(0, 2, 3, 1).reshape(-1) / memory.inv_distance0.new_tensor(
+            float(getattr(memory, f"inv_distance{level}")))
+        assert torch.allclose(got, brute, atol=1e-5)
+        assert torch.allclose((nearest - local).pow(2).sum(1).sqrt().flatten(), brute, atol=1e-5)
+    # a bank row queried as itself is at distance zero, with no cancellation error
+    distance, _ = memory._distance(memory.bank(1)[None], 1)
+    assert float(distance.max()) == 0.0
+
+
+def test_coreset_is_farthest_point_and_covers_better_than_random():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(20, 6, generator=generator) * 10
+    points = (centres[torch.randint(20, (2000,), generator=generator)]
+              + 0.1 * torch.randn(2000, 6, generator=generator))
+    chosen = greedy_coreset(points, 20, seed=0)
+    assert len(set(chosen.tolist())) == 20
+    radius = torch.cdist(points, points[chosen]).min(1).values.max()
+    random_radius = torch.cdist(points, points[:20]).min(1).values.max()
+    assert radius < 1.0 < random_radius  # one pick per cluster; the first 20 points miss some
+    assert torch.equal(greedy_coreset(points[:5], 20, seed=0), torch.arange(5))
+
+
+def test_local_average_keeps_size_and_constant_maps():
+    x = torch.full((1, 3, 7, 7), 2.5)
+    assert torch.allclose(local_average(x), x)
+
+
+def test_config_rules_and_legacy_checkpoints():
+    legacy = {k: v for k, v in ModelConfig().to_dict().items()
+              if k not in ("method", "memory_read", "score_source")}
+    old = ModelConfig.from_dict(legacy)
+    assert (old.method, old.memory_read, old.score_source) == ("dmgrd", "image", "student")
+    assert not old.uses_patch_memory
+    with pytest.raises(ConfigError, match="memory only"):
+        ModelConfig(method="knn", score_source="student")
+    with pytest.raises(ConfigError, match="needs the memory"):
+        ModelConfig(use_memory=False, memory_read="patch")
+    with pytest.raises(ConfigError, match="unknown score source"):
+        ModelConfig(score_source="both")
+    with pytest.raises(ConfigError, match="subset"):
+        ModelConfig(memory_score_levels=(3,))
+    knn = model_config_from_options(method="knn", memory_read=None)
+    assert knn.score_source == "memory" and not knn.use_memory
+    again = ModelConfig.from_dict(json.loads(json.dumps(knn.to_dict())))
+    assert again == knn
+
+
+def test_knn_baseline_has_no_student_and_no_training(knn_ckpt):
+    from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
+
+    model, payload = load_model(knn_ckpt)
+    assert not model.trainable_parameters() and payload["step"] == 0
+    assert not hasattr(model, "student") and hasattr(model, "patch_memory")
+    assert float(model.patch_memory.bank2.abs().sum()) > 0
+    assert read_checkpoint(knn_ckpt)["metadata"]["score_stats"]["threshold"] > 0
+
+
+def test_combined_score_weights_come_from_validation_normals(combined_ckpt):
+    from dmgrd_edge.train.checkpoint import load_model
+
+    model, payload = load_model(combined_ckpt)
+    weights = model.head.map_weights
+    means = payload["metadata"]["map_means"]
+    assert torch.allclose(weights, torch.tensor([0.5 / means["student"], 0.5 / means["memory"]]), rtol=1e-5)
+    assert not hasattr(model, "normal_memory")  # the patch read replaces the image bank
+
+
+def test_rescore_changes_only_the_map(combined_ckpt, tmp_path):
+    from dmgrd_edge.train.checkpoint import load_model
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    student_path = tmp_path / "student.pt"
+    rescore_checkpoint(combined_ckpt, student_path, "student", device="cpu")
+    combined, _ = load_model(combined_ckpt)
+    student, payload = load_model(student_path)
+    assert student.config.score_source == "student" and not hasattr(student.head, "map_weights")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        teacher = combined.teacher(x)
+        expected = combined.head(teacher, combined.decode(combined.guide(teacher)))[1]
+        assert torch.allclose(student(x).score, expected, atol=1e-5)
+    assert payload["metadata"]["rescored_from"] == str(combined_ckpt)
+    with pytest.raises(ConfigError, match="itself"):
+        rescore_checkpoint(combined_ckpt, combined_ckpt, "memory", device="cpu")
+
+
+def test_rescore_adds_a_memory_to_a_model_trained_without_one(trained_ckpt, tmp_path):
+    from dmgrd_edge.train.checkpoint import load_model
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    out = tmp_path / "combined.pt"
+    summary = rescore_checkpoint(trained_ckpt, out, "combined", device="cpu")
+    model, _ = load_model(out)
+    assert model.config.memory_read == "image" and float(model.patch_memory.bank0.abs().sum()) > 0
+    assert summary["map_means"]["memory"] > 0
+
+
+def _export(ckpt, out, **kwargs):
+    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.export.pipeline import export_bundle
+
+    return export_bundle(ExportOptions(ckpt, out, calib_count=8, **kwargs), log=lambda _: None)
+
+
+def _torch_vs_onnx(ckpt, onnx_path):
+    import onnxruntime as ort
+
+    from dmgrd_edge.train.checkpoint import load_model
+
+    model, _ = load_model(ckpt)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    amap, score = session.run(None, {"image": x})
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    return np.abs(amap - out.anomaly_map.numpy()).max(), np.abs(score - out.score.numpy()).max()
+
+
+def test_knn_bundle_matches_pytorch_and_runs_at_the_line(knn_ckpt, line_root, tmp_path):
+    with pytest.raises(ConfigError, match="int8-teacher"):
+        _export(knn_ckpt, tmp_path / "refused", int8=True)
+    assert not (tmp_path / "refused").exists()
+    bundle = tmp_path / "knn"
+    manifest = _export(knn_ckpt, bundle, int8=True, int8_teacher=True)
+    assert manifest["model"]["method"] == "knn" and manifest["memory_bank_bytes"] > 0
+    map_err, score_err = _torch_vs_onnx(knn_ckpt, bundle / "model.onnx")
+    assert map_err < 1e-3 and score_err < 1e-3
+    events = tmp_path / "events.jsonl"
+    source = str(line_root / "washer" / "test" / "*" / "*.png")
+    done = subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", "run", str(bundle), "--source", source,
+                           "--sink", str(events), "--headless"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    n_test = len(list((line_root / "washer" / "test").glob("*/*.png")))
+    assert len(lines) == n_test
+    assert {line["decision"] for line in lines} <= {"OK", "NG"} and any(line["decision"] == "NG" for line in lines)
+
+
+def test_combined_bundle_matches_pytorch_in_fp32_and_fp16(combined_ckpt, tmp_path):
+    bundle = tmp_path / "combined"
+    manifest = _export(combined_ckpt, bundle, int8=True, fp16=True)
+    map_err, score_err = _torch_vs_onnx(combined_ckpt, bundle / "model.onnx")
+    assert map_err < 1e-3 and score_err < 1e-3
+    import onnx
+
+    names = {i.name for i in onnx.load(str(bundle / "model.onnx")).graph.initializer}
+    assert any("patch_memory.bank0" in n for n in names) and not any("normal_memory" in n for n in names)
+    int8 = onnx.load(str(bundle / "model.int8.onnx"))
+    quantized_inputs = {i for n in int8.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    assert not [n.name for n in int8.graph.node if n.name.startswith("/patch_memory/")
+                and set(n.input) & quantized_inputs]  # the memory read stays fp32
+    assert set(manifest["files"]) >= {"model.fp16.onnx", "model.int8-cpu.onnx"}
+
+
+def test_fp16_module_runs_the_models_own_steps(combined_ckpt):
+    from dmgrd_edge.export.onnx_export import HalfPrecisionDMGRD
+    from dmgrd_edge.train.checkpoint import load_model
+
+    model, _ = load_model(combined_ckpt)
+    half = HalfPrecisionDMGRD(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full, low = model(x), half(x)
+    assert low.anomaly_map.dtype == torch.float32
+    assert torch.allclose(low.score, full.score, rtol=0.05)
+    changed = dataclasses.replace(model.config, score_source="memory")
+    assert changed.uses_patch_memory

@@ -1,0 +1,83 @@
+"""Give a trained model another anomaly map without retraining: ``dmgrd-edge rescore``.
+
+The student's weights and the image memory stay as trained. What changes is the head's
+input: the student's distance (``student``), the patch memory's nearest-normal distance
+(``memory``) or both on their validation scales (``combined``). A patch memory the
+checkpoint lacks is filled from the same training images the run used (same split, same
+seed), the map weights and the score statistics come from the same held-out validation
+normals, so the result is the checkpoint training would have written with that setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from dmgrd_edge.config import ModelConfig, TrainConfig
+from dmgrd_edge.data.datasets import index_category
+from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.errors import CheckpointError, ConfigError
+from dmgrd_edge.model import DMGRD
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .loop import load_images, make_validation_set, pick_device, validate
+from .synthesis import AnomalySynthesizer
+from .trainer import split_train_val
+
+REBUILT_KEYS = ("patch_memory.", "head.map_weights")
+
+
+def rescore_checkpoint(checkpoint: str | Path, out: str | Path, score_source: str,
+                       memory_score_levels: tuple[int, ...] | None = None, device: str = "auto",
+                       console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.resolve() == checkpoint.resolve():
+        raise ConfigError(f"--out {out} is the checkpoint itself", "write the rescored model to a new file")
+    payload = read_checkpoint(checkpoint)
+    old = ModelConfig.from_dict(payload["model_config"])
+    changes: dict[str, Any] = {"score_source": score_source}
+    if memory_score_levels is not None:
+        changes["memory_score_levels"] = memory_score_levels
+    config = dataclasses.replace(old, **changes)
+    dev = pick_device(device)
+    model = DMGRD(config, pretrained=False)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(REBUILT_KEYS)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in list(missing) + list(unexpected) if not k.startswith(REBUILT_KEYS)]
+    if wrong:
+        raise CheckpointError(f"{checkpoint} does not fit the rescored model: {wrong[:5]}")
+    model = model.to(dev).eval()
+    meta = dict(payload["metadata"])
+    meta.pop("map_means", None)
+    tcfg = TrainConfig(**{k: v for k, v in meta.get("train_config", {}).items()
+                          if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    cfg = config.preprocess()
+    index = index_category(meta["dataset"], meta["root"], meta["category"])
+    images = load_images([s.path for s in index.train], cfg)
+    train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
+    if config.uses_patch_memory:
+        kept = {k: v for k, v in payload["state_dict"].items() if k.startswith("patch_memory.")}
+        if kept:
+            model.patch_memory.load_state_dict({k[len("patch_memory."):]: v for k, v in kept.items()})
+        else:
+            console.print(f"filling the patch memory from {len(train_idx)} training images")
+            model.fill_patch_memory(torch.from_numpy(normalize(images[train_idx], cfg)).to(dev), tcfg.seed)
+    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
+    val = make_validation_set(images[val_idx], synth, tcfg.seed)
+    means = model.calibrate_map_weights(torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(dev))
+    metrics = validate(model, val, cfg, dev)
+    meta.update(score_stats=metrics["score_stats"], rescored_from=str(checkpoint),
+                rescored={"score_source": score_source, "validation": {k: metrics[k] for k in metrics
+                                                                       if k != "score_stats"}})
+    if means is not None:
+        meta["map_means"] = {"student": means[0], "memory": means[1]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, meta, None, payload["step"])
+    return {"checkpoint": str(out), "score_source": score_source, "validation": meta["rescored"]["validation"],
+            "map_means": meta.get("map_means")}
