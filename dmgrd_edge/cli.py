@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
 console = Console(stderr=True)
 
-BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "wide_resnet50_2")
+BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                  "resnet50", "wide_resnet50_2")
 DATASETS = ("mvtec", "visa_mvtec", "btad", "visa", "folder")
 
 
@@ -52,7 +53,8 @@ def backbones():
     from .model.backbones import BACKBONES
 
     for spec in BACKBONES.values():
-        typer.echo(f"{spec.name:20s} channels={spec.channels} strides={spec.strides} weights: {spec.weights_hint}")
+        typer.echo(f"{spec.name:20s} channels={spec.channels} strides={spec.strides} "
+                   f"weights: {spec.weights.describe()}")
 
 
 @app.command()
