@@ -372,14 +372,20 @@ def report(
     out: Path = typer.Option(Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"),
     metric: str = typer.Option("pro_30", help="accuracy axis: pro_30, i_auroc or p_auroc"),
     max_drop: float = typer.Option(1.0, help="recommend the fastest variant within this many points of the best"),
+    budget_ms: Optional[float] = typer.Option(
+        None, help="also name the most accurate variant whose batch-1 p50 latency fits this "
+        "many ms (per device), or say that none fits"),
 ):
     """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
-    from .tradeoff import write_report
+    from .tradeoff import budget_sentence, write_report
 
-    result = write_report(results, out, metric, max_drop)
+    result = write_report(results, out, metric, max_drop, budget_ms)
     typer.echo(result["paths"]["md"].read_text())
     for device, pick in result["recommended"].items():
         console.print(f"recommended on {device}: {pick.name}")
+    for device, pick in result["budget"].items():
+        sentence = budget_sentence(result["variants"], device, pick, metric, budget_ms)
+        console.print(f"{device}: {sentence.replace('**', '')}")
     console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
 
 
