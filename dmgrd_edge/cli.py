@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
 console = Console(stderr=True)
 
-BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "wide_resnet50_2")
+BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                  "resnet50", "wide_resnet50_2")
 DATASETS = ("mvtec", "visa_mvtec", "btad", "visa", "folder")
 
 
@@ -74,7 +75,8 @@ def backbones():
     from .model.backbones import BACKBONES
 
     for spec in BACKBONES.values():
-        typer.echo(f"{spec.name:20s} channels={spec.channels} strides={spec.strides} weights: {spec.weights_hint}")
+        typer.echo(f"{spec.name:20s} channels={spec.channels} strides={spec.strides} "
+                   f"weights: {spec.weights.describe()}")
 
 
 @app.command()
@@ -417,14 +419,20 @@ def report(
     out: Path = typer.Option(Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"),
     metric: str = typer.Option("pro_30", help="accuracy axis: pro_30, i_auroc or p_auroc"),
     max_drop: float = typer.Option(1.0, help="recommend the fastest variant within this many points of the best"),
+    budget_ms: Optional[float] = typer.Option(
+        None, help="also name the most accurate variant whose batch-1 p50 latency fits this "
+        "many ms (per device), or say that none fits"),
 ):
     """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
-    from .tradeoff import write_report
+    from .tradeoff import budget_sentence, write_report
 
-    result = write_report(results, out, metric, max_drop)
+    result = write_report(results, out, metric, max_drop, budget_ms)
     typer.echo(result["paths"]["md"].read_text())
     for device, pick in result["recommended"].items():
         console.print(f"recommended on {device}: {pick.name}")
+    for device, pick in result["budget"].items():
+        sentence = budget_sentence(result["variants"], device, pick, metric, budget_ms)
+        console.print(f"{device}: {sentence.replace('**', '')}")
     console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
 
 

@@ -4,10 +4,11 @@ One row per bench result (a backbone x model file x backend on one device): late
 batch 1, best throughput, memory, start-up, and accuracy when the bench had test data. A
 variant is on the Pareto front when no other variant on the same device is at least as fast
 and at least as accurate, and strictly better in one of the two. The recommendation is the
-fastest variant whose accuracy is within ``max_drop`` points of the best one.
+fastest variant whose accuracy is within ``max_drop`` points of the best one; with a latency
+budget, the report also names the most accurate variant whose batch-1 p50 fits it.
 
-Outputs: report.md, report.csv, report.html (table + plot) and pareto.png (OpenCV drawing:
-no plotting library needed on the Jetson).
+Outputs: report.md, report.csv, report.html (plot + sortable table, self-contained) and
+pareto.png (matplotlib, Agg: one row of panels per device, latency vs PRO@0.3 and vs I-AUC).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import csv
 import html
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import ConfigError, DataError, choose
@@ -100,12 +99,13 @@ def load_result(path: Path) -> Variant:
         p_auroc=accuracy.get("p_auroc"), pro_30=accuracy.get("pro_30"), source=Path(path).name, label=label)
 
 
-def mark_pareto(variants: list[Variant], metric: str) -> None:
+def pareto_flags(variants: list[Variant], metric: str) -> list[bool]:
     """Per device: on the front unless another variant is no slower and no less accurate,
     and better in one. Variants without accuracy are judged on latency alone."""
+    flags = []
     for v in variants:
         mine = getattr(v, metric)
-        v.pareto = True
+        dominated = False
         for other in variants:
             if other is v or other.device != v.device:
                 continue
@@ -116,8 +116,15 @@ def mark_pareto(variants: list[Variant], metric: str) -> None:
                 dominated = (other.ms_b1_p50 <= v.ms_b1_p50 and theirs >= mine
                              and (other.ms_b1_p50 < v.ms_b1_p50 or theirs > mine))
             if dominated:
-                v.pareto = False
                 break
+        flags.append(not dominated)
+    return flags
+
+
+def mark_pareto(variants: list[Variant], metric: str) -> None:
+    """Sets ``pareto`` on each variant (the front of ``metric``, see pareto_flags)."""
+    for v, flag in zip(variants, pareto_flags(variants, metric)):
+        v.pareto = flag
 
 
 def recommend(variants: list[Variant], metric: str, max_drop: float) -> dict[str, Variant]:
@@ -131,6 +138,33 @@ def recommend(variants: list[Variant], metric: str, max_drop: float) -> dict[str
         good = [v for v in scored if 100 * (best - getattr(v, metric)) <= max_drop + 1e-9]
         picks[device] = min(good, key=lambda v: v.ms_b1_p50)
     return picks
+
+
+def within_budget(variants: list[Variant], metric: str,
+                  budget_ms: float) -> dict[str, Variant | None]:
+    """Per device: the most accurate variant (then the fastest) whose batch-1 p50 latency is
+    at most ``budget_ms``; None where no variant with accuracy fits."""
+    picks: dict[str, Variant | None] = {}
+    for device in sorted({v.device for v in variants}):
+        fits = [v for v in variants if v.device == device and v.ms_b1_p50 <= budget_ms
+                and getattr(v, metric) is not None]
+        picks[device] = min(fits, key=lambda v: (-getattr(v, metric), v.ms_b1_p50), default=None)
+    return picks
+
+
+def budget_sentence(variants: list[Variant], device: str, pick: Variant | None, metric: str,
+                    budget_ms: float) -> str:
+    """What the budget choice is on ``device``, or why there is none, in one sentence."""
+    if pick is not None:
+        return (f"Within {budget_ms:g} ms (batch-1 p50): **{pick.name}**, the most accurate "
+                f"({METRICS[metric]} {_pct(getattr(pick, metric))}, {pick.ms_b1_p50:.2f} ms).")
+    mine = [v for v in variants if v.device == device]
+    fastest = min(mine, key=lambda v: v.ms_b1_p50)
+    if fastest.ms_b1_p50 > budget_ms:
+        return (f"No variant fits {budget_ms:g} ms (batch-1 p50) on this device: the fastest, "
+                f"{fastest.name}, takes {fastest.ms_b1_p50:.2f} ms.")
+    return (f"No variant within {budget_ms:g} ms has {METRICS[metric]} to rank by "
+            "(run bench with --data).")
 
 
 def _pct(value: float | None) -> str:
@@ -150,20 +184,36 @@ def _cells(v: Variant) -> list[str]:
             "yes" if v.pareto else ""]
 
 
-def to_markdown(variants: list[Variant], picks: dict[str, Variant], metric: str, max_drop: float) -> str:
-    lines = ["# Latency / accuracy trade-off", ""]
+def _sort_keys(v: Variant) -> list[str]:
+    """Raw values the HTML table sorts by, one per column ('' where there is none)."""
+    def num(x: float | None) -> str:
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
+    return [v.name, num(v.ms_b1_p50), num(v.ms_b1_p99), num(v.best_images_per_s), num(v.i_auroc),
+            num(v.p_auroc), num(v.pro_30), num(v.peak_host_rss_mib), num(v.startup_s),
+            "1" if v.pareto else "0"]
+
+
+def _recommend_sentence(pick: Variant | None, metric: str, max_drop: float) -> str:
+    if pick is None:
+        return f"No recommendation: no result here has {METRICS[metric]} (run bench with --data)."
+    points = "point" if max_drop == 1 else "points"
+    return (f"Recommended: **{pick.name}**, the fastest within {max_drop:g} {points} of the best "
+            f"{METRICS[metric]} on this device.")
+
+
+def to_markdown(variants: list[Variant], picks: dict[str, Variant], metric: str, max_drop: float,
+                budget_ms: float | None = None,
+                budget_picks: dict[str, Variant | None] | None = None) -> str:
+    lines = ["# Latency / accuracy trade-off", "",
+             "![latency vs accuracy per device](pareto.png)", ""]
     for device in sorted({v.device for v in variants}):
         lines += [f"## {device}", "", "| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
         for v in sorted((v for v in variants if v.device == device), key=lambda v: v.ms_b1_p50):
             lines.append("| " + " | ".join(_cells(v)) + " |")
-        pick = picks.get(device)
-        lines.append("")
-        if pick is not None:
-            points = "point" if max_drop == 1 else "points"
-            lines.append(f"Recommended: **{pick.name}**, the fastest within {max_drop:g} {points} of the best "
-                         f"{METRICS[metric]} on this device.")
-        else:
-            lines.append(f"No recommendation: no result here has {METRICS[metric]} (run bench with --data).")
+        lines += ["", _recommend_sentence(picks.get(device), metric, max_drop)]
+        if budget_ms is not None:
+            pick = (budget_picks or {}).get(device)
+            lines += ["", budget_sentence(variants, device, pick, metric, budget_ms)]
         lines.append("")
     lines.append(NOTES)
     return "\n".join(lines) + "\n"
@@ -179,121 +229,107 @@ def to_csv(variants: list[Variant]) -> str:
     return buffer.getvalue()
 
 
-def _short(file_name: str) -> str:
-    """'model.int8-cpu.onnx' -> 'int8-cpu', 'model.onnx' -> 'fp32'; engines keep their precision field."""
-    stem = Path(file_name).name.removeprefix("model.")
-    first = stem.split(".")[0]
-    return "fp32" if first in ("onnx", "") else first
+_SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.tabIndex = 0;
+    function sort() {
+      var up = th.getAttribute("aria-sort") !== "ascending";
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", up ? "ascending" : "descending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var numeric = th.getAttribute("data-type") === "num";
+      function key(row) { return row.cells[col].getAttribute("data-sort"); }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === "" || y === "") { return (x === "") - (y === ""); }  // empty cells last
+        var c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+        return up ? c : -c;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    }
+    th.addEventListener("click", sort);
+    th.addEventListener("keydown", function (e) { if (e.key === "Enter") { sort(); } });
+  });
+});
+"""
+
+_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}"
+        "th{cursor:pointer;background:#f4f4f4;user-select:none}"
+        "th[aria-sort=ascending]::after{content:' \\25B2'}"
+        "th[aria-sort=descending]::after{content:' \\25BC'}"
+        "tr.pareto{font-weight:bold}img{max-width:100%}")
 
 
-def draw_pareto(variants: list[Variant], metric: str, size: tuple[int, int] = (900, 560)) -> np.ndarray:
-    """Scatter of batch-1 latency (x) against accuracy (y), Pareto front joined, one colour
-    per device; drawn with OpenCV. Variants without accuracy are left out of the plot."""
-    width, height = size
-    left, right, top, bottom = 80, 30, 60, 70
-    image = np.full((height, width, 3), 255, np.uint8)
-    points = [v for v in variants if getattr(v, metric) is not None]
-    title = f"{METRICS[metric]} vs batch-1 latency (p50)"
-    cv2.putText(image, title, (left, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.rectangle(image, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
-    if not points:
-        cv2.putText(image, "no accuracy in these results (bench --data)", (left + 20, height // 2),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 160), 1, cv2.LINE_AA)
-        return image
-    xs = np.array([v.ms_b1_p50 for v in points])
-    ys = np.array([100 * getattr(v, metric) for v in points])
-    x_lo, x_hi = 0.0, float(xs.max()) * 1.15
-    y_lo, y_hi = float(ys.min()) - 1.0, float(ys.max()) + 1.0
-
-    def to_px(x: float, y: float) -> tuple[int, int]:
-        px = left + (x - x_lo) / max(x_hi - x_lo, 1e-9) * (width - left - right)
-        py = height - bottom - (y - y_lo) / max(y_hi - y_lo, 1e-9) * (height - top - bottom)
-        return int(round(px)), int(round(py))
-
-    for i in range(5):  # axis ticks
-        x = x_lo + (x_hi - x_lo) * i / 4
-        y = y_lo + (y_hi - y_lo) * i / 4
-        px, _ = to_px(x, y_lo)
-        _, py = to_px(x_lo, y)
-        cv2.putText(image, f"{x:.1f}", (px - 14, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1)
-        cv2.putText(image, f"{y:.1f}", (left - 50, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1)
-    cv2.putText(image, f"{METRICS[metric]} %", (8, top - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, "ms per image (batch 1, p50)", (width // 2 - 100, height - 20), cv2.FONT_HERSHEY_SIMPLEX,
-                0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
-    devices = sorted({v.device for v in points})
-    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far: later ones move off them
-
-    def free_spot(xs: list[int], y: int, w: int) -> tuple[int, int]:
-        """The first place near the point (right or left of it, then further up or down)
-        where the label overlaps no label drawn before; the first candidate if none is free."""
-        for dy in (0, 14, -14, 28, -28, 42, -42, 56, -56, 70, -70, 84, -84):
-            for x in xs:
-                box = (x, y + dy - 11, x + w, y + dy + 3)
-                if top < box[1] and box[3] < height - bottom and all(
-                        box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed):
-                    placed.append(box)
-                    return x, y + dy
-        return xs[0], y
-    for d, device in enumerate(devices):
-        colour = palette[d % len(palette)]  # the canvas is RGB; converted to BGR when encoded
-        front = sorted((v for v in points if v.device == device and v.pareto), key=lambda v: v.ms_b1_p50)
-        for a, b in zip(front, front[1:]):
-            cv2.line(image, to_px(a.ms_b1_p50, 100 * getattr(a, metric)),
-                     to_px(b.ms_b1_p50, 100 * getattr(b, metric)), colour, 1, cv2.LINE_AA)
-        for v in (v for v in points if v.device == device):
-            centre = to_px(v.ms_b1_p50, 100 * getattr(v, metric))
-            cv2.circle(image, centre, 6 if v.pareto else 4, colour, -1 if v.pareto else 1, cv2.LINE_AA)
-            label = f"{v.label or v.backbone} {_short(v.file)}"
-            (text_w, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-            sides = [centre[0] + 8, centre[0] - 8 - text_w]
-            fits = [x for x in sides if left < x and x + text_w < width - right] or sides[1:]
-            x, y = free_spot(fits, centre[1] - 8, text_w)
-            if y != centre[1] - 8:  # moved off its point: a thin line says whose label it is
-                end = (x - 2, y - 4) if x > centre[0] else (x + text_w + 2, y - 4)
-                cv2.line(image, centre, end, tuple(int(c + (255 - c) * 0.6) for c in colour), 1, cv2.LINE_AA)
-            cv2.putText(image, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-        if len(devices) > 1:
-            cv2.putText(image, device[:60], (left + 10, top + 18 + 18 * d), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
-                        1, cv2.LINE_AA)
-    return image
-
-
-def to_html(variants: list[Variant], png: bytes) -> str:
+def to_html(variants: list[Variant], png: bytes, sentences: list[str] | None = None) -> str:
+    """Self-contained page: the plot inline, a table sorted by clicking a column head."""
     rows = []
     for v in sorted(variants, key=lambda v: (v.device, v.ms_b1_p50)):
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in [v.device] + _cells(v))
+        texts, keys = [v.device] + _cells(v), [v.device] + _sort_keys(v)
+        cells = "".join(f"<td data-sort=\"{html.escape(k)}\">{html.escape(t)}</td>"
+                        for t, k in zip(texts, keys))
         rows.append(f"<tr{' class=pareto' if v.pareto else ''}>{cells}</tr>")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("device",) + COLUMNS)
+    text_columns = ("device", "variant")
+    head = "".join(f"<th scope=col{'' if c in text_columns else ' data-type=num'}>"
+                   f"{html.escape(c)}</th>" for c in ("device",) + COLUMNS)
     picture = base64.b64encode(png).decode()
+    notes = "".join(f"<p>{_bold(s)}</p>" for s in sentences or [])
     return ("<!doctype html><meta charset=utf-8><title>dmgrd-edge trade-off report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}"
-            "tr.pareto{font-weight:bold}</style>"
+            f"<style>{_CSS}</style>"
             "<h1>Latency / accuracy trade-off</h1>"
-            f"<img alt='trade-off plot' src='data:image/png;base64,{picture}'>"
-            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-            f"<p>{html.escape(NOTES)}</p>")
+            f"<img alt='latency vs accuracy per device' src='data:image/png;base64,{picture}'>"
+            f"{notes}<p>Click a column head to sort (again to reverse).</p>"
+            f"<table class=sortable><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<p>{html.escape(NOTES)}</p><script>{_SORT_JS}</script>")
 
 
-def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max_drop: float = 1.0) -> dict:
+def _bold(sentence: str) -> str:
+    """Markdown **x** -> <b>x</b>, the rest escaped."""
+    parts = html.escape(sentence).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+PLOT_METRICS = ("pro_30", "i_auroc")  # the panels per device; the report's metric comes first
+
+
+def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max_drop: float = 1.0,
+                 budget_ms: float | None = None) -> dict:
     choose("metric", metric, tuple(METRICS))
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be >= 0 points, got {max_drop}")
+    if budget_ms is not None and not budget_ms > 0:
+        raise ConfigError(f"--budget-ms must be a latency > 0 ms, got {budget_ms}",
+                          "give the batch-1 time one image may take, e.g. --budget-ms 10")
     if not results:
         raise ConfigError("no bench results given", "give one or more JSON files from dmgrd-edge bench")
+    from .tradeoff_plot import render
+
     variants = [load_result(p) for p in results]
     mark_pareto(variants, metric)
     picks = recommend(variants, metric, max_drop)
+    budget_picks = within_budget(variants, metric, budget_ms) if budget_ms is not None else {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(variants, picks, metric, max_drop)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(draw_pareto(variants, metric), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DataError("could not encode the trade-off plot as PNG")
+    markdown = to_markdown(variants, picks, metric, max_drop, budget_ms, budget_picks)
+    metrics = (metric,) + tuple(m for m in PLOT_METRICS if m != metric)
+    points = "point" if max_drop == 1 else "points"
+    rec_text = f"recommended: fastest within {max_drop:g} {points} of the best {METRICS[metric]}"
+    png = render(variants, metrics, picks, budget_ms, budget_picks, rec_text)
+    sentences = []
+    for device in sorted({v.device for v in variants}):
+        sentences.append(f"{device}: " + _recommend_sentence(picks.get(device), metric, max_drop))
+        if budget_ms is not None:
+            pick = budget_picks.get(device)
+            sentences.append(f"{device}: "
+                             + budget_sentence(variants, device, pick, metric, budget_ms))
     paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
              "png": out / "pareto.png"}
     for key, data in (("md", markdown.encode()), ("csv", to_csv(variants).encode()),
-                      ("html", to_html(variants, png.tobytes()).encode()), ("png", png.tobytes())):
+                      ("html", to_html(variants, png, sentences).encode()), ("png", png)):
         atomic_write_bytes(paths[key], data)  # an earlier report is replaced whole or kept
-    return {"paths": paths, "variants": variants, "recommended": picks}
+    return {"paths": paths, "variants": variants, "recommended": picks, "budget": budget_picks}

@@ -11,6 +11,7 @@ STAGES = ["dmgrd_edge", "dmgrd_edge.train", "dmgrd_edge.calib", "dmgrd_edge.expo
 
 TORCH_FREE = ["dmgrd_edge", "dmgrd_edge.cli", "dmgrd_edge.config", "dmgrd_edge.data", "dmgrd_edge.data.datasets",
               "dmgrd_edge.data.synthetic", "dmgrd_edge.metrics", "dmgrd_edge.report", "dmgrd_edge.tradeoff",
+              "dmgrd_edge.tradeoff_plot",
               "dmgrd_edge.viz",
               "dmgrd_edge.calib", "dmgrd_edge.runtime", "dmgrd_edge.train.synthesis"]
 

