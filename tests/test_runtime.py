@@ -543,3 +543,35 @@ def test_bench_peak_memory_is_its_own_not_its_parents():
                                                check=True).stdout.split())
     assert ballast.sum() > 0 and own < 250
     assert own <= inherited
+
+
+def test_jetson_clocks_state_says_unknown_without_root(monkeypatch):
+    """`jetson_clocks --show` reads the clocks only as root: without root, or when it fails,
+    the device record says the state is unknown and why, never the tool's error text."""
+    import subprocess as sp
+
+    from dmgrd_edge.runtime import device_info
+
+    calls = []
+
+    def fake_run(cmd, **_):
+        calls.append(cmd)
+        return sp.CompletedProcess(cmd, reply[0], stdout=reply[1], stderr=reply[2])
+
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: name)
+    monkeypatch.setattr(device_info.subprocess, "run", fake_run)
+    reply = (0, "SOC family:tegra234  Machine:Jetson AGX Orin\nCPU Cluster Switching: Disabled\n",
+             "")
+    state = device_info.jetson_clocks_state(euid=1000)
+    assert state.startswith("unknown (jetson_clocks --show needs root")
+    assert not calls  # not even run without root
+    assert device_info.jetson_clocks_state(euid=0).startswith("SOC family:tegra234")
+    reply = (1, "", "Error: permission denied\n")
+    state = device_info.jetson_clocks_state(euid=0)
+    assert state.startswith("unknown (jetson_clocks --show failed with exit status 1")
+    assert "permission" in state
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: None)
+    assert device_info.jetson_clocks_state(euid=0) == "unknown (jetson_clocks is not installed)"
+    # nvpmodel's error text is not parsed as a power mode either
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: name)
+    assert device_info._output(["nvpmodel", "-q"]) is None
