@@ -82,6 +82,36 @@ def test_csi_pipeline_and_gstreamer_check():
             VideoCaptureSource(spec)
 
 
+def test_csi_pipeline_scales_on_the_converter_before_the_cpu_converts(monkeypatch):
+    """With the model's input size, nvvidconv scales the NVMM frame to it and videoconvert
+    (CPU) only repacks frames of that size; the sensor mode stays as asked. open_source
+    hands the size to the pipeline it opens."""
+    from dmgrd_edge.runtime import sources
+
+    opened = []
+
+    class FakeCapture:
+        def __init__(self, pipeline, api):
+            opened.append((pipeline, api))
+
+        def isOpened(self):
+            return True
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sources, "gstreamer_available", lambda: True)
+    monkeypatch.setattr(sources.cv2, "VideoCapture", FakeCapture)
+    open_source(parse_uri("csi://0"), (64, 48)).close()
+    assert opened == [(csi_pipeline(parse_uri("csi://0"), (64, 48)), cv2.CAP_GSTREAMER)]
+    text = csi_pipeline(parse_uri("csi://1", 1920, 1080, 30), (256, 224))
+    steps = [step.strip() for step in text.split("!")]
+    assert steps[1] == "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1"
+    scaled = steps.index("video/x-raw,width=256,height=224,format=BGRx")
+    assert steps[scaled - 1] == "nvvidconv" and steps[scaled + 1] == "videoconvert"
+    assert [s for s in steps if s.startswith("video/x-raw,") and "width" in s] == [steps[scaled]]
+
+
 def test_video_file_source_reads_every_frame(video):
     path, truth = video
     source = VideoCaptureSource(parse_uri(str(path)))
