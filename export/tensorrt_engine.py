@@ -6,14 +6,13 @@ Precision handling (see docs/TENSORRT.md):
 - fp16: TensorRT <= 10 builds the fp32 graph with the FP16 flag; TensorRT 11 (no precision
   flags, always strongly typed) needs the FP16-typed graph ``model.fp16.onnx``.
 - fp32: the fp32 graph, no flags.
-Engines are named by precision, GPU and TensorRT version; they are not portable.
+Engines are named by precision, GPU (gpu_name, the same at build and at run) and
+TensorRT version; they are not portable.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from .options import BatchProfile
 from .precision import keep_fp32
 
 ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+BOARD_MODEL = Path("/proc/device-tree/model")  # a Jetson's board name (device tree)
 
 
 class EngineError(DmgrdError):
@@ -46,27 +46,26 @@ def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def gpu_name() -> str | None:
-    """The CUDA device's name without torch: pycuda, nvidia-smi, or the Jetson's device tree."""
+def gpu_name() -> str:
+    """The device's name as engines record it at build and are matched against at run: the
+    name CUDA gives device 0 (the device TensorRT and the backend use, read through pycuda),
+    and on a Jetson the board's model after it (every Orin module's GPU is called "Orin").
+    One way only, so a build and a run on the same device always agree; without pycuda or a
+    CUDA device it raises."""
     try:
         import pycuda.driver as cuda  # noqa: PLC0415
-
+    except ImportError as exc:
+        raise EngineError("pycuda is not installed; engines are named and matched by the CUDA "
+                          "device it reports", "pip install pycuda (on a Jetson in the venv made "
+                          "with --system-site-packages)") from exc
+    try:
         cuda.init()
-        return cuda.Device(0).name()
-    except Exception:  # noqa: BLE001 - any failure means "try the next way"
-        pass
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    model = Path("/proc/device-tree/model")
-    if model.is_file():
-        return model.read_text(errors="ignore").strip("\x00 \n")
-    return None
+        name = str(cuda.Device(0).name()).strip()
+    except cuda.Error as exc:
+        raise EngineError(f"no usable CUDA device ({exc})", "check the NVIDIA driver and that "
+                          "this user may use the GPU (group video)") from exc
+    board = BOARD_MODEL.read_text(errors="ignore").strip("\x00 \n") if BOARD_MODEL.is_file() else ""
+    return f"{name} ({board})" if board and board != name else name
 
 
 def slug(text: str) -> str:
@@ -119,7 +118,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     """Build, serialise and write an engine into the bundle; returns its manifest entry."""
     trt = import_tensorrt()
     version, major = trt.__version__, trt_major(trt.__version__)
-    gpu = gpu_name() or "unknown-gpu"
+    gpu = gpu_name()
     onnx_path, fp16_flag = onnx_for(request, major)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -99,9 +99,12 @@ def device_info() -> dict:
         info["cuda_driver"] = str(cuda.get_driver_version())
     except Exception:  # noqa: BLE001
         info["cuda_driver"] = None
-    from dmgrd_edge.export.tensorrt_engine import gpu_name
+    from dmgrd_edge.export.tensorrt_engine import EngineError, gpu_name
 
-    info["gpu"] = gpu_name()
+    try:
+        info["gpu"] = gpu_name()  # the name engines are built and matched with
+    except EngineError:
+        info["gpu"] = None  # no pycuda or no CUDA device
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
         info["jetson"] = {"l4t": parse_l4t(release.read_text()),

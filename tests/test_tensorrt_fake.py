@@ -149,3 +149,32 @@ def test_fake_enforces_the_bindings_rules(bundle):
         trt.OnnxParser(network, logger).parse_from_file(str(bundle / "model.onnx"))
         with pytest.raises(AttributeError):
             network.get_layer(0).precision = trt.float32
+
+
+def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatch):
+    """On a Jetson the engine's device name is CUDA's name plus the board model, the same at
+    build and at run; without pycuda there is no second way that could disagree."""
+    import sys
+
+    from dmgrd_edge.export import tensorrt_engine
+    from dmgrd_edge.runtime import device_info
+    from dmgrd_edge.runtime.select import _engine_for
+
+    board = tmp_path / "model"
+    board.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    monkeypatch.setattr(tensorrt_engine, "BOARD_MODEL", board)
+    with installed("10.3.0"):
+        name, info = build(bundle, "int8")
+        assert (
+            info["gpu"]
+            == tensorrt_engine.gpu_name()
+            == "Orin (NVIDIA Jetson AGX Orin Developer Kit)"
+        )
+        assert (
+            name == "engines/model.int8.orin-nvidia-jetson-agx-orin-developer-kit.trt10.3.0.engine"
+        )
+        assert device_info.device_info()["gpu"] == info["gpu"]
+        assert _engine_for(register(bundle, name, info), "int8")[0] == name
+        monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+        with pytest.raises(EngineError, match="pycuda is not installed"):
+            tensorrt_engine.gpu_name()
