@@ -96,6 +96,73 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 # -- building -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_build_per_version_and_precision(fake, bundle, precision):
+    """Each version gets the flags it knows (EXPLICIT_BATCH below 10 only, STRONGLY_TYPED for
+    INT8 on 10, nothing deprecated on 11), the right graph, and pins only where it may."""
+    trt, _ = fake
+    major = int(trt.__version__.split(".")[0])
+    name, info = build(bundle, precision)
+    built = plan(bundle, name)
+    assert trt.fake.errors == [] and trt.fake.deprecated == []
+    assert (
+        name == f"engines/model.{precision}.orin.trt{trt.__version__}.engine"
+        and info["gpu"] == "Orin"
+    )
+    assert (
+        info["onnx"]
+        == {
+            "fp32": "model.onnx",
+            "int8": "model.int8.onnx",
+            "fp16": "model.fp16.onnx" if major >= 11 else "model.onnx",
+        }[precision]
+    )
+    assert (
+        built["strongly_typed"]
+        == info["strongly_typed"]
+        == (major >= 11 or (major == 10 and precision == "int8"))
+    )
+    assert built["profiles"] == [
+        {"image": [[1, 3, SIZE, SIZE], [1, 3, SIZE, SIZE], [8, 3, SIZE, SIZE]]}
+    ]
+    flags = set(built["flags"])
+    if built["strongly_typed"]:
+        assert not flags & {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} and built["pinned"] == []
+    elif precision == "fp32":
+        assert not flags & {"FP16", "INT8"} and built["pinned"] == []
+    else:
+        assert "OBEY_PRECISION_CONSTRAINTS" in flags and ("INT8" in flags) == (precision == "int8")
+        assert built["pinned"], "memory selection, MSFF, bottleneck and head stay fp32"
+    assert (bundle / "engines" / f"timing.orin.trt{trt.__version__}.cache").is_file()
+
+
+def test_int8_on_86_pins_no_qdq_layer_and_no_quantized_layer(bundle):
+    """8.6 builds the Q/DQ graph with INT8+FP16 flags: the fp32 pins skip Quantize/Dequantize
+    layers and every layer a Dequantize feeds (the quantized convolutions)."""
+    with installed("8.6.2.3") as (trt, _):
+        name, _ = build(bundle, "int8")
+    graph = onnx.load(bundle / "model.int8.onnx").graph
+    producer = {out: node for node in graph.node for out in node.output}
+    nodes = {node.name: node for node in graph.node}
+    pinned = set(plan(bundle, name)["pinned"])
+    fed_by_dq = {
+        n.name
+        for n in graph.node
+        if any(
+            producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+            for i in n.input
+        )
+    }
+    assert pinned and not pinned & fed_by_dq
+    assert not any(
+        nodes[n].op_type in ("QuantizeLinear", "DequantizeLinear") for n in pinned if n in nodes
+    )
+    assert any(
+        nodes[n].op_type == "Conv" for n in fed_by_dq if keep_fp32(n, fp16=True)
+    )  # there were some
+    assert all(keep_fp32(n, fp16=True) for n in pinned)
+
+
 def test_fake_enforces_the_bindings_rules(bundle):
     """The fake is strict where TensorRT is: so a green build above means something."""
     with installed("8.6.2.3") as (trt, _):
@@ -151,6 +218,15 @@ def test_fake_enforces_the_bindings_rules(bundle):
             network.get_layer(0).precision = trt.float32
 
 
+def test_tensorrt_below_86_is_refused(bundle):
+    """JetPack 5 (TensorRT 8.5, Python 3.8): building refuses it, naming JetPack 6."""
+    with installed("8.6.2.3") as (trt, _):
+        trt.__version__ = "8.5.2.2"
+        with pytest.raises(EngineError, match="8.5.2.2 is too old") as info:
+            build(bundle, "int8")
+        assert "JetPack 6" in info.value.fix
+
+
 def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatch):
     """On a Jetson the engine's device name is CUDA's name plus the board model, the same at
     build and at run; without pycuda there is no second way that could disagree."""
@@ -178,3 +254,9 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
         monkeypatch.setitem(sys.modules, "pycuda.driver", None)
         with pytest.raises(EngineError, match="pycuda is not installed"):
             tensorrt_engine.gpu_name()
+
+
+def test_dla_build_needs_cores_the_device_has(bundle):
+    with installed("11.1.0"):  # no DLA in TensorRT 11.0-11.3 on JetPack
+        with pytest.raises(EngineError, match="DLA core 0 asked for, this device has 0"):
+            build(bundle, "int8", BatchProfile(1, 1, 1), dla_core=0)
