@@ -321,7 +321,10 @@ def run(
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
     pipeline.install_signal_handlers()
-    code = pipeline.run(capture)
+    try:
+        code = pipeline.run(capture)
+    finally:
+        chosen.close()  # TensorRT: buffers, context and engine freed before the CUDA context goes
     if code:
         raise SystemExit(code)
 
@@ -406,7 +409,10 @@ def calibrate_threshold(
     chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
     # CSI frames scaled to the input size, as in `run`
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
-    scores = score_source(source_handle, chosen, make_preprocess(loaded), batch, max_frames)
+    try:
+        scores = score_source(source_handle, chosen, make_preprocess(loaded), batch, max_frames)
+    finally:
+        chosen.close()
     before = loaded.threshold_for(chosen.bundle_file)
     _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=console.print)
     console.print(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "

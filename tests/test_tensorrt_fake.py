@@ -219,12 +219,16 @@ def test_fake_enforces_the_bindings_rules(bundle):
 
 
 def test_tensorrt_below_86_is_refused(bundle):
-    """JetPack 5 (TensorRT 8.5, Python 3.8): building refuses it, naming JetPack 6."""
+    """JetPack 5 (TensorRT 8.5, Python 3.8): building and running refuse it, naming JetPack 6."""
+    from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
+
     with installed("8.6.2.3") as (trt, _):
         trt.__version__ = "8.5.2.2"
         with pytest.raises(EngineError, match="8.5.2.2 is too old") as info:
             build(bundle, "int8")
         assert "JetPack 6" in info.value.fix
+        with pytest.raises(EngineError, match="too old"):
+            TensorRTBackend(bundle / "model.onnx", "int8", 1)
 
 
 def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatch):
@@ -260,3 +264,230 @@ def test_dla_build_needs_cores_the_device_has(bundle):
     with installed("11.1.0"):  # no DLA in TensorRT 11.0-11.3 on JetPack
         with pytest.raises(EngineError, match="DLA core 0 asked for, this device has 0"):
             build(bundle, "int8", BatchProfile(1, 1, 1), dla_core=0)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize(
+    "profile", [BatchProfile(4, 4, 4), BatchProfile(1, 4, 8)], ids=["fixed4", "dyn1-8"]
+)
+def test_backend_runs_batches_inside_the_profile_and_refuses_others(
+    fake, bundle, precision, profile
+):
+    """The backend reads the profile at load: batch 1/4/8 run when inside it (outputs as the
+    engine computes them), and a --batch outside it is refused naming the range and the fix."""
+    from dmgrd_edge.runtime.select import create_backend
+
+    trt, _ = fake
+    loaded = register(bundle, *build(bundle, precision, profile))
+    for batch in (1, 4, 8):
+        if not profile.min <= batch <= profile.max:
+            with pytest.raises(
+                ConfigError, match=f"takes batches of {profile.min} to {profile.max}"
+            ) as info:
+                create_backend(loaded, "tensorrt", precision, max_batch=batch, log=lambda _: None)
+            assert "--batch" in info.value.fix and "build-engine" in info.value.fix
+            continue
+        backend = create_backend(loaded, "tensorrt", precision, max_batch=batch, log=lambda _: None)
+        assert backend.describe()["batch_range"] == [profile.min, profile.max]
+        for n in (batch, 1, batch + 3):  # full, short (padded to the minimum) and split calls
+            x = images(n, seed=n)
+            amap, score = backend.infer(x)
+            want_map, want_score = expected(x)
+            assert amap.shape == (n, 1, SIZE, SIZE) and score.shape == (n,)
+            np.testing.assert_allclose(amap, want_map, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(score, want_score, rtol=1e-6, atol=1e-6)
+        backend.close()
+    assert trt.fake.errors == []
+
+
+def test_refused_input_shape_is_an_error_not_a_wrong_answer(bundle):
+    from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    with installed("10.3.0"):
+        name, _ = build(bundle, "fp32", BatchProfile(1, 4, 8))
+        backend = TensorRTBackend(bundle / name, "fp32", 8)
+        backend.context.set_input_shape = lambda *_: False  # TensorRT says no
+        with pytest.raises(BackendError, match="refused a batch of 2") as info:
+            backend.infer(images(2))
+        assert "--batch from 1 to 8" in info.value.fix
+        backend.close()
+
+
+def test_truncated_engine_is_refused_with_the_rebuild(fake, bundle):
+    from dmgrd_edge.runtime.select import create_backend
+    from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    from dmgrd_edge.bundle import BundleError
+
+    name, info = build(bundle, "int8")
+    loaded = register(bundle, name, info)
+    data = (bundle / name).read_bytes()
+    (bundle / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        BundleError, match="truncated or replaced"
+    ):  # the manifest's size catches it first
+        create_backend(loaded, "tensorrt", "int8", max_batch=1, log=lambda _: None)
+    with pytest.raises(BackendError, match="cannot load .*truncated") as err:
+        TensorRTBackend(bundle / name, "int8", 1)
+    assert "dmgrd-edge build-engine" in err.value.fix
+    cuda = fake[1]
+    assert cuda.gpu.memory == {}  # nothing left allocated by the failed load
+
+
+def test_mismatched_engine_is_refused(bundle):
+    """Built with another TensorRT, on another GPU, or for another image size: refused with
+    the rebuild command (auto says why it takes ONNX Runtime instead)."""
+    from dmgrd_edge.runtime.select import create_backend
+    from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    with installed("10.3.0"):
+        name, info = build(bundle, "int8")
+    loaded = register(bundle, name, info)
+    with installed("8.6.2.3"):
+        with pytest.raises(
+            EngineError, match="built with TensorRT 10.3.0, this machine has 8.6.2.3"
+        ):
+            create_backend(loaded, "tensorrt", "int8", max_batch=1, log=lambda _: None)
+        with pytest.raises(BackendError, match="cannot load"):
+            TensorRTBackend(bundle / name, "int8", 1)  # the plan itself is refused too
+        notes = []
+        backend = create_backend(loaded, "auto", "int8", max_batch=1, log=notes.append)
+        assert backend.name == "onnxruntime" and "built with TensorRT 10.3.0" in notes[0]
+    with installed("10.3.0", FakeGPU("NVIDIA GeForce RTX 4090", dla_cores=0)):
+        with pytest.raises(
+            EngineError, match="built for GPU 'Orin', this machine has 'NVIDIA GeForce RTX 4090'"
+        ):
+            create_backend(loaded, "tensorrt", "int8", max_batch=1, log=lambda _: None)
+    with installed("10.3.0"):
+        with pytest.raises(BackendError, match="takes 64x64 images, the bundle's model 32x32"):
+            TensorRTBackend(bundle / name, "int8", 1, image_size=(32, 32))
+
+
+@pytest.mark.parametrize("version", ["8.6.2.3", "10.3.0"])
+def test_dla_engine_runs_on_the_core_it_was_built_for(bundle, version):
+    from dmgrd_edge.runtime.select import create_backend
+
+    with installed(version) as (trt, _):
+        name, info = build(bundle, "int8", BatchProfile(1, 1, 1), dla_core=1)
+        assert name.startswith("engines/model.int8.dla1.") and info["dla_core"] == 1
+        backend = create_backend(
+            register(bundle, name, info), "tensorrt", "int8", max_batch=1, log=lambda _: None
+        )
+        runtime = trt.fake.runtimes[-1]
+        assert runtime.DLA_core == 1 and trt.fake.engines[-1]().dla_core_in_use == 1
+        backend.infer(images(1))
+        backend.close()
+    with installed(version, FakeGPU(dla_cores=1)):  # a module with one DLA core
+        with pytest.raises(BackendError, match="built for DLA core 1, this device has 1 DLA cores"):
+            create_backend(
+                register(bundle, name, info), "tensorrt", "int8", max_batch=1, log=lambda _: None
+            )
+
+
+def test_close_frees_buffers_then_context_then_engine(fake, bundle):
+    """pycuda.autoprimaryctx (the device's primary context), never autoinit; close() frees
+    every device and page-locked buffer and drops context and engine; calls after it fail."""
+    from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
+
+    trt, cuda = fake
+    name, _ = build(bundle, "fp16")
+    backend = TensorRTBackend(bundle / name, "fp16", 4)
+    assert cuda.imported == ["pycuda.autoprimaryctx"] and "push primary context" in cuda.gpu.log
+    backend.infer(images(3))
+    context, engine = weakref.ref(backend.context), weakref.ref(backend.engine)
+    assert len(cuda.gpu.memory) == 3
+    start = len(cuda.gpu.log)
+    backend.close()
+    assert cuda.gpu.memory == {} and cuda.gpu.log[start:] == ["free", "free host"] * 3
+    assert context() is None and engine() is None and backend.runtime is None
+    backend.close()  # twice is fine
+    with pytest.raises(BackendError, match="closed"):
+        backend.infer(images(1))
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def test_cli_build_engine_bench_and_report(fake, bundle, tmp_path):
+    """`dmgrd-edge build-engine`, `dmgrd-edge bench --backend tensorrt` and `dmgrd-edge report`
+    through the CLI on the fake: the engine is registered, benched on the device's name, and a
+    bench batch outside the engine's profile is refused."""
+    from typer.testing import CliRunner
+
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.cli import app
+
+    trt, cuda = fake
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "build-engine",
+            str(bundle),
+            "--precision",
+            "int8",
+            "--batch",
+            "1:2:4",
+            "--workspace",
+            "256M",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    engines = load_bundle(bundle).files(kind="engine")
+    assert engines == [f"engines/model.int8.orin.trt{trt.__version__}.engine"]
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(bundle),
+            "--backend",
+            "tensorrt",
+            "--precision",
+            "int8",
+            "--batch",
+            "1,4",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(out.read_text())
+    assert recorded["backend"]["backend"] == "tensorrt" and recorded["backend"]["batch_range"] == [
+        1,
+        4,
+    ]
+    assert recorded["device"]["gpu"] == "Orin" and recorded["device"]["tensorrt"] == trt.__version__
+    assert [row["batch"] for row in recorded["latency"]] == [
+        1,
+        4,
+    ] and cuda.gpu.memory == {}  # closed
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(bundle),
+            "--backend",
+            "tensorrt",
+            "--batch",
+            "1,8",
+            "--runs",
+            "1",
+            "--out",
+            str(tmp_path / "no.json"),
+        ],
+    )
+    assert (
+        isinstance(result.exception, ConfigError)
+        and "takes batches of 1 to 4" in result.exception.problem
+    )
+    result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "## Orin" in (tmp_path / "report" / "report.md").read_text()
