@@ -491,3 +491,15 @@ def test_cli_build_engine_bench_and_report(fake, bundle, tmp_path):
     result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert "## Orin" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_bench_refuses_batches_below_the_profile(bundle):
+    """bench measures the batch sizes asked for or none: a batch below the engine's minimum
+    would be padded and measured as a larger one."""
+    from dmgrd_edge.runtime.bench import run_bench
+
+    with installed("10.3.0") as (_, cuda):
+        register(bundle, *build(bundle, "fp32", BatchProfile(2, 2, 4)))
+        with pytest.raises(ConfigError, match=r"takes batches of 2 to 4, not \[1\]"):
+            run_bench(bundle, "tensorrt", "fp32", (1, 4), warmup=0, runs=1, log=lambda _: None)
+        assert cuda.gpu.memory == {}  # closed on the way out
