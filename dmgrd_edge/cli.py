@@ -348,7 +348,8 @@ def run(
     in_flight = parse_workers(workers)
     spec = parse_uri(source, input_width, input_height, input_fps, loop)
     loaded = load_bundle(bundle)
-    source_handle = open_source(spec)  # a wrong source or sink is reported before the model loads
+    # a wrong source or sink is reported before the model loads; CSI frames come at the input size
+    source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     sinks: list = []
     try:
         for uri in sink:
@@ -369,7 +370,10 @@ def run(
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
     pipeline.install_signal_handlers()
-    code = pipeline.run(capture)
+    try:
+        code = pipeline.run(capture)
+    finally:
+        chosen.close()  # TensorRT: buffers, context and engine freed before the CUDA context goes
     if code:
         raise SystemExit(code)
 
@@ -458,7 +462,12 @@ def calibrate_threshold(
         raise ConfigError("a live source needs --max-frames", "e.g. --max-frames 2000")
     loaded = load_bundle(bundle)
     chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
-    scores = score_source(open_source(spec), chosen, make_preprocess(loaded), batch, max_frames)
+    # CSI frames scaled to the input size, as in `run`
+    source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
+    try:
+        scores = score_source(source_handle, chosen, make_preprocess(loaded), batch, max_frames)
+    finally:
+        chosen.close()
     before = loaded.threshold_for(chosen.bundle_file)
     _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=console.print)
     console.print(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "

@@ -59,9 +59,21 @@ def _device_label(device: dict, backend: dict) -> str:
     label = str(device.get("gpu") if on_gpu and device.get("gpu") else device.get("cpu") or "unknown device")
     jetson = device.get("jetson") or {}
     if jetson:
-        mode = (jetson.get("nvpmodel") or "").splitlines()
-        label += f" ({jetson.get('l4t', 'Jetson')}{', ' + mode[0] if mode else ''})"
+        mode = _power_mode(jetson.get("nvpmodel"))
+        label += f" ({jetson.get('l4t', 'Jetson')}{', ' + mode if mode else ''})"
     return label
+
+
+def _power_mode(nvpmodel: dict | str | None) -> str:
+    """The power mode's name from a bench JSON: parsed ({"mode", "id", "raw"}, written since
+    the device record parses `nvpmodel -q`) or the raw text (older results); the same name
+    for both, so one device's results stay together."""
+    if isinstance(nvpmodel, dict):
+        if nvpmodel.get("mode"):
+            return str(nvpmodel["mode"])
+        nvpmodel = nvpmodel.get("raw")
+    lines = str(nvpmodel or "").strip().splitlines()
+    return lines[0].removeprefix("NV Power Mode:").strip() if lines else ""
 
 
 def load_result(path: Path) -> Variant:

@@ -1,19 +1,19 @@
 """ONNX -> TensorRT engine, for TensorRT 8.6, 10.x and 11.x. Torch-free: runs on the Jetson.
 
-Precision handling (see docs/TENSORRT.md):
+Precision handling:
 - int8: the Q/DQ graph. TensorRT >= 10 builds it strongly typed; 8.6 with the INT8 and
-  FP16 builder flags.
+  FP16 builder flags, the layers of precision.py pinned to fp32 except Q/DQ layers and the
+  layers a Dequantize feeds (see pin_fp32_layers).
 - fp16: TensorRT <= 10 builds the fp32 graph with the FP16 flag; TensorRT 11 (no precision
   flags, always strongly typed) needs the FP16-typed graph ``model.fp16.onnx``.
 - fp32: the fp32 graph, no flags.
-Engines are named by precision, GPU and TensorRT version; they are not portable.
+Engines are named by precision, GPU (gpu_name, the same at build and at run) and TensorRT
+version; they are not portable. TensorRT below 8.6 (JetPack 5) is refused.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ from .options import BatchProfile
 from .precision import keep_fp32
 
 ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+MIN_TENSORRT = (8, 6)
+BOARD_MODEL = Path("/proc/device-tree/model")  # a Jetson's board name (device tree)
 
 
 class EngineError(DmgrdError):
@@ -32,60 +34,74 @@ class EngineError(DmgrdError):
 
 
 def import_tensorrt():
+    """The tensorrt module, 8.6 or newer; a clear refusal otherwise."""
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError as exc:
         raise EngineError("TensorRT is not installed on this machine, so no engine can be built",
-                          "build on the target: on a Jetson use JetPack's python3-libnvinfer (venv with "
-                          "--system-site-packages), elsewhere pip install 'dmgrd-edge[tensorrt]'; then run "
-                          "`dmgrd-edge build-engine BUNDLE`") from exc
+                          "build on the target: on a Jetson use JetPack's python3-libnvinfer "
+                          "(venv with --system-site-packages), elsewhere pip install "
+                          "'dmgrd-edge[tensorrt]'; then `dmgrd-edge build-engine BUNDLE`") from exc
+    if trt_version(trt.__version__) < MIN_TENSORRT:
+        raise EngineError(f"TensorRT {trt.__version__} is too old: dmgrd-edge needs 8.6 or newer",
+                          "JetPack 5 (TensorRT 8.5, Python 3.8) is not supported; flash JetPack 6 "
+                          "(TensorRT 8.6 or 10.x, Python 3.10), or use --backend onnxruntime")
     return trt
 
 
+def trt_version(version: str) -> tuple[int, int]:
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if not found:
+        raise EngineError(f"cannot read the TensorRT version {version!r}", "reinstall TensorRT")
+    return int(found.group(1)), int(found.group(2))
+
+
 def trt_major(version: str) -> int:
-    return int(version.split(".")[0])
+    return trt_version(version)[0]
 
 
-def gpu_name() -> str | None:
-    """The CUDA device's name without torch: pycuda, nvidia-smi, or the Jetson's device tree."""
+def gpu_name() -> str:
+    """The device's name as engines record it at build and are matched against at run: the
+    name CUDA gives device 0 (the device TensorRT and the backend use, read through pycuda),
+    and on a Jetson the board's model after it (every Orin module's GPU is called "Orin").
+    One way only, so a build and a run on the same device always agree; without pycuda or a
+    CUDA device it raises."""
     try:
         import pycuda.driver as cuda  # noqa: PLC0415
-
+    except ImportError as exc:
+        raise EngineError("pycuda is not installed; engines are named and matched by the CUDA "
+                          "device it reports", "pip install pycuda (on a Jetson in the venv made "
+                          "with --system-site-packages)") from exc
+    try:
         cuda.init()
-        return cuda.Device(0).name()
-    except Exception:  # noqa: BLE001 - any failure means "try the next way"
-        pass
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    model = Path("/proc/device-tree/model")
-    if model.is_file():
-        return model.read_text(errors="ignore").strip("\x00 \n")
-    return None
+        name = str(cuda.Device(0).name()).strip()
+    except cuda.Error as exc:
+        raise EngineError(f"no usable CUDA device ({exc})", "check the NVIDIA driver and that "
+                          "this user may use the GPU (group video)") from exc
+    board = BOARD_MODEL.read_text(errors="ignore").strip("\x00 \n") if BOARD_MODEL.is_file() else ""
+    return f"{name} ({board})" if board and board != name else name
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def engine_file_name(precision: str, gpu: str, trt_version: str, dla_core: int | None = None) -> str:
+def engine_file_name(precision: str, gpu: str, trt_version: str,
+                     dla_core: int | None = None) -> str:
     dla = f".dla{dla_core}" if dla_core is not None else ""
     return f"engines/model.{precision}{dla}.{slug(gpu)}.trt{trt_version}.engine"
 
 
 def check_engine_matches(entry: dict, gpu: str | None, trt_version: str, name: str) -> None:
     """Raise with rebuild instructions when an engine was built for another GPU or TensorRT."""
-    fix = f"rebuild it here: dmgrd-edge build-engine BUNDLE --precision {entry.get('precision', 'int8')}"
+    precision = entry.get("precision", "int8")
+    fix = f"rebuild it here: dmgrd-edge build-engine BUNDLE --precision {precision}"
     if entry.get("trt_version") != trt_version:
-        raise EngineError(f"engine {name} was built with TensorRT {entry.get('trt_version')}, this machine has "
-                          f"{trt_version}", fix)
+        raise EngineError(f"engine {name} was built with TensorRT {entry.get('trt_version')}, "
+                          f"this machine has {trt_version}", fix)
     if gpu is not None and entry.get("gpu") != gpu:
-        raise EngineError(f"engine {name} was built for GPU {entry.get('gpu')!r}, this machine has {gpu!r}", fix)
+        raise EngineError(f"engine {name} was built for GPU {entry.get('gpu')!r}, "
+                          f"this machine has {gpu!r}", fix)
 
 
 @dataclass
@@ -104,36 +120,48 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
         if major >= 11:
             path = request.bundle / "model.fp16.onnx"
             if not path.is_file():
-                raise EngineError("TensorRT 11 builds FP16 only from an FP16-typed graph, and the bundle has none",
-                                  "re-export with `dmgrd-edge export CKPT --fp16`")
+                raise EngineError("TensorRT 11 builds FP16 only from an FP16-typed graph, and the "
+                                  "bundle has none", "re-export with `dmgrd-edge export --fp16`")
             return path, False
         return request.bundle / "model.onnx", True
     path = request.bundle / ONNX_FOR_PRECISION[request.precision]
     if not path.is_file():
         raise EngineError(f"the bundle has no {path.name} for a {request.precision} engine",
-                          "re-export with --int8" if request.precision == "int8" else "re-export the bundle")
+                          "re-export with --int8" if request.precision == "int8"
+                          else "re-export the bundle")
     return path, False
+
+
+def network_flags(trt, major: int, precision: str) -> tuple[int, bool]:
+    """(create_network flags, strongly typed). INT8 is strongly typed where TensorRT has the
+    flag (>= 10); 11 is always strongly typed and has deprecated the flag; below 10 the ONNX
+    parser needs EXPLICIT_BATCH, which 10 deprecated and 11 removed."""
+    creation = trt.NetworkDefinitionCreationFlag
+    strongly_typed = major >= 11 or (precision == "int8" and hasattr(creation, "STRONGLY_TYPED"))
+    flags = 0
+    if strongly_typed and major < 11:
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    if major < 10:
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    return flags, strongly_typed
 
 
 def build_engine(request: EngineRequest, log=print) -> dict:
     """Build, serialise and write an engine into the bundle; returns its manifest entry."""
     trt = import_tensorrt()
     version, major = trt.__version__, trt_major(trt.__version__)
-    gpu = gpu_name() or "unknown-gpu"
+    gpu = gpu_name()
     onnx_path, fp16_flag = onnx_for(request, major)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    creation = trt.NetworkDefinitionCreationFlag
-    strongly_typed = hasattr(creation, "STRONGLY_TYPED") and (major >= 11 or request.precision == "int8")
-    flags = 1 << int(creation.STRONGLY_TYPED) if strongly_typed else 0
-    if major < 10:
-        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    flags, strongly_typed = network_flags(trt, major, request.precision)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
-                          "re-export the bundle with this dmgrd-edge; the graph check should have caught this")
+                          "re-export the bundle with this dmgrd-edge; the graph check should have "
+                          "caught this")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
     if not strongly_typed:
@@ -145,45 +173,69 @@ def build_engine(request: EngineRequest, log=print) -> dict:
         if request.precision in ("int8", "fp16"):
             pinned = pin_fp32_layers(trt, network)
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, scoring head)")
-    size = request.image_size
-    profile = builder.create_optimization_profile()
-    b = request.batch
-    profile.set_shape("image", (b.min, 3, size, size), (b.opt, 3, size, size), (b.max, 3, size, size))
-    config.add_optimization_profile(profile)
+            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, head)")
+    add_batch_profile(builder, config, request, version)
     if request.dla_core is not None:
         if builder.num_DLA_cores <= request.dla_core:
-            raise EngineError(f"DLA core {request.dla_core} asked for, this device has {builder.num_DLA_cores}",
+            raise EngineError(f"DLA core {request.dla_core} asked for, this device has "
+                              f"{builder.num_DLA_cores} DLA cores",
                               "drop --dla-core or pick a core below that number")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = request.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     cache_path = request.bundle / "engines" / f"timing.{slug(gpu)}.trt{version}.cache"
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"building {request.precision} engine with TensorRT {version} on {gpu} (this takes minutes)")
+    cached = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cached)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError(f"the timing cache {cache_path.name} does not match this device or "
+                          f"TensorRT {version}", f"delete {cache_path} and build again")
+    log(f"building {request.precision} engine with TensorRT {version} on {gpu} (takes minutes)")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT {version} failed to build the {request.precision} engine",
-                          "see the TensorRT log above; try a larger --workspace or another precision")
+                          "see the TensorRT log above; try a larger --workspace or another "
+                          "precision")
     name = engine_file_name(request.precision, gpu, version, request.dla_core)
     atomic_write_bytes(request.bundle / name, bytes(plan))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return {name: {"kind": "engine", "precision": request.precision, "gpu": gpu, "trt_version": version,
-                   "onnx": onnx_path.name, "strongly_typed": strongly_typed, "batch": str(request.batch),
-                   "dla_core": request.dla_core, "build_seconds": time.perf_counter() - started}}
+    return {name: {"kind": "engine", "precision": request.precision, "gpu": gpu,
+                   "trt_version": version, "onnx": onnx_path.name, "strongly_typed": strongly_typed,
+                   "batch": str(request.batch), "dla_core": request.dla_core,
+                   "build_seconds": time.perf_counter() - started}}
+
+
+def add_batch_profile(builder, config, request: EngineRequest, version: str) -> None:
+    """The optimization profile of input 'image': the batch range asked for, the fixed image
+    size. The backend reads it back at load (``get_tensor_profile_shape``)."""
+    size, b = request.image_size, request.batch
+    profile = builder.create_optimization_profile()
+    profile.set_shape("image", (b.min, 3, size, size), (b.opt, 3, size, size),
+                      (b.max, 3, size, size))
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError(f"TensorRT {version} rejected the batch profile {b} for input 'image'",
+                          "give --batch N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
 
 
 def pin_fp32_layers(trt, network) -> int:
     """With the FP16 flag TensorRT may run any layer in fp16; pin the layers that must stay
-    fp32 (see precision.py). Layer names are the ONNX node names."""
+    fp32 (see precision.py). Layer names are the ONNX node names. Left alone: Quantize and
+    Dequantize layers (a Dequantize runs in INT8 only) and every layer a Dequantize feeds
+    (the quantized convolutions of the INT8 graph: a float pin there keeps TensorRT from
+    fusing them with their Q/DQ pair, and fails the build under OBEY_PRECISION_CONSTRAINTS)."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    dequantize, quantize = trt.LayerType.DEQUANTIZE, trt.LayerType.QUANTIZE
+    dequantized = {layer.get_output(j).name for layer in layers if layer.type == dequantize
+                   for j in range(layer.num_outputs)}
     pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if not keep_fp32(layer.name, fp16=True):
+    for layer in layers:
+        if not keep_fp32(layer.name, fp16=True) or layer.type in (quantize, dequantize):
             continue
-        floating = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        inputs = [layer.get_input(k) for k in range(layer.num_inputs)]
+        if any(tensor is not None and tensor.name in dequantized for tensor in inputs):
+            continue
+        floating = [j for j in range(layer.num_outputs)
+                    if layer.get_output(j).dtype in (trt.float32, trt.float16)]
         if not floating:
             continue
         layer.precision = trt.float32

@@ -23,6 +23,8 @@ class Backend(Protocol):
 
     def describe(self) -> dict: ...
 
+    def close(self) -> None: ...  # frees the session or engine; the backend is unusable after it
+
 
 def check_batch(batch: np.ndarray, height: int, width: int) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[1:] != (3, height, width):

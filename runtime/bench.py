@@ -16,6 +16,7 @@ from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image, read_mask
 from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
 
 from .device_info import device_info
@@ -108,7 +109,23 @@ def run_bench(bundle_path: Path, backend_name: str = "auto", precision: str = "a
     bundle = load_bundle(bundle_path)
     backend = create_backend(bundle, backend_name, precision, max_batch=max(batches), threads=threads, log=log,
                              workers=workers)
-    startup_s = time.perf_counter() - started
+    try:
+        startup_s = time.perf_counter() - started
+        return _measure(backend, bundle, bundle_path, batches, warmup, runs, data, dataset,
+                        category, startup_s, log)
+    finally:
+        backend.close()
+
+
+def _measure(backend, bundle, bundle_path: Path, batches, warmup: int, runs: int, data: Path | None,
+             dataset: str, category: str | None, startup_s: float, log) -> dict:
+    low, high = getattr(backend, "batch_range", (1, None))  # a TensorRT engine's profile
+    outside = [b for b in batches if b < low or (high is not None and b > high)]
+    if outside:
+        raise ConfigError(f"{backend.describe()['file']} takes batches of {low} to {high}, "
+                          f"not {outside}", f"give --batch sizes from {low} to {high}, or rebuild "
+                          "the engine with a profile that covers them (build-engine --batch "
+                          "MIN:OPT:MAX)")
     size = (bundle.preprocess.height, bundle.preprocess.width)
     rows = []
     for b in batches:

@@ -11,14 +11,41 @@ import subprocess
 from pathlib import Path
 
 
-def _run(cmd: list[str]) -> str | None:
+def _run(cmd: list[str]) -> tuple[int, str] | None:
+    """(exit status, stdout or else stderr) of a probe; None when it is not installed or
+    cannot be started."""
     if not shutil.which(cmd[0]):
         return None
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout or out.stderr).strip() or None
+    return out.returncode, (out.stdout or out.stderr).strip()
+
+
+def _output(cmd: list[str]) -> str | None:
+    """A probe's output when it ran and succeeded, else None."""
+    result = _run(cmd)
+    if result is None or result[0] != 0:
+        return None
+    return result[1] or None
+
+
+def jetson_clocks_state(euid: int | None = None) -> str:
+    """`jetson_clocks --show`, which reads the clock settings only as root. Without root, or
+    when it fails, the record says the state is unknown and why, instead of keeping the
+    tool's error text as if it were the clock state."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return ("unknown (jetson_clocks --show needs root: run `sudo jetson_clocks --show` to see "
+                "the clocks)")
+    result = _run(["jetson_clocks", "--show"])
+    if result is None:
+        return "unknown (jetson_clocks is not installed)"
+    code, text = result
+    if code != 0 or not text:
+        first = text.splitlines()[0] if text else "no output"
+        return f"unknown (jetson_clocks --show failed with exit status {code}: {first[:200]})"
+    return text[:4000]
 
 
 def cpu_model() -> str:
@@ -72,14 +99,17 @@ def device_info() -> dict:
         info["cuda_driver"] = str(cuda.get_driver_version())
     except Exception:  # noqa: BLE001
         info["cuda_driver"] = None
-    from dmgrd_edge.export.tensorrt_engine import gpu_name
+    from dmgrd_edge.export.tensorrt_engine import EngineError, gpu_name
 
-    info["gpu"] = gpu_name()
+    try:
+        info["gpu"] = gpu_name()  # the name engines are built and matched with
+    except EngineError:
+        info["gpu"] = None  # no pycuda or no CUDA device
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
-        clocks = _run(["jetson_clocks", "--show"])
-        info["jetson"] = {"l4t": parse_l4t(release.read_text()), "nvpmodel": parse_nvpmodel(_run(["nvpmodel", "-q"])),
-                          "jetson_clocks": clocks[:4000] if clocks else None}
+        info["jetson"] = {"l4t": parse_l4t(release.read_text()),
+                          "nvpmodel": parse_nvpmodel(_output(["nvpmodel", "-q"])),
+                          "jetson_clocks": jetson_clocks_state()}
         temps = sorted(Path("/sys/devices/virtual/thermal").glob("thermal_zone*/temp"))
         info["jetson"]["temperatures_c"] = {p.parent.name: int(p.read_text()) / 1000 for p in temps if p.is_file()}
     return info

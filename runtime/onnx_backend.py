@@ -65,6 +65,9 @@ class OnnxBackend:
         batch = check_batch(batch, self.height, self.width)
         return run_in_chunks(self._run, batch, self.fixed_batch, None)
 
+    def close(self) -> None:
+        self.session = None  # ONNX Runtime frees the session with its last reference
+
     def describe(self) -> dict:
         import onnxruntime as ort
 

@@ -114,12 +114,14 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
             if workers not in (None, 1):
                 raise ConfigError(f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
                                   "use --workers 1 or auto, or --backend onnxruntime")
-            chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch)
+            size = (bundle.preprocess.height, bundle.preprocess.width)
+            chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch,
+                                     entry.get("dla_core"), size)
             chosen.bundle_file, chosen.workers = name, 1
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
             return chosen
         except ConfigError:
-            raise  # the engine is usable, the request is not: no quiet fall-back to ONNX Runtime
+            raise  # a usable engine, a request it cannot take (--workers, --batch): no fall-back
         except Exception as exc:
             if backend == "tensorrt":
                 raise

@@ -137,18 +137,24 @@ def gstreamer_available() -> bool:
     return bool(match and match.group(1).upper() == "YES")
 
 
-def csi_pipeline(spec: SourceSpec) -> str:
+def csi_pipeline(spec: SourceSpec, frame_size: tuple[int, int] | None = None) -> str:
+    """nvarguscamerasrc at the sensor mode asked for (``--input-width/--input-height/--input-fps``);
+    with ``frame_size`` (width, height: the model's input), nvvidconv scales each frame to it
+    in NVMM memory on the Jetson's converter before the CPU sees it, so ``videoconvert`` (CPU)
+    only repacks BGRx to BGR on frames of that size, not on full sensor frames. Frames then
+    arrive at the model's size, and overlays, recordings and NG images are at that size too."""
     w, h, fps = spec.width or 1920, spec.height or 1080, int(spec.fps or 30)
+    scaled = f"width={frame_size[0]},height={frame_size[1]}," if frame_size else ""
     return (f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
-            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
-            "appsink drop=1 max-buffers=1")
+            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,{scaled}format=BGRx ! videoconvert ! "
+            "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1")
 
 
 class VideoCaptureSource:
     """OpenCV VideoCapture for cameras, streams, GStreamer pipelines and files."""
 
-    def __init__(self, spec: SourceSpec):
-        self.spec = spec
+    def __init__(self, spec: SourceSpec, frame_size: tuple[int, int] | None = None):
+        self.spec, self.frame_size = spec, frame_size
         self.live = self.camera = spec.camera
         self.cap: cv2.VideoCapture | None = None
         self.open()
@@ -164,7 +170,7 @@ class VideoCaptureSource:
             raise SourceError(f"video file not found: {spec.location}",
                               "check the path; for a camera give its index, /dev/videoN, csi://N or rtsp://...")
         if spec.kind == "csi":
-            cap = cv2.VideoCapture(csi_pipeline(spec), cv2.CAP_GSTREAMER)
+            cap = cv2.VideoCapture(csi_pipeline(spec, self.frame_size), cv2.CAP_GSTREAMER)
         elif spec.kind == "gst":
             cap = cv2.VideoCapture(spec.location, cv2.CAP_GSTREAMER)
         elif spec.kind == "v4l2":
@@ -294,7 +300,12 @@ class PacedSource:
         self.inner.close()
 
 
-def open_source(spec: SourceSpec):
-    """Factory keyed on the source kind."""
-    inner = ImageFolderSource(spec) if spec.kind == "images" else VideoCaptureSource(spec)
+def open_source(spec: SourceSpec, frame_size: tuple[int, int] | None = None):
+    """Factory keyed on the source kind. ``frame_size`` (the model's input, width and height)
+    lets a CSI camera scale frames on the Jetson's converter (see csi_pipeline); other
+    sources deliver frames at their own size."""
+    if spec.kind == "images":
+        inner = ImageFolderSource(spec)
+    else:
+        inner = VideoCaptureSource(spec, frame_size)
     return PacedSource(inner, spec.fps) if spec.fps is not None and not spec.camera else inner

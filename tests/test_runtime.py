@@ -82,6 +82,36 @@ def test_csi_pipeline_and_gstreamer_check():
             VideoCaptureSource(spec)
 
 
+def test_csi_pipeline_scales_on_the_converter_before_the_cpu_converts(monkeypatch):
+    """With the model's input size, nvvidconv scales the NVMM frame to it and videoconvert
+    (CPU) only repacks frames of that size; the sensor mode stays as asked. open_source
+    hands the size to the pipeline it opens."""
+    from dmgrd_edge.runtime import sources
+
+    opened = []
+
+    class FakeCapture:
+        def __init__(self, pipeline, api):
+            opened.append((pipeline, api))
+
+        def isOpened(self):
+            return True
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sources, "gstreamer_available", lambda: True)
+    monkeypatch.setattr(sources.cv2, "VideoCapture", FakeCapture)
+    open_source(parse_uri("csi://0"), (64, 48)).close()
+    assert opened == [(csi_pipeline(parse_uri("csi://0"), (64, 48)), cv2.CAP_GSTREAMER)]
+    text = csi_pipeline(parse_uri("csi://1", 1920, 1080, 30), (256, 224))
+    steps = [step.strip() for step in text.split("!")]
+    assert steps[1] == "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1"
+    scaled = steps.index("video/x-raw,width=256,height=224,format=BGRx")
+    assert steps[scaled - 1] == "nvvidconv" and steps[scaled + 1] == "videoconvert"
+    assert [s for s in steps if s.startswith("video/x-raw,") and "width" in s] == [steps[scaled]]
+
+
 def test_video_file_source_reads_every_frame(video):
     path, truth = video
     source = VideoCaptureSource(parse_uri(str(path)))
@@ -544,3 +574,35 @@ def test_bench_peak_memory_is_its_own_not_its_parents():
                                                check=True).stdout.split())
     assert ballast.sum() > 0 and own < 250
     assert own <= inherited
+
+
+def test_jetson_clocks_state_says_unknown_without_root(monkeypatch):
+    """`jetson_clocks --show` reads the clocks only as root: without root, or when it fails,
+    the device record says the state is unknown and why, never the tool's error text."""
+    import subprocess as sp
+
+    from dmgrd_edge.runtime import device_info
+
+    calls = []
+
+    def fake_run(cmd, **_):
+        calls.append(cmd)
+        return sp.CompletedProcess(cmd, reply[0], stdout=reply[1], stderr=reply[2])
+
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: name)
+    monkeypatch.setattr(device_info.subprocess, "run", fake_run)
+    reply = (0, "SOC family:tegra234  Machine:Jetson AGX Orin\nCPU Cluster Switching: Disabled\n",
+             "")
+    state = device_info.jetson_clocks_state(euid=1000)
+    assert state.startswith("unknown (jetson_clocks --show needs root")
+    assert not calls  # not even run without root
+    assert device_info.jetson_clocks_state(euid=0).startswith("SOC family:tegra234")
+    reply = (1, "", "Error: permission denied\n")
+    state = device_info.jetson_clocks_state(euid=0)
+    assert state.startswith("unknown (jetson_clocks --show failed with exit status 1")
+    assert "permission" in state
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: None)
+    assert device_info.jetson_clocks_state(euid=0) == "unknown (jetson_clocks is not installed)"
+    # nvpmodel's error text is not parsed as a power mode either
+    monkeypatch.setattr(device_info.shutil, "which", lambda name: name)
+    assert device_info._output(["nvpmodel", "-q"]) is None

@@ -217,3 +217,29 @@ def test_plot_numbers_the_points_when_names_do_not_fit(monkeypatch):
     with pytest.raises(DataError, match="pruned 75% .* even as a number") as info:
         tradeoff_plot.render([], ("pro_30",), {}, None, {}, "recommended")
     assert "fewer bench results" in str(info.value)
+
+
+@pytest.mark.parametrize("nvpmodel", [
+    {"mode": "MAXN", "id": 0, "raw": "NV Power Mode: MAXN\n0"},  # parsed, as bench writes it now
+    "NV Power Mode: MAXN\n0",  # the raw text older bench results carry
+    {"mode": None, "id": None, "raw": "NV Power Mode: MAXN\n0"},  # a form the parser did not know
+])
+def test_report_reads_jetson_results_with_either_power_mode_form(tmp_path, nvpmodel):
+    """`dmgrd-edge report` on results recorded on a Jetson: the parsed nvpmodel dict and the
+    older raw text give the same device label (no AttributeError on the dict)."""
+    import json
+
+    old = {"nvpmodel": "NV Power Mode: MAXN\n0", "l4t": "R36.3.0"}
+    paths = []
+    new = {"nvpmodel": nvpmodel, "l4t": "R36.3.0"}
+    for name, jetson, ms in (("new.json", new, 2.0), ("old.json", old, 3.0)):
+        data = {"latency": [{"batch": 1, "ms_p50": ms, "ms_p99": ms, "images_per_s": 1000 / ms}],
+                "backend": {"backend": "tensorrt", "file": f"engines/{name}.engine",
+                            "precision": "int8"},
+                "model": {"backbone": "efficientnet_lite0", "image_size": 256},
+                "device": {"cpu": "ARMv8", "gpu": "Orin", "jetson": jetson}}
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(data))
+    result = write_report(paths, tmp_path / "out")
+    assert {v.device for v in result["variants"]} == {"Orin (R36.3.0, MAXN)"}
+    assert "## Orin (R36.3.0, MAXN)" in result["paths"]["md"].read_text()
