@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
 TRAINED = {
     "rd": {"use_memory": False},
@@ -67,15 +67,27 @@ def machine() -> dict:
         pass
     import os
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
-def train_run(key: str, dataset_root: Path, category: str, steps: int, work: Path, threads: int,
-              console: Console) -> tuple[Path, dict]:
-    from dmgrd_edge.config import TrainConfig, model_config_from_options
+def train_run(
+    key: str,
+    dataset_root: Path,
+    category: str,
+    steps: int,
+    work: Path,
+    threads: int,
+    console: Console,
+) -> tuple[Path, dict]:
     from dmgrd_edge.train.loop import TrainJob
     from dmgrd_edge.train.trainer import train_category
+
+    from dmgrd_edge.config import TrainConfig, model_config_from_options
 
     out = work / f"r{steps}" / key / category
     summary_path = out / "train_summary.json"
@@ -85,7 +97,9 @@ def train_run(key: str, dataset_root: Path, category: str, steps: int, work: Pat
             return out / "last.pt", summary
     model_cfg = model_config_from_options(**TRAINED[key])
     train_cfg = TrainConfig(steps=steps, warmup_steps=min(100, steps), threads=threads)
-    job = TrainJob("mvtec", str(dataset_root), category, str(out), model_cfg, train_cfg, overwrite=True)
+    job = TrainJob(
+        "mvtec", str(dataset_root), category, str(out), model_cfg, train_cfg, overwrite=True
+    )
     t0 = time.perf_counter()
     summary = train_category(job, console)
     summary["wall_seconds"] = time.perf_counter() - t0
@@ -104,16 +118,19 @@ def evaluate(checkpoint: Path, console: Console) -> dict:
     from dmgrd_edge.train.evaluate import evaluate_checkpoint
 
     row = evaluate_checkpoint(checkpoint, device="cpu", console=console)["row"]
-    return {k: row[k] for k in ("i_auroc", "p_auroc", "pro_30", "pro_full", "ms_per_image") if k in row}
+    return {
+        k: row[k] for k in ("i_auroc", "p_auroc", "pro_30", "pro_full", "ms_per_image") if k in row
+    }
 
 
 def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     """Export with INT8 and evaluate the CPU INT8 form and the fp32 ONNX on the test split."""
-    from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.export.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
     from dmgrd_edge.runtime.bench import accuracy
     from dmgrd_edge.runtime.select import create_backend
+
+    from dmgrd_edge.bundle import load_bundle
 
     if not (bundle / "manifest.json").is_file():
         export_bundle(ExportOptions(checkpoint, bundle, int8=True), log=lambda m: console.print(m))
@@ -122,31 +139,48 @@ def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     result = {}
     for precision in ("fp32", "int8"):
         backend = create_backend(loaded, "onnxruntime", precision, log=lambda _: None)
-        acc = accuracy(backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8)
+        acc = accuracy(
+            backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8
+        )
         result[precision] = {k: acc[k] for k in ("i_auroc", "p_auroc", "pro_30")}
         result[f"{precision}_file"] = getattr(backend, "bundle_file", None)
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="folder for data, runs and bundles")
-    parser.add_argument("--photos", type=Path, help="photograph set (default: WORK/photos, built if missing)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--work", type=Path, required=True, help="folder for data, runs and bundles"
+    )
+    parser.add_argument(
+        "--photos", type=Path, help="photograph set (default: WORK/photos, built if missing)"
+    )
     parser.add_argument("--categories", default="brick,grass,gravel,coin")
-    parser.add_argument("--line", type=Path, help="generated line data (built if missing) for --line-categories")
+    parser.add_argument(
+        "--line", type=Path, help="generated line data (built if missing) for --line-categories"
+    )
     parser.add_argument("--line-categories", default="")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per training (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per training (0: default)"
+    )
     parser.add_argument("--runs", default=",".join(TRAINED), help="trained variants to include")
-    parser.add_argument("--int8", default="", help="categories whose default model is exported with INT8")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/detection_quality.json")
+    parser.add_argument(
+        "--int8", default="", help="categories whose default model is exported with INT8"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/detection_quality.json"
+    )
     args = parser.parse_args()
     console = Console(stderr=True)
     started = time.perf_counter()
 
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
     from dmgrd_edge.data.photos import build_photo_set
     from dmgrd_edge.data.synthetic import generate_line_data
-    from dmgrd_edge.train.rescore import rescore_checkpoint
 
     photos = args.photos or args.work / "photos"
     if not photos.exists():
@@ -164,7 +198,9 @@ def main() -> None:
         trained = {}
         for key in runs:
             console.print(f"[bold]{kind}/{category}: {key} ({args.steps} steps)[/]")
-            trained[key] = train_run(key, root, category, args.steps, args.work, args.threads, console)
+            trained[key] = train_run(
+                key, root, category, args.steps, args.work, args.threads, console
+            )
         for name, key, rescore in ROWS:
             if key not in trained:
                 continue
@@ -174,20 +210,37 @@ def main() -> None:
                 if not target.is_file():
                     rescore_checkpoint(checkpoint, target, rescore, device="cpu", console=console)
                 checkpoint = target
-            row = {"set": kind, "category": category, "variant": name, "steps": args.steps,
-                   "train_seconds": train_seconds(summary, args.steps), **evaluate(checkpoint, console)}
+            row = {
+                "set": kind,
+                "category": category,
+                "variant": name,
+                "steps": args.steps,
+                "train_seconds": train_seconds(summary, args.steps),
+                **evaluate(checkpoint, console),
+            }
             results.append(row)
-            console.print(f"{category:14s} {name:42s} I-AUC {100 * row['i_auroc']:.1f} "
-                          f"P-AUC {100 * row['p_auroc']:.1f} PRO@0.3 {100 * row['pro_30']:.1f}")
+            console.print(
+                f"{category:14s} {name:42s} I-AUC {100 * row['i_auroc']:.1f} "
+                f"P-AUC {100 * row['p_auroc']:.1f} PRO@0.3 {100 * row['pro_30']:.1f}"
+            )
     int8 = {}
     for category in [c for c in args.int8.split(",") if c]:
         checkpoint = args.work / f"r{args.steps}" / "patch" / category / "last.pt"
-        int8[category] = int8_accuracy(checkpoint, args.work / f"bundles{args.steps}" / category, console)
+        int8[category] = int8_accuracy(
+            checkpoint, args.work / f"bundles{args.steps}" / category, console
+        )
     table = summarise(results)
     print(table)
-    payload = {"benchmark": "detection_quality", "args": {k: str(v) for k, v in vars(args).items()},
-               "default_variant": DEFAULT_ROW, "results": results, "means": means(results), "int8": int8,
-               "total_seconds": time.perf_counter() - started, "machine": machine()}
+    payload = {
+        "benchmark": "detection_quality",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "default_variant": DEFAULT_ROW,
+        "results": results,
+        "means": means(results),
+        "int8": int8,
+        "total_seconds": time.perf_counter() - started,
+        "machine": machine(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1))
     console.print(f"wrote {args.out}")
@@ -199,26 +252,28 @@ def means(results: list[dict]) -> dict:
         for name in dict.fromkeys(r["variant"] for r in results):
             rows = [r for r in results if r["set"] == kind and r["variant"] == name]
             if rows:
-                out.setdefault(kind, {})[name] = {m: sum(r[m] for r in rows) / len(rows)
-                                                  for m in ("i_auroc", "p_auroc", "pro_30")}
+                out.setdefault(kind, {})[name] = {
+                    m: sum(r[m] for r in rows) / len(rows) for m in ("i_auroc", "p_auroc", "pro_30")
+                }
     return out
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return " / ".join(f"{100 * row[m]:.1f}" for m in ("i_auroc", "p_auroc", "pro_30"))
 
 
 def summarise(results: list[dict]) -> str:
     cats = list(dict.fromkeys((r["set"], r["category"]) for r in results))
     names = list(dict.fromkeys(r["variant"] for r in results))
+    by_key = {(r["set"], r["category"], r["variant"]): r for r in results}
     head = "| variant | " + " | ".join(c for _, c in cats) + " | mean (photographs) |"
     lines = [head, "|" + "---|" * (len(cats) + 2)]
     avg = means(results).get("photographs", {})
     for name in names:
-        cells = []
-        for kind, cat in cats:
-            row = next((r for r in results if r["set"] == kind and r["category"] == cat and r["variant"] == name), None)
-            cells.append("-" if row is None else
-                         f"{100 * row['i_auroc']:.1f} / {100 * row['p_auroc']:.1f} / {100 * row['pro_30']:.1f}")
-        m = avg.get(name)
-        cells.append("-" if m is None else
-                     f"{100 * m['i_auroc']:.1f} / {100 * m['p_auroc']:.1f} / {100 * m['pro_30']:.1f}")
+        cells = [_cell(by_key.get((kind, cat, name))) for kind, cat in cats]
+        cells.append(_cell(avg.get(name)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "I-AUC / P-AUC / PRO@0.3 per category\n" + "\n".join(lines)
 

@@ -22,8 +22,14 @@ def _train(line_root, out, steps=4, **options):
     from dmgrd_edge.train.trainer import train_category
 
     cfg = model_config_from_options(image_size=64, memory_size=4, patch_bank_size=64, **options)
-    job = TrainJob("mvtec", str(line_root), "washer", str(out), cfg,
-                   TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2))
+    job = TrainJob(
+        "mvtec",
+        str(line_root),
+        "washer",
+        str(out),
+        cfg,
+        TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+    )
     train_category(job)
     return out / "last.pt"
 
@@ -35,8 +41,12 @@ def knn_ckpt(tmp_path_factory, line_root):
 
 @pytest.fixture(scope="module")
 def combined_ckpt(tmp_path_factory, line_root):
-    return _train(line_root, tmp_path_factory.mktemp("patch") / "washer", memory_read="patch",
-                  score_source="combined")
+    return _train(
+        line_root,
+        tmp_path_factory.mktemp("patch") / "washer",
+        memory_read="patch",
+        score_source="combined",
+    )
 
 
 def test_patch_read_finds_the_exact_nearest_normal_patch():
@@ -50,7 +60,8 @@ def test_patch_read_finds_the_exact_nearest_normal_patch():
         rows = local.permute(0, 2, 3, 1).reshape(-1, feat.shape[1])
         brute = (rows[:, None] - memory.bank(level)[None]).pow(2).sum(-1).sqrt().min(1).values
         got = distance.permute(0, 2, 3, 1).reshape(-1) / memory.inv_distance0.new_tensor(
-            float(getattr(memory, f"inv_distance{level}")))
+            float(getattr(memory, f"inv_distance{level}"))
+        )
         assert torch.allclose(got, brute, atol=1e-5)
         assert torch.allclose((nearest - local).pow(2).sum(1).sqrt().flatten(), brute, atol=1e-5)
     # a bank row queried as itself is at distance zero, with no cancellation error
@@ -61,8 +72,9 @@ def test_patch_read_finds_the_exact_nearest_normal_patch():
 def test_coreset_is_farthest_point_and_covers_better_than_random():
     generator = torch.Generator().manual_seed(1)
     centres = torch.randn(20, 6, generator=generator) * 10
-    points = (centres[torch.randint(20, (2000,), generator=generator)]
-              + 0.1 * torch.randn(2000, 6, generator=generator))
+    points = centres[torch.randint(20, (2000,), generator=generator)] + 0.1 * torch.randn(
+        2000, 6, generator=generator
+    )
     chosen = greedy_coreset(points, 20, seed=0)
     assert len(set(chosen.tolist())) == 20
     radius = torch.cdist(points, points[chosen]).min(1).values.max()
@@ -77,8 +89,11 @@ def test_local_average_keeps_size_and_constant_maps():
 
 
 def test_config_rules_and_legacy_checkpoints():
-    legacy = {k: v for k, v in ModelConfig().to_dict().items()
-              if k not in ("method", "memory_read", "score_source")}
+    legacy = {
+        k: v
+        for k, v in ModelConfig().to_dict().items()
+        if k not in ("method", "memory_read", "score_source")
+    }
     old = ModelConfig.from_dict(legacy)
     assert (old.method, old.memory_read, old.score_source) == ("dmgrd", "image", "student")
     assert not old.uses_patch_memory
@@ -106,13 +121,23 @@ def test_knn_baseline_has_no_student_and_no_training(knn_ckpt):
     assert read_checkpoint(knn_ckpt)["metadata"]["score_stats"]["threshold"] > 0
 
 
+def test_knn_baseline_cannot_be_pruned(knn_ckpt, tmp_path):
+    from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
+
+    with pytest.raises(ConfigError, match="no channels to prune"):
+        prune_checkpoint(PruneJob(str(knn_ckpt), str(tmp_path / "p"), 0.5))
+    assert not (tmp_path / "p").exists()
+
+
 def test_combined_score_weights_come_from_validation_normals(combined_ckpt):
     from dmgrd_edge.train.checkpoint import load_model
 
     model, payload = load_model(combined_ckpt)
     weights = model.head.map_weights
     means = payload["metadata"]["map_means"]
-    assert torch.allclose(weights, torch.tensor([0.5 / means["student"], 0.5 / means["memory"]]), rtol=1e-5)
+    assert torch.allclose(
+        weights, torch.tensor([0.5 / means["student"], 0.5 / means["memory"]]), rtol=1e-5
+    )
     assert not hasattr(model, "normal_memory")  # the patch read replaces the image bank
 
 
@@ -155,7 +180,6 @@ def _export(ckpt, out, **kwargs):
 
 def _torch_vs_onnx(ckpt, onnx_path):
     import onnxruntime as ort
-
     from dmgrd_edge.train.checkpoint import load_model
 
     model, _ = load_model(ckpt)
@@ -178,13 +202,31 @@ def test_knn_bundle_matches_pytorch_and_runs_at_the_line(knn_ckpt, line_root, tm
     assert map_err < 1e-3 and score_err < 1e-3
     events = tmp_path / "events.jsonl"
     source = str(line_root / "washer" / "test" / "*" / "*.png")
-    done = subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", "run", str(bundle), "--source", source,
-                           "--sink", str(events), "--headless"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmgrd_edge.cli",
+            "run",
+            str(bundle),
+            "--source",
+            source,
+            "--sink",
+            str(events),
+            "--headless",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     n_test = len(list((line_root / "washer" / "test").glob("*/*.png")))
     assert len(lines) == n_test
-    assert {line["decision"] for line in lines} <= {"OK", "NG"} and any(line["decision"] == "NG" for line in lines)
+    assert {line["decision"] for line in lines} <= {"OK", "NG"} and any(
+        line["decision"] == "NG" for line in lines
+    )
 
 
 def test_combined_bundle_matches_pytorch_in_fp32_and_fp16(combined_ckpt, tmp_path):
@@ -195,11 +237,18 @@ def test_combined_bundle_matches_pytorch_in_fp32_and_fp16(combined_ckpt, tmp_pat
     import onnx
 
     names = {i.name for i in onnx.load(str(bundle / "model.onnx")).graph.initializer}
-    assert any("patch_memory.bank0" in n for n in names) and not any("normal_memory" in n for n in names)
+    assert any("patch_memory.bank0" in n for n in names) and not any(
+        "normal_memory" in n for n in names
+    )
     int8 = onnx.load(str(bundle / "model.int8.onnx"))
-    quantized_inputs = {i for n in int8.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
-    assert not [n.name for n in int8.graph.node if n.name.startswith("/patch_memory/")
-                and set(n.input) & quantized_inputs]  # the memory read stays fp32
+    quantized_inputs = {
+        i for n in int8.graph.node if n.op_type == "DequantizeLinear" for i in n.output
+    }
+    assert not [
+        n.name
+        for n in int8.graph.node
+        if n.name.startswith("/patch_memory/") and set(n.input) & quantized_inputs
+    ]  # the memory read stays fp32
     assert set(manifest["files"]) >= {"model.fp16.onnx", "model.int8-cpu.onnx"}
 
 

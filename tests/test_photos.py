@@ -9,28 +9,54 @@ import pytest
 
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image, read_mask
-from dmgrd_edge.data.photos import DEFECTS, TEST_COINS, build_photo_set, coin_boxes, load_photo, make_photo_image
+from dmgrd_edge.data.photos import (
+    DEFECTS,
+    TEST_COINS,
+    build_photo_set,
+    coin_boxes,
+    load_photo,
+    make_photo_image,
+)
 from dmgrd_edge.errors import ConfigError, DataError
 
 
 def _digest(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.png"))
+    }
 
 
 @pytest.fixture(scope="module")
 def photo_root(tmp_path_factory):
-    return build_photo_set(tmp_path_factory.mktemp("photos") / "set", ["brick", "coin"], n_train=4,
-                           n_test_good=2, n_test_defect=5, size=64, seed=3)
+    return build_photo_set(
+        tmp_path_factory.mktemp("photos") / "set",
+        ["brick", "coin"],
+        n_train=4,
+        n_test_good=2,
+        n_test_defect=5,
+        size=64,
+        seed=3,
+    )
 
 
 def test_the_set_is_byte_identical_when_rebuilt(photo_root, tmp_path):
-    again = build_photo_set(tmp_path / "again", ["brick", "coin"], n_train=4, n_test_good=2,
-                            n_test_defect=5, size=64, seed=3)
+    again = build_photo_set(
+        tmp_path / "again",
+        ["brick", "coin"],
+        n_train=4,
+        n_test_good=2,
+        n_test_defect=5,
+        size=64,
+        seed=3,
+    )
     assert _digest(again) == _digest(photo_root) and len(_digest(photo_root)) == 2 * (4 + 2 + 5 + 5)
-    other = build_photo_set(tmp_path / "other", ["brick"], n_train=4, n_test_good=0, n_test_defect=0,
-                            size=64, seed=4)
-    assert _digest(other) != {k: v for k, v in _digest(photo_root).items() if k.startswith("brick/train")}
+    other = build_photo_set(
+        tmp_path / "other", ["brick"], n_train=4, n_test_good=0, n_test_defect=0, size=64, seed=4
+    )
+    assert _digest(other) != {
+        k: v for k, v in _digest(photo_root).items() if k.startswith("brick/train")
+    }
 
 
 def test_layout_reads_as_mvtec_with_one_mask_per_defect(photo_root):
@@ -69,7 +95,7 @@ def test_training_and_test_material_are_disjoint():
     for i in range(20):
         train, _ = make_photo_image("brick", 0, "train", i, 64)
         test, _ = make_photo_image("brick", 0, "test", i, 64)
-        rng_rows.add((train.tobytes() == test.tobytes()))
+        rng_rows.add(train.tobytes() == test.tobytes())
     assert rng_rows == {False}
 
 

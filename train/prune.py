@@ -58,6 +58,9 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
     if job.multiple < 1:
         raise ConfigError(f"--multiple must be >= 1, got {job.multiple}")
     model, payload = load_model(job.checkpoint)
+    if not model.config.uses_student:
+        raise ConfigError(f"{job.checkpoint} is the nearest-neighbour baseline: it has no channels to prune",
+                          "make its memory smaller instead (train --method knn --patch-bank-size N)")
     metadata = dict(payload["metadata"])
     out = Path(job.out_dir)
     if out.exists() and any(out.iterdir()):

@@ -14,7 +14,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -32,13 +31,20 @@ from .trainer import split_train_val
 REBUILT_KEYS = ("patch_memory.", "head.map_weights")
 
 
-def rescore_checkpoint(checkpoint: str | Path, out: str | Path, score_source: str,
-                       memory_score_levels: tuple[int, ...] | None = None, device: str = "auto",
-                       console: Console | None = None) -> dict[str, Any]:
+def rescore_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    score_source: str,
+    memory_score_levels: tuple[int, ...] | None = None,
+    device: str = "auto",
+    console: Console | None = None,
+) -> dict[str, Any]:
     console = console or Console()
     checkpoint, out = Path(checkpoint), Path(out)
     if out.resolve() == checkpoint.resolve():
-        raise ConfigError(f"--out {out} is the checkpoint itself", "write the rescored model to a new file")
+        raise ConfigError(
+            f"--out {out} is the checkpoint itself", "write the rescored model to a new file"
+        )
     payload = read_checkpoint(checkpoint)
     old = ModelConfig.from_dict(payload["model_config"])
     changes: dict[str, Any] = {"score_source": score_source}
@@ -55,8 +61,13 @@ def rescore_checkpoint(checkpoint: str | Path, out: str | Path, score_source: st
     model = model.to(dev).eval()
     meta = dict(payload["metadata"])
     meta.pop("map_means", None)
-    tcfg = TrainConfig(**{k: v for k, v in meta.get("train_config", {}).items()
-                          if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    tcfg = TrainConfig(
+        **{
+            k: v
+            for k, v in meta.get("train_config", {}).items()
+            if k in {f.name for f in dataclasses.fields(TrainConfig)}
+        }
+    )
     cfg = config.preprocess()
     index = index_category(meta["dataset"], meta["root"], meta["category"])
     images = load_images([s.path for s in index.train], cfg)
@@ -64,20 +75,35 @@ def rescore_checkpoint(checkpoint: str | Path, out: str | Path, score_source: st
     if config.uses_patch_memory:
         kept = {k: v for k, v in payload["state_dict"].items() if k.startswith("patch_memory.")}
         if kept:
-            model.patch_memory.load_state_dict({k[len("patch_memory."):]: v for k, v in kept.items()})
+            model.patch_memory.load_state_dict(
+                {k[len("patch_memory.") :]: v for k, v in kept.items()}
+            )
         else:
             console.print(f"filling the patch memory from {len(train_idx)} training images")
-            model.fill_patch_memory(torch.from_numpy(normalize(images[train_idx], cfg)).to(dev), tcfg.seed)
+            model.fill_patch_memory(
+                torch.from_numpy(normalize(images[train_idx], cfg)).to(dev), tcfg.seed
+            )
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
-    means = model.calibrate_map_weights(torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(dev))
+    means = model.calibrate_map_weights(
+        torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(dev)
+    )
     metrics = validate(model, val, cfg, dev)
-    meta.update(score_stats=metrics["score_stats"], rescored_from=str(checkpoint),
-                rescored={"score_source": score_source, "validation": {k: metrics[k] for k in metrics
-                                                                       if k != "score_stats"}})
+    meta.update(
+        score_stats=metrics["score_stats"],
+        rescored_from=str(checkpoint),
+        rescored={
+            "score_source": score_source,
+            "validation": {k: metrics[k] for k in metrics if k != "score_stats"},
+        },
+    )
     if means is not None:
         meta["map_means"] = {"student": means[0], "memory": means[1]}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, meta, None, payload["step"])
-    return {"checkpoint": str(out), "score_source": score_source, "validation": meta["rescored"]["validation"],
-            "map_means": meta.get("map_means")}
+    return {
+        "checkpoint": str(out),
+        "score_source": score_source,
+        "validation": meta["rescored"]["validation"],
+        "map_means": meta.get("map_means"),
+    }

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -40,7 +40,13 @@ PARTS = ("coin",)
 CATEGORIES = SURFACES + PARTS
 DEFECTS = ("scratch", "stain", "foreign", "missing", "smudge")
 # photographs that foreign material is cut from (never one of the categories' own)
-FOREIGN_SOURCES = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
+FOREIGN_SOURCES = (
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "astronaut.png",
+)
 CROP = 168  # side of a surface crop in photograph pixels before resizing
 TRAIN_ROWS = 0.55  # surfaces: training crops from the top 55 % of the photograph, tests below
 TEST_COINS = 8  # the part: the last 8 coins found (reading order) are kept for testing
@@ -50,8 +56,10 @@ def _photo_dir() -> Path:
     try:
         folder = resources.files("skimage") / "data"
     except ModuleNotFoundError as exc:
-        raise DataError("the photograph set needs scikit-image's shipped photographs",
-                        "pip install scikit-image") from exc
+        raise DataError(
+            "the photograph set needs scikit-image's shipped photographs",
+            "pip install scikit-image",
+        ) from exc
     return Path(str(folder))
 
 
@@ -60,8 +68,10 @@ def load_photo(name: str) -> np.ndarray:
     path = _photo_dir() / name
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise DataError(f"photograph {name} not found in {path.parent.name}/",
-                        "reinstall scikit-image (pip install --force-reinstall scikit-image)")
+        raise DataError(
+            f"photograph {name} not found in {path.parent.name}/",
+            "reinstall scikit-image (pip install --force-reinstall scikit-image)",
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -74,7 +84,7 @@ def coin_boxes(photo: np.ndarray) -> list[tuple[int, int, int]]:
     count, _, stats, centres = cv2.connectedComponentsWithStats(binary)
     coins = []
     for i in range(1, count):
-        x, y, w, h, area = stats[i]
+        _, _, w, h, area = stats[i]
         if area < 600 or w > 3 * h or h > 3 * w:
             continue
         coins.append((int(centres[i][0]), int(centres[i][1]), int(max(w, h) / 2)))
@@ -91,8 +101,10 @@ class _Sampler:
             self.photo = load_photo("coins.png")
             coins = [c for c in coin_boxes(self.photo) if self._fits(c)]
             if len(coins) <= TEST_COINS:
-                raise DataError(f"found only {len(coins)} coins in coins.png",
-                                "the scikit-image photograph differs from the expected one")
+                raise DataError(
+                    f"found only {len(coins)} coins in coins.png",
+                    "the scikit-image photograph differs from the expected one",
+                )
             self.coins = {"train": coins[:-TEST_COINS], "test": coins[-TEST_COINS:]}
         else:
             self.photo = load_photo(f"{category}.png")
@@ -113,9 +125,14 @@ class _Sampler:
             cx, cy = x + rng.uniform(-2, 2), y + rng.uniform(-2, 2)
             matrix = cv2.getRotationMatrix2D((cx, cy), angle, scale)
             matrix[:, 2] += (self.size / 2 - cx, self.size / 2 - cy)
-            crop = cv2.warpAffine(self.photo, matrix, (self.size, self.size), flags=cv2.INTER_CUBIC,
-                                  borderMode=cv2.BORDER_REFLECT)
-            yy, xx = np.mgrid[0:self.size, 0:self.size]
+            crop = cv2.warpAffine(
+                self.photo,
+                matrix,
+                (self.size, self.size),
+                flags=cv2.INTER_CUBIC,
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            yy, xx = np.mgrid[0 : self.size, 0 : self.size]
             allowed = np.hypot(xx - self.size / 2, yy - self.size / 2) < 0.7 * self.size / 2
         else:
             h, w = self.photo.shape[:2]
@@ -123,10 +140,12 @@ class _Sampler:
             rows = (0, split_row - CROP) if split == "train" else (split_row, h - CROP)
             y0 = int(rng.integers(rows[0], rows[1] + 1))
             x0 = int(rng.integers(0, w - CROP + 1))
-            crop = self.photo[y0:y0 + CROP, x0:x0 + CROP]
+            crop = self.photo[y0 : y0 + CROP, x0 : x0 + CROP]
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
-            crop = cv2.resize(np.ascontiguousarray(crop), (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+            crop = cv2.resize(
+                np.ascontiguousarray(crop), (self.size, self.size), interpolation=cv2.INTER_CUBIC
+            )
             allowed = np.zeros((self.size, self.size), bool)
             m = self.size // 8
             allowed[m:-m, m:-m] = True
@@ -142,9 +161,13 @@ def _soft_blob(rng, size: int, centre, radius: float, roughness: float = 0.35) -
     hard = np.zeros((size, size), np.uint8)
     cv2.fillPoly(hard, [cv2.convexHull(pts.astype(np.float32)).astype(np.int32)], 1)
     # warp the outline with smooth noise so it is not a polygon
-    noise = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), radius / 3 + 1)
+    noise = cv2.GaussianBlur(
+        rng.standard_normal((size, size)).astype(np.float32), (0, 0), radius / 3 + 1
+    )
     noise /= noise.std() + 1e-6
-    dist = cv2.distanceTransform(hard, cv2.DIST_L2, 5) - cv2.distanceTransform(1 - hard, cv2.DIST_L2, 5)
+    dist = cv2.distanceTransform(hard, cv2.DIST_L2, 5) - cv2.distanceTransform(
+        1 - hard, cv2.DIST_L2, 5
+    )
     return np.clip((dist + 0.25 * radius * noise) / 2.0 + 0.5, 0, 1)
 
 
@@ -153,8 +176,13 @@ def _scratch(rng, image, centre, scale):
     length = rng.uniform(50, 110) * scale
     angle, bend = rng.uniform(0, np.pi), rng.uniform(-0.6, 0.6)
     t = np.linspace(-0.5, 0.5, 40)
-    pts = np.stack([centre[0] + length * t * np.cos(angle + bend * t),
-                    centre[1] + length * t * np.sin(angle + bend * t)], 1).astype(np.int32)
+    pts = np.stack(
+        [
+            centre[0] + length * t * np.cos(angle + bend * t),
+            centre[1] + length * t * np.sin(angle + bend * t),
+        ],
+        1,
+    ).astype(np.int32)
     width = max(2, int(rng.uniform(2, 4) * scale))
     core = np.zeros((size, size), np.float32)
     cv2.polylines(core, [pts], False, 1.0, width, cv2.LINE_AA)
@@ -168,7 +196,9 @@ def _scratch(rng, image, centre, scale):
 
 def _stain(rng, image, centre, scale):
     alpha = _soft_blob(rng, image.shape[0], centre, rng.uniform(12, 24) * scale)
-    tint = np.asarray([[0.55, 0.42, 0.30], [0.35, 0.38, 0.42], [0.75, 0.55, 0.25]][rng.integers(3)], np.float32)
+    tint = np.asarray(
+        [[0.55, 0.42, 0.30], [0.35, 0.38, 0.42], [0.75, 0.55, 0.25]][rng.integers(3)], np.float32
+    )
     image[:] = image * (1 - 0.75 * alpha[:, :, None]) + image * tint * 0.75 * alpha[:, :, None]
     return alpha > 0.35
 
@@ -179,7 +209,9 @@ def _foreign(rng, image, centre, scale, foreign: np.ndarray):
     alpha = np.where(alpha > 0.5, 1.0, alpha * 2 * (alpha > 0.3)).astype(np.float32)
     fh, fw = foreign.shape[:2]
     y0, x0 = rng.integers(0, fh - size // 2), rng.integers(0, fw - size // 2)
-    patch = cv2.resize(foreign[y0:y0 + size // 2, x0:x0 + size // 2], (size, size)).astype(np.float32)
+    patch = cv2.resize(foreign[y0 : y0 + size // 2, x0 : x0 + size // 2], (size, size)).astype(
+        np.float32
+    )
     shadow = np.roll(cv2.GaussianBlur(alpha, (0, 0), 3), (4, 4), axis=(0, 1)) * 0.35
     image *= (1 - shadow)[:, :, None]
     image[:] = image * (1 - alpha[:, :, None]) + patch * alpha[:, :, None]
@@ -207,8 +239,9 @@ def _smudge(rng, image, centre, scale):
     return alpha > 0.45
 
 
-def _add_defect(rng, image: np.ndarray, allowed: np.ndarray, kind: str, foreign: np.ndarray,
-                tray: float | None) -> np.ndarray:
+def _add_defect(
+    rng, image: np.ndarray, allowed: np.ndarray, kind: str, foreign: np.ndarray, tray: float | None
+) -> np.ndarray:
     size = image.shape[0]
     ys, xs = np.nonzero(allowed)
     i = rng.integers(len(ys))
@@ -229,15 +262,31 @@ def _add_defect(rng, image: np.ndarray, allowed: np.ndarray, kind: str, foreign:
     return mask
 
 
-def make_photo_image(category: str, seed: int, split: str, index: int, size: int = 256,
-                     defect: str | None = None, _cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_photo_image(
+    category: str,
+    seed: int,
+    split: str,
+    index: int,
+    size: int = 256,
+    defect: str | None = None,
+    _cache: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One RGB uint8 crop and its bool mask (all False for a good image)."""
     if category not in CATEGORIES:
-        raise ConfigError(f"unknown photograph category {category!r}", f"choose one of {list(CATEGORIES)}")
+        raise ConfigError(
+            f"unknown photograph category {category!r}", f"choose one of {list(CATEGORIES)}"
+        )
     cache = _cache if _cache is not None else {}
-    sampler = cache.get((category, size)) or cache.setdefault((category, size), _Sampler(category, size))
-    key = [seed, CATEGORIES.index(category), ("train", "test").index(split), index,
-           DEFECTS.index(defect) + 1 if defect else 0]
+    sampler = cache.get((category, size)) or cache.setdefault(
+        (category, size), _Sampler(category, size)
+    )
+    key = [
+        seed,
+        CATEGORIES.index(category),
+        ("train", "test").index(split),
+        index,
+        DEFECTS.index(defect) + 1 if defect else 0,
+    ]
     rng = np.random.default_rng(key)
     image, allowed = sampler.good(rng, split)
     mask = np.zeros((size, size), bool)
@@ -252,9 +301,17 @@ def make_photo_image(category: str, seed: int, split: str, index: int, size: int
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
 
 
-def build_photo_set(out: str | Path, categories: list[str] | None = None, n_train: int = 60,
-                    n_test_good: int = 24, n_test_defect: int = 32, size: int = 256, seed: int = 0,
-                    overwrite: bool = False, progress: Callable | None = None) -> Path:
+def build_photo_set(
+    out: str | Path,
+    categories: list[str] | None = None,
+    n_train: int = 60,
+    n_test_good: int = 24,
+    n_test_defect: int = 32,
+    size: int = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Callable | None = None,
+) -> Path:
     """Write the MVTec-layout photograph set; the folder appears only once complete.
 
     ``n_test_defect`` defective crops per category are spread evenly over the five kinds.
@@ -263,7 +320,9 @@ def build_photo_set(out: str | Path, categories: list[str] | None = None, n_trai
     categories = list(categories or CATEGORIES)
     for name in categories:
         if name not in CATEGORIES:
-            raise ConfigError(f"unknown photograph category {name!r}", f"choose from {list(CATEGORIES)}")
+            raise ConfigError(
+                f"unknown photograph category {name!r}", f"choose from {list(CATEGORIES)}"
+            )
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists", "choose another folder or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,13 +334,15 @@ def build_photo_set(out: str | Path, categories: list[str] | None = None, n_trai
             jobs += [(cat, "train", i, None) for i in range(n_train)]
             jobs += [(cat, "test", i, None) for i in range(n_test_good)]
             jobs += [(cat, "test", i, DEFECTS[i % len(DEFECTS)]) for i in range(n_test_defect)]
-        for cat, split, i, defect in (progress(jobs) if progress else jobs):
+        for cat, split, i, defect in progress(jobs) if progress else jobs:
             image, mask = make_photo_image(cat, seed, split, i, size, defect, cache)
             folder = defect or "good"
             write_image(tmp / cat / split / folder / f"{i:03d}.png", image)
             if defect is not None:
-                write_image(tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
-                            np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
+                write_image(
+                    tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
+                    np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2),
+                )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -74,16 +74,21 @@ class PatchMemory(nn.Module):
         for level, feat in enumerate(features):
             points = local_average(feat.float()).permute(0, 2, 3, 1).reshape(-1, feat.shape[1])
             if points.shape[0] > MAX_CANDIDATES:
-                points = points[torch.randperm(points.shape[0], generator=generator)[:MAX_CANDIDATES]]
+                points = points[
+                    torch.randperm(points.shape[0], generator=generator)[:MAX_CANDIDATES]
+                ]
             chosen = points[greedy_coreset(points, self.size, seed + level)]
             if chosen.shape[0] < self.size:  # fewer patches than bank rows: repeat some
-                repeat = torch.randint(chosen.shape[0], (self.size - chosen.shape[0],), generator=generator)
+                repeat = torch.randint(
+                    chosen.shape[0], (self.size - chosen.shape[0],), generator=generator
+                )
                 chosen = torch.cat([chosen, chosen[repeat]])
             self.bank(level).copy_(chosen)
             getattr(self, f"sqnorm{level}").copy_(chosen.pow(2).sum(1))
             getattr(self, f"inv_rms{level}").fill_(float(chosen.pow(2).mean().rsqrt()))
-            distance = torch.cat([self._distance(part[None], level)[0].flatten()
-                                  for part in points.split(8192)])
+            distance = torch.cat(
+                [self._distance(part[None], level)[0].flatten() for part in points.split(8192)]
+            )
             getattr(self, f"inv_distance{level}").fill_(1.0 / max(float(distance.mean()), 1e-6))
 
     def _distance(self, query: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +113,9 @@ class PatchMemory(nn.Module):
             return distance, None, None
         return distance, local, nearest.transpose(1, 2).reshape(-1, c, h, w)
 
-    def forward(self, features: list[torch.Tensor], map_levels: tuple[int, ...] | None = None,
-                size: int = 0) -> list[torch.Tensor] | torch.Tensor:
+    def forward(
+        self, features: list[torch.Tensor], map_levels: tuple[int, ...] | None = None, size: int = 0
+    ) -> list[torch.Tensor] | torch.Tensor:
         """Without ``map_levels``: the guided read for every level. With them: the memory's
         distance map (a module call either way, so exported nodes sit under the module's name
         and stay fp32 by name)."""
@@ -127,10 +133,14 @@ class PatchMemory(nn.Module):
             fused.append(torch.cat([feat * scale, ((nearest - local) * scale) ** 2], dim=1))
         return fused
 
-    def distance_map(self, features: list[torch.Tensor], levels: tuple[int, ...], size: int) -> torch.Tensor:
+    def distance_map(
+        self, features: list[torch.Tensor], levels: tuple[int, ...], size: int
+    ) -> torch.Tensor:
         """Mean over ``levels`` of the per-level distance maps at ``size`` x ``size``."""
         total = 0.0
         for level in levels:
             distance, _, _ = self.read(features[level], level, want_nearest=False)
-            total = total + F.interpolate(distance, size=(size, size), mode="bilinear", align_corners=False)
+            total = total + F.interpolate(
+                distance, size=(size, size), mode="bilinear", align_corners=False
+            )
         return total / len(levels)
