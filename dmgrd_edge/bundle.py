@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .atomic import atomic_write_bytes
 from .config import ModelConfig, PreprocessConfig
 from .errors import DmgrdError
@@ -69,13 +70,24 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
             raise BundleError(f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix)
     ModelConfig.from_dict(manifest["model"])
     PreprocessConfig.from_dict(manifest["preprocess"])
+    _finite_threshold(f"{where}: 'threshold'", manifest["threshold"], fix)
     for name, entry in manifest["files"].items():
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"{where}: file name {name!r} points outside the bundle", fix)
         for field in ("kind", "bytes", "sha256"):
             if field not in entry:
                 raise BundleError(f"{where}: entry for {name!r} lacks {field!r}", fix)
+        if "threshold" in entry:
+            _finite_threshold(f"{where}: 'threshold' of {name!r}", entry["threshold"], fix)
     return manifest
+
+
+def _finite_threshold(name: str, value: Any, fix: str) -> None:
+    try:
+        checks.threshold(name, value, error=BundleError)
+    except BundleError as exc:
+        raise BundleError(exc.problem,
+                          f"{fix}, or set it with `dmgrd-edge calibrate-threshold`") from None
 
 
 @dataclass

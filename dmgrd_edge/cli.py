@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from . import checks
 from .errors import ConfigError, DmgrdError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -294,6 +295,8 @@ def run(
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
+    checks.threshold("--threshold", threshold)
+    checks.threshold("--pixel-threshold", pixel_threshold)
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     in_flight = parse_workers(workers)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
@@ -42,6 +43,10 @@ class RunConfig:
     stats_json: Path | None = None
     extra: dict = field(default_factory=dict)
     workers: int = 1  # batches in flight
+
+    def __post_init__(self):
+        checks.threshold("threshold", self.threshold)
+        checks.threshold("pixel threshold", self.pixel_threshold)
 
 
 def make_preprocess(bundle: Bundle):

@@ -1,0 +1,89 @@
+"""Hard to break: thresholds and manifests that cannot decide, the decision rule against
+calibration, writes that would replace something other than a regular file, numbers out
+of range, bounded latency statistics and sources with no readable frame. Real bundles,
+real ONNX Runtime sessions, real files; the CLI runs in a subprocess as on the line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dmgrd_edge.bundle import BundleError, load_bundle
+from dmgrd_edge.data.synthetic import make_image
+from dmgrd_edge.errors import DmgrdError
+
+
+@pytest.fixture(scope="module")
+def bundle(fp32_bundle) -> Path:
+    return fp32_bundle
+
+
+def cli(*args, timeout: float = 180, torch: bool = False) -> subprocess.CompletedProcess:
+    """`dmgrd-edge ARGS` in a fresh interpreter, without torch (as on the line) unless asked."""
+    code = ("import sys; sys.modules['torch'] = None\n" if not torch else "import sys\n") + (
+            f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
+            "from dmgrd_edge.cli import main\nmain()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def refused(result: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+    """Exit ``code`` with an `error:` line and a `fix:` line, no traceback, and no model
+    loaded (the refusal came before any work)."""
+    err = " ".join(result.stderr.split())
+    assert result.returncode == code, (result.returncode, err)
+    assert "error:" in err and "fix:" in err and "Traceback" not in err, err
+    assert "backend:" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def copy_bundle(bundle: Path, to: Path, edit=None) -> Path:
+    shutil.copytree(bundle, to)
+    if edit is not None:
+        manifest = json.loads((to / "manifest.json").read_text())
+        edit(manifest)
+        (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+def good_frames(folder: Path, count: int, same: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, _ = make_image("washer", 5, "video", 0 if same else i, 64)
+        assert cv2.imwrite(str(folder / f"{i:03d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    return folder
+
+
+# 1. thresholds that cannot decide ------------------------------------------------------
+
+@pytest.mark.parametrize("option, value", [("--threshold", "nan"), ("--threshold", "inf"),
+                                           ("--pixel-threshold", "nan"),
+                                           ("--pixel-threshold", "-inf")])
+def test_run_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, bundle, option, value):
+    frames = good_frames(tmp_path / "good", 2)
+    refused(cli("run", bundle, "--source", frames, "--headless", option, value),
+            option, "finite number")
+
+
+@pytest.mark.parametrize("where", ["bundle", "file"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, bundle, where, value):
+    def edit(manifest):
+        if where == "bundle":
+            manifest["threshold"] = value
+        else:
+            manifest["files"]["model.onnx"]["threshold"] = value
+
+    copy = copy_bundle(bundle, tmp_path / "b", edit)
+    with pytest.raises(BundleError, match="finite number"):
+        load_bundle(copy)
+    refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
+            "threshold", "finite number")
