@@ -20,7 +20,7 @@ from typing import Any
 from . import checks
 from .atomic import atomic_write_bytes
 from .config import ModelConfig, PreprocessConfig
-from .errors import DmgrdError
+from .errors import ConfigError, DmgrdError
 
 SCHEMA = "dmgrd-edge-bundle"
 SCHEMA_VERSION = 1
@@ -68,8 +68,13 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
             raise BundleError(f"{where} lacks the field {key!r}", fix)
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) and kind is not bool:
             raise BundleError(f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix)
-    ModelConfig.from_dict(manifest["model"])
-    PreprocessConfig.from_dict(manifest["preprocess"])
+    for key, config in (("model", ModelConfig), ("preprocess", PreprocessConfig)):
+        try:
+            config.from_dict(manifest[key])
+        except ConfigError as exc:
+            raise BundleError(f"{where}: field {key!r}: {exc.problem}",
+                              f"{fix} (the checkpoint's configuration was changed or is damaged)"
+                              ) from None
     _finite_threshold(f"{where}: 'threshold'", manifest["threshold"], fix)
     for name, entry in manifest["files"].items():
         if Path(name).is_absolute() or ".." in Path(name).parts:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from . import checks
 from .errors import ConfigError, choose
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,11 +28,24 @@ class PreprocessConfig:
     interpolation: str = "linear"
 
     def __post_init__(self):
+        checks.integer("preprocess height", self.height)
+        checks.integer("preprocess width", self.width)
         if self.height < 32 or self.width < 32 or self.height % 32 or self.width % 32:
             raise ConfigError(
                 f"image size {self.height}x{self.width} is not supported",
                 "use a multiple of 32 that is at least 32 (e.g. 256)",
             )
+        # x -> (x - 255 mean) / (255 std) per channel: three finite means, three finite stds > 0
+        for name, positive in (("mean", False), ("std", True)):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise ConfigError(f"preprocess {name} must be 3 numbers (R, G, B), got {values!r}",
+                                  "give one value per colour channel, e.g. the ImageNet "
+                                  f"{name} {list(getattr(PreprocessConfig, name))}")
+            for value in values:
+                checks.number(f"preprocess {name}", value, 0 if positive else None, lo_open=positive,
+                              note="a std of 0 divides by zero" if positive else None)
+            object.__setattr__(self, name, tuple(float(v) for v in values))
         choose("color order", self.color_order, ("RGB", "BGR"))
         choose("interpolation", self.interpolation, ("linear", "area", "nearest"))
 
@@ -40,9 +54,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
-        data = dict(data)
-        data["mean"] = tuple(data["mean"])
-        data["std"] = tuple(data["std"])
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"preprocess config has unknown fields {sorted(unknown)}",
+                              "it was written by a newer dmgrd-edge; upgrade")
         return cls(**data)
 
 

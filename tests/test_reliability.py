@@ -87,3 +87,25 @@ def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, b
         load_bundle(copy)
     refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
             "threshold", "finite number")
+
+
+# 2. preprocessing parameters that cannot normalise -------------------------------------
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("mean", [0.485, 0.456], "3 numbers"), ("mean", [0.5, 0.5, 0.5, 0.5], "3 numbers"),
+    ("mean", 0.5, "3 numbers"), ("mean", [0.5, "x", 0.5], "finite number"),
+    ("mean", [0.5, float("nan"), 0.5], "finite number"), ("std", [0.2, 0.0, 0.2], "> 0"),
+    ("std", [0.2, -0.1, 0.2], "> 0"), ("std", [0.2, float("inf"), 0.2], "finite number"),
+    ("height", 64.0, "whole number"), ("width", True, "whole number"),
+])
+def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field, value, needle):
+    copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__(field, value))
+    with pytest.raises(BundleError, match="preprocess") as caught:
+        load_bundle(copy)
+    assert needle in caught.value.problem and caught.value.fix
+
+
+def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
+    copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
+    refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
+            "preprocess", "std", "> 0")
