@@ -27,6 +27,7 @@ from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
 
 from .capture import END, Capture
+from .decision import is_ng
 from .postprocess import draw, regions
 from .stats import Stats
 
@@ -97,7 +98,7 @@ class Pipeline:
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
             found = regions(amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0]))
-            ng = bool(score >= self.config.threshold)
+            ng = is_ng(float(score), self.config.threshold)
             overlay = None
             if self.needs_overlay:
                 overlay = draw(frame.image, amap, float(score), self.config.threshold, found)

@@ -109,3 +109,62 @@ def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
     copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
     refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
             "preprocess", "std", "> 0")
+
+
+# 3. the decision rule and the calibration share one rule -------------------------------
+
+def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, bundle):
+    from dmgrd_edge.runtime.capture import Capture
+    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.select import create_backend
+    from dmgrd_edge.runtime.sinks import open_sink
+    from dmgrd_edge.runtime.sources import open_source, parse_uri
+
+    from dmgrd_edge.data.imageio import read_image
+
+    frames = good_frames(tmp_path / "same", 5, same=True)
+    loaded = load_bundle(bundle)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None, workers=1)
+    preprocess = make_preprocess(loaded)
+    score = backend.infer(preprocess(read_image(frames / "000.png"))[None])[1][0]
+    below = np.nextafter(score, np.float32(-np.inf))
+    decisions = {}
+    for name, threshold in (("at", float(score)), ("below", float(below))):
+        events = tmp_path / f"{name}.jsonl"
+        pipeline = Pipeline(loaded, backend, [open_sink(str(events), True)],
+                            RunConfig(threshold, threshold, status_every_s=1e9), log=lambda _: None)
+        assert pipeline.run(Capture(open_source(parse_uri(str(frames))), preprocess)) == 0
+        decisions[name] = [json.loads(line)["decision"] for line in events.read_text().splitlines()]
+    assert decisions == {"at": ["OK"] * 5, "below": ["NG"] * 5}
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["identical", "distinct"])
+def test_calibrated_threshold_flags_no_more_good_frames_than_the_rate(tmp_path, bundle, same):
+    """12 good frames at a false-alarm rate of 0.1 allow floor(1.2) = 1 NG frame, and none
+    when the frames are identical (they all score the threshold)."""
+    copy = copy_bundle(bundle, tmp_path / "b")
+    frames = good_frames(tmp_path / "good", 12, same=same)
+    one = ("--backend", "onnxruntime", "--precision", "fp32", "--batch", "1")  # run and calibrate alike
+    calibrated = cli("calibrate-threshold", copy, "--source", frames, "--false-alarm-rate", "0.1", *one)
+    assert calibrated.returncode == 0, calibrated.stderr
+    events = tmp_path / "events.jsonl"
+    ran = cli("run", copy, "--source", frames, "--sink", events, "--headless", "--workers", "1", *one)
+    assert ran.returncode == 0, ran.stderr
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(lines) == 12
+    ng = sum(e["decision"] == "NG" for e in lines)
+    if same:
+        assert ng == 0
+    else:
+        assert len({e["score"] for e in lines}) == 12 and ng == 1
+
+
+def test_the_rule_is_strictly_greater_and_a_nan_score_is_ng():
+    from dmgrd_edge.runtime.decision import is_ng, threshold_for_rate
+
+    assert is_ng(0.5, 0.5) is False and is_ng(0.50001, 0.5) is True and is_ng(float("nan"), 0.5)
+    assert list(is_ng(np.array([0.4, 0.5, 0.6, np.nan]), 0.5)) == [False, False, True, True]
+    assert threshold_for_rate([0.3] * 12, 0.1) == 0.3
+    assert threshold_for_rate(np.arange(12.0), 0.1) == 10.0
+    with pytest.raises(DmgrdError, match="NaN"):
+        threshold_for_rate([0.1] * 11 + [float("nan")], 0.1)
