@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from . import checks
-from .errors import ConfigError, DmgrdError
+from .errors import EXIT_IO, ConfigError, DmgrdError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
@@ -116,9 +116,10 @@ def evaluate(
 ):
     """Evaluate checkpoints on their test sets: paper-style table plus heat-map overlays."""
     from .errors import choose
-    from .report import to_markdown, write_reports
+    from .report import report_paths, to_markdown, write_reports
     from .train.evaluate import evaluate_checkpoint
 
+    report_paths(out, "report")  # refused before the evaluation, not after it
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
     if batch_size < 1:
@@ -295,8 +296,12 @@ def run(
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
+    from .atomic import check_target
+
     checks.threshold("--threshold", threshold)
     checks.threshold("--pixel-threshold", pixel_threshold)
+    if stats_json is not None:
+        check_target(stats_json)  # refused before the run, not at its end
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     in_flight = parse_workers(workers)
@@ -346,10 +351,12 @@ def bench(
                                         "and 'pruned N%' for a pruned bundle)"),
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
+    from .atomic import check_target
     from .errors import choose
     from .runtime.bench import print_table, run_bench, write_json
     from .runtime.select import parse_workers
 
+    check_target(out)
     choose("dataset", dataset, DATASETS)
     try:
         batches = tuple(int(b) for b in batch.split(","))
@@ -413,8 +420,6 @@ def calibrate_threshold(
                   f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})")
     typer.echo(json.dumps(summary, indent=2))
 
-
-EXIT_IO = 4
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, check_target
 from .errors import ConfigError, DataError, choose
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
@@ -286,13 +286,15 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
     mark_pareto(variants, metric)
     picks = recommend(variants, metric, max_drop)
     out = Path(out_dir)
+    paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
+             "png": out / "pareto.png"}
+    for path in paths.values():  # all or none: no report set replaced in part
+        check_target(path)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(variants, picks, metric, max_drop)
     ok, png = cv2.imencode(".png", cv2.cvtColor(draw_pareto(variants, metric), cv2.COLOR_RGB2BGR))
     if not ok:
         raise DataError("could not encode the trade-off plot as PNG")
-    paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
-             "png": out / "pareto.png"}
     for key, data in (("md", markdown.encode()), ("csv", to_csv(variants).encode()),
                       ("html", to_html(variants, png.tobytes()).encode()), ("png", png.tobytes())):
         atomic_write_bytes(paths[key], data)  # an earlier report is replaced whole or kept

@@ -168,3 +168,77 @@ def test_the_rule_is_strictly_greater_and_a_nan_score_is_ng():
     assert threshold_for_rate(np.arange(12.0), 0.1) == 10.0
     with pytest.raises(DmgrdError, match="NaN"):
         threshold_for_rate([0.1] * 11 + [float("nan")], 0.1)
+
+
+# 4. writes replace a regular file or nothing -------------------------------------------
+
+def _not_regular(tmp_path: Path, kind: str) -> tuple[Path, object]:
+    """A path of this kind and a function telling it is still what it was."""
+    import os
+    import stat
+
+    path = tmp_path / f"target.{kind}"
+    if kind == "symlink":
+        (tmp_path / "real.json").write_text("keep me")
+        path.symlink_to(tmp_path / "real.json")
+        return path, lambda: path.is_symlink() and (tmp_path / "real.json").read_text() == "keep me"
+    if kind == "dangling-symlink":
+        path.symlink_to(tmp_path / "nowhere.json")
+        return path, lambda: path.is_symlink() and not (tmp_path / "nowhere.json").exists()
+    if kind == "folder":
+        path.mkdir()
+        (path / "inside.txt").write_text("keep me")
+        return path, lambda: (path / "inside.txt").read_text() == "keep me"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, lambda: stat.S_ISFIFO(os.lstat(path).st_mode)
+    try:  # a character device node (the numbers of /dev/null), as a root-run service could meet
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except (PermissionError, OSError):
+        pytest.skip("cannot create a device node here")
+    return path, lambda: stat.S_ISCHR(os.lstat(path).st_mode)
+
+
+KINDS = ["symlink", "dangling-symlink", "folder", "fifo", "device"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_atomic_write_refuses_anything_but_a_regular_file(tmp_path, kind):
+    from dmgrd_edge.atomic import atomic_write_bytes
+
+    path, unchanged = _not_regular(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DmgrdError) as caught:
+        atomic_write_bytes(path, b"new")
+    assert caught.value.exit_code == 4 and str(path) in caught.value.problem and caught.value.fix
+    assert unchanged() and sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary left
+    atomic_write_bytes(tmp_path / "plain.json", b"1")
+    atomic_write_bytes(tmp_path / "plain.json", b"2")  # a regular file is replaced
+    assert (tmp_path / "plain.json").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
+def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(tmp_path, bundle, kind):
+    path, unchanged = _not_regular(tmp_path, kind)
+    frames = good_frames(tmp_path / "good", 2)
+    refused(cli("run", bundle, "--source", frames, "--headless", "--stats-json", path), str(path),
+            code=4)
+    assert unchanged()
+
+
+def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bundle):
+    path, unchanged = _not_regular(tmp_path, "symlink")
+    refused(cli("bench", bundle, "--batch", "1", "--runs", "1", "--warmup", "0", "--out", path),
+            str(path), code=4)
+    assert unchanged()
+    result = tmp_path / "bench.json"
+    ran = cli("bench", bundle, "--batch", "1", "--runs", "1", "--warmup", "0", "--out", result)
+    assert ran.returncode == 0, ran.stderr
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("old report")
+    (report / "report.csv").mkdir()
+    done = cli("report", result, "--out", report)
+    assert done.returncode == 4 and str(report / "report.csv") in " ".join(done.stderr.split())
+    assert (report / "report.md").read_text() == "old report"  # no half-replaced set of reports
+    assert not (report / "report.html").exists()
