@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,16 +172,34 @@ def staging_dir(out: str | Path) -> Path:
     return path
 
 
+def check_out(out: str | Path) -> Path:
+    """``out`` if a bundle may be written there: nothing, an empty folder or an earlier bundle
+    (replaced whole). A file, a link or a folder of other things is refused untouched."""
+    out = Path(out)
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return out
+    keep = "choose another --out, or move it away; nothing was changed"
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{out} is a symbolic link, not a bundle folder",
+                          f"give the folder it points to ({os.readlink(out)}) or another --out; "
+                          "nothing was changed")
+    if not stat.S_ISDIR(mode):
+        raise BundleError(f"{out} exists and is not a folder (a bundle is a folder of files)", keep)
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not a bundle", keep)
+    return out
+
+
 def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest into ``staging`` and move it to ``out``, replacing any old bundle
     only once the new one is complete."""
-    out = Path(out)
+    out = check_out(out)
     validate_manifest(manifest)
     write_json_atomic(staging / MANIFEST, manifest)
     Bundle(staging, manifest).verify()
     if out.exists():
-        if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-            raise BundleError(f"{out} exists and is not a bundle", "choose another --out; nothing was changed")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "bundle")
         try:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dmgrd_edge.bundle import check_out
 from dmgrd_edge.errors import ConfigError, choose
 
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
@@ -80,6 +81,7 @@ class ExportOptions:
     def validate(self) -> "ExportOptions":
         if not Path(self.checkpoint).is_file():
             raise ConfigError(f"checkpoint not found: {self.checkpoint}", "train one with `dmgrd-edge train`")
+        check_out(self.out)  # a file or a folder of other things is refused before any work
         choose("calibration method", self.calib_method, CALIBRATION_METHODS)
         if self.calib_count < 1:
             raise ConfigError(f"--calib-count must be >= 1, got {self.calib_count}")

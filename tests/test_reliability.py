@@ -242,3 +242,14 @@ def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bu
     assert done.returncode == 4 and str(report / "report.csv") in " ".join(done.stderr.split())
     assert (report / "report.md").read_text() == "old report"  # no half-replaced set of reports
     assert not (report / "report.html").exists()
+
+
+# 5. export --out that is a file --------------------------------------------------------
+
+def test_export_refuses_an_out_that_is_a_file(tmp_path, trained_ckpt):
+    out = tmp_path / "bundle"
+    out.write_text("not a bundle: my notes")
+    result = cli("export", trained_ckpt, "--out", out, "--calib-count", "4", torch=True)
+    refused(result, str(out), "not a folder")
+    assert out.read_text() == "not a bundle: my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging folder left
