@@ -77,6 +77,12 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
                               f"{fix} (the checkpoint's configuration was changed or is damaged)"
                               ) from None
     _finite_threshold(f"{where}: 'threshold'", manifest["threshold"], fix)
+    batch = manifest["batch"]
+    sizes = [batch.get(k) for k in ("min", "opt", "max")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes) \
+            or not 1 <= sizes[0] <= sizes[1] <= sizes[2]:
+        raise BundleError(f"{where}: field 'batch' must hold whole numbers 1 <= min <= opt <= max, "
+                          f"got {batch!r}", fix)
     for name, entry in manifest["files"].items():
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"{where}: file name {name!r} points outside the bundle", fix)

@@ -14,6 +14,8 @@ from typing import Any
 
 from .errors import ConfigError, DmgrdError
 
+AUTO = "0: automatic"  # the note for thread counts, where 0 lets the library choose
+
 
 def describe_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
                    hi_open: bool = False) -> str:
@@ -72,3 +74,18 @@ def threshold(name: str, value: Any, error: type[DmgrdError] = ConfigError) -> A
     greater than NaN), +inf too, -inf every frame NG."""
     return number(name, value, note="NaN or infinity would decide every frame the same way",
                   error=error)
+
+
+def batch_range(manifest: dict) -> tuple[int, int]:
+    """(min, max) batch of a bundle, as its manifest records them (``batch``: min/opt/max,
+    the batch profile given to `dmgrd-edge export --batch`)."""
+    return int(manifest["batch"]["min"]), int(manifest["batch"]["max"])
+
+
+def batch_for_bundle(name: str, value: int, manifest: dict) -> int:
+    """A batch of at least 1 and at most the bundle's maximum (smaller batches than its
+    minimum are padded; larger ones were never exported)."""
+    _, top = batch_range(manifest)
+    return integer(name, value, 1, top,
+                   note=f"this bundle was exported for batches up to {top}; re-export with "
+                        "--batch MIN:OPT:MAX for larger ones")

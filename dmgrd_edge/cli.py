@@ -41,6 +41,11 @@ def generate_data(
 
     from .data.synthetic import CATEGORIES, generate_line_data
 
+    checks.integer("--n-train", n_train, 1)
+    checks.integer("--n-test-good", n_test_good, 0)
+    checks.integer("--n-test-per-defect", n_test_per_defect, 0)
+    checks.integer("--size", size, 32, note="the smallest model input")
+    checks.integer("--seed", seed, 0)
     names = sorted(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
     path = generate_line_data(out, names, n_train, n_test_good, n_test_per_defect, size, seed, overwrite,
                               progress=lambda jobs: track(jobs, description="generate", console=console))
@@ -87,6 +92,17 @@ def train(
     from .train.loop import TrainJob
     from .train.trainer import train_category
 
+    checks.integer("--image-size", image_size, 32, note="a multiple of 32")
+    checks.integer("--steps", steps, 1)
+    checks.integer("--batch-size", batch_size, 2,
+                   note="each batch holds normal and pseudo-anomalous images")
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--warmup-steps", warmup_steps, 0)
+    checks.integer("--seed", seed, 0)
+    checks.integer("--memory-size", memory_size, 1)
+    checks.integer("--val-every", val_every, 1)
+    checks.integer("--checkpoint-every", checkpoint_every, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
     model_cfg = ModelConfig(backbone=backbone, image_size=image_size, memory_size=memory_size,
@@ -120,10 +136,10 @@ def evaluate(
     from .train.evaluate import evaluate_checkpoint
 
     report_paths(out, "report")  # refused before the evaluation, not after it
+    checks.integer("--batch-size", batch_size, 1)
+    checks.integer("--overlays", overlays, 0)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     results = [evaluate_checkpoint(c, data, dataset, category, out, batch_size, device, overlays, console)
                for c in checkpoints]
     rows = [r["row"] for r in results]
@@ -154,10 +170,15 @@ def prune(
     from .train.checkpoint import read_checkpoint
     from .train.prune import PruneJob, finetune_config, prune_checkpoint
 
+    checks.number("--ratio", ratio, 0, 1, lo_open=True, hi_open=True,
+                  note="the share of channels removed")
+    checks.integer("--multiple", multiple, 1)
+    checks.integer("--steps", steps, 0, note="0: cut only")
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--batch-size", batch_size, 2)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
-    if steps < 0:
-        raise ConfigError(f"--steps must be >= 0, got {steps}")
     finetune = None
     if steps:
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
@@ -252,6 +273,7 @@ def build_engine_cmd(
     from .errors import choose
     from .export.options import BatchProfile, parse_size
 
+    checks.integer("--dla-core", dla_core, 0)
     choose("precision", precision, ("int8", "fp16", "fp32"))
     loaded = load_bundle(bundle)
     profile = BatchProfile.parse(batch) if batch else BatchProfile(**loaded.manifest["batch"])
@@ -289,6 +311,7 @@ def run(
                                  "to capture on small machines; lowers the backend's own rate)"),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
+    from .atomic import check_target
     from .bundle import load_bundle
     from .runtime.capture import Capture
     from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
@@ -296,17 +319,18 @@ def run(
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
-    from .atomic import check_target
-
     checks.threshold("--threshold", threshold)
     checks.threshold("--pixel-threshold", pixel_threshold)
+    checks.integer("--max-frames", max_frames, 1)
+    checks.integer("--queue-size", queue_size, 1)
+    checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
     if stats_json is not None:
         check_target(stats_json)  # refused before the run, not at its end
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
     in_flight = parse_workers(workers)
-    spec = parse_uri(source, input_width, input_height, input_fps, loop)
+    spec = parse_uri(source, input_width, input_height, input_fps, loop)  # checks those numbers
     loaded = load_bundle(bundle)
+    checks.batch_for_bundle("--batch", batch, loaded.manifest)
     source_handle = open_source(spec)  # a wrong source or sink is reported before the model loads
     sinks: list = []
     try:
@@ -338,7 +362,8 @@ def bench(
     bundle: Path = typer.Argument(..., help="bundle folder"),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
-    batch: str = typer.Option("1,4,8", help="comma list of batch sizes"),
+    batch: Optional[str] = typer.Option(None, help="comma list of batch sizes (default: 1,4,8 up "
+                                        "to the bundle's largest batch)"),
     warmup: int = typer.Option(5), runs: int = typer.Option(30),
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
     dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
@@ -352,18 +377,27 @@ def bench(
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
     from .atomic import check_target
+    from .bundle import load_bundle
     from .errors import choose
     from .runtime.bench import print_table, run_bench, write_json
     from .runtime.select import parse_workers
 
+    checks.integer("--warmup", warmup, 0)
+    checks.integer("--runs", runs, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
     check_target(out)
     choose("dataset", dataset, DATASETS)
-    try:
-        batches = tuple(int(b) for b in batch.split(","))
-    except ValueError:
-        raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
-    if not batches or min(batches) < 1 or runs < 1 or warmup < 0:
-        raise ConfigError("batch sizes and --runs must be >= 1, --warmup >= 0")
+    manifest = load_bundle(bundle, verify=False).manifest  # run_bench verifies it
+    if batch is None:
+        top = checks.batch_range(manifest)[1]
+        batches = tuple(b for b in (1, 4, 8) if b < top) + (min(top, 8),)
+    else:
+        try:
+            batches = tuple(int(b) for b in batch.split(","))
+        except ValueError:
+            raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
+    for size in batches:
+        checks.batch_for_bundle("--batch", size, manifest)
     result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
                        log=console.print, workers=parse_workers(workers))
     if label:
@@ -384,6 +418,7 @@ def report(
     """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
     from .tradeoff import write_report
 
+    checks.number("--max-drop", max_drop, 0, note="points of accuracy")
     result = write_report(results, out, metric, max_drop)
     typer.echo(result["paths"]["md"].read_text())
     for device, pick in result["recommended"].items():
@@ -399,7 +434,8 @@ def calibrate_threshold(
     backend: str = typer.Option("auto", help="the backend the line will run: auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N frames (needed for live sources)"),
-    batch: int = typer.Option(8),
+    batch: Optional[int] = typer.Option(None, help="frames per inference call (default: 8, or the "
+                                        "bundle's largest batch when smaller)"),
 ):
     """Set the decision threshold of the model file the line uses from good frames (no torch)."""
     from .bundle import load_bundle
@@ -408,10 +444,15 @@ def calibrate_threshold(
     from .runtime.sources import open_source, parse_uri
     from .runtime.threshold import calibrate, score_source
 
+    checks.number("--false-alarm-rate", false_alarm_rate, 0, 0.5, lo_open=True, hi_open=True)
+    checks.integer("--max-frames", max_frames, 1)
     spec = parse_uri(source)
     if spec.live and max_frames is None:
         raise ConfigError("a live source needs --max-frames", "e.g. --max-frames 2000")
     loaded = load_bundle(bundle)
+    if batch is None:
+        batch = min(8, checks.batch_range(loaded.manifest)[1])
+    checks.batch_for_bundle("--batch", batch, loaded.manifest)
     chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
     scores = score_source(open_source(spec), chosen, make_preprocess(loaded), batch, max_frames)
     before = loaded.threshold_for(chosen.bundle_file)

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dmgrd_edge import checks
 from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, to_rgb8
 from dmgrd_edge.errors import DataError, DmgrdError
 
@@ -71,9 +72,10 @@ def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps
               loop: bool = False) -> SourceSpec:
     """Turn a source string into a SourceSpec without touching any device; options that do
     not apply to the kind of source are an error, not ignored."""
+    checks.integer("--input-width", width, 1, error=SourceError)
+    checks.integer("--input-height", height, 1, error=SourceError)
+    checks.number("--input-fps", fps, 0, lo_open=True, error=SourceError)
     spec = _parse(uri, width, height, fps, loop)
-    if fps is not None and fps <= 0:
-        raise SourceError(f"--input-fps must be > 0, got {fps}")
     if spec.kind == "gst" and (width or height or fps):
         raise SourceError("--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
                           "set them inside the pipeline, e.g. ... ! video/x-raw,width=1280,height=720,"

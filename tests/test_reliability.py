@@ -30,8 +30,8 @@ def cli(*args, timeout: float = 180, torch: bool = False) -> subprocess.Complete
     code = ("import sys; sys.modules['torch'] = None\n" if not torch else "import sys\n") + (
             f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
             "from dmgrd_edge.cli import main\nmain()")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def refused(result: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
@@ -75,7 +75,8 @@ def test_run_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, bundle, o
 
 @pytest.mark.parametrize("where", ["bundle", "file"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, bundle, where, value):
+def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, bundle, where,
+                                                                     value):
     def edit(manifest):
         if where == "bundle":
             manifest["threshold"] = value
@@ -106,7 +107,8 @@ def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field,
 
 
 def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
-    copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
+    copy = copy_bundle(bundle, tmp_path / "b",
+                       lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
     refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
             "preprocess", "std", "> 0")
 
@@ -144,11 +146,13 @@ def test_calibrated_threshold_flags_no_more_good_frames_than_the_rate(tmp_path, 
     when the frames are identical (they all score the threshold)."""
     copy = copy_bundle(bundle, tmp_path / "b")
     frames = good_frames(tmp_path / "good", 12, same=same)
-    one = ("--backend", "onnxruntime", "--precision", "fp32", "--batch", "1")  # run and calibrate alike
-    calibrated = cli("calibrate-threshold", copy, "--source", frames, "--false-alarm-rate", "0.1", *one)
+    one = ("--backend", "onnxruntime", "--precision", "fp32", "--batch", "1")  # both run alike
+    calibrated = cli("calibrate-threshold", copy, "--source", frames, "--false-alarm-rate", "0.1",
+                     *one)
     assert calibrated.returncode == 0, calibrated.stderr
     events = tmp_path / "events.jsonl"
-    ran = cli("run", copy, "--source", frames, "--sink", events, "--headless", "--workers", "1", *one)
+    ran = cli("run", copy, "--source", frames, "--sink", events, "--headless", "--workers", "1",
+              *one)
     assert ran.returncode == 0, ran.stderr
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert len(lines) == 12
@@ -218,7 +222,8 @@ def test_atomic_write_refuses_anything_but_a_regular_file(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
-def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(tmp_path, bundle, kind):
+def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(tmp_path, bundle,
+                                                                              kind):
     path, unchanged = _not_regular(tmp_path, kind)
     frames = good_frames(tmp_path / "good", 2)
     refused(cli("run", bundle, "--source", frames, "--headless", "--stats-json", path), str(path),
@@ -253,3 +258,72 @@ def test_export_refuses_an_out_that_is_a_file(tmp_path, trained_ckpt):
     refused(result, str(out), "not a folder")
     assert out.read_text() == "not a bundle: my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging folder left
+
+
+# 6. numbers in range before work starts -----------------------------------------------
+
+def run_main(args, capsys) -> tuple[int, str]:
+    """The CLI's entry point in this process (fast: refusals come before any heavy import)."""
+    from dmgrd_edge.cli import main
+
+    saved = sys.argv
+    sys.argv = ["dmgrd-edge", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+RUN_CASES = [
+    (["--threads", "-1"], "--threads", ">= 0"), (["--max-frames", "0"], "--max-frames", ">= 1"),
+    (["--max-frames", "-3"], "--max-frames", ">= 1"),
+    (["--queue-size", "0"], "--queue-size", ">= 1"),
+    (["--max-retries", "-1"], "--max-retries", ">= 0"), (["--batch", "0"], "--batch", "in [1, 4]"),
+    (["--batch", "5"], "--batch", "in [1, 4]"), (["--input-fps", "nan"], "--input-fps", "> 0"),
+    (["--input-fps", "0"], "--input-fps", "> 0"), (["--input-fps", "-5"], "--input-fps", "> 0"),
+    (["--input-fps", "inf"], "--input-fps", "> 0"),
+]
+
+
+@pytest.mark.parametrize("args, option, needle", RUN_CASES)
+def test_run_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, args, option, needle):
+    frames = good_frames(tmp_path / "good", 1)
+    code, err = run_main(["run", bundle, "--source", frames, "--headless", *args], capsys)
+    assert code == 2 and option in err and needle in err and "fix:" in err, err
+    assert "backend:" not in err
+
+
+@pytest.mark.parametrize("args, option, needle", [
+    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--batch", "5"], "--batch",
+     "in [1, 4]"),
+    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--max-frames", "0"],
+     "--max-frames", ">= 1"),
+    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--false-alarm-rate", "nan"],
+     "--false-alarm-rate", "in (0, 0.5)"),
+    (["bench", "{bundle}", "--batch", "1,5"], "--batch", "in [1, 4]"),
+    (["bench", "{bundle}", "--threads", "-2"], "--threads", ">= 0"),
+    (["bench", "{bundle}", "--runs", "0"], "--runs", ">= 1"),
+    (["train", "--data", "{missing}", "--lr", "nan"], "--lr", "> 0"),
+    (["train", "--data", "{missing}", "--lr", "-0.1"], "--lr", "> 0"),
+    (["train", "--data", "{missing}", "--steps", "0"], "--steps", ">= 1"),
+    (["train", "--data", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
+    (["prune", "{missing}", "--out", "{missing}", "--lr", "nan"], "--lr", "> 0"),
+    (["prune", "{missing}", "--out", "{missing}", "--ratio", "nan"], "--ratio", "in (0, 1)"),
+    (["prune", "{missing}", "--out", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
+    (["export", "{missing}", "--out", "{missing}", "--int8", "--max-drop", "nan"], "--max-drop",
+     "> 0"),
+    (["report", "{missing}", "--max-drop", "nan"], "--max-drop", ">= 0"),
+    (["generate-data", "{missing}", "--n-train", "0", "--size", "64", "--categories", "washer"],
+     "--n-train", ">= 1"),
+])
+def test_other_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, args, option,
+                                                     needle):
+    frames = good_frames(tmp_path / "good", 1)
+    fill = {"bundle": bundle, "frames": frames, "missing": tmp_path / "missing"}
+    code, err = run_main([a.format(**fill) for a in args], capsys)
+    assert code == 2 and option in err and needle in err and "fix:" in err, err
+    assert "backend:" not in err and not (tmp_path / "missing").exists()
