@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import checks
 from .errors import EXIT_IO, ConfigError, DmgrdError
@@ -20,6 +21,13 @@ from .errors import EXIT_IO, ConfigError, DmgrdError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
 console = Console(stderr=True)
+
+
+def say(message: object) -> None:
+    """A line to stderr as it is: file names, globs and URIs may hold [brackets], which
+    console markup would take for styles (or fail on)."""
+    console.print(message, markup=False)
+
 
 BACKBONE_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "wide_resnet50_2")
 DATASETS = ("mvtec", "visa_mvtec", "btad", "visa", "folder")
@@ -49,7 +57,7 @@ def generate_data(
     names = sorted(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
     path = generate_line_data(out, names, n_train, n_test_good, n_test_per_defect, size, seed, overwrite,
                               progress=lambda jobs: track(jobs, description="generate", console=console))
-    console.print(f"wrote {path} ({', '.join(names)})")
+    say(f"wrote {path} ({', '.join(names)})")
 
 
 @app.command()
@@ -146,7 +154,7 @@ def evaluate(
     title = f"DM-GRD ({results[0]['backbone']}) on {results[0]['dataset']}"
     paths = write_reports(rows, out, "report", title, {"runs": results})
     typer.echo(to_markdown(rows, title))
-    console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
+    say(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
 
 
 @app.command()
@@ -228,7 +236,7 @@ def export(
 
     from .export.pipeline import export_bundle
 
-    manifest = export_bundle(opts, log=console.print,
+    manifest = export_bundle(opts, log=say,
                              progress=lambda xs, what: track(xs, description=what, console=console))
     if engine:
         _build_engines(out, ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"], opts.batch, opts.workspace,
@@ -237,7 +245,8 @@ def export(
                           indent=2))
     guards = [manifest["guard"] or {}] + [f["guard"] for f in manifest["files"].values() if "guard" in f]
     if any(g.get("max_drop_met") is False for g in guards):
-        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in {out / 'manifest.json'}")
+        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
+                      f"{escape(str(out / 'manifest.json'))}")
         console.print("  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
                       "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)")
         raise SystemExit(3)
@@ -250,14 +259,14 @@ def _build_engines(bundle_path: Path, precisions: list[str], batch, workspace: i
     bundle = load_bundle(bundle_path)
     for precision in precisions:
         request = EngineRequest(bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core)
-        entry = build_engine(request, log=console.print)
+        entry = build_engine(request, log=say)
         name, info = next(iter(entry.items()))
         from .bundle import file_entry
 
         info.update({k: v for k, v in file_entry(bundle.root / name, "engine", precision).items()
                      if k in ("bytes", "sha256")})
         bundle = add_files(bundle, {name: info})
-        console.print(f"engine written: {bundle.root / name}")
+        say(f"engine written: {bundle.root / name}")
 
 
 @app.command("build-engine")
@@ -338,19 +347,20 @@ def run(
             # a recording plays at the source's rate (25 fps when the source does not tell)
             sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
-                                spin=not no_spin, spin_between_runs=False, workers=in_flight)
+        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads,
+                                log=say, spin=not no_spin, spin_between_runs=False,
+                                workers=in_flight)
     except BaseException:
         for opened in sinks:
             opened.close()
         source_handle.close()
         raise
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
-    console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
+    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
     config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
                        stats_json=stats_json, extra={"source": source, "bundle": str(bundle)}, workers=chosen.workers)
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
-    pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
+    pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
     pipeline.install_signal_handlers()
     code = pipeline.run(capture)
     if code:
@@ -399,12 +409,12 @@ def bench(
     for size in batches:
         checks.batch_for_bundle("--batch", size, manifest)
     result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
-                       log=console.print, workers=parse_workers(workers))
+                       log=say, workers=parse_workers(workers))
     if label:
         result["label"] = label
     write_json(result, out)
     typer.echo(print_table(result))
-    console.print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 @app.command()
@@ -422,8 +432,8 @@ def report(
     result = write_report(results, out, metric, max_drop)
     typer.echo(result["paths"]["md"].read_text())
     for device, pick in result["recommended"].items():
-        console.print(f"recommended on {device}: {pick.name}")
-    console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+        say(f"recommended on {device}: {pick.name}")
+    say("wrote " + ", ".join(str(p) for p in result["paths"].values()))
 
 
 @app.command("calibrate-threshold")
@@ -453,11 +463,11 @@ def calibrate_threshold(
     if batch is None:
         batch = min(8, checks.batch_range(loaded.manifest)[1])
     checks.batch_for_bundle("--batch", batch, loaded.manifest)
-    chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
+    chosen = create_backend(loaded, backend, precision, max_batch=batch, log=say)
     scores = score_source(open_source(spec), chosen, make_preprocess(loaded), batch, max_frames)
     before = loaded.threshold_for(chosen.bundle_file)
-    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=console.print)
-    console.print(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=say)
+    say(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
                   f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})")
     typer.echo(json.dumps(summary, indent=2))
 
@@ -469,13 +479,15 @@ def main() -> None:
     try:
         app()
     except DmgrdError as exc:
-        console.print(f"[bold red]error:[/] {exc.problem}")
+        console.print(f"[bold red]error:[/] {escape(exc.problem)}", soft_wrap=True)
         if exc.fix:
-            console.print(f"  [bold]fix:[/] {exc.fix}")
+            console.print(f"  [bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except OSError as exc:  # disk full, permission denied, a vanished mount: no traceback, a clear exit code
         where = f" {exc.filename}" if exc.filename else ""
-        console.print(f"[bold red]error:[/] cannot read or write{where}: {exc.strerror or exc}")
+        reason = escape(str(exc.strerror or exc))
+        console.print(f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}",
+                      soft_wrap=True)
         console.print("  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted")
         sys.exit(EXIT_IO)
     except KeyboardInterrupt:

@@ -327,3 +327,11 @@ def test_other_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, a
     code, err = run_main([a.format(**fill) for a in args], capsys)
     assert code == 2 and option in err and needle in err and "fix:" in err, err
     assert "backend:" not in err and not (tmp_path / "missing").exists()
+
+
+# error messages are printed as they are ---------------------------------------------
+
+def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle, capsys):
+    """A problem naming a glob like [/x] (console markup syntax) is printed as it is."""
+    code, err = run_main(["run", bundle, "--source", tmp_path / "[/x]*.png", "--headless"], capsys)
+    assert code == 2 and "no images found" in err and "[/x]*.png" in err, err
