@@ -335,3 +335,36 @@ def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle
     """A problem naming a glob like [/x] (console markup syntax) is printed as it is."""
     code, err = run_main(["run", bundle, "--source", tmp_path / "[/x]*.png", "--headless"], capsys)
     assert code == 2 and "no images found" in err and "[/x]*.png" in err, err
+
+
+# 7. latency statistics in bounded memory -----------------------------------------------
+
+def test_latency_statistics_keep_bounded_memory_and_numpy_close_quantiles():
+    import tracemalloc
+
+    from dmgrd_edge.runtime.stats import RELATIVE_ERROR, Stats
+
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.lognormal(1.0, 0.6, 290_000), rng.uniform(50, 400, 9_000),
+                           rng.uniform(1e-4, 1e-2, 1_000)])
+    rng.shuffle(data)
+    values = data.tolist()
+    stats = Stats()
+    stats.add("inference", values[0])  # its storage exists from the first sample on
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for value in values[1:]:
+            stats.add("inference", value)
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert grown < 16 * 1024, grown  # 300k floats in a list would take about 9 MB
+    assert stats.nbytes() < 64 * 1024
+    summary = stats.summary()["stages_ms"]["inference"]
+    assert summary["count"] == 300_000
+    assert summary["mean"] == pytest.approx(data.mean(), rel=1e-9)
+    assert summary["max"] == data.max()
+    for q in (50, 90, 99):
+        exact = np.percentile(data, q)
+        assert abs(summary[f"p{q}"] - exact) <= RELATIVE_ERROR * exact, (q, summary[f"p{q}"], exact)
