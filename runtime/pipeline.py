@@ -239,5 +239,7 @@ class Pipeline:
         self.summary = summary
         if capture.fatal:
             self.log(f"error: {capture.fatal}")
+            if capture.fatal_fix:
+                self.log(f"  fix: {capture.fatal_fix}")
             return EXIT_SOURCE_LOST
         return EXIT_OK

@@ -219,7 +219,9 @@ class VideoCaptureSource:
 
 
 class ImageFolderSource:
-    """Sorted image files from a folder or glob; unreadable files are reported, not fatal."""
+    """Sorted image files from a folder or glob; an unreadable file is reported and skipped,
+    but a whole pass over the files without a readable one is a SourceError (with --loop the
+    source would otherwise read the broken files forever)."""
 
     live = camera = False
 
@@ -236,20 +238,34 @@ class ImageFolderSource:
         if not self.files:
             raise SourceError(f"no images found for {location!r}", f"expected {', '.join(IMAGE_SUFFIXES)} files")
         self.position = 0
+        self.read_in_pass = 0  # files read in the current pass over the list
+        self.last_error: str | None = None
 
     def read(self) -> tuple[Status, np.ndarray | None]:
         from dmgrd_edge.data.imageio import read_image
 
         if self.position >= len(self.files):
+            if not self.read_in_pass:
+                raise SourceError(f"none of the {len(self.files)} image files of "
+                                  f"{self.spec.location!r} can be read "
+                                  f"(the last: {self.last_error})",
+                                  "the files are corrupt, truncated or not images: copy them again "
+                                  "or give another folder")
             if not self.spec.loop:
                 return Status.END, None
-            self.position = 0
+            self.position, self.read_in_pass = 0, 0
         path = self.files[self.position]
         self.position += 1
         try:
-            return Status.OK, read_image(path)
-        except DataError:
+            image = read_image(path)
+        except DataError as exc:
+            self.last_error = exc.problem
             return Status.ERROR, None  # a corrupt file: counted and skipped by the capture loop
+        except OSError as exc:  # unreadable (permissions, a vanished mount): skipped the same way
+            self.last_error = f"{path}: {exc.strerror or exc}"
+            return Status.ERROR, None
+        self.read_in_pass += 1
+        return Status.OK, image
 
     def reopen(self) -> None:
         pass

@@ -17,24 +17,36 @@ from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
 from .decision import allowed_false_alarms, threshold_for_rate
-from .sources import Status
+from .sources import SourceError, Status
 
 
-def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None) -> np.ndarray:
-    scores, pending = [], []
-    while max_frames is None or len(scores) + len(pending) < max_frames:
-        status, image = source.read()
-        if status is Status.END:
-            break
-        if status is not Status.OK:
-            continue
-        pending.append(preprocess(image))
-        if len(pending) == batch:
+def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None,
+                 max_failed_reads: int = 100) -> np.ndarray:
+    """Scores of the source's frames; corrupt files are skipped, but ``max_failed_reads``
+    reads in a row without a frame (a camera that stopped) are a SourceError, not a wait
+    for ever."""
+    scores, pending, failed = [], [], 0
+    try:
+        while max_frames is None or len(scores) + len(pending) < max_frames:
+            status, image = source.read()
+            if status is Status.END:
+                break
+            if status is not Status.OK:
+                failed += 1
+                if failed >= max_failed_reads:
+                    raise SourceError(f"the source gave no frame in {failed} reads in a row",
+                                      "check the camera or stream (cable, URL, that nothing else "
+                                      "holds it) and calibrate again")
+                continue
+            failed = 0
+            pending.append(preprocess(image))
+            if len(pending) == batch:
+                scores.extend(backend.infer(np.stack(pending))[1].tolist())
+                pending = []
+        if pending:
             scores.extend(backend.infer(np.stack(pending))[1].tolist())
-            pending = []
-    if pending:
-        scores.extend(backend.infer(np.stack(pending))[1].tolist())
-    source.close()
+    finally:
+        source.close()
     return np.asarray(scores, np.float64)
 
 

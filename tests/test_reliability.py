@@ -368,3 +368,55 @@ def test_latency_statistics_keep_bounded_memory_and_numpy_close_quantiles():
     for q in (50, 90, 99):
         exact = np.percentile(data, q)
         assert abs(summary[f"p{q}"] - exact) <= RELATIVE_ERROR * exact, (q, summary[f"p{q}"], exact)
+
+
+# 8. a source without a single readable frame -------------------------------------------
+
+def corrupt_pngs(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    image, _ = make_image("washer", 5, "video", 0, 64)
+    _, encoded = cv2.imencode(".png", image)
+    data = encoded.tobytes()
+    (folder / "0.png").write_bytes(data[: len(data) // 2])  # truncated
+    middle = bytearray(data)
+    middle[60:400] = bytes(340)  # the image data zeroed, the end chunk intact
+    (folder / "1.png").write_bytes(bytes(middle))
+    for i in range(2, count):
+        (folder / f"{i}.png").write_bytes(b"not a png at all" * i)
+    return folder
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["once", "loop"])
+def test_a_source_whose_every_file_is_corrupt_ends_with_an_error(tmp_path, bundle, loop):
+    frames = corrupt_pngs(tmp_path / "bad")
+    stats = tmp_path / "stats.json"
+    result = cli("run", bundle, "--source", frames, "--headless", "--stats-json", stats,
+                 *(["--loop"] if loop else []), timeout=120)
+    err = " ".join(result.stderr.split())
+    assert result.returncode == 3, err
+    assert "none of the 3 image files" in err and "fix:" in err and "Traceback" not in err
+    summary = json.loads(stats.read_text())
+    assert summary["frames"] == 0 and summary["corrupt"] == 3 and summary["source_error"]
+
+
+def test_calibration_on_a_camera_that_gives_no_frame_ends_with_an_error(tmp_path, bundle):
+    """A camera that stopped sending frames ends the calibration, it is not waited for
+    for ever (a real video file presented as a camera whose every read fails)."""
+    from dmgrd_edge.runtime.select import create_backend
+    from dmgrd_edge.runtime.sources import SourceError, Status, VideoCaptureSource, parse_uri
+    from dmgrd_edge.runtime.threshold import score_source
+
+    class DeadCamera(VideoCaptureSource):
+        def read(self):
+            return Status.ERROR, None
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    loaded = load_bundle(bundle)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None)
+    camera = DeadCamera(parse_uri(str(video)))
+    with pytest.raises(SourceError, match="no frame in 100 reads"):
+        score_source(camera, backend, lambda image: image, max_frames=10)
+    assert camera.cap is None  # closed
