@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -61,7 +62,8 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{where} is not a dmgrd-edge bundle manifest", fix)
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not 1 <= version <= SCHEMA_VERSION:
         raise BundleError(f"{where} has schema version {version!r}; this dmgrd-edge reads up to {SCHEMA_VERSION}",
                           "upgrade dmgrd-edge on this machine or export with the matching version")
     for key, kind in _REQUIRED.items():
@@ -84,14 +86,37 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
         raise BundleError(f"{where}: field 'batch' must hold whole numbers 1 <= min <= opt <= max, "
                           f"got {batch!r}", fix)
     for name, entry in manifest["files"].items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{where}: file name {name!r} points outside the bundle", fix)
-        for field in ("kind", "bytes", "sha256"):
-            if field not in entry:
-                raise BundleError(f"{where}: entry for {name!r} lacks {field!r}", fix)
-        if "threshold" in entry:
-            _finite_threshold(f"{where}: 'threshold' of {name!r}", entry["threshold"], fix)
+        _check_file_entry(f"{where}: file {name!r}", name, entry, fix)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_file_entry(where: str, name: str, entry: Any, fix: str) -> None:
+    """The fields of one ``files`` entry that loading and choosing a model file read."""
+    parts = Path(name).parts
+    if "\0" in name or not parts or Path(name).is_absolute() or ".." in parts or name == MANIFEST:
+        raise BundleError(f"{where} points outside the bundle or is not a file name", fix)
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where}: the entry must be an object, got {type(entry).__name__}", fix)
+    for field in ("kind", "bytes", "sha256"):
+        if field not in entry:
+            raise BundleError(f"{where}: the entry lacks {field!r}", fix)
+    if entry["kind"] not in FILE_KINDS:
+        raise BundleError(f"{where}: unknown kind {entry['kind']!r} "
+                          f"(known: {', '.join(FILE_KINDS)})", fix)
+    if entry.get("precision") is not None and entry["precision"] not in PRECISIONS:
+        raise BundleError(f"{where}: unknown precision {entry['precision']!r} "
+                          f"(known: {', '.join(PRECISIONS)})", fix)
+    checks.integer(f"{where}: 'bytes'", entry["bytes"], 0, error=BundleError)
+    if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+        raise BundleError(f"{where}: 'sha256' is not a sha256 digest", fix)
+    for field in ("onnx", "target"):
+        if field in entry and not isinstance(entry[field], str):
+            raise BundleError(f"{where}: {field!r} must be a name, got {entry[field]!r}", fix)
+    if "threshold" in entry:
+        _finite_threshold(f"{where}: 'threshold'", entry["threshold"], fix)
 
 
 def _finite_threshold(name: str, value: Any, fix: str) -> None:
@@ -157,8 +182,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "copy the bundle again or re-export it") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a 5000-digit number, too deep
+        raise BundleError(f"{manifest_path} is not valid JSON ({str(exc)[:200]})",
+                          "copy the bundle again or re-export it") from exc
     bundle = Bundle(root, validate_manifest(manifest, str(manifest_path)))
     if verify:
         bundle.verify()

@@ -37,9 +37,11 @@ def _refuse(name: str, value: Any, kind: str, where: str, note: str | None,
 
 
 def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None, *,
-            note: str | None = None, error: type[DmgrdError] = ConfigError) -> Any:
-    """``value`` if it is a whole number within [lo, hi] (None passes: an unset option)."""
-    if value is None:
+            optional: bool = False, note: str | None = None,
+            error: type[DmgrdError] = ConfigError) -> Any:
+    """``value`` if it is a whole number within [lo, hi]; None only if ``optional`` (an
+    option left unset)."""
+    if value is None and optional:
         return None
     where = describe_range(lo, hi)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -50,10 +52,10 @@ def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None,
 
 
 def number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-           lo_open: bool = False, hi_open: bool = False, note: str | None = None,
-           error: type[DmgrdError] = ConfigError) -> Any:
-    """``value`` if it is a finite real number within the range (None passes: unset)."""
-    if value is None:
+           lo_open: bool = False, hi_open: bool = False, optional: bool = False,
+           note: str | None = None, error: type[DmgrdError] = ConfigError) -> Any:
+    """``value`` if it is a finite real number within the range; None only if ``optional``."""
+    if value is None and optional:
         return None
     where = describe_range(lo, hi, lo_open, hi_open)
     kind = "finite number"
@@ -69,11 +71,12 @@ def number(name: str, value: Any, lo: float | None = None, hi: float | None = No
     return value
 
 
-def threshold(name: str, value: Any, error: type[DmgrdError] = ConfigError) -> Any:
+def threshold(name: str, value: Any, *, optional: bool = False,
+              error: type[DmgrdError] = ConfigError) -> Any:
     """A decision threshold: any finite number. NaN would make every frame OK (no score is
     greater than NaN), +inf too, -inf every frame NG."""
-    return number(name, value, note="NaN or infinity would decide every frame the same way",
-                  error=error)
+    return number(name, value, optional=optional, error=error,
+                  note="NaN or infinity would decide every frame the same way")
 
 
 def batch_range(manifest: dict) -> tuple[int, int]:

@@ -183,7 +183,7 @@ def prune(
     checks.integer("--multiple", multiple, 1)
     checks.integer("--steps", steps, 0, note="0: cut only")
     checks.number("--lr", lr, 0, lo_open=True)
-    checks.integer("--batch-size", batch_size, 2)
+    checks.integer("--batch-size", batch_size, 2, optional=True)
     checks.integer("--threads", threads, 0, note=checks.AUTO)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
@@ -282,7 +282,7 @@ def build_engine_cmd(
     from .errors import choose
     from .export.options import BatchProfile, parse_size
 
-    checks.integer("--dla-core", dla_core, 0)
+    checks.integer("--dla-core", dla_core, 0, optional=True)
     choose("precision", precision, ("int8", "fp16", "fp32"))
     loaded = load_bundle(bundle)
     profile = BatchProfile.parse(batch) if batch else BatchProfile(**loaded.manifest["batch"])
@@ -328,9 +328,9 @@ def run(
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
-    checks.threshold("--threshold", threshold)
-    checks.threshold("--pixel-threshold", pixel_threshold)
-    checks.integer("--max-frames", max_frames, 1)
+    checks.threshold("--threshold", threshold, optional=True)
+    checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
+    checks.integer("--max-frames", max_frames, 1, optional=True)
     checks.integer("--queue-size", queue_size, 1)
     checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
     checks.integer("--threads", threads, 0, note=checks.AUTO)
@@ -455,7 +455,7 @@ def calibrate_threshold(
     from .runtime.threshold import calibrate, score_source
 
     checks.number("--false-alarm-rate", false_alarm_rate, 0, 0.5, lo_open=True, hi_open=True)
-    checks.integer("--max-frames", max_frames, 1)
+    checks.integer("--max-frames", max_frames, 1, optional=True)
     spec = parse_uri(source)
     if spec.live and max_frames is None:
         raise ConfigError("a live source needs --max-frames", "e.g. --max-frames 2000")

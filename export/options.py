@@ -81,9 +81,9 @@ class ExportOptions:
 
     def validate(self) -> "ExportOptions":
         checks.integer("--calib-count", self.calib_count, 1)
-        checks.number("--max-drop", self.max_drop, 0, lo_open=True,
+        checks.number("--max-drop", self.max_drop, 0, lo_open=True, optional=True,
                       note="points of I-AUC / PRO@0.3")
-        checks.integer("--dla-core", self.dla_core, 0)
+        checks.integer("--dla-core", self.dla_core, 0, optional=True)
         checks.integer("--guard-count", self.guard_count, 4)
         if not Path(self.checkpoint).is_file():
             raise ConfigError(f"checkpoint not found: {self.checkpoint}", "train one with `dmgrd-edge train`")

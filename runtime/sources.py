@@ -72,9 +72,9 @@ def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps
               loop: bool = False) -> SourceSpec:
     """Turn a source string into a SourceSpec without touching any device; options that do
     not apply to the kind of source are an error, not ignored."""
-    checks.integer("--input-width", width, 1, error=SourceError)
-    checks.integer("--input-height", height, 1, error=SourceError)
-    checks.number("--input-fps", fps, 0, lo_open=True, error=SourceError)
+    checks.integer("--input-width", width, 1, optional=True, error=SourceError)
+    checks.integer("--input-height", height, 1, optional=True, error=SourceError)
+    checks.number("--input-fps", fps, 0, lo_open=True, optional=True, error=SourceError)
     spec = _parse(uri, width, height, fps, loop)
     if spec.kind == "gst" and (width or height or fps):
         raise SourceError("--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
@@ -97,7 +97,7 @@ def _parse(uri: str, width: int | None, height: int | None, fps: float | None, l
     if sep:
         scheme = scheme.lower()
         if scheme == "csi":
-            if not rest.isdigit():
+            if not _DIGITS.fullmatch(rest):
                 raise SourceError(f"bad CSI source {text!r}", "use csi://N with N the sensor id, e.g. csi://0")
             return SourceSpec("csi", rest, **opts)
         if scheme in ("rtsp", "rtsps", "http", "https"):
@@ -107,23 +107,42 @@ def _parse(uri: str, width: int | None, height: int | None, fps: float | None, l
                 raise SourceError("a gst:// pipeline must end in an appsink", "e.g. gst://videotestsrc ! videoconvert ! appsink")
             return SourceSpec("gst", rest, **opts)
         if scheme == "v4l2":
+            if not _V4L2.fullmatch(rest):
+                raise SourceError(f"bad V4L2 source {text!r}",
+                                  "use v4l2://N or v4l2:///dev/videoN, e.g. v4l2:///dev/video0")
             return SourceSpec("v4l2", rest, **opts)
         if scheme == "file":
+            if not rest.strip():
+                raise SourceError(f"no path in {text!r}", "use file:///path/to/video.mp4")
             return _path_spec(rest, opts)
         raise SourceError(f"unknown source scheme {scheme!r}",
                           "choose one of csi://, rtsp://, gst://, v4l2://, file://, a camera index or a path")
-    if text.isdigit():
-        return SourceSpec("v4l2", text, **opts)
-    if re.fullmatch(r"/dev/video\d+", text):
+    if _V4L2.fullmatch(text):
         return SourceSpec("v4l2", text, **opts)
     return _path_spec(text, opts)
+
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes '²', which int() refuses
+_V4L2 = re.compile(r"[0-9]+|/dev/video[0-9]+")
+
+
+def v4l2_index(spec: SourceSpec) -> int:
+    """The device number of a V4L2 source ('2' or '/dev/video2' -> 2)."""
+    return int(re.search(r"[0-9]+$", spec.location).group())
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def _path_spec(text: str, opts: dict) -> SourceSpec:
     if any(ch in text for ch in "*?["):
         return SourceSpec("images", text, **opts)
     path = Path(text)
-    if path.is_dir():
+    if _is_dir(path):
         return SourceSpec("images", text, **opts)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return SourceSpec("file", text, **opts)
@@ -170,8 +189,7 @@ class VideoCaptureSource:
         elif spec.kind == "gst":
             cap = cv2.VideoCapture(spec.location, cv2.CAP_GSTREAMER)
         elif spec.kind == "v4l2":
-            index = int(spec.location) if spec.location.isdigit() else int(spec.location.rsplit("video", 1)[1])
-            cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
+            cap = cv2.VideoCapture(v4l2_index(spec), cv2.CAP_V4L2)
         else:
             cap = cv2.VideoCapture(spec.location)
         if spec.kind in ("v4l2", "rtsp"):

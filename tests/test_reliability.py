@@ -5,7 +5,9 @@ real ONNX Runtime sessions, real files; the CLI runs in a subprocess as on the l
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from dmgrd_edge.bundle import BundleError, load_bundle
 from dmgrd_edge.data.synthetic import make_image
@@ -95,9 +99,10 @@ def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, b
 @pytest.mark.parametrize("field, value, needle", [
     ("mean", [0.485, 0.456], "3 numbers"), ("mean", [0.5, 0.5, 0.5, 0.5], "3 numbers"),
     ("mean", 0.5, "3 numbers"), ("mean", [0.5, "x", 0.5], "finite number"),
-    ("mean", [0.5, float("nan"), 0.5], "finite number"), ("std", [0.2, 0.0, 0.2], "> 0"),
-    ("std", [0.2, -0.1, 0.2], "> 0"), ("std", [0.2, float("inf"), 0.2], "finite number"),
-    ("height", 64.0, "whole number"), ("width", True, "whole number"),
+    ("mean", [0.5, float("nan"), 0.5], "finite number"), ("mean", [0.5, None, 0.5], "finite"),
+    ("mean", [1e36, 0.5, 0.5], "in [-1000, 1000]"), ("std", [0.2, 0.0, 0.2], "in [1e-06, 1000]"),
+    ("std", [0.2, -0.1, 0.2], "in [1e-06, 1000]"), ("std", [0.2, float("inf"), 0.2], "finite"),
+    ("height", 64.0, "whole number"), ("width", True, "whole number"), ("height", None, "whole"),
 ])
 def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field, value, needle):
     copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__(field, value))
@@ -110,7 +115,7 @@ def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
     copy = copy_bundle(bundle, tmp_path / "b",
                        lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
     refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
-            "preprocess", "std", "> 0")
+            "preprocess", "std", "in [1e-06, 1000]")
 
 
 # 3. the decision rule and the calibration share one rule -------------------------------
@@ -420,3 +425,141 @@ def test_calibration_on_a_camera_that_gives_no_frame_ends_with_an_error(tmp_path
     with pytest.raises(SourceError, match="no frame in 100 reads"):
         score_source(camera, backend, lambda image: image, max_frames=10)
     assert camera.cap is None  # closed
+
+
+# properties: any input ends in a value or a clean DmgrdError ---------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (st.lists(inner, max_size=4)
+                   | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10)
+PROPERTY = settings(deadline=None, max_examples=250, derandomize=True)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, (*prefix, index))
+
+
+@st.composite
+def mutated(draw, manifest: dict):
+    """The manifest with one to three of its values deleted or replaced by any JSON value,
+    or a key added anywhere."""
+    result = copy.deepcopy(manifest)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(list(_paths(result))))
+        value = draw(JSON)
+        if not path:
+            result = value
+            continue
+        parent = result
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=8))] = value
+        else:
+            parent[path[-1]] = value
+    return result
+
+
+@pytest.fixture(scope="module")
+def fuzz_bundle(tmp_path_factory, bundle) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fuzz") / "b"
+    shutil.copytree(bundle, root)
+    return root, json.loads((root / "manifest.json").read_text())
+
+
+def use_bundle(loaded) -> None:
+    """What the runtime reads from a loaded bundle works and gives usable values."""
+    from dmgrd_edge.runtime.pipeline import make_preprocess
+    from dmgrd_edge.runtime.select import onnx_file_for
+
+    from dmgrd_edge.checks import batch_range
+
+    low, high = batch_range(loaded.manifest)
+    assert 1 <= low <= high
+    assert math.isfinite(loaded.threshold) and loaded.model_config.image_size >= 32
+    for name in loaded.manifest["files"]:
+        assert math.isfinite(loaded.threshold_for(name)) and loaded.path(name).is_file()
+    for precision in ("auto", "fp32", "int8"):
+        try:
+            name, _ = onnx_file_for(loaded, precision, accelerated=False, log=lambda _: None)
+        except DmgrdError:
+            continue
+        assert name in loaded.manifest["files"]
+    image = np.full((48, 40, 3), 128, np.uint8)
+    tensor = make_preprocess(loaded)(image)
+    pre = loaded.preprocess
+    assert tensor.shape == (3, pre.height, pre.width) and np.isfinite(tensor).all()
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_edit_of_a_manifest_loads_or_is_refused_cleanly(fuzz_bundle, data):
+    root, manifest = fuzz_bundle
+    edited = data.draw(mutated(manifest))
+    (root / "manifest.json").write_text(json.dumps(edited))
+    try:
+        loaded = load_bundle(root)
+    except DmgrdError as exc:
+        assert exc.problem and exc.fix
+        return
+    use_bundle(loaded)
+
+
+@PROPERTY
+@given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
+@example(b"1" * 5000)  # an integer longer than Python converts from text
+@example(b"[" * 100_000)  # deeper than the parser recurses
+@example(b'{"schema": "dmgrd-edge-bundle", "schema_version": true}')
+def test_any_manifest_file_loads_or_is_refused_cleanly(fuzz_bundle, text):
+    root, _ = fuzz_bundle
+    (root / "manifest.json").write_bytes(text)
+    with pytest.raises(DmgrdError):
+        load_bundle(root)
+
+
+SCHEMES = ["csi", "CSI", "rtsp", "rtsps", "http", "gst", "v4l2", "file", "ftp", ""]
+SUFFIXES = [".mp4", ".avi", ".png", ".jpg", ".txt", "", "/"]
+URIS = st.one_of(
+    st.text(),
+    st.builds("{}://{}".format, st.sampled_from(SCHEMES), st.text()),
+    st.builds("{}://{}".format, st.sampled_from(SCHEMES), st.text("0123456789²٣/devideo ")),
+    st.text("0123456789²٣ "),
+    st.builds("/dev/video{}".format, st.text("0123456789²x", max_size=3)),
+    st.builds("{}{}".format, st.text(max_size=300), st.sampled_from(SUFFIXES)),
+    st.builds("{}*{}".format, st.text(max_size=8), st.sampled_from(SUFFIXES)),
+)
+SIZES = st.none() | st.integers(-3, 10_000)
+
+
+@PROPERTY
+@given(uri=URIS, width=SIZES, height=SIZES, fps=st.none() | st.floats(), loop=st.booleans())
+@example(uri="a" * 300 + ".png", width=None, height=None, fps=None, loop=False)  # too long a name
+@example(uri="v4l2://²", width=None, height=None, fps=None, loop=False)
+@example(uri="clip.mp4", width=None, height=None, fps=float("nan"), loop=False)
+def test_any_source_string_parses_or_is_refused_cleanly(uri, width, height, fps, loop):
+    from dmgrd_edge.runtime.sources import parse_uri, v4l2_index
+
+    try:
+        spec = parse_uri(uri, width, height, fps, loop)
+    except DmgrdError as exc:
+        assert exc.problem and exc.fix
+        return
+    assert spec.kind in ("v4l2", "csi", "rtsp", "gst", "file", "images") and spec.location
+    if spec.kind == "v4l2":
+        assert v4l2_index(spec) >= 0
+    if spec.kind == "csi":
+        assert spec.location.isascii() and spec.location.isdigit()
+    assert spec.fps is None or (math.isfinite(spec.fps) and spec.fps > 0)
+    assert all(v is None or v >= 1 for v in (spec.width, spec.height))
+    assert not (spec.camera and spec.loop)
