@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .atomic import atomic_write_bytes
 from .config import ModelConfig, PreprocessConfig
-from .errors import DmgrdError
+from .errors import ConfigError, DmgrdError
 
 SCHEMA = "dmgrd-edge-bundle"
 SCHEMA_VERSION = 1
@@ -59,7 +62,8 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{where} is not a dmgrd-edge bundle manifest", fix)
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not 1 <= version <= SCHEMA_VERSION:
         raise BundleError(f"{where} has schema version {version!r}; this dmgrd-edge reads up to {SCHEMA_VERSION}",
                           "upgrade dmgrd-edge on this machine or export with the matching version")
     for key, kind in _REQUIRED.items():
@@ -67,15 +71,60 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
             raise BundleError(f"{where} lacks the field {key!r}", fix)
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) and kind is not bool:
             raise BundleError(f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix)
-    ModelConfig.from_dict(manifest["model"])
-    PreprocessConfig.from_dict(manifest["preprocess"])
+    for key, config in (("model", ModelConfig), ("preprocess", PreprocessConfig)):
+        try:
+            config.from_dict(manifest[key])
+        except ConfigError as exc:
+            raise BundleError(f"{where}: field {key!r}: {exc.problem}",
+                              f"{fix} (the checkpoint's configuration was changed or is damaged)"
+                              ) from None
+    _finite_threshold(f"{where}: 'threshold'", manifest["threshold"], fix)
+    batch = manifest["batch"]
+    sizes = [batch.get(k) for k in ("min", "opt", "max")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes) \
+            or not 1 <= sizes[0] <= sizes[1] <= sizes[2]:
+        raise BundleError(f"{where}: field 'batch' must hold whole numbers 1 <= min <= opt <= max, "
+                          f"got {batch!r}", fix)
     for name, entry in manifest["files"].items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{where}: file name {name!r} points outside the bundle", fix)
-        for field in ("kind", "bytes", "sha256"):
-            if field not in entry:
-                raise BundleError(f"{where}: entry for {name!r} lacks {field!r}", fix)
+        _check_file_entry(f"{where}: file {name!r}", name, entry, fix)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_file_entry(where: str, name: str, entry: Any, fix: str) -> None:
+    """The fields of one ``files`` entry that loading and choosing a model file read."""
+    parts = Path(name).parts
+    if "\0" in name or not parts or Path(name).is_absolute() or ".." in parts or name == MANIFEST:
+        raise BundleError(f"{where} points outside the bundle or is not a file name", fix)
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where}: the entry must be an object, got {type(entry).__name__}", fix)
+    for field in ("kind", "bytes", "sha256"):
+        if field not in entry:
+            raise BundleError(f"{where}: the entry lacks {field!r}", fix)
+    if entry["kind"] not in FILE_KINDS:
+        raise BundleError(f"{where}: unknown kind {entry['kind']!r} "
+                          f"(known: {', '.join(FILE_KINDS)})", fix)
+    if entry.get("precision") is not None and entry["precision"] not in PRECISIONS:
+        raise BundleError(f"{where}: unknown precision {entry['precision']!r} "
+                          f"(known: {', '.join(PRECISIONS)})", fix)
+    checks.integer(f"{where}: 'bytes'", entry["bytes"], 0, error=BundleError)
+    if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+        raise BundleError(f"{where}: 'sha256' is not a sha256 digest", fix)
+    for field in ("onnx", "target"):
+        if field in entry and not isinstance(entry[field], str):
+            raise BundleError(f"{where}: {field!r} must be a name, got {entry[field]!r}", fix)
+    if "threshold" in entry:
+        _finite_threshold(f"{where}: 'threshold'", entry["threshold"], fix)
+
+
+def _finite_threshold(name: str, value: Any, fix: str) -> None:
+    try:
+        checks.threshold(name, value, error=BundleError)
+    except BundleError as exc:
+        raise BundleError(exc.problem,
+                          f"{fix}, or set it with `dmgrd-edge calibrate-threshold`") from None
 
 
 @dataclass
@@ -133,8 +182,9 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "copy the bundle again or re-export it") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a 5000-digit number, too deep
+        raise BundleError(f"{manifest_path} is not valid JSON ({str(exc)[:200]})",
+                          "copy the bundle again or re-export it") from exc
     bundle = Bundle(root, validate_manifest(manifest, str(manifest_path)))
     if verify:
         bundle.verify()
@@ -154,16 +204,34 @@ def staging_dir(out: str | Path) -> Path:
     return path
 
 
+def check_out(out: str | Path) -> Path:
+    """``out`` if a bundle may be written there: nothing, an empty folder or an earlier bundle
+    (replaced whole). A file, a link or a folder of other things is refused untouched."""
+    out = Path(out)
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return out
+    keep = "choose another --out, or move it away; nothing was changed"
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{out} is a symbolic link, not a bundle folder",
+                          f"give the folder it points to ({os.readlink(out)}) or another --out; "
+                          "nothing was changed")
+    if not stat.S_ISDIR(mode):
+        raise BundleError(f"{out} exists and is not a folder (a bundle is a folder of files)", keep)
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not a bundle", keep)
+    return out
+
+
 def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest into ``staging`` and move it to ``out``, replacing any old bundle
     only once the new one is complete."""
-    out = Path(out)
+    out = check_out(out)
     validate_manifest(manifest)
     write_json_atomic(staging / MANIFEST, manifest)
     Bundle(staging, manifest).verify()
     if out.exists():
-        if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-            raise BundleError(f"{out} exists and is not a bundle", "choose another --out; nothing was changed")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "bundle")
         try:

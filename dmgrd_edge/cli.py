@@ -13,12 +13,21 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from .errors import ConfigError, DmgrdError
+from . import checks
+from .errors import EXIT_IO, ConfigError, DmgrdError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
 console = Console(stderr=True)
+
+
+def say(message: object) -> None:
+    """A line to stderr as it is: file names, globs and URIs may hold [brackets], which
+    console markup would take for styles (or fail on)."""
+    console.print(message, markup=False)
+
 
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
                   "resnet50", "wide_resnet50_2")
@@ -41,10 +50,15 @@ def generate_data(
 
     from .data.synthetic import CATEGORIES, generate_line_data
 
+    checks.integer("--n-train", n_train, 1)
+    checks.integer("--n-test-good", n_test_good, 0)
+    checks.integer("--n-test-per-defect", n_test_per_defect, 0)
+    checks.integer("--size", size, 32, note="the smallest model input")
+    checks.integer("--seed", seed, 0)
     names = sorted(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
     path = generate_line_data(out, names, n_train, n_test_good, n_test_per_defect, size, seed, overwrite,
                               progress=lambda jobs: track(jobs, description="generate", console=console))
-    console.print(f"wrote {path} ({', '.join(names)})")
+    say(f"wrote {path} ({', '.join(names)})")
 
 
 @app.command("photo-data")
@@ -66,7 +80,7 @@ def photo_data(
     names = list(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
     path = build_photo_set(out, names, n_train, n_test_good, n_test_defect, size, seed, overwrite,
                            progress=lambda jobs: track(jobs, description="photographs", console=console))
-    console.print(f"wrote {path} ({', '.join(names)})")
+    say(f"wrote {path} ({', '.join(names)})")
 
 
 @app.command()
@@ -116,6 +130,18 @@ def train(
     from .train.loop import TrainJob
     from .train.trainer import train_category
 
+    checks.integer("--image-size", image_size, 32, note="a multiple of 32")
+    checks.integer("--steps", steps, 1)
+    checks.integer("--batch-size", batch_size, 2,
+                   note="each batch holds normal and pseudo-anomalous images")
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--warmup-steps", warmup_steps, 0)
+    checks.integer("--seed", seed, 0)
+    checks.integer("--memory-size", memory_size, 1)
+    checks.integer("--val-every", val_every, 1)
+    checks.integer("--checkpoint-every", checkpoint_every, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    checks.integer("--patch-bank-size", patch_bank_size, 16)
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
     model_cfg = model_config_from_options(
@@ -147,20 +173,21 @@ def evaluate(
 ):
     """Evaluate checkpoints on their test sets: paper-style table plus heat-map overlays."""
     from .errors import choose
-    from .report import to_markdown, write_reports
+    from .report import report_paths, to_markdown, write_reports
     from .train.evaluate import evaluate_checkpoint
 
+    report_paths(out, "report")  # refused before the evaluation, not after it
+    checks.integer("--batch-size", batch_size, 1)
+    checks.integer("--overlays", overlays, 0)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     results = [evaluate_checkpoint(c, data, dataset, category, out, batch_size, device, overlays, console)
                for c in checkpoints]
     rows = [r["row"] for r in results]
     title = f"DM-GRD ({results[0]['backbone']}) on {results[0]['dataset']}"
     paths = write_reports(rows, out, "report", title, {"runs": results})
     typer.echo(to_markdown(rows, title))
-    console.print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
+    say(f"wrote {paths['md']}, {paths['csv']}, {paths['json']} and overlays in {out / 'overlays'}")
 
 
 @app.command()
@@ -201,10 +228,15 @@ def prune(
     from .train.checkpoint import read_checkpoint
     from .train.prune import PruneJob, finetune_config, prune_checkpoint
 
+    checks.number("--ratio", ratio, 0, 1, lo_open=True, hi_open=True,
+                  note="the share of channels removed")
+    checks.integer("--multiple", multiple, 1)
+    checks.integer("--steps", steps, 0, note="0: cut only")
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--batch-size", batch_size, 2, optional=True)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
-    if steps < 0:
-        raise ConfigError(f"--steps must be >= 0, got {steps}")
     finetune = None
     if steps:
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
@@ -254,7 +286,7 @@ def export(
 
     from .export.pipeline import export_bundle
 
-    manifest = export_bundle(opts, log=console.print,
+    manifest = export_bundle(opts, log=say,
                              progress=lambda xs, what: track(xs, description=what, console=console))
     if engine:
         _build_engines(out, ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"], opts.batch, opts.workspace,
@@ -263,7 +295,8 @@ def export(
                           indent=2))
     guards = [manifest["guard"] or {}] + [f["guard"] for f in manifest["files"].values() if "guard" in f]
     if any(g.get("max_drop_met") is False for g in guards):
-        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in {out / 'manifest.json'}")
+        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
+                      f"{escape(str(out / 'manifest.json'))}")
         console.print("  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
                       "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)")
         raise SystemExit(3)
@@ -276,14 +309,14 @@ def _build_engines(bundle_path: Path, precisions: list[str], batch, workspace: i
     bundle = load_bundle(bundle_path)
     for precision in precisions:
         request = EngineRequest(bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core)
-        entry = build_engine(request, log=console.print)
+        entry = build_engine(request, log=say)
         name, info = next(iter(entry.items()))
         from .bundle import file_entry
 
         info.update({k: v for k, v in file_entry(bundle.root / name, "engine", precision).items()
                      if k in ("bytes", "sha256")})
         bundle = add_files(bundle, {name: info})
-        console.print(f"engine written: {bundle.root / name}")
+        say(f"engine written: {bundle.root / name}")
 
 
 @app.command("build-engine")
@@ -299,6 +332,7 @@ def build_engine_cmd(
     from .errors import choose
     from .export.options import BatchProfile, parse_size
 
+    checks.integer("--dla-core", dla_core, 0, optional=True)
     choose("precision", precision, ("int8", "fp16", "fp32"))
     loaded = load_bundle(bundle)
     profile = BatchProfile.parse(batch) if batch else BatchProfile(**loaded.manifest["batch"])
@@ -336,6 +370,7 @@ def run(
                                  "to capture on small machines; lowers the backend's own rate)"),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
+    from .atomic import check_target
     from .bundle import load_bundle
     from .runtime.capture import Capture
     from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
@@ -343,11 +378,18 @@ def run(
     from .runtime.sinks import open_sink
     from .runtime.sources import open_source, parse_uri
 
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    checks.threshold("--threshold", threshold, optional=True)
+    checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
+    checks.integer("--max-frames", max_frames, 1, optional=True)
+    checks.integer("--queue-size", queue_size, 1)
+    checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    if stats_json is not None:
+        check_target(stats_json)  # refused before the run, not at its end
     in_flight = parse_workers(workers)
-    spec = parse_uri(source, input_width, input_height, input_fps, loop)
+    spec = parse_uri(source, input_width, input_height, input_fps, loop)  # checks those numbers
     loaded = load_bundle(bundle)
+    checks.batch_for_bundle("--batch", batch, loaded.manifest)
     # a wrong source or sink is reported before the model loads; CSI frames come at the input size
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     sinks: list = []
@@ -356,19 +398,20 @@ def run(
             # a recording plays at the source's rate (25 fps when the source does not tell)
             sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads, log=console.print,
-                                spin=not no_spin, spin_between_runs=False, workers=in_flight)
+        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads,
+                                log=say, spin=not no_spin, spin_between_runs=False,
+                                workers=in_flight)
     except BaseException:
         for opened in sinks:
             opened.close()
         source_handle.close()
         raise
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
-    console.print(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
+    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
     config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
                        stats_json=stats_json, extra={"source": source, "bundle": str(bundle)}, workers=chosen.workers)
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
-    pipeline = Pipeline(loaded, chosen, sinks, config, log=console.print)
+    pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
     pipeline.install_signal_handlers()
     try:
         code = pipeline.run(capture)
@@ -383,7 +426,8 @@ def bench(
     bundle: Path = typer.Argument(..., help="bundle folder"),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
-    batch: str = typer.Option("1,4,8", help="comma list of batch sizes"),
+    batch: Optional[str] = typer.Option(None, help="comma list of batch sizes (default: 1,4,8 up "
+                                        "to the bundle's largest batch)"),
     warmup: int = typer.Option(5), runs: int = typer.Option(30),
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
     dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
@@ -396,24 +440,35 @@ def bench(
                                         "and 'pruned N%' for a pruned bundle)"),
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
+    from .atomic import check_target
+    from .bundle import load_bundle
     from .errors import choose
     from .runtime.bench import print_table, run_bench, write_json
     from .runtime.select import parse_workers
 
+    checks.integer("--warmup", warmup, 0)
+    checks.integer("--runs", runs, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    check_target(out)
     choose("dataset", dataset, DATASETS)
-    try:
-        batches = tuple(int(b) for b in batch.split(","))
-    except ValueError:
-        raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
-    if not batches or min(batches) < 1 or runs < 1 or warmup < 0:
-        raise ConfigError("batch sizes and --runs must be >= 1, --warmup >= 0")
+    manifest = load_bundle(bundle, verify=False).manifest  # run_bench verifies it
+    if batch is None:
+        top = checks.batch_range(manifest)[1]
+        batches = tuple(b for b in (1, 4, 8) if b < top) + (min(top, 8),)
+    else:
+        try:
+            batches = tuple(int(b) for b in batch.split(","))
+        except ValueError:
+            raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
+    for size in batches:
+        checks.batch_for_bundle("--batch", size, manifest)
     result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
-                       log=console.print, workers=parse_workers(workers))
+                       log=say, workers=parse_workers(workers))
     if label:
         result["label"] = label
     write_json(result, out)
     typer.echo(print_table(result))
-    console.print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 @app.command()
@@ -430,14 +485,15 @@ def report(
     """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
     from .tradeoff import budget_sentence, write_report
 
+    checks.number("--max-drop", max_drop, 0, note="points of accuracy")
     result = write_report(results, out, metric, max_drop, budget_ms)
     typer.echo(result["paths"]["md"].read_text())
     for device, pick in result["recommended"].items():
-        console.print(f"recommended on {device}: {pick.name}")
+        say(f"recommended on {device}: {pick.name}")
     for device, pick in result["budget"].items():
         sentence = budget_sentence(result["variants"], device, pick, metric, budget_ms)
-        console.print(f"{device}: {sentence.replace('**', '')}")
-    console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+        say(f"{device}: {sentence.replace('**', '')}")
+    say("wrote " + ", ".join(str(p) for p in result["paths"].values()))
 
 
 @app.command("calibrate-threshold")
@@ -448,7 +504,8 @@ def calibrate_threshold(
     backend: str = typer.Option("auto", help="the backend the line will run: auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N frames (needed for live sources)"),
-    batch: int = typer.Option(8),
+    batch: Optional[int] = typer.Option(None, help="frames per inference call (default: 8, or the "
+                                        "bundle's largest batch when smaller)"),
 ):
     """Set the decision threshold of the model file the line uses from good frames (no torch)."""
     from .bundle import load_bundle
@@ -457,11 +514,16 @@ def calibrate_threshold(
     from .runtime.sources import open_source, parse_uri
     from .runtime.threshold import calibrate, score_source
 
+    checks.number("--false-alarm-rate", false_alarm_rate, 0, 0.5, lo_open=True, hi_open=True)
+    checks.integer("--max-frames", max_frames, 1, optional=True)
     spec = parse_uri(source)
     if spec.live and max_frames is None:
         raise ConfigError("a live source needs --max-frames", "e.g. --max-frames 2000")
     loaded = load_bundle(bundle)
-    chosen = create_backend(loaded, backend, precision, max_batch=batch, log=console.print)
+    if batch is None:
+        batch = min(8, checks.batch_range(loaded.manifest)[1])
+    checks.batch_for_bundle("--batch", batch, loaded.manifest)
+    chosen = create_backend(loaded, backend, precision, max_batch=batch, log=say)
     # CSI frames scaled to the input size, as in `run`
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     try:
@@ -469,13 +531,11 @@ def calibrate_threshold(
     finally:
         chosen.close()
     before = loaded.threshold_for(chosen.bundle_file)
-    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=console.print)
-    console.print(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=say)
+    say(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
                   f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})")
     typer.echo(json.dumps(summary, indent=2))
 
-
-EXIT_IO = 4
 
 
 def main() -> None:
@@ -484,13 +544,15 @@ def main() -> None:
     try:
         app()
     except DmgrdError as exc:
-        console.print(f"[bold red]error:[/] {exc.problem}")
+        console.print(f"[bold red]error:[/] {escape(exc.problem)}", soft_wrap=True)
         if exc.fix:
-            console.print(f"  [bold]fix:[/] {exc.fix}")
+            console.print(f"  [bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except OSError as exc:  # disk full, permission denied, a vanished mount: no traceback, a clear exit code
         where = f" {exc.filename}" if exc.filename else ""
-        console.print(f"[bold red]error:[/] cannot read or write{where}: {exc.strerror or exc}")
+        reason = escape(str(exc.strerror or exc))
+        console.print(f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}",
+                      soft_wrap=True)
         console.print("  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted")
         sys.exit(EXIT_IO)
     except KeyboardInterrupt:

@@ -6,10 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from . import checks
 from .errors import ConfigError, choose
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN_RANGE, STD_RANGE = (-1000, 1000), (1e-6, 1000)  # per channel, pixels scaled to [0, 1]
 
 SELECTION_RULES = ("nearest", "authors")
 SCORE_MODES = ("topk_mean", "max")
@@ -32,11 +34,25 @@ class PreprocessConfig:
     interpolation: str = "linear"
 
     def __post_init__(self):
+        checks.integer("preprocess height", self.height)
+        checks.integer("preprocess width", self.width)
         if self.height < 32 or self.width < 32 or self.height % 32 or self.width % 32:
             raise ConfigError(
                 f"image size {self.height}x{self.width} is not supported",
                 "use a multiple of 32 that is at least 32 (e.g. 256)",
             )
+        # x -> (x - 255 mean) / (255 std) per channel, in float32: bounded means and stds > 0,
+        # so that no pixel normalises to infinity
+        for name, (lo, hi) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise ConfigError(f"preprocess {name} must be 3 numbers (R, G, B), got {values!r}",
+                                  "give one value per colour channel, e.g. the ImageNet "
+                                  f"{name} {list(getattr(PreprocessConfig, name))}")
+            for value in values:
+                checks.number(f"preprocess {name}", value, lo, hi,
+                              note="for pixel values scaled to [0, 1]")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
         choose("color order", self.color_order, ("RGB", "BGR"))
         choose("interpolation", self.interpolation, ("linear", "area", "nearest"))
 
@@ -45,9 +61,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
-        data = dict(data)
-        data["mean"] = tuple(data["mean"])
-        data["std"] = tuple(data["std"])
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"preprocess config has unknown fields {sorted(unknown)}",
+                              "it was written by a newer dmgrd-edge; upgrade")
         return cls(**data)
 
 
@@ -80,6 +97,25 @@ class ModelConfig:
     memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
 
     def __post_init__(self):
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError(f"model backbone must be a name, got {self.backbone!r}",
+                              "e.g. efficientnet_lite0 (`dmgrd-edge backbones` lists them)")
+        for name in ("use_memory", "scale_memory_inputs"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"model {name} must be true or false, got {value!r}",
+                                  "re-create the configuration with dmgrd-edge")
+        checks.integer("model image_size", self.image_size)
+        checks.integer("model memory_size", self.memory_size, 1)
+        checks.integer("model score_topk", self.score_topk, 1)
+        checks.number("model blur_sigma", self.blur_sigma, 0)
+        if self.pruned_widths is not None:
+            if not isinstance(self.pruned_widths, dict) or not all(isinstance(k, str)
+                                                                   for k in self.pruned_widths):
+                raise ConfigError(f"model pruned_widths must map group names to widths, got "
+                                  f"{self.pruned_widths!r}", "prune the checkpoint again")
+            for width in self.pruned_widths.values():
+                checks.integer("model pruned width", width, 1)
         choose("method", self.method, METHODS)
         choose("memory read", self.memory_read, MEMORY_READS)
         choose("score source", self.score_source, SCORE_SOURCES)
@@ -96,16 +132,12 @@ class ModelConfig:
             raise ConfigError("--memory-read patch needs the memory", "drop --no-memory or use --memory-read image")
         choose("memory selection rule", self.selection, SELECTION_RULES)
         choose("score mode", self.score_mode, SCORE_MODES)
-        if self.memory_size < 1:
-            raise ConfigError(f"memory size must be >= 1, got {self.memory_size}")
         if self.selection == "authors" and self.memory_size != 30:
             raise ConfigError(
                 f"the authors' selection rule needs memory size 30, got {self.memory_size}",
                 "it concatenates the top-10 channels of 3 levels into one 30-vector; "
                 "use --selection nearest for other sizes",
             )
-        if self.score_topk < 1:
-            raise ConfigError(f"score top-k must be >= 1, got {self.score_topk}")
         PreprocessConfig(height=self.image_size, width=self.image_size)  # validates size
 
     def to_dict(self) -> dict[str, Any]:

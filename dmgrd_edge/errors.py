@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+EXIT_IO = 4  # a file that cannot be read or written
+
 
 class DmgrdError(Exception):
     """A problem with the user's input or environment, with a hint on how to fix it."""
@@ -24,6 +26,12 @@ class ConfigError(DmgrdError):
 
 class WeightsError(DmgrdError):
     """Pretrained weights that cannot be found or loaded."""
+
+
+class TargetError(DmgrdError):
+    """A path to write that is not a regular file (a link, a folder, a device, a pipe)."""
+
+    exit_code = EXIT_IO
 
 
 class CheckpointError(DmgrdError):

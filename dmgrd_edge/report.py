@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, check_target
 
 COLUMNS = (("i_auroc", "I-AUC"), ("p_auroc", "P-AUC"), ("pro_30", "PRO@0.3"), ("pro_full", "PRO(full)"),
            ("ms_per_image", "ms/image"))
@@ -50,11 +50,17 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def report_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """The files ``write_reports`` writes, each checked to be a regular file or new (so a
+    command can refuse before its work, and no set of reports is replaced in part)."""
+    out = Path(out_dir)
+    return {kind: check_target(out / f"{stem}.{kind}") for kind in ("md", "csv", "json")}
+
+
 def write_reports(rows: list[dict[str, Any]], out_dir: str | Path, stem: str, title: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    paths = report_paths(out_dir, stem)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     notes = ("\nI-AUC, P-AUC: ROC AUC of image scores / pixels. PRO@0.3: standard AUPRO up to FPR 0.3. "
              "PRO(full): PRO integrated over the whole FPR range, as the DM-GRD authors report it. "
              "ms/image: model forward time per image on the evaluation device, file reading excluded.\n")

@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, check_target
 from .errors import ConfigError, DataError, choose
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
@@ -326,6 +326,10 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
     picks = recommend(variants, metric, max_drop)
     budget_picks = within_budget(variants, metric, budget_ms) if budget_ms is not None else {}
     out = Path(out_dir)
+    paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
+             "png": out / "pareto.png"}
+    for path in paths.values():  # all or none: no report set replaced in part
+        check_target(path)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(variants, picks, metric, max_drop, budget_ms, budget_picks)
     metrics = (metric,) + tuple(m for m in PLOT_METRICS if m != metric)
@@ -339,8 +343,6 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
             pick = budget_picks.get(device)
             sentences.append(f"{device}: "
                              + budget_sentence(variants, device, pick, metric, budget_ms))
-    paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
-             "png": out / "pareto.png"}
     for key, data in (("md", markdown.encode()), ("csv", to_csv(variants).encode()),
                       ("html", to_html(variants, png, sentences).encode()), ("png", png)):
         atomic_write_bytes(paths[key], data)  # an earlier report is replaced whole or kept

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dmgrd_edge import checks
+from dmgrd_edge.bundle import check_out
 from dmgrd_edge.errors import ConfigError, choose
 
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
@@ -78,16 +80,17 @@ class ExportOptions:
     seed: int = 0
 
     def validate(self) -> "ExportOptions":
+        checks.integer("--calib-count", self.calib_count, 1)
+        checks.number("--max-drop", self.max_drop, 0, lo_open=True, optional=True,
+                      note="points of I-AUC / PRO@0.3")
+        checks.integer("--dla-core", self.dla_core, 0, optional=True)
+        checks.integer("--guard-count", self.guard_count, 4)
         if not Path(self.checkpoint).is_file():
             raise ConfigError(f"checkpoint not found: {self.checkpoint}", "train one with `dmgrd-edge train`")
+        check_out(self.out)  # a file or a folder of other things is refused before any work
         choose("calibration method", self.calib_method, CALIBRATION_METHODS)
-        if self.calib_count < 1:
-            raise ConfigError(f"--calib-count must be >= 1, got {self.calib_count}")
-        if self.max_drop is not None:
-            if not self.int8:
-                raise ConfigError("--max-drop applies to INT8 only", "add --int8 or drop --max-drop")
-            if self.max_drop <= 0:
-                raise ConfigError(f"--max-drop must be > 0 (points of I-AUC / PRO@0.3), got {self.max_drop}")
+        if self.max_drop is not None and not self.int8:
+            raise ConfigError("--max-drop applies to INT8 only", "add --int8 or drop --max-drop")
         if self.int8_teacher and not self.int8:
             raise ConfigError("--int8-teacher applies to INT8 only", "add --int8")
         if self.calib_pseudo and not self.int8:
@@ -95,16 +98,12 @@ class ExportOptions:
         if self.dla_core is not None:
             if not self.engine:
                 raise ConfigError("--dla-core needs --engine", "DLA engines are built on the Jetson with --engine")
-            if self.dla_core < 0:
-                raise ConfigError(f"--dla-core must be >= 0, got {self.dla_core}")
             if self.batch.dynamic:
                 raise ConfigError("DLA needs a fixed batch", "use e.g. --batch 1 with --dla-core")
             if not (self.int8 or self.fp16):
                 raise ConfigError("DLA runs FP16 or INT8 only", "add --int8 or --fp16")
         if self.workspace < (1 << 20):
             raise ConfigError(f"workspace {self.workspace} bytes is too small", "give at least 1M, e.g. --workspace 1G")
-        if self.guard_count < 4:
-            raise ConfigError(f"--guard-count must be >= 4, got {self.guard_count}")
         return self
 
     def int8_targets(self) -> list[str]:

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from dmgrd_edge.errors import DmgrdError
+
 from .sources import SourceError, Status
 
 log = logging.getLogger("dmgrd_edge.runtime")
@@ -56,6 +58,7 @@ class Capture(threading.Thread):
         self.counters = CaptureCounters()
         self.stop_event = threading.Event()
         self.fatal: str | None = None
+        self.fatal_fix: str | None = None
 
     @property
     def live(self) -> bool:
@@ -131,6 +134,10 @@ class Capture(threading.Thread):
                 elif status is Status.TIMEOUT:
                     continue
                 elif status is Status.END:
+                    if not self.counters.captured and self.counters.corrupt:
+                        self.fatal = (f"the source ended without a readable frame "
+                                      f"({self.counters.corrupt} corrupt)")
+                        self.fatal_fix = "check the source's files; give one with readable frames"
                     break
                 else:
                     if not getattr(self.source, "camera", self.live):
@@ -142,6 +149,8 @@ class Capture(threading.Thread):
                         if not self._reconnect():
                             break
                         consecutive_errors = 0
+        except DmgrdError as exc:  # e.g. a folder whose every file is corrupt
+            self.fatal, self.fatal_fix = exc.problem, exc.fix
         except Exception as exc:  # noqa: BLE001 - report any capture crash to the pipeline
             self.fatal = f"capture failed: {type(exc).__name__}: {exc}"
         finally:

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
 
 from .capture import END, Capture
+from .decision import is_ng
 from .postprocess import draw, regions
 from .stats import Stats
 
@@ -42,6 +44,10 @@ class RunConfig:
     stats_json: Path | None = None
     extra: dict = field(default_factory=dict)
     workers: int = 1  # batches in flight
+
+    def __post_init__(self):
+        checks.threshold("threshold", self.threshold)
+        checks.threshold("pixel threshold", self.pixel_threshold)
 
 
 def make_preprocess(bundle: Bundle):
@@ -92,7 +98,7 @@ class Pipeline:
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
             found = regions(amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0]))
-            ng = bool(score >= self.config.threshold)
+            ng = is_ng(float(score), self.config.threshold)
             overlay = None
             if self.needs_overlay:
                 overlay = draw(frame.image, amap, float(score), self.config.threshold, found)
@@ -233,5 +239,7 @@ class Pipeline:
         self.summary = summary
         if capture.fatal:
             self.log(f"error: {capture.fatal}")
+            if capture.fatal_fix:
+                self.log(f"  fix: {capture.fatal_fix}")
             return EXIT_SOURCE_LOST
         return EXIT_OK

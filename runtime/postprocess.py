@@ -9,6 +9,8 @@ import numpy as np
 
 from dmgrd_edge.viz import heat_overlay
 
+from .decision import is_ng
+
 
 @dataclass
 class Region:
@@ -49,7 +51,7 @@ def draw(frame: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: fl
     h, w = frame.shape[:2]
     top = vmax if vmax is not None else max(threshold * 1.5, 1e-6)
     out = heat_overlay(frame, cv2.resize(anomaly_map, (w, h)), 0.0, top)
-    ng = score >= threshold
+    ng = is_ng(score, threshold)
     colour = (255, 40, 40) if ng else (40, 220, 40)
     for r in found:
         cv2.rectangle(out, (r.x, r.y), (r.x + r.w, r.y + r.h), colour, 2)

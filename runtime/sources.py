@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dmgrd_edge import checks
 from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, to_rgb8
 from dmgrd_edge.errors import DataError, DmgrdError
 
@@ -71,9 +72,10 @@ def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps
               loop: bool = False) -> SourceSpec:
     """Turn a source string into a SourceSpec without touching any device; options that do
     not apply to the kind of source are an error, not ignored."""
+    checks.integer("--input-width", width, 1, optional=True, error=SourceError)
+    checks.integer("--input-height", height, 1, optional=True, error=SourceError)
+    checks.number("--input-fps", fps, 0, lo_open=True, optional=True, error=SourceError)
     spec = _parse(uri, width, height, fps, loop)
-    if fps is not None and fps <= 0:
-        raise SourceError(f"--input-fps must be > 0, got {fps}")
     if spec.kind == "gst" and (width or height or fps):
         raise SourceError("--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
                           "set them inside the pipeline, e.g. ... ! video/x-raw,width=1280,height=720,"
@@ -95,7 +97,7 @@ def _parse(uri: str, width: int | None, height: int | None, fps: float | None, l
     if sep:
         scheme = scheme.lower()
         if scheme == "csi":
-            if not rest.isdigit():
+            if not _DIGITS.fullmatch(rest):
                 raise SourceError(f"bad CSI source {text!r}", "use csi://N with N the sensor id, e.g. csi://0")
             return SourceSpec("csi", rest, **opts)
         if scheme in ("rtsp", "rtsps", "http", "https"):
@@ -105,23 +107,42 @@ def _parse(uri: str, width: int | None, height: int | None, fps: float | None, l
                 raise SourceError("a gst:// pipeline must end in an appsink", "e.g. gst://videotestsrc ! videoconvert ! appsink")
             return SourceSpec("gst", rest, **opts)
         if scheme == "v4l2":
+            if not _V4L2.fullmatch(rest):
+                raise SourceError(f"bad V4L2 source {text!r}",
+                                  "use v4l2://N or v4l2:///dev/videoN, e.g. v4l2:///dev/video0")
             return SourceSpec("v4l2", rest, **opts)
         if scheme == "file":
+            if not rest.strip():
+                raise SourceError(f"no path in {text!r}", "use file:///path/to/video.mp4")
             return _path_spec(rest, opts)
         raise SourceError(f"unknown source scheme {scheme!r}",
                           "choose one of csi://, rtsp://, gst://, v4l2://, file://, a camera index or a path")
-    if text.isdigit():
-        return SourceSpec("v4l2", text, **opts)
-    if re.fullmatch(r"/dev/video\d+", text):
+    if _V4L2.fullmatch(text):
         return SourceSpec("v4l2", text, **opts)
     return _path_spec(text, opts)
+
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes '²', which int() refuses
+_V4L2 = re.compile(r"[0-9]+|/dev/video[0-9]+")
+
+
+def v4l2_index(spec: SourceSpec) -> int:
+    """The device number of a V4L2 source ('2' or '/dev/video2' -> 2)."""
+    return int(re.search(r"[0-9]+$", spec.location).group())
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def _path_spec(text: str, opts: dict) -> SourceSpec:
     if any(ch in text for ch in "*?["):
         return SourceSpec("images", text, **opts)
     path = Path(text)
-    if path.is_dir():
+    if _is_dir(path):
         return SourceSpec("images", text, **opts)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return SourceSpec("file", text, **opts)
@@ -174,8 +195,7 @@ class VideoCaptureSource:
         elif spec.kind == "gst":
             cap = cv2.VideoCapture(spec.location, cv2.CAP_GSTREAMER)
         elif spec.kind == "v4l2":
-            index = int(spec.location) if spec.location.isdigit() else int(spec.location.rsplit("video", 1)[1])
-            cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
+            cap = cv2.VideoCapture(v4l2_index(spec), cv2.CAP_V4L2)
         else:
             cap = cv2.VideoCapture(spec.location)
         if spec.kind in ("v4l2", "rtsp"):
@@ -223,7 +243,9 @@ class VideoCaptureSource:
 
 
 class ImageFolderSource:
-    """Sorted image files from a folder or glob; unreadable files are reported, not fatal."""
+    """Sorted image files from a folder or glob; an unreadable file is reported and skipped,
+    but a whole pass over the files without a readable one is a SourceError (with --loop the
+    source would otherwise read the broken files forever)."""
 
     live = camera = False
 
@@ -240,20 +262,34 @@ class ImageFolderSource:
         if not self.files:
             raise SourceError(f"no images found for {location!r}", f"expected {', '.join(IMAGE_SUFFIXES)} files")
         self.position = 0
+        self.read_in_pass = 0  # files read in the current pass over the list
+        self.last_error: str | None = None
 
     def read(self) -> tuple[Status, np.ndarray | None]:
         from dmgrd_edge.data.imageio import read_image
 
         if self.position >= len(self.files):
+            if not self.read_in_pass:
+                raise SourceError(f"none of the {len(self.files)} image files of "
+                                  f"{self.spec.location!r} can be read "
+                                  f"(the last: {self.last_error})",
+                                  "the files are corrupt, truncated or not images: copy them again "
+                                  "or give another folder")
             if not self.spec.loop:
                 return Status.END, None
-            self.position = 0
+            self.position, self.read_in_pass = 0, 0
         path = self.files[self.position]
         self.position += 1
         try:
-            return Status.OK, read_image(path)
-        except DataError:
+            image = read_image(path)
+        except DataError as exc:
+            self.last_error = exc.problem
             return Status.ERROR, None  # a corrupt file: counted and skipped by the capture loop
+        except OSError as exc:  # unreadable (permissions, a vanished mount): skipped the same way
+            self.last_error = f"{path}: {exc.strerror or exc}"
+            return Status.ERROR, None
+        self.read_in_pass += 1
+        return Status.OK, image
 
     def reopen(self) -> None:
         pass

@@ -2,8 +2,9 @@
 
 The threshold written at training comes from a handful of validation images; the right one
 comes from the camera, codec and lighting of the line. This reads known-good frames from any
-source, scores them with the backend that will run, and stores the score quantile for the
-wanted false-alarm rate in the bundle manifest, for that model file.
+source, scores them with the backend that will run, and stores the threshold that flags at
+most the wanted share of them (the rule of ``decision.py``, the one the line decides by) in
+the bundle manifest, for that model file.
 """
 
 from __future__ import annotations
@@ -15,24 +16,37 @@ import numpy as np
 from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
-from .sources import Status
+from .decision import allowed_false_alarms, threshold_for_rate
+from .sources import SourceError, Status
 
 
-def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None) -> np.ndarray:
-    scores, pending = [], []
-    while max_frames is None or len(scores) + len(pending) < max_frames:
-        status, image = source.read()
-        if status is Status.END:
-            break
-        if status is not Status.OK:
-            continue
-        pending.append(preprocess(image))
-        if len(pending) == batch:
+def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None,
+                 max_failed_reads: int = 100) -> np.ndarray:
+    """Scores of the source's frames; corrupt files are skipped, but ``max_failed_reads``
+    reads in a row without a frame (a camera that stopped) are a SourceError, not a wait
+    for ever."""
+    scores, pending, failed = [], [], 0
+    try:
+        while max_frames is None or len(scores) + len(pending) < max_frames:
+            status, image = source.read()
+            if status is Status.END:
+                break
+            if status is not Status.OK:
+                failed += 1
+                if failed >= max_failed_reads:
+                    raise SourceError(f"the source gave no frame in {failed} reads in a row",
+                                      "check the camera or stream (cable, URL, that nothing else "
+                                      "holds it) and calibrate again")
+                continue
+            failed = 0
+            pending.append(preprocess(image))
+            if len(pending) == batch:
+                scores.extend(backend.infer(np.stack(pending))[1].tolist())
+                pending = []
+        if pending:
             scores.extend(backend.infer(np.stack(pending))[1].tolist())
-            pending = []
-    if pending:
-        scores.extend(backend.infer(np.stack(pending))[1].tolist())
-    source.close()
+    finally:
+        source.close()
     return np.asarray(scores, np.float64)
 
 
@@ -42,14 +56,16 @@ def calibrate(bundle: Bundle, file_name: str, scores: np.ndarray, false_alarm_ra
         raise ConfigError(f"--false-alarm-rate must be in (0, 0.5), got {false_alarm_rate}")
     if scores.size < 10:
         raise DataError(f"only {scores.size} good frames scored", "give at least 10 (better: 1 / rate) good frames")
-    if scores.size < 1 / false_alarm_rate:
+    allowed = allowed_false_alarms(scores.size, false_alarm_rate)
+    if allowed == 0:
         log(f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
             f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)")
-    threshold = float(np.quantile(scores, 1 - false_alarm_rate, method="higher"))
+    threshold = threshold_for_rate(scores, false_alarm_rate)
     summary = {"threshold": threshold, "count": int(scores.size), "false_alarm_rate": false_alarm_rate,
                "p50": float(np.median(scores)), "max": float(scores.max()), "source": source,
                "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     entry = dict(bundle.manifest["files"][file_name])
     entry.update(threshold=threshold, threshold_calibration=summary,
-                 threshold_rule=f"{100 * (1 - false_alarm_rate):g}th percentile of {scores.size} good frames")
+                 threshold_rule=f"at most {allowed} of {scores.size} good frames score above it "
+                                f"(false-alarm rate {false_alarm_rate:g}; NG: score > threshold)")
     return add_files(bundle, {file_name: entry}), summary

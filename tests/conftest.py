@@ -35,6 +35,18 @@ def trained_ckpt(tmp_path_factory, line_root) -> Path:
     return out / "last.pt"
 
 
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory, trained_ckpt) -> Path:
+    """A bundle of the tiny checkpoint: model.onnx only, batches 1 to 4 (runtime tests)."""
+    from dmgrd_edge.export.options import BatchProfile, ExportOptions
+    from dmgrd_edge.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("fp32") / "bundle"
+    export_bundle(ExportOptions(trained_ckpt, out, calib_count=4, batch=BatchProfile(1, 1, 4)),
+                  log=lambda _: None)
+    return out
+
+
 def write_png(path: Path, image: np.ndarray) -> Path:
     import cv2
 
