@@ -41,15 +41,18 @@ TRAINED = {
     "patch": {"memory_read": "patch", "score_source": "combined"},
     "knn": {"method": "knn"},
 }
-# (row name, trained run, score source of the rescored checkpoint or None for the run itself)
+# (row name, trained run, (score source, map scale) of the rescored checkpoint or None for the
+# run as trained)
 ROWS = [
     ("RD (no memory)", "rd", None),
     ("kNN baseline (training-free)", "knn", None),
     ("DM-GRD paper: image read, student score", "image", None),
-    ("DM-GRD image read, combined score", "image", "combined"),
-    ("DM-GRD patch read, student score", "patch", "student"),
+    ("DM-GRD image read, combined score", "image", ("combined", "mean")),
+    ("DM-GRD patch read, student score", "patch", ("student", "mean")),
     ("DM-GRD patch read, combined score", "patch", None),
-    ("RD + memory score", "rd", "combined"),
+    ("DM-GRD patch read, combined score (std scale)", "patch", ("combined", "std")),
+    ("RD + memory score", "rd", ("combined", "mean")),
+    ("RD + memory score (std scale)", "rd", ("combined", "std")),
 ]
 DEFAULT_ROW = "DM-GRD patch read, combined score"
 
@@ -115,12 +118,21 @@ def train_seconds(summary: dict, steps: int) -> float | None:
 
 
 def evaluate(checkpoint: Path, console: Console) -> dict:
+    """Test-split metrics of a checkpoint, kept beside it (``<name>.eval.json``) and reused
+    while the checkpoint is unchanged."""
     from dmgrd_edge.train.evaluate import evaluate_checkpoint
 
+    cache = checkpoint.with_suffix(".eval.json")
+    stamp = checkpoint.stat().st_mtime_ns
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("checkpoint_mtime_ns") == stamp:
+            return saved["row"]
     row = evaluate_checkpoint(checkpoint, device="cpu", console=console)["row"]
-    return {
-        k: row[k] for k in ("i_auroc", "p_auroc", "pro_30", "pro_full", "ms_per_image") if k in row
-    }
+    keep = ("i_auroc", "p_auroc", "pro_30", "pro_full", "ms_per_image")
+    row = {k: row[k] for k in keep if k in row}
+    cache.write_text(json.dumps({"checkpoint_mtime_ns": stamp, "row": row}))
+    return row
 
 
 def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
@@ -171,6 +183,11 @@ def main() -> None:
         "--int8", default="", help="categories whose default model is exported with INT8"
     )
     parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: report the runs already finished in WORK",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/detection_quality.json"
     )
     args = parser.parse_args()
@@ -197,6 +214,9 @@ def main() -> None:
     for kind, root, category in sets:
         trained = {}
         for key in runs:
+            run_dir = args.work / f"r{args.steps}" / key / category
+            if args.finished_only and not (run_dir / "train_summary.json").is_file():
+                continue
             console.print(f"[bold]{kind}/{category}: {key} ({args.steps} steps)[/]")
             trained[key] = train_run(
                 key, root, category, args.steps, args.work, args.threads, console
@@ -206,9 +226,12 @@ def main() -> None:
                 continue
             checkpoint, summary = trained[key]
             if rescore is not None:
-                target = checkpoint.with_name(f"rescored-{rescore}.pt")
+                source, scale = rescore
+                suffix = source if scale == "mean" else f"{source}-{scale}"
+                target = checkpoint.with_name(f"rescored-{suffix}.pt")
                 if not target.is_file():
-                    rescore_checkpoint(checkpoint, target, rescore, device="cpu", console=console)
+                    rescore_checkpoint(checkpoint, target, source, map_scale=scale, device="cpu",
+                                       console=console)
                 checkpoint = target
             row = {
                 "set": kind,

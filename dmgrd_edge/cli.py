@@ -113,6 +113,8 @@ def train(
     score_source: Optional[str] = typer.Option(None, help="student, memory (nearest-patch distance) or "
                                                "combined"),
     patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
+    map_scale: Optional[str] = typer.Option(None, help="combined score: each map divided by its mean, "
+                                            "p99 or std on the validation normals"),
     texture_dir: Optional[Path] = typer.Option(None, help="texture images for pseudo-anomalies (e.g. DTD)"),
     teacher_weights: Optional[Path] = typer.Option(None, help="ImageNet weights file for the teacher"),
     random_teacher: bool = typer.Option(False, help="random teacher weights (tests only)"),
@@ -147,7 +149,7 @@ def train(
     model_cfg = model_config_from_options(
         backbone=backbone, image_size=image_size, memory_size=memory_size, selection=selection,
         use_memory=not no_memory, score_mode=score_mode, method=method, memory_read=memory_read,
-        score_source=score_source, patch_bank_size=patch_bank_size)
+        score_source=score_source, patch_bank_size=patch_bank_size, map_scale=map_scale)
     train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
                             seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
                             texture_dir=str(texture_dir) if texture_dir else None, amp=not no_amp,
@@ -195,16 +197,20 @@ def rescore(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint"),
     out: Path = typer.Option(..., "--out", help="new checkpoint file to write"),
     score_source: str = typer.Option("combined", help="student, memory or combined"),
+    map_scale: str = typer.Option("mean", help="combined: each map divided by its mean, p99 or std "
+                                  "on the validation normals"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):
     """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
-    from .config import SCORE_SOURCES
+    from .config import MAP_SCALES, SCORE_SOURCES
     from .errors import choose
     from .train.rescore import rescore_checkpoint
 
     choose("score source", score_source, SCORE_SOURCES)
-    typer.echo(json.dumps(rescore_checkpoint(checkpoint, out, score_source, device=device, console=console),
-                          indent=2))
+    choose("map scale", map_scale, MAP_SCALES)
+    summary = rescore_checkpoint(checkpoint, out, score_source, map_scale=map_scale, device=device,
+                                 console=console)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()

@@ -18,8 +18,10 @@ SCORE_MODES = ("topk_mean", "max")
 METHODS = ("dmgrd", "knn")
 MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
+MAP_SCALES = ("mean", "p99", "std")
 # what a checkpoint written before a field existed meant by it
-LEGACY_MODEL_FIELDS = {"method": "dmgrd", "memory_read": "image", "score_source": "student"}
+LEGACY_MODEL_FIELDS = {"method": "dmgrd", "memory_read": "image", "score_source": "student",
+                       "map_scale": "mean"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class ModelConfig:
     score_source: str = "student"
     patch_bank_size: int = 2048  # rows per level of the patch memory
     memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
+    # combined score: each map is divided by this statistic of its values on validation normals
+    map_scale: str = "mean"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -119,6 +123,7 @@ class ModelConfig:
         choose("method", self.method, METHODS)
         choose("memory read", self.memory_read, MEMORY_READS)
         choose("score source", self.score_source, SCORE_SOURCES)
+        choose("map scale", self.map_scale, MAP_SCALES)
         object.__setattr__(self, "memory_score_levels", tuple(int(v) for v in self.memory_score_levels))
         if not self.memory_score_levels or any(v not in (0, 1, 2) for v in self.memory_score_levels):
             raise ConfigError(f"memory score levels must be a non-empty subset of 0, 1, 2, "

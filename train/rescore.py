@@ -36,6 +36,7 @@ def rescore_checkpoint(
     out: str | Path,
     score_source: str,
     memory_score_levels: tuple[int, ...] | None = None,
+    map_scale: str | None = None,
     device: str = "auto",
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -50,6 +51,8 @@ def rescore_checkpoint(
     changes: dict[str, Any] = {"score_source": score_source}
     if memory_score_levels is not None:
         changes["memory_score_levels"] = memory_score_levels
+    if map_scale is not None:
+        changes["map_scale"] = map_scale
     config = dataclasses.replace(old, **changes)
     dev = pick_device(device)
     model = DMGRD(config, pretrained=False)

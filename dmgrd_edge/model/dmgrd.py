@@ -135,16 +135,25 @@ class DMGRD(nn.Module):
 
     @torch.no_grad()
     def calibrate_map_weights(self, normal: torch.Tensor) -> tuple[float, float] | None:
-        """For the combined score: weigh the student's and the memory's maps so that each has
-        mean 0.5 on these held-out normal images. Returns the two mean values."""
+        """For the combined score: divide the student's and the memory's maps by the same
+        statistic of their values on these held-out normal images (``map_scale``: the mean,
+        the 99th percentile or the standard deviation; each map then weighs 0.5). Returns the
+        two statistics."""
         if self.config.score_source != "combined":
             return None
         teacher = self.teacher(normal)
-        student_map = self.head.distance_map(teacher, self.decode(self.guide(teacher)))
-        memory_map = self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size)
-        means = (float(student_map.mean()), float(memory_map.mean()))
-        self.head.map_weights.copy_(torch.tensor([0.5 / max(m, 1e-8) for m in means]))
-        return means
+        maps = (self.head.distance_map(teacher, self.decode(self.guide(teacher))),
+                self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size))
+        scale = self.config.map_scale
+        if scale == "mean":
+            stats = [float(m.mean()) for m in maps]
+        elif scale == "std":
+            stats = [float(m.std()) for m in maps]
+        else:  # a strided subsample keeps torch.quantile within its input size limit
+            stats = [float(torch.quantile(m.flatten()[:: max(1, m.numel() // 1_000_000)].float(), 0.99))
+                     for m in maps]
+        self.head.map_weights.copy_(torch.tensor([0.5 / max(v, 1e-8) for v in stats]))
+        return stats[0], stats[1]
 
     def deployed_memory_bytes(self) -> int:
         """Bytes of the memory constants the deployment graph holds (no pseudo-anomaly bank)."""
