@@ -19,6 +19,9 @@ METHODS = ("dmgrd", "knn")
 MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
 MAP_SCALES = ("mean", "p99", "std")
+# the paper's model: the student guided by one whole bank image, scored by the student alone
+PAPER_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
+                      "score_source": "student"}
 # what a checkpoint written before a field existed meant by it
 LEGACY_MODEL_FIELDS = {"method": "dmgrd", "memory_read": "image", "score_source": "student",
                        "map_scale": "mean"}

@@ -24,12 +24,15 @@ def line_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_ckpt(tmp_path_factory, line_root) -> Path:
     """A tiny DM-GRD checkpoint (64 px, a few steps) for eval/export tests."""
-    from dmgrd_edge.config import ModelConfig, TrainConfig
+    from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
     from dmgrd_edge.train.loop import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     out = tmp_path_factory.mktemp("run") / "washer"
-    job = TrainJob("mvtec", str(line_root), "washer", str(out), ModelConfig(image_size=64, memory_size=4),
+    # the paper's form, whose structure the export and pruning tests check; the other forms
+    # are trained in tests/test_memory_methods.py
+    config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
+    job = TrainJob("mvtec", str(line_root), "washer", str(out), config,
                    TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2))
     train_category(job)
     return out / "last.pt"

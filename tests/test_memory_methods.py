@@ -134,7 +134,7 @@ def test_combined_score_weights_come_from_validation_normals(combined_ckpt):
 
     model, payload = load_model(combined_ckpt)
     weights = model.head.map_weights
-    means = payload["metadata"]["map_means"]
+    means = payload["metadata"]["map_stats"]
     assert torch.allclose(
         weights, torch.tensor([0.5 / means["student"], 0.5 / means["memory"]]), rtol=1e-5
     )
@@ -168,7 +168,7 @@ def test_rescore_adds_a_memory_to_a_model_trained_without_one(trained_ckpt, tmp_
     summary = rescore_checkpoint(trained_ckpt, out, "combined", device="cpu")
     model, _ = load_model(out)
     assert model.config.memory_read == "image" and float(model.patch_memory.bank0.abs().sum()) > 0
-    assert summary["map_means"]["memory"] > 0
+    assert summary["map_stats"]["memory"] > 0
 
 
 def _export(ckpt, out, **kwargs):
@@ -265,3 +265,20 @@ def test_fp16_module_runs_the_models_own_steps(combined_ckpt):
     assert torch.allclose(low.score, full.score, rtol=0.05)
     changed = dataclasses.replace(model.config, score_source="memory")
     assert changed.uses_patch_memory
+
+
+def test_map_scale_sets_the_combined_weights_from_that_statistic(combined_ckpt, tmp_path):
+    from dmgrd_edge.train.checkpoint import load_model
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    out = tmp_path / "std.pt"
+    summary = rescore_checkpoint(combined_ckpt, out, "combined", map_scale="std", device="cpu")
+    model, payload = load_model(out)
+    mean_model, mean_payload = load_model(combined_ckpt)
+    assert model.config.map_scale == "std" and mean_model.config.map_scale == "mean"
+    stds = summary["map_stats"]
+    expected = torch.tensor([0.5 / stds["student"], 0.5 / stds["memory"]])
+    assert torch.allclose(model.head.map_weights, expected, rtol=1e-5)
+    assert not torch.allclose(model.head.map_weights, mean_model.head.map_weights)
+    with pytest.raises(ConfigError, match="unknown map scale"):
+        ModelConfig(map_scale="max")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dmgrd_edge.config import ModelConfig
+from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig
 from dmgrd_edge.data import preprocess
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.errors import ConfigError, WeightsError
@@ -224,7 +224,8 @@ def test_head_scores():
 @pytest.mark.parametrize("selection", ["nearest", "authors"])
 def test_dmgrd_forward_and_training_features(use_memory, selection):
     torch.manual_seed(0)
-    model = DMGRD(ModelConfig(image_size=64, use_memory=use_memory, selection=selection), pretrained=False)
+    fields = {**PAPER_MODEL_FIELDS, "use_memory": use_memory}
+    model = DMGRD(ModelConfig(image_size=64, selection=selection, **fields), pretrained=False)
     model.fill_memory(torch.randn(30, 3, 64, 64), torch.randn(30, 3, 64, 64))
     model.eval()
     with torch.no_grad():
@@ -240,10 +241,10 @@ def test_dmgrd_forward_and_training_features(use_memory, selection):
 
 
 def test_memory_is_part_of_the_state_dict():
-    model = DMGRD(ModelConfig(image_size=64, memory_size=3), pretrained=False)
+    model = DMGRD(ModelConfig(image_size=64, memory_size=3, **PAPER_MODEL_FIELDS), pretrained=False)
     keys = model.state_dict().keys()
     assert {"normal_memory.maps0", "abnormal_memory.maps2", "normal_memory.means1"} <= set(keys)
     per_item = sum(c * (64 // s) ** 2 + c + 1 for c, s in zip((24, 40, 112), (4, 8, 16)))
     assert model.memory_bytes() == 2 * 4 * (3 * per_item + 3)
-    plain = DMGRD(ModelConfig(image_size=64, use_memory=False), pretrained=False)
+    plain = DMGRD(ModelConfig(image_size=64, use_memory=False, score_source="student"), pretrained=False)
     assert not any("memory" in k or "msff" in k for k in plain.state_dict())

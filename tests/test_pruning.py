@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dmgrd_edge.config import ModelConfig, TrainConfig
+from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.model import DMGRD
 from dmgrd_edge.model.pruning import Group, ProductGroup, ReducePair, find_groups, kept_width, prune, \
     trainable_parameter_count
@@ -34,7 +34,7 @@ def silence_half(model) -> None:
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
 def test_removing_silent_channels_changes_nothing(backbone):
     torch.manual_seed(0)
-    config = ModelConfig(backbone=backbone, image_size=64, memory_size=4)
+    config = ModelConfig(backbone=backbone, image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
     model = DMGRD(config, pretrained=False).eval()
     model.fill_memory(torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64))
     for block in model.msff.blocks:  # a trained non-local block is not the identity it starts as
@@ -73,11 +73,12 @@ def test_kept_widths_are_rounded_and_checked():
     with pytest.raises(ValueError):
         kept_width(64, 1.0, 8)
     torch.manual_seed(0)
-    model = DMGRD(ModelConfig(image_size=64, memory_size=4), pretrained=False)
+    model = DMGRD(ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS), pretrained=False)
     widths = prune(model, 0.3)
     assert all(w % 8 == 0 for w in widths.values())
     # the most important channels are the ones kept
-    group = next(g for g in find_groups(DMGRD(ModelConfig(image_size=64, memory_size=4), pretrained=False))
+    paper = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
+    group = next(g for g in find_groups(DMGRD(paper, pretrained=False))
                  if isinstance(g, Group))
     norm = group.sequential[group.norms[0]]
     norm.weight.data[:] = torch.arange(group.width, dtype=torch.float32)

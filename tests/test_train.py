@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmgrd_edge.config import ModelConfig, TrainConfig
+from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
 from dmgrd_edge.train.evaluate import evaluate_checkpoint
@@ -18,7 +18,8 @@ from dmgrd_edge.train.trainer import train_category
 
 
 def _job(root, out, steps, **kw):
-    return TrainJob("mvtec", str(root), "washer", str(out), ModelConfig(image_size=64, memory_size=4),
+    config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
+    return TrainJob("mvtec", str(root), "washer", str(out), config,
                     TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2), **kw)
 
 

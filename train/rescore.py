@@ -63,7 +63,7 @@ def rescore_checkpoint(
         raise CheckpointError(f"{checkpoint} does not fit the rescored model: {wrong[:5]}")
     model = model.to(dev).eval()
     meta = dict(payload["metadata"])
-    meta.pop("map_means", None)
+    meta.pop("map_stats", None)
     tcfg = TrainConfig(
         **{
             k: v
@@ -101,12 +101,12 @@ def rescore_checkpoint(
         },
     )
     if means is not None:
-        meta["map_means"] = {"student": means[0], "memory": means[1]}
+        meta["map_stats"] = {"scale": config.map_scale, "student": means[0], "memory": means[1]}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, meta, None, payload["step"])
     return {
         "checkpoint": str(out),
         "score_source": score_source,
         "validation": meta["rescored"]["validation"],
-        "map_means": meta.get("map_means"),
+        "map_stats": meta.get("map_stats"),
     }

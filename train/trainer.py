@@ -159,7 +159,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         nonlocal best
         weights = model.calibrate_map_weights(torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device))
         if weights is not None:
-            metadata["map_means"] = {"student": weights[0], "memory": weights[1]}
+            metadata["map_stats"] = {"scale": job.model.map_scale, "student": weights[0], "memory": weights[1]}
         metrics = validate(model, val, cfg, device)
         metrics.update(step=done, loss=loss, val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2)
         history.append(metrics)
