@@ -96,8 +96,10 @@ class ModelConfig:
     # {group name: kept channels} of a pruned model (dmgrd_edge/model/pruning.py); None: not pruned
     pruned_widths: dict[str, int] | None = None
     method: str = "dmgrd"
-    memory_read: str = "image"
-    score_source: str = "student"
+    # the defaults chosen on real photographs (docs/BENCHMARKS.md, detection quality): the
+    # nearest normal patch guides the student, the memory's distance joins the score
+    memory_read: str = "patch"
+    score_source: str = "combined"
     patch_bank_size: int = 2048  # rows per level of the patch memory
     memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
     # combined score: each map is divided by this statistic of its values on validation normals
@@ -136,8 +138,6 @@ class ModelConfig:
         if self.method == "knn" and self.score_source != "memory":
             raise ConfigError("the nearest-neighbour baseline scores with its memory only",
                               "use score_source='memory' with method='knn'")
-        if not self.use_memory and self.memory_read == "patch":
-            raise ConfigError("--memory-read patch needs the memory", "drop --no-memory or use --memory-read image")
         choose("memory selection rule", self.selection, SELECTION_RULES)
         choose("score mode", self.score_mode, SCORE_MODES)
         if self.selection == "authors" and self.memory_size != 30:
@@ -165,7 +165,13 @@ class ModelConfig:
 
     @property
     def uses_patch_memory(self) -> bool:
-        return self.method == "knn" or self.memory_read == "patch" or self.score_source != "student"
+        return self.method == "knn" or self.guided_by_patches or self.score_source != "student"
+
+    @property
+    def guided_by_patches(self) -> bool:
+        """The student is guided by the position-free read (``memory_read`` only matters when
+        the memory guides the student at all)."""
+        return self.method == "dmgrd" and self.use_memory and self.memory_read == "patch"
 
     @property
     def uses_student(self) -> bool:
@@ -177,13 +183,17 @@ class ModelConfig:
 
 def model_config_from_options(**options: Any) -> ModelConfig:
     """A ModelConfig from command-line options where None means "the default for this
-    method": the baseline scores with its memory, plain RD reads no memory."""
+    method": the baseline scores with its memory; with ``use_memory=False`` (``--no-memory``)
+    the student is plain RD and scores alone unless a memory score is asked for."""
     options = {k: v for k, v in options.items() if v is not None}
     if options.get("method") == "knn":
         options.setdefault("score_source", "memory")
         options["use_memory"] = False
-    if options.get("use_memory") is False:
-        options.setdefault("memory_read", "image")
+    elif options.get("use_memory") is False:  # plain RD unless a memory score is asked for
+        if "memory_read" in options:
+            raise ConfigError("--memory-read guides the student with the memory, which --no-memory "
+                              "turns off", "drop one of the two")
+        options.setdefault("score_source", "student")
     return ModelConfig(**options)
 
 

@@ -99,8 +99,13 @@ def test_config_rules_and_legacy_checkpoints():
     assert not old.uses_patch_memory
     with pytest.raises(ConfigError, match="memory only"):
         ModelConfig(method="knn", score_source="student")
-    with pytest.raises(ConfigError, match="needs the memory"):
-        ModelConfig(use_memory=False, memory_read="patch")
+    with pytest.raises(ConfigError, match="turns off"):
+        model_config_from_options(use_memory=False, memory_read="patch")
+    default = ModelConfig()  # the defaults the detection-quality benchmark chose
+    assert (default.memory_read, default.score_source) == ("patch", "combined")
+    assert default.guided_by_patches and default.uses_patch_memory
+    plain = model_config_from_options(use_memory=False)
+    assert plain.score_source == "student" and not plain.uses_patch_memory
     with pytest.raises(ConfigError, match="unknown score source"):
         ModelConfig(score_source="both")
     with pytest.raises(ConfigError, match="subset"):
