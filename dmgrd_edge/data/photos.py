@@ -23,8 +23,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -33,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .imageio import write_image
+from .synthetic import write_mvtec_set
 
 SURFACES = ("brick", "grass", "gravel")
 PARTS = ("coin",)
@@ -316,37 +314,20 @@ def build_photo_set(
 
     ``n_test_defect`` defective crops per category are spread evenly over the five kinds.
     """
-    out = Path(out)
     categories = list(categories or CATEGORIES)
     for name in categories:
         if name not in CATEGORIES:
             raise ConfigError(
                 f"unknown photograph category {name!r}", f"choose from {list(CATEGORIES)}"
             )
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists", "choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-photos-", dir=out.parent))
+    jobs = []
+    for cat in categories:
+        jobs += [(cat, "train", i, None) for i in range(n_train)]
+        jobs += [(cat, "test", i, None) for i in range(n_test_good)]
+        jobs += [(cat, "test", i, DEFECTS[i % len(DEFECTS)]) for i in range(n_test_defect)]
     cache: dict = {}
-    try:
-        jobs = []
-        for cat in categories:
-            jobs += [(cat, "train", i, None) for i in range(n_train)]
-            jobs += [(cat, "test", i, None) for i in range(n_test_good)]
-            jobs += [(cat, "test", i, DEFECTS[i % len(DEFECTS)]) for i in range(n_test_defect)]
-        for cat, split, i, defect in progress(jobs) if progress else jobs:
-            image, mask = make_photo_image(cat, seed, split, i, size, defect, cache)
-            folder = defect or "good"
-            write_image(tmp / cat / split / folder / f"{i:03d}.png", image)
-            if defect is not None:
-                write_image(
-                    tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
-                    np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2),
-                )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def render(cat: str, split: str, i: int, defect: str | None):
+        return make_photo_image(cat, seed, split, i, size, defect, cache)
+
+    return write_mvtec_set(out, jobs, render, overwrite, progress, prefix=".tmp-photos-")

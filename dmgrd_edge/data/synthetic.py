@@ -166,29 +166,19 @@ def make_image(category: str, seed: int, split: str, index: int, size: int = 256
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
 
 
-def generate_line_data(out: str | Path, categories: list[str] | None = None, n_train: int = 60,
-                       n_test_good: int = 10, n_test_per_defect: int = 4, size: int = 256,
-                       seed: int = 0, overwrite: bool = False, progress=None) -> Path:
-    """Write MVTec-layout line data; the folder appears only once complete."""
+def write_mvtec_set(out: str | Path, jobs: list, render: Callable, overwrite: bool = False,
+                    progress: Callable | None = None, prefix: str = ".tmp-set-") -> Path:
+    """Write ``render(category, split, index, defect) -> (image, mask)`` for every job into an
+    MVTec-layout folder that appears only once complete (a temporary sibling, then a rename)."""
     out = Path(out)
-    categories = categories or sorted(CATEGORIES)
-    for name in categories:
-        if name not in CATEGORIES:
-            raise ConfigError(f"unknown synthetic category {name!r}", f"choose from {sorted(CATEGORIES)}")
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists", "choose another folder or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-line-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     try:
-        jobs = []
-        for cat in categories:
-            jobs += [(cat, "train", i, None) for i in range(n_train)]
-            jobs += [(cat, "test", i, None) for i in range(n_test_good)]
-            jobs += [(cat, "test", i, d) for d in DEFECTS for i in range(n_test_per_defect)]
         for cat, split, i, defect in (progress(jobs) if progress else jobs):
-            image, mask = make_image(cat, seed, split, i, size, defect)
-            folder = "good" if defect is None else defect
-            write_image(tmp / cat / split / folder / f"{i:03d}.png", image)
+            image, mask = render(cat, split, i, defect)
+            write_image(tmp / cat / split / (defect or "good") / f"{i:03d}.png", image)
             if defect is not None:
                 write_image(tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
                             np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
@@ -199,3 +189,20 @@ def generate_line_data(out: str | Path, categories: list[str] | None = None, n_t
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def generate_line_data(out: str | Path, categories: list[str] | None = None, n_train: int = 60,
+                       n_test_good: int = 10, n_test_per_defect: int = 4, size: int = 256,
+                       seed: int = 0, overwrite: bool = False, progress=None) -> Path:
+    """Write MVTec-layout line data; the folder appears only once complete."""
+    categories = categories or sorted(CATEGORIES)
+    for name in categories:
+        if name not in CATEGORIES:
+            raise ConfigError(f"unknown synthetic category {name!r}", f"choose from {sorted(CATEGORIES)}")
+    jobs = []
+    for cat in categories:
+        jobs += [(cat, "train", i, None) for i in range(n_train)]
+        jobs += [(cat, "test", i, None) for i in range(n_test_good)]
+        jobs += [(cat, "test", i, d) for d in DEFECTS for i in range(n_test_per_defect)]
+    return write_mvtec_set(out, jobs, lambda cat, split, i, defect: make_image(cat, seed, split, i, size, defect),
+                           overwrite, progress, prefix=".tmp-line-")
