@@ -108,8 +108,9 @@ def train(
     no_memory: bool = typer.Option(False, "--no-memory", help="ablation: plain reverse distillation"),
     score_mode: str = typer.Option("topk_mean", help="topk_mean (authors, top-100) or max (RD)"),
     method: str = typer.Option("dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"),
-    memory_read: Optional[str] = typer.Option(None, help="image (the paper's: one whole bank image) or patch "
-                                              "(the nearest normal patch at every location)"),
+    memory_read: Optional[str] = typer.Option(None, help="how the memory guides the student: patch (the "
+                                              "nearest normal patch at every location; default), image "
+                                              "(the paper's: one whole bank image) or none (RD student)"),
     score_source: Optional[str] = typer.Option(None, help="student, memory (nearest-patch distance) or "
                                                "combined"),
     patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
@@ -126,7 +127,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import TrainConfig, model_config_from_options
+    from .config import MEMORY_READS, TrainConfig, model_config_from_options
     from .data.datasets import resolve_categories
     from .errors import choose
     from .train.loop import TrainJob
@@ -146,6 +147,8 @@ def train(
     checks.integer("--patch-bank-size", patch_bank_size, 16)
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
+    if memory_read is not None:
+        choose("memory read", memory_read, ("none",) + MEMORY_READS)
     model_cfg = model_config_from_options(
         backbone=backbone, image_size=image_size, memory_size=memory_size, selection=selection,
         use_memory=not no_memory, score_mode=score_mode, method=method, memory_read=memory_read,

@@ -186,6 +186,11 @@ def model_config_from_options(**options: Any) -> ModelConfig:
     method": the baseline scores with its memory; with ``use_memory=False`` (``--no-memory``)
     the student is plain RD and scores alone unless a memory score is asked for."""
     options = {k: v for k, v in options.items() if v is not None}
+    if options.get("memory_read") == "none":  # the command line's "no guidance": RD's student
+        del options["memory_read"]
+        if options.get("use_memory") is not False:  # not --no-memory: keep the default score
+            options["use_memory"] = False
+            options.setdefault("score_source", ModelConfig.score_source)
     if options.get("method") == "knn":
         options.setdefault("score_source", "memory")
         options["use_memory"] = False

@@ -106,6 +106,10 @@ def test_config_rules_and_legacy_checkpoints():
     assert default.guided_by_patches and default.uses_patch_memory
     plain = model_config_from_options(use_memory=False)
     assert plain.score_source == "student" and not plain.uses_patch_memory
+    unguided = model_config_from_options(use_memory=True, memory_read="none")
+    assert not unguided.use_memory and unguided.score_source == default.score_source
+    both = model_config_from_options(use_memory=False, memory_read="none")
+    assert both.score_source == "student"
     with pytest.raises(ConfigError, match="unknown score source"):
         ModelConfig(score_source="both")
     with pytest.raises(ConfigError, match="subset"):
