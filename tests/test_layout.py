@@ -13,7 +13,7 @@ TORCH_FREE = ["dmgrd_edge", "dmgrd_edge.cli", "dmgrd_edge.config", "dmgrd_edge.d
               "dmgrd_edge.data.synthetic", "dmgrd_edge.metrics", "dmgrd_edge.report", "dmgrd_edge.tradeoff",
               "dmgrd_edge.tradeoff_plot",
               "dmgrd_edge.viz",
-              "dmgrd_edge.calib", "dmgrd_edge.runtime", "dmgrd_edge.train.synthesis"]
+              "dmgrd_edge.calib", "dmgrd_edge.runtime", "dmgrd_edge.data.synthesis"]
 
 
 @pytest.mark.parametrize("name", STAGES)
