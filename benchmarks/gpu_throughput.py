@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from dmgrd_edge.train.loop import BatchSource
 from dmgrd_edge.train.losses import dmgrd_loss
-from dmgrd_edge.train.synthesis import AnomalySynthesizer
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.model import BACKBONES, DMGRD
 from dmgrd_edge.report import redact_paths

@@ -17,8 +17,8 @@ from dmgrd_edge.config import PreprocessConfig
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, read_image
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import DataError
-from dmgrd_edge.train.synthesis import AnomalySynthesizer
 
 MIN_RECOMMENDED = 100
 

@@ -11,18 +11,17 @@ from onnx import TensorProto, helper
 
 from dmgrd_edge.config import PreprocessConfig
 from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.inference import OnnxModel
 from dmgrd_edge.metrics import auroc, pro_auc
 
 from .quantize import QUANT_OP_TYPES
 
 
 def run_onnx(path: Path, images: np.ndarray, cfg: PreprocessConfig, batch_size: int = 8):
-    from dmgrd_edge.runtime.onnx_backend import OnnxBackend
-
-    backend = OnnxBackend(path)
+    model = OnnxModel(path)
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
-        amap, score = backend.infer(normalize(images[i:i + batch_size], cfg))
+        amap, score = model.infer(normalize(images[i:i + batch_size], cfg))
         maps.append(amap[:, 0])
         scores.append(score)
     return np.concatenate(maps), np.concatenate(scores)

@@ -99,7 +99,7 @@ def device_info() -> dict:
         info["cuda_driver"] = str(cuda.get_driver_version())
     except Exception:  # noqa: BLE001
         info["cuda_driver"] = None
-    from dmgrd_edge.export.tensorrt_engine import EngineError, gpu_name
+    from dmgrd_edge.device import EngineError, gpu_name
 
     try:
         info["gpu"] = gpu_name()  # the name engines are built and matched with

@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "int8", "fp16", "fp32")
 
 
 def _engine_for(bundle: Bundle, precision: str):
-    from dmgrd_edge.export.tensorrt_engine import check_engine_matches, gpu_name, import_tensorrt
+    from dmgrd_edge.device import check_engine_matches, gpu_name, import_tensorrt
 
     trt = import_tensorrt()
     gpu = gpu_name()

@@ -31,7 +31,7 @@ class TensorRTBackend:
 
     def __init__(self, engine_path: str | Path, precision: str, max_batch: int,
                  dla_core: int | None = None, image_size: tuple[int, int] | None = None):
-        from dmgrd_edge.export.tensorrt_engine import import_tensorrt
+        from dmgrd_edge.device import import_tensorrt
 
         trt = import_tensorrt()  # refuses TensorRT < 8.6 (JetPack 5)
         try:

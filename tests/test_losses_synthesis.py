@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from dmgrd_edge.data.synthesis import (AnomalySynthesizer, fourier_amplitude_mix, perlin_mask,
+                                       perlin_noise, procedural_texture)
 from dmgrd_edge.errors import DataError
 from dmgrd_edge.train.losses import (compactness_loss, contrast_loss, dmgrd_loss, kd_loss, sinkhorn_distance,
                                      triplet_loss)
-from dmgrd_edge.train.synthesis import (AnomalySynthesizer, fourier_amplitude_mix, perlin_mask, perlin_noise,
-                                        procedural_texture)
 from dmgrd_edge.model.dmgrd import TrainingFeatures
 
 

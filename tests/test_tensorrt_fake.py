@@ -236,18 +236,18 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
     build and at run; without pycuda there is no second way that could disagree."""
     import sys
 
-    from dmgrd_edge.export import tensorrt_engine
+    from dmgrd_edge import device
     from dmgrd_edge.runtime import device_info
     from dmgrd_edge.runtime.select import _engine_for
 
     board = tmp_path / "model"
     board.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
-    monkeypatch.setattr(tensorrt_engine, "BOARD_MODEL", board)
+    monkeypatch.setattr(device, "BOARD_MODEL", board)
     with installed("10.3.0"):
         name, info = build(bundle, "int8")
         assert (
             info["gpu"]
-            == tensorrt_engine.gpu_name()
+            == device.gpu_name()
             == "Orin (NVIDIA Jetson AGX Orin Developer Kit)"
         )
         assert (
@@ -257,7 +257,7 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
         assert _engine_for(register(bundle, name, info), "int8")[0] == name
         monkeypatch.setitem(sys.modules, "pycuda.driver", None)
         with pytest.raises(EngineError, match="pycuda is not installed"):
-            tensorrt_engine.gpu_name()
+            device.gpu_name()
 
 
 def test_dla_build_needs_cores_the_device_has(bundle):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
 from dmgrd_edge.train.evaluate import evaluate_checkpoint
 from dmgrd_edge.train.loop import BatchSource, TrainJob, lr_at
-from dmgrd_edge.train.synthesis import AnomalySynthesizer
 from dmgrd_edge.train.trainer import train_category
 
 

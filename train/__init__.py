@@ -1,1 +1,2 @@
-"""Training: pseudo-anomaly synthesis (numpy), losses, the training loop, checkpoints, eval."""
+"""Training: losses, the training loop, checkpoints, eval. The pseudo-anomaly synthesis
+(numpy) is in the core, `dmgrd_edge.data.synthesis`, shared with calibration."""

@@ -17,10 +17,9 @@ import torch
 from dmgrd_edge.config import ModelConfig, PreprocessConfig, TrainConfig
 from dmgrd_edge.data.imageio import read_image
 from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
-
-from .synthesis import AnomalySynthesizer
 
 
 @dataclass

@@ -20,12 +20,12 @@ from rich.console import Console
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, ConfigError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import load_images, make_validation_set, pick_device, validate
-from .synthesis import AnomalySynthesizer
 from .trainer import split_train_val
 
 REBUILT_KEYS = ("patch_memory.", "head.map_weights")

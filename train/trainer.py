@@ -18,13 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dmgrd_edge import __version__
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize
+from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import BatchSource, TrainJob, load_images, lr_at, make_validation_set, pick_device, validate
 from .losses import dmgrd_loss
-from .synthesis import AnomalySynthesizer
 
 
 def _progress(console: Console) -> Progress:

@@ -1,4 +1,5 @@
-"""Pseudo-anomaly synthesis, numpy-only (calibration on the Jetson reuses it).
+"""Pseudo-anomaly synthesis, numpy-only, in the core: training and INT8 calibration (which
+runs torch-free, on the Jetson too) both use it.
 
 Mask: Perlin noise at scale 2^a x 2^b (a, b uniform in 0..5), rotated by a random angle in
 [-90, 90] degrees, thresholded at 0.5 (DRAEM's recipe). Source: a texture image from a
