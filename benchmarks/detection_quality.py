@@ -54,7 +54,7 @@ ROWS = [
     ("RD + memory score", "rd", ("combined", "mean")),
     ("RD + memory score (std scale)", "rd", ("combined", "std")),
 ]
-DEFAULT_ROW = "DM-GRD patch read, combined score"
+DEFAULT_ROW = "RD + memory score"
 
 
 def machine() -> dict:
@@ -248,9 +248,10 @@ def main() -> None:
             )
     int8 = {}
     for category in [c for c in args.int8.split(",") if c]:
-        checkpoint = args.work / f"r{args.steps}" / "patch" / category / "last.pt"
+        # the default row: the RD run with the memory's score (rescored above)
+        checkpoint = args.work / f"r{args.steps}" / "rd" / category / "rescored-combined.pt"
         int8[category] = int8_accuracy(
-            checkpoint, args.work / f"bundles{args.steps}" / category, console
+            checkpoint, args.work / f"bundles{args.steps}-default" / category, console
         )
     table = summarise(results)
     print(table)

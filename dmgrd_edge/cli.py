@@ -105,12 +105,13 @@ def train(
     warmup_steps: int = typer.Option(100), seed: int = typer.Option(111),
     memory_size: int = typer.Option(30, help="K, images per memory bank"),
     selection: str = typer.Option("nearest", help="memory selection: nearest (intended) or authors"),
-    no_memory: bool = typer.Option(False, "--no-memory", help="ablation: plain reverse distillation"),
+    no_memory: bool = typer.Option(False, "--no-memory", help="ablation: plain reverse distillation (no "
+                                   "memory in the student nor in the score)"),
     score_mode: str = typer.Option("topk_mean", help="topk_mean (authors, top-100) or max (RD)"),
     method: str = typer.Option("dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"),
-    memory_read: Optional[str] = typer.Option(None, help="how the memory guides the student: patch (the "
-                                              "nearest normal patch at every location; default), image "
-                                              "(the paper's: one whole bank image) or none (RD student)"),
+    memory_read: Optional[str] = typer.Option(None, help="how the memory guides the student: none (RD's "
+                                              "student; default), patch (the nearest normal patch at "
+                                              "every location) or image (the paper's: one bank image)"),
     score_source: Optional[str] = typer.Option(None, help="student, memory (nearest-patch distance) or "
                                                "combined"),
     patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
@@ -151,7 +152,7 @@ def train(
         choose("memory read", memory_read, ("none",) + MEMORY_READS)
     model_cfg = model_config_from_options(
         backbone=backbone, image_size=image_size, memory_size=memory_size, selection=selection,
-        use_memory=not no_memory, score_mode=score_mode, method=method, memory_read=memory_read,
+        use_memory=False if no_memory else None, score_mode=score_mode, method=method, memory_read=memory_read,
         score_source=score_source, patch_bank_size=patch_bank_size, map_scale=map_scale)
     train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
                             seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,

@@ -23,7 +23,8 @@ MAP_SCALES = ("mean", "p99", "std")
 PAPER_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
                       "score_source": "student"}
 # what a checkpoint written before a field existed meant by it
-LEGACY_MODEL_FIELDS = {"method": "dmgrd", "memory_read": "image", "score_source": "student",
+LEGACY_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
+                       "score_source": "student",
                        "map_scale": "mean"}
 
 
@@ -88,7 +89,11 @@ class ModelConfig:
     image_size: int = 256
     memory_size: int = 30
     selection: str = "nearest"
-    use_memory: bool = True
+    # the defaults chosen on real photographs (docs/BENCHMARKS.md, detection quality): RD's
+    # student, unguided, and the memory's nearest-patch distance joins the student's in the
+    # score. ``use_memory`` turns the memory's guidance of the student on, ``memory_read``
+    # says which guidance.
+    use_memory: bool = False
     scale_memory_inputs: bool = True
     score_mode: str = "topk_mean"
     score_topk: int = 100
@@ -96,8 +101,6 @@ class ModelConfig:
     # {group name: kept channels} of a pruned model (dmgrd_edge/model/pruning.py); None: not pruned
     pruned_widths: dict[str, int] | None = None
     method: str = "dmgrd"
-    # the defaults chosen on real photographs (docs/BENCHMARKS.md, detection quality): the
-    # nearest normal patch guides the student, the memory's distance joins the score
     memory_read: str = "patch"
     score_source: str = "combined"
     patch_bank_size: int = 2048  # rows per level of the patch memory
@@ -129,12 +132,14 @@ class ModelConfig:
         choose("memory read", self.memory_read, MEMORY_READS)
         choose("score source", self.score_source, SCORE_SOURCES)
         choose("map scale", self.map_scale, MAP_SCALES)
-        object.__setattr__(self, "memory_score_levels", tuple(int(v) for v in self.memory_score_levels))
+        levels = self.memory_score_levels
+        if not isinstance(levels, (list, tuple)) or not all(isinstance(v, int) for v in levels):
+            raise ConfigError(f"memory score levels must be a list of level numbers, got {levels!r}")
+        object.__setattr__(self, "memory_score_levels", tuple(levels))
         if not self.memory_score_levels or any(v not in (0, 1, 2) for v in self.memory_score_levels):
             raise ConfigError(f"memory score levels must be a non-empty subset of 0, 1, 2, "
                               f"got {list(self.memory_score_levels)}")
-        if self.patch_bank_size < 16:
-            raise ConfigError(f"patch bank size must be >= 16, got {self.patch_bank_size}")
+        checks.integer("model patch_bank_size", self.patch_bank_size, 16)
         if self.method == "knn" and self.score_source != "memory":
             raise ConfigError("the nearest-neighbour baseline scores with its memory only",
                               "use score_source='memory' with method='knn'")
@@ -199,6 +204,8 @@ def model_config_from_options(**options: Any) -> ModelConfig:
             raise ConfigError("--memory-read guides the student with the memory, which --no-memory "
                               "turns off", "drop one of the two")
         options.setdefault("score_source", "student")
+    elif "memory_read" in options:  # asking for a read is asking for the guidance
+        options["use_memory"] = True
     return ModelConfig(**options)
 
 

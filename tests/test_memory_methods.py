@@ -102,8 +102,11 @@ def test_config_rules_and_legacy_checkpoints():
     with pytest.raises(ConfigError, match="turns off"):
         model_config_from_options(use_memory=False, memory_read="patch")
     default = ModelConfig()  # the defaults the detection-quality benchmark chose
-    assert (default.memory_read, default.score_source) == ("patch", "combined")
-    assert default.guided_by_patches and default.uses_patch_memory
+    assert (default.use_memory, default.score_source) == (False, "combined")
+    assert not default.guided_by_patches and default.uses_patch_memory
+    assert model_config_from_options(memory_read="patch").guided_by_patches
+    with pytest.raises(ConfigError, match="whole number"):
+        ModelConfig(patch_bank_size=None)
     plain = model_config_from_options(use_memory=False)
     assert plain.score_source == "student" and not plain.uses_patch_memory
     unguided = model_config_from_options(use_memory=True, memory_read="none")
