@@ -137,3 +137,23 @@ def test_cli_train_and_generate(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary[0]["category"] == "granite" and (tmp_path / "runs" / "granite" / "last.pt").is_file()
+
+
+def test_overwrite_replaces_a_run_only_once_the_new_run_has_a_checkpoint(tmp_path, line_root):
+    import shutil
+
+    from dmgrd_edge.errors import DataError
+
+    out = tmp_path / "run"
+    train_category(_job(line_root, out, 2))
+    before = (out / "last.pt").read_bytes()
+    bad = tmp_path / "bad"
+    shutil.copytree(line_root, bad)
+    broken = sorted((bad / "washer" / "train" / "good").glob("*.png"))[3]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated: the new run fails on its data
+    with pytest.raises(DataError, match="truncated"):
+        train_category(_job(bad, out, 2, overwrite=True))
+    assert (out / "last.pt").read_bytes() == before  # the old run is untouched
+    train_category(_job(line_root, out, 4, overwrite=True))
+    assert read_checkpoint(out / "last.pt")["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "run"]  # nothing left beside it

@@ -50,7 +50,11 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def _prepare_out_dir(job: TrainJob) -> Path:
+def _prepare_out_dir(job: TrainJob) -> tuple[Path, Path | None]:
+    """(the folder to write into, the run folder it replaces once it holds a checkpoint).
+    With --overwrite the new run is written beside the old one, which is replaced only when
+    the new run has written its first checkpoint: bad data or a crash before that leaves the
+    old run as it was."""
     out = Path(job.out_dir)
     last = out / "last.pt"
     start = Path(job.init_from).resolve() if job.init_from else None
@@ -61,8 +65,25 @@ def _prepare_out_dir(job: TrainJob) -> Path:
         if not job.overwrite:
             raise DataError(f"output folder {out} is not empty",
                             "pass --resume to continue that run, --overwrite to replace it, or another --out")
+        if start is None:
+            staging = out.with_name(f".{out.name}.replacing")
+            if staging.exists():  # left by a run that stopped before its first checkpoint
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            return staging, out
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return out, None
+
+
+def _replace_run(staging: Path, out: Path) -> Path:
+    """Move the new run into place of the old one and drop the old one."""
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old)
     return out
 
 
@@ -95,8 +116,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         torch.set_num_threads(tcfg.threads)
     device = pick_device(job.device)
     index = index_category(job.dataset, job.root, job.category)
-    out = _prepare_out_dir(job)
-    console.print(f"[bold]{index.summary()}[/] -> {out} on {device}")
+    out, replaces = _prepare_out_dir(job)
+    console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
     with _progress(console) as bar:
         task = bar.add_task("loading", total=len(index.train), info="")
         images = load_images([s.path for s in index.train], cfg,
@@ -152,8 +173,11 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     train_time, seen = 0.0, 0
 
     def checkpoint(step: int) -> None:
+        nonlocal out, replaces
         metadata["history"] = history
         save_checkpoint(out / "last.pt", model, metadata, optimizer, step)
+        if replaces is not None:  # the new run has a checkpoint: now it may replace the old
+            out, replaces = _replace_run(out, replaces), None
 
     def validation(done: int, loss: float, bar) -> None:
         nonlocal best
