@@ -23,9 +23,7 @@ MAP_SCALES = ("mean", "p99", "std")
 PAPER_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
                       "score_source": "student"}
 # what a checkpoint written before a field existed meant by it
-LEGACY_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
-                       "score_source": "student",
-                       "map_scale": "mean"}
+LEGACY_MODEL_FIELDS = {**PAPER_MODEL_FIELDS, "map_scale": "mean"}
 
 
 @dataclass(frozen=True)
@@ -191,21 +189,19 @@ def model_config_from_options(**options: Any) -> ModelConfig:
     method": the baseline scores with its memory; with ``use_memory=False`` (``--no-memory``)
     the student is plain RD and scores alone unless a memory score is asked for."""
     options = {k: v for k, v in options.items() if v is not None}
-    if options.get("memory_read") == "none":  # the command line's "no guidance": RD's student
-        del options["memory_read"]
-        if options.get("use_memory") is not False:  # not --no-memory: keep the default score
-            options["use_memory"] = False
-            options.setdefault("score_source", ModelConfig.score_source)
+    read = options.pop("memory_read", None)
     if options.get("method") == "knn":
         options.setdefault("score_source", "memory")
         options["use_memory"] = False
-    elif options.get("use_memory") is False:  # plain RD unless a memory score is asked for
-        if "memory_read" in options:
+    elif options.get("use_memory") is False:  # --no-memory: plain RD unless a memory score is asked
+        if read not in (None, "none"):
             raise ConfigError("--memory-read guides the student with the memory, which --no-memory "
                               "turns off", "drop one of the two")
         options.setdefault("score_source", "student")
-    elif "memory_read" in options:  # asking for a read is asking for the guidance
-        options["use_memory"] = True
+    elif read == "none":  # the command line's "no guidance": RD's student, the default score
+        options["use_memory"] = False
+    elif read is not None:  # asking for a read is asking for the guidance
+        options.update(use_memory=True, memory_read=read)
     return ModelConfig(**options)
 
 

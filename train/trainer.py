@@ -88,18 +88,20 @@ def _replace_run(staging: Path, out: Path) -> Path:
 
 
 def _fill_memory(model, images: np.ndarray, synth, job: TrainJob, device, console) -> dict[str, Any]:
-    k = job.model.memory_size
-    rng = np.random.default_rng([job.train.seed, 0])
-    replace = len(images) < k
-    if replace:
-        console.print(f"[yellow]warning:[/] only {len(images)} training images for a memory of {k}; "
-                      "some memory items repeat an image")
-    idx = rng.choice(len(images), k, replace=replace)
-    abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
     cfg = job.model.preprocess()
-    model.fill_memory(torch.from_numpy(normalize(images[idx], cfg)).to(device),
-                      torch.from_numpy(normalize(abnormal, cfg)).to(device))
-    record: dict[str, Any] = {"size": k, "train_indices": idx.tolist()}
+    record: dict[str, Any] = {}
+    if job.model.use_memory and job.model.uses_student:  # the image banks guide the student
+        k = job.model.memory_size
+        rng = np.random.default_rng([job.train.seed, 0])
+        replace = len(images) < k
+        if replace:
+            console.print(f"[yellow]warning:[/] only {len(images)} training images for a memory of {k}; "
+                          "some memory items repeat an image")
+        idx = rng.choice(len(images), k, replace=replace)
+        abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
+        model.fill_memory(torch.from_numpy(normalize(images[idx], cfg)).to(device),
+                          torch.from_numpy(normalize(abnormal, cfg)).to(device))
+        record.update(size=k, train_indices=idx.tolist())
     if job.model.uses_patch_memory:
         t0 = time.perf_counter()
         model.fill_patch_memory(torch.from_numpy(normalize(images, cfg)).to(device), job.train.seed)
