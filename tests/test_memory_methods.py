@@ -168,8 +168,12 @@ def test_rescore_changes_only_the_map(combined_ckpt, tmp_path):
         expected = combined.head(teacher, combined.decode(combined.guide(teacher)))[1]
         assert torch.allclose(student(x).score, expected, atol=1e-5)
     assert payload["metadata"]["rescored_from"] == str(combined_ckpt)
-    with pytest.raises(ConfigError, match="itself"):
+    with pytest.raises(ConfigError, match="already exists"):
         rescore_checkpoint(combined_ckpt, combined_ckpt, "memory", device="cpu")
+    kept = student_path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        rescore_checkpoint(combined_ckpt, student_path, "memory", device="cpu")
+    assert student_path.read_bytes() == kept  # an existing file is never replaced
 
 
 def test_rescore_adds_a_memory_to_a_model_trained_without_one(trained_ckpt, tmp_path):

@@ -42,10 +42,8 @@ def rescore_checkpoint(
 ) -> dict[str, Any]:
     console = console or Console()
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.resolve() == checkpoint.resolve():
-        raise ConfigError(
-            f"--out {out} is the checkpoint itself", "write the rescored model to a new file"
-        )
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists", "give a new file name, or remove that file first")
     payload = read_checkpoint(checkpoint)
     old = ModelConfig.from_dict(payload["model_config"])
     changes: dict[str, Any] = {"score_source": score_source}
