@@ -21,8 +21,11 @@ from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
 from dmgrd_edge.report import redact_paths
 
-VARIANTS = (("DM-GRD, scaled inputs", True, True), ("DM-GRD, unscaled (authors)", True, False),
-            ("RD (no memory)", False, True))
+VARIANTS = (
+    ("DM-GRD, scaled inputs", True, True),
+    ("DM-GRD, unscaled (authors)", True, False),
+    ("RD (no memory)", False, True),
+)
 
 
 def main() -> None:
@@ -34,24 +37,45 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dmgrd-ablation-"))
     categories = args.categories.split(",")
-    data = generate_line_data(work / "line", categories, n_train=60, n_test_good=12, n_test_per_defect=4,
-                              size=256, seed=0)
+    data = generate_line_data(
+        work / "line", categories, n_train=60, n_test_good=12, n_test_per_defect=4, size=256, seed=0
+    )
     quiet = Console(stderr=True, quiet=True)
     rows = []
     for category in categories:
         for label, use_memory, scale in VARIANTS:
-            model = ModelConfig(image_size=args.image_size, use_memory=use_memory, scale_memory_inputs=scale)
-            train = TrainConfig(steps=args.steps, warmup_steps=max(1, args.steps // 20), val_every=args.steps,
-                                checkpoint_every=args.steps)
+            model = ModelConfig(
+                image_size=args.image_size, use_memory=use_memory, scale_memory_inputs=scale
+            )
+            train = TrainConfig(
+                steps=args.steps,
+                warmup_steps=max(1, args.steps // 20),
+                val_every=args.steps,
+                checkpoint_every=args.steps,
+            )
             out = work / "runs" / f"{category}-{len(rows)}"
             train_category(TrainJob("mvtec", str(data), category, str(out), model, train), quiet)
             row = evaluate_checkpoint(out / "last.pt", console=quiet)["row"]
-            rows.append({"category": category, "variant": label, **{k: row[k] for k in ("i_auroc", "p_auroc", "pro_30")}})
-            print(f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} {100 * row['p_auroc']:7.2f} "
-                  f"{100 * row['pro_30']:7.2f}", flush=True)
+            rows.append(
+                {
+                    "category": category,
+                    "variant": label,
+                    **{k: row[k] for k in ("i_auroc", "p_auroc", "pro_30")},
+                }
+            )
+            print(
+                f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} {100 * row['p_auroc']:7.2f} "
+                f"{100 * row['pro_30']:7.2f}",
+                flush=True,
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(
-        {"benchmark": "ablation_memory_scaling", "args": vars(args), "rows": rows}, indent=2)))
+    Path(args.out).write_text(
+        redact_paths(
+            json.dumps(
+                {"benchmark": "ablation_memory_scaling", "args": vars(args), "rows": rows}, indent=2
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

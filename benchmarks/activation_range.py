@@ -41,6 +41,7 @@ def activation_range(checkpoint: Path, images: int = 16) -> dict[str, float]:
             values = [float(t.abs().max()) for t in _tensors(output) if t.is_floating_point()]
             if values:
                 largest[name] = max(largest.get(name, 0.0), max(values))
+
         return record
 
     for name, module in model.named_modules():
@@ -48,7 +49,11 @@ def activation_range(checkpoint: Path, images: int = 16) -> dict[str, float]:
             module.register_forward_hook(hook(name))
         elif name.count(".") == 1 and name.startswith(("msff.", "bottleneck.")):
             module.register_forward_hook(hook(name))
-    model(torch.from_numpy(preprocess([read_image(s.path) for s in picked], model.config.preprocess())))
+    model(
+        torch.from_numpy(
+            preprocess([read_image(s.path) for s in picked], model.config.preprocess())
+        )
+    )
     return largest
 
 

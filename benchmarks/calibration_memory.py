@@ -37,15 +37,22 @@ def one_run(bundle: Path, images: Path, count: int, target: str, chunked: bool) 
 
     loaded = load_bundle(bundle)
     files = sorted(p for p in images.iterdir() if p.is_file())
-    pictures = np.stack([resize_rgb(read_image(files[i % len(files)]), loaded.preprocess) for i in range(count)])
+    pictures = np.stack(
+        [resize_rgb(read_image(files[i % len(files)]), loaded.preprocess) for i in range(count)]
+    )
     reader = (CalibrationReader if chunked else OnePass)(pictures, loaded.preprocess)
     model = bundle / "model.onnx"
     exclude = int8_excluded_nodes(onnx.load(str(model), load_external_data=False), target == "cpu")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         quantize_qdq(model, Path(work) / "q.onnx", reader, "entropy", exclude, None, target)
-    return {"target": target, "chunked": chunked, "images": count, "seconds": time.perf_counter() - started,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "target": target,
+        "chunked": chunked,
+        "images": count,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -58,21 +65,53 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/calibration_memory.json")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_run(args.bundle, args.images, args.count, args.target, args.child == "chunked")))
+        print(
+            json.dumps(
+                one_run(args.bundle, args.images, args.count, args.target, args.child == "chunked")
+            )
+        )
         return
     rows = []
     for mode in ("chunked", "one-pass"):
-        out = subprocess.run([sys.executable, __file__, "--bundle", str(args.bundle), "--images", str(args.images),
-                              "--count", str(args.count), "--target", args.target, "--child", mode],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--bundle",
+                str(args.bundle),
+                "--images",
+                str(args.images),
+                "--count",
+                str(args.count),
+                "--target",
+                args.target,
+                "--child",
+                mode,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'collection':10s} {'images':>6s} {'peak RSS MiB':>13s} {'seconds':>8s}")
     for r in rows:
-        print(f"{'chunked' if r['chunked'] else 'one pass':10s} {r['images']:6d} {r['peak_rss_mib']:13.0f} "
-              f"{r['seconds']:8.1f}")
-    Path(args.out).write_text(redact_paths(json.dumps({"benchmark": "calibration_memory", "rows": rows,
-                                                       "args": {k: str(v) for k, v in vars(args).items()},
-                                                       "device": device_info()}, indent=2)))
+        print(
+            f"{'chunked' if r['chunked'] else 'one pass':10s} {r['images']:6d} {r['peak_rss_mib']:13.0f} "
+            f"{r['seconds']:8.1f}"
+        )
+    Path(args.out).write_text(
+        redact_paths(
+            json.dumps(
+                {
+                    "benchmark": "calibration_memory",
+                    "rows": rows,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "device": device_info(),
+                },
+                indent=2,
+            )
+        )
+    )
     print(f"wrote {args.out}")
 
 

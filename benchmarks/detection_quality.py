@@ -230,8 +230,9 @@ def main() -> None:
                 suffix = source if scale == "mean" else f"{source}-{scale}"
                 target = checkpoint.with_name(f"rescored-{suffix}.pt")
                 if not target.is_file():
-                    rescore_checkpoint(checkpoint, target, source, map_scale=scale, device="cpu",
-                                       console=console)
+                    rescore_checkpoint(
+                        checkpoint, target, source, map_scale=scale, device="cpu", console=console
+                    )
                 checkpoint = target
             row = {
                 "set": kind,

@@ -39,11 +39,17 @@ def train_throughput(name, device, size, batch, steps, warmup, amp):
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=name, image_size=size)
     model = DMGRD(cfg, pretrained=(name == "efficientnet_lite0")).to(device)
-    model.fill_memory(torch.randn(30, 3, size, size, device=device), torch.randn(30, 3, size, size, device=device))
+    model.fill_memory(
+        torch.randn(30, 3, size, size, device=device), torch.randn(30, 3, size, size, device=device)
+    )
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    dtype = (
+        torch.bfloat16
+        if device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else torch.float16
+    )
     images = np.stack([make_image("washer", 0, "train", i, size)[0] for i in range(16)])
     source = BatchSource(images, AnomalySynthesizer(size, size), TrainConfig(batch_size=batch))
     pre = cfg.preprocess()
@@ -78,8 +84,11 @@ def train_throughput(name, device, size, batch, steps, warmup, amp):
     _sync(device)
     pipeline = steps * batch / (time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return model, {"train_img_per_s_model_step": model_only, "train_img_per_s_with_data": pipeline,
-                   "train_peak_mem_mib": peak}
+    return model, {
+        "train_img_per_s_model_step": model_only,
+        "train_img_per_s_with_data": pipeline,
+        "train_peak_mem_mib": peak,
+    }
 
 
 @torch.no_grad()
@@ -106,7 +115,9 @@ def inference_latency(model, device, size, batches, runs, warmup):
             out[f"{precision}_b{b}_ms_p50"] = 1000 * float(np.median(times))
             out[f"{precision}_b{b}_ms_p90"] = 1000 * float(np.percentile(times, 90))
         score = m(x32.to(next(m.parameters()).dtype)).score.float()
-        out[f"{precision}_score_max_rel_err_vs_fp32"] = float(((score - ref).abs() / ref.abs()).max())
+        out[f"{precision}_score_max_rel_err_vs_fp32"] = float(
+            ((score - ref).abs() / ref.abs()).max()
+        )
     model.float()
     return out
 
@@ -126,8 +137,12 @@ def main():
     torch.backends.cudnn.benchmark = True
     rows = []
     for name in args.backbones.split(","):
-        model, row = train_throughput(name, device, args.image_size, args.batch_size, args.steps, args.warmup, True)
-        row.update(inference_latency(model, device, args.image_size, (1, 8), args.runs, args.warmup))
+        model, row = train_throughput(
+            name, device, args.image_size, args.batch_size, args.steps, args.warmup, True
+        )
+        row.update(
+            inference_latency(model, device, args.image_size, (1, 8), args.runs, args.warmup)
+        )
         row["backbone"] = name
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -135,14 +150,26 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    print(f"{'backbone':18s} {'train img/s':>11s} {'w/ data':>8s} {'fp32 b1':>8s} {'fp32 b8':>8s} {'fp16 b1':>8s} {'fp16 b8':>8s}")
+    print(
+        f"{'backbone':18s} {'train img/s':>11s} {'w/ data':>8s} {'fp32 b1':>8s} {'fp32 b8':>8s} {'fp16 b1':>8s} {'fp16 b8':>8s}"
+    )
     for r in rows:
-        print(f"{r['backbone']:18s} {r['train_img_per_s_model_step']:11.1f} {r['train_img_per_s_with_data']:8.1f} "
-              f"{r['fp32_b1_ms_p50']:8.2f} {r['fp32_b8_ms_p50']:8.2f} "
-              f"{r.get('fp16_b1_ms_p50', float('nan')):8.2f} {r.get('fp16_b8_ms_p50', float('nan')):8.2f}")
-    record = {"benchmark": "gpu_throughput", "args": vars(args), "rows": rows,
-              "machine": {"gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                          "torch": str(torch.__version__), "cuda": torch.version.cuda, "python": platform.python_version()}}
+        print(
+            f"{r['backbone']:18s} {r['train_img_per_s_model_step']:11.1f} {r['train_img_per_s_with_data']:8.1f} "
+            f"{r['fp32_b1_ms_p50']:8.2f} {r['fp32_b8_ms_p50']:8.2f} "
+            f"{r.get('fp16_b1_ms_p50', float('nan')):8.2f} {r.get('fp16_b8_ms_p50', float('nan')):8.2f}"
+        )
+    record = {
+        "benchmark": "gpu_throughput",
+        "args": vars(args),
+        "rows": rows,
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "torch": str(torch.__version__),
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+        },
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
 

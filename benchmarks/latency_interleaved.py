@@ -27,7 +27,9 @@ from dmgrd_edge.report import redact_paths
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundles", type=Path, nargs="+")
-    parser.add_argument("--names", default=None, help="comma list, one per bundle (default: folder names)")
+    parser.add_argument(
+        "--names", default=None, help="comma list, one per bundle (default: folder names)"
+    )
     parser.add_argument("--precision", default="fp32,int8")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
@@ -44,12 +46,26 @@ def main() -> None:
         size = bundle.preprocess.height
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         for precision in precisions:
-            backend = create_backend(bundle, "onnxruntime", precision, threads=args.threads, log=lambda *_: None,
-                                     workers=1)
+            backend = create_backend(
+                bundle,
+                "onnxruntime",
+                precision,
+                threads=args.threads,
+                log=lambda *_: None,
+                workers=1,
+            )
             for _ in range(5):
                 backend.infer(x)
-            variants.append({"name": name, "precision": precision, "file": backend.bundle_file,
-                             "backend": backend, "x": x, "rounds_ms": []})
+            variants.append(
+                {
+                    "name": name,
+                    "precision": precision,
+                    "file": backend.bundle_file,
+                    "backend": backend,
+                    "x": x,
+                    "rounds_ms": [],
+                }
+            )
     for _ in range(args.rounds):
         for v in variants:
             times = []
@@ -62,15 +78,33 @@ def main() -> None:
     for v in variants:
         first = next(w for w in variants if w["precision"] == v["precision"])
         ratios = [a / b for a, b in zip(v["rounds_ms"], first["rounds_ms"])]
-        rows.append({"name": v["name"], "precision": v["precision"], "file": v["file"],
-                     "ms_p50": float(np.median(v["rounds_ms"])), "ms_rounds": v["rounds_ms"],
-                     "ratio_to_first": float(np.median(ratios)), "ratio_rounds": ratios})
-    print(f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} {'x first':>8s}")
+        rows.append(
+            {
+                "name": v["name"],
+                "precision": v["precision"],
+                "file": v["file"],
+                "ms_p50": float(np.median(v["rounds_ms"])),
+                "ms_rounds": v["rounds_ms"],
+                "ratio_to_first": float(np.median(ratios)),
+                "ratio_rounds": ratios,
+            }
+        )
+    print(
+        f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} {'x first':>8s}"
+    )
     for r in rows:
-        print(f"{r['name']:32s} {r['precision']:9s} {r['ms_p50']:22.2f} "
-              f"{min(r['ms_rounds']):6.2f}-{max(r['ms_rounds']):<6.2f} {r['ratio_to_first']:8.2f}")
-    result = {"rows": rows, "rounds": args.rounds, "runs": args.runs, "threads": args.threads,
-              "bundles": [str(b) for b in args.bundles], "device": device_info()}
+        print(
+            f"{r['name']:32s} {r['precision']:9s} {r['ms_p50']:22.2f} "
+            f"{min(r['ms_rounds']):6.2f}-{max(r['ms_rounds']):<6.2f} {r['ratio_to_first']:8.2f}"
+        )
+    result = {
+        "rows": rows,
+        "rounds": args.rounds,
+        "runs": args.runs,
+        "threads": args.threads,
+        "bundles": [str(b) for b in args.bundles],
+        "device": device_info(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
     print(f"wrote {args.out}")

@@ -42,29 +42,56 @@ def profile(path: Path, batch: int, warmup: int, runs: int, threads: int, nodes:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     shape = session.get_inputs()[0].shape
-    x = np.random.default_rng(0).normal(size=(batch, 3, int(shape[2]), int(shape[3]))).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(batch, 3, int(shape[2]), int(shape[3])))
+        .astype(np.float32)
+    )
     for _ in range(warmup + runs):
         session.run(None, {name: x})
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink(missing_ok=True)
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    starts = sorted(
+        e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run"
+    )
     measured_from = starts[warmup] if len(starts) > warmup else 0  # the warm-up runs are left out
     by_op, by_part, by_node, node_info = Counter(), Counter(), Counter(), {}
     for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < measured_from:
+        if (
+            event.get("cat") != "Node"
+            or not event["name"].endswith("_kernel_time")
+            or event["ts"] < measured_from
+        ):
             continue
         node = event["name"][: -len("_kernel_time")]
         by_op[event["args"].get("op_name", "?")] += event["dur"]
         by_part[part_of(node)] += event["dur"]
         by_node[node] += event["dur"]
-        node_info[node] = (event["args"].get("op_name", "?"), event["args"].get("output_type_shape"))
+        node_info[node] = (
+            event["args"].get("op_name", "?"),
+            event["args"].get("output_type_shape"),
+        )
     total = sum(by_op.values()) or 1
     share = lambda c: {k: round(100 * v / total, 1) for k, v in c.most_common()}  # noqa: E731
-    top = [{"node": n, "operator": node_info[n][0], "output": node_info[n][1], "percent": round(100 * v / total, 2)}
-           for n, v in by_node.most_common(nodes)]
-    return {"file": path.name, "batch": batch, "runs": runs, "kernel_ms_per_run": total / 1000 / runs,
-            "percent_by_operator": share(by_op), "percent_by_part": share(by_part), "top_nodes": top}
+    top = [
+        {
+            "node": n,
+            "operator": node_info[n][0],
+            "output": node_info[n][1],
+            "percent": round(100 * v / total, 2),
+        }
+        for n, v in by_node.most_common(nodes)
+    ]
+    return {
+        "file": path.name,
+        "batch": batch,
+        "runs": runs,
+        "kernel_ms_per_run": total / 1000 / runs,
+        "percent_by_operator": share(by_op),
+        "percent_by_part": share(by_part),
+        "top_nodes": top,
+    }
 
 
 def main() -> None:
@@ -78,9 +105,14 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=0, help="also list the N slowest nodes")
     parser.add_argument("--out", default="benchmarks/results/ort_profile.json")
     args = parser.parse_args()
-    results = [profile(p, args.batch, args.warmup, args.runs, args.threads, args.nodes) for p in args.models]
+    results = [
+        profile(p, args.batch, args.warmup, args.runs, args.threads, args.nodes)
+        for p in args.models
+    ]
     for r in results:
-        print(f"== {r['file']} (batch {r['batch']}, {r['kernel_ms_per_run']:.1f} ms of kernels per run, profiled)")
+        print(
+            f"== {r['file']} (batch {r['batch']}, {r['kernel_ms_per_run']:.1f} ms of kernels per run, profiled)"
+        )
         print(f"{'operator':28s} {'%':>6s}    {'model part':24s} {'%':>6s}")
         ops, parts = list(r["percent_by_operator"].items()), list(r["percent_by_part"].items())
         for i in range(min(args.top, max(len(ops), len(parts)))):
@@ -90,8 +122,13 @@ def main() -> None:
         for node in r["top_nodes"]:
             name, output = node["node"][:70], str(node["output"])[:60]
             print(f"{node['percent']:5.1f} %  {node['operator']:22s} {name:70s} {output}")
-    record = {"benchmark": "ort_profile", "args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-              "device": device_info(), "onnxruntime": ort.__version__}
+    record = {
+        "benchmark": "ort_profile",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+        "device": device_info(),
+        "onnxruntime": ort.__version__,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
     print(f"wrote {args.out}")

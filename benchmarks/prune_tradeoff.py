@@ -39,7 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--ratios", default="0.25,0.5,0.75")
-    parser.add_argument("--steps", type=int, default=100, help="fine-tune steps (and extra steps of the baseline)")
+    parser.add_argument(
+        "--steps", type=int, default=100, help="fine-tune steps (and extra steps of the baseline)"
+    )
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--data", default=None)
     parser.add_argument("--category", default=None)
@@ -47,12 +49,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/pruning")
-    parser.add_argument("--work", default=None, help="folder for the checkpoints and bundles (default: a new temp)")
+    parser.add_argument(
+        "--work", default=None, help="folder for the checkpoints and bundles (default: a new temp)"
+    )
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     meta = payload["metadata"]
     data, category = args.data or meta["root"], args.category or meta["category"]
-    finetune = finetune_config(meta.get("train_config", {}), args.steps, args.lr, threads=args.threads)
+    finetune = finetune_config(
+        meta.get("train_config", {}), args.steps, args.lr, threads=args.threads
+    )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dmgrd-prune-"))
     print(f"checkpoints and bundles in {work} (bundle0 = first variant, ...)")
     out = Path(args.out)
@@ -61,51 +67,123 @@ def main() -> None:
     timings = {}
     t0 = time.perf_counter()
     config = ModelConfig.from_dict(payload["model_config"])
-    train_category(TrainJob(meta["dataset"], data, category, str(work / "continued"), config, finetune,
-                            pretrained=False, init_from=str(args.checkpoint)))
+    train_category(
+        TrainJob(
+            meta["dataset"],
+            data,
+            category,
+            str(work / "continued"),
+            config,
+            finetune,
+            pretrained=False,
+            init_from=str(args.checkpoint),
+        )
+    )
     checkpoints[f"trained +{args.steps} steps"] = work / "continued" / "last.pt"
     timings["continued_s"] = time.perf_counter() - t0
     for ratio in (float(r) for r in args.ratios.split(",")):
         t0 = time.perf_counter()
-        prune_checkpoint(PruneJob(str(args.checkpoint), str(work / f"pruned{ratio:g}"), ratio, finetune=finetune,
-                                  data=data, category=category))
-        checkpoints[f"pruned {100 * ratio:.0f}% +{args.steps} steps"] = work / f"pruned{ratio:g}" / "last.pt"
+        prune_checkpoint(
+            PruneJob(
+                str(args.checkpoint),
+                str(work / f"pruned{ratio:g}"),
+                ratio,
+                finetune=finetune,
+                data=data,
+                category=category,
+            )
+        )
+        checkpoints[f"pruned {100 * ratio:.0f}% +{args.steps} steps"] = (
+            work / f"pruned{ratio:g}" / "last.pt"
+        )
         timings[f"prune_finetune_{ratio:g}_s"] = time.perf_counter() - t0
     rows, results = [], []
     for i, (label, ckpt) in enumerate(checkpoints.items()):
         model, _ = load_model(ckpt)
         bundle = work / f"bundle{i}"
-        export_bundle(ExportOptions(Path(ckpt), bundle, int8=True, calib_count=args.calib_count), log=lambda _: None)
+        export_bundle(
+            ExportOptions(Path(ckpt), bundle, int8=True, calib_count=args.calib_count),
+            log=lambda _: None,
+        )
         row = {"variant": label, "trainable_params_m": trainable_parameter_count(model) / 1e6}
         for precision in ("fp32", "int8"):
             # the command a user runs, in its own process: its memory figures are the runtime's alone
             path = out / f"bench_{i}_{precision}.json"
-            subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", "bench", str(bundle), "--backend", "onnxruntime",
-                            "--precision", precision, "--batch", "1,8", "--runs", str(args.runs), "--workers", "1",
-                            "--threads", str(args.threads), "--data", str(data), "--dataset", meta["dataset"],
-                            "--category", category, "--label", f"{model.config.backbone} {label}", "--out", str(path)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dmgrd_edge.cli",
+                    "bench",
+                    str(bundle),
+                    "--backend",
+                    "onnxruntime",
+                    "--precision",
+                    precision,
+                    "--batch",
+                    "1,8",
+                    "--runs",
+                    str(args.runs),
+                    "--workers",
+                    "1",
+                    "--threads",
+                    str(args.threads),
+                    "--data",
+                    str(data),
+                    "--dataset",
+                    meta["dataset"],
+                    "--category",
+                    category,
+                    "--label",
+                    f"{model.config.backbone} {label}",
+                    "--out",
+                    str(path),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             path.write_text(redact_paths(path.read_text()))
             result = json.loads(path.read_text())
             results.append(path)
             acc = result["accuracy"]
             b1 = next(r for r in result["latency"] if r["batch"] == 1)
-            row[precision] = {"file": result["backend"]["file"], "ms_p50_b1": b1["ms_p50"],
-                              "i_auroc": acc["i_auroc"], "p_auroc": acc["p_auroc"], "pro_30": acc["pro_30"]}
+            row[precision] = {
+                "file": result["backend"]["file"],
+                "ms_p50_b1": b1["ms_p50"],
+                "i_auroc": acc["i_auroc"],
+                "p_auroc": acc["p_auroc"],
+                "pro_30": acc["pro_30"],
+            }
         rows.append(row)
-        print(f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 {row['fp32']['ms_p50_b1']:.2f} ms "
-              f"PRO {100 * row['fp32']['pro_30']:.2f} | int8 {row['int8']['ms_p50_b1']:.2f} ms "
-              f"PRO {100 * row['int8']['pro_30']:.2f}", flush=True)
+        print(
+            f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 {row['fp32']['ms_p50_b1']:.2f} ms "
+            f"PRO {100 * row['fp32']['pro_30']:.2f} | int8 {row['int8']['ms_p50_b1']:.2f} ms "
+            f"PRO {100 * row['int8']['pro_30']:.2f}",
+            flush=True,
+        )
     report = write_report(results, out)
-    print(f"\n{'variant':28s} {'params M':>8s} {'fp32 ms':>8s} {'int8 ms':>8s} {'fp32 I/P/PRO':>20s} "
-          f"{'int8 I/P/PRO':>20s}")
+    print(
+        f"\n{'variant':28s} {'params M':>8s} {'fp32 ms':>8s} {'int8 ms':>8s} {'fp32 I/P/PRO':>20s} "
+        f"{'int8 I/P/PRO':>20s}"
+    )
     for row in rows:
-        acc = {p: "/".join(f"{100 * row[p][k]:.2f}" for k in ("i_auroc", "p_auroc", "pro_30"))
-               for p in ("fp32", "int8")}
-        print(f"{row['variant']:28s} {row['trainable_params_m']:8.2f} {row['fp32']['ms_p50_b1']:8.2f} "
-              f"{row['int8']['ms_p50_b1']:8.2f} {acc['fp32']:>20s} {acc['int8']:>20s}")
-    summary = {"rows": rows, "steps": args.steps, "lr": args.lr, "calib_count": args.calib_count,
-               "category": category, "timings_s": timings, "report": {k: str(v) for k, v in report["paths"].items()}}
+        acc = {
+            p: "/".join(f"{100 * row[p][k]:.2f}" for k in ("i_auroc", "p_auroc", "pro_30"))
+            for p in ("fp32", "int8")
+        }
+        print(
+            f"{row['variant']:28s} {row['trainable_params_m']:8.2f} {row['fp32']['ms_p50_b1']:8.2f} "
+            f"{row['int8']['ms_p50_b1']:8.2f} {acc['fp32']:>20s} {acc['int8']:>20s}"
+        )
+    summary = {
+        "rows": rows,
+        "steps": args.steps,
+        "lr": args.lr,
+        "calib_count": args.calib_count,
+        "category": category,
+        "timings_s": timings,
+        "report": {k: str(v) for k, v in report["paths"].items()},
+    }
     (out / "prune_tradeoff.json").write_text(redact_paths(json.dumps(summary, indent=2)))
     print(f"wrote {out / 'prune_tradeoff.json'} and the trade-off report in {out}")
 

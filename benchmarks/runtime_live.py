@@ -34,13 +34,22 @@ from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.report import redact_paths
 
 
-def stream_at(bundle, backend, video: Path, rate: float, seconds: float, queue_size: int, events: Path) -> dict:
+def stream_at(
+    bundle, backend, video: Path, rate: float, seconds: float, queue_size: int, events: Path
+) -> dict:
     threshold = bundle.threshold_for(backend.bundle_file)
     config = RunConfig(threshold, threshold, status_every_s=1e9, workers=backend.workers)
-    pipeline = Pipeline(bundle, backend, [open_sink(str(events), headless=True)], config, log=lambda *_: None)
-    capture = Capture(open_source(parse_uri(str(video), fps=rate, loop=True)), make_preprocess(bundle),
-                      queue_size=queue_size)
-    timer = threading.Timer(seconds, pipeline.stop_event.set)  # as SIGINT would: finish what was read
+    pipeline = Pipeline(
+        bundle, backend, [open_sink(str(events), headless=True)], config, log=lambda *_: None
+    )
+    capture = Capture(
+        open_source(parse_uri(str(video), fps=rate, loop=True)),
+        make_preprocess(bundle),
+        queue_size=queue_size,
+    )
+    timer = threading.Timer(
+        seconds, pipeline.stop_event.set
+    )  # as SIGINT would: finish what was read
     started, cpu = time.perf_counter(), time.process_time()
     timer.start()
     pipeline.run(capture)
@@ -48,21 +57,35 @@ def stream_at(bundle, backend, video: Path, rate: float, seconds: float, queue_s
     timer.cancel()
     s = pipeline.summary
     offered = s["frames"] + s["dropped"]
-    return {"camera_fps": rate, "workers": backend.workers, "threads_per_call": backend.threads,
-            "decided_fps": s["frames"] / wall, "frames": s["frames"], "dropped": s["dropped"],
-            "dropped_share": s["dropped"] / max(1, offered), "latency_ms": s["stages_ms"]["end_to_end"],
-            "inference_ms": s["stages_ms"]["inference"], "cores_busy": (time.process_time() - cpu) / wall,
-            "seconds": wall}
+    return {
+        "camera_fps": rate,
+        "workers": backend.workers,
+        "threads_per_call": backend.threads,
+        "decided_fps": s["frames"] / wall,
+        "frames": s["frames"],
+        "dropped": s["dropped"],
+        "dropped_share": s["dropped"] / max(1, offered),
+        "latency_ms": s["stages_ms"]["end_to_end"],
+        "inference_ms": s["stages_ms"]["inference"],
+        "cores_busy": (time.process_time() - cpu) / wall,
+        "seconds": wall,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--precision", default="int8")
-    parser.add_argument("--rates", default="30,60,90,120,150", help="camera frame rates, comma list")
-    parser.add_argument("--workers", default="1,auto", help="calls in flight to compare, comma list (as --workers)")
+    parser.add_argument(
+        "--rates", default="30,60,90,120,150", help="camera frame rates, comma list"
+    )
+    parser.add_argument(
+        "--workers", default="1,auto", help="calls in flight to compare, comma list (as --workers)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="streaming time per point")
-    parser.add_argument("--queue-size", type=int, default=4, help="capture queue (dmgrd-edge run's default: 4)")
+    parser.add_argument(
+        "--queue-size", type=int, default=4, help="capture queue (dmgrd-edge run's default: 4)"
+    )
     parser.add_argument("--out", default="benchmarks/results/runtime_live.json")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
@@ -73,28 +96,55 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     points = []
     for workers in args.workers.split(","):
-        backend = create_backend(bundle, "onnxruntime", args.precision, log=print, spin_between_runs=False,
-                                 workers=parse_workers(workers))
+        backend = create_backend(
+            bundle,
+            "onnxruntime",
+            args.precision,
+            log=print,
+            spin_between_runs=False,
+            workers=parse_workers(workers),
+        )
         x = make_preprocess(bundle)(np.zeros((size, size, 3), np.uint8))[None]
         for _ in range(10):
             backend.infer(x)
         for rate in rates:
-            point = stream_at(bundle, backend, video, rate, args.seconds, args.queue_size,
-                              work / f"events-{workers}-{rate:g}.jsonl")
+            point = stream_at(
+                bundle,
+                backend,
+                video,
+                rate,
+                args.seconds,
+                args.queue_size,
+                work / f"events-{workers}-{rate:g}.jsonl",
+            )
             points.append({**point, "workers_option": workers})
             lat = point["latency_ms"]
-            print(f"workers {workers:>4s} camera {rate:6.1f} fps: decided {point['decided_fps']:6.1f} fps, dropped "
-                  f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 {lat['p50']:.1f}/{lat['p90']:.1f}/"
-                  f"{lat['p99']:.1f} ms", flush=True)
-    print(f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} {'p50 ms':>7s} {'p90 ms':>7s} "
-          f"{'p99 ms':>7s} {'busy':>5s}")
+            print(
+                f"workers {workers:>4s} camera {rate:6.1f} fps: decided {point['decided_fps']:6.1f} fps, dropped "
+                f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 {lat['p50']:.1f}/{lat['p90']:.1f}/"
+                f"{lat['p99']:.1f} ms",
+                flush=True,
+            )
+    print(
+        f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} {'p50 ms':>7s} {'p90 ms':>7s} "
+        f"{'p99 ms':>7s} {'busy':>5s}"
+    )
     for p in points:
         lat = p["latency_ms"]
-        print(f"{p['workers_option']:>8s} {p['camera_fps']:10.0f} {p['decided_fps']:11.1f} "
-              f"{100 * p['dropped_share']:9.1f} "
-              f"{lat['p50']:7.1f} {lat['p90']:7.1f} {lat['p99']:7.1f} {p['cores_busy']:5.2f}")
-    result = {"points": points, "queue_size": args.queue_size, "seconds_per_point": args.seconds,
-              "bundle": str(args.bundle), "image_size": size, "backend": backend.describe(), "device": device_info()}
+        print(
+            f"{p['workers_option']:>8s} {p['camera_fps']:10.0f} {p['decided_fps']:11.1f} "
+            f"{100 * p['dropped_share']:9.1f} "
+            f"{lat['p50']:7.1f} {lat['p90']:7.1f} {lat['p99']:7.1f} {p['cores_busy']:5.2f}"
+        )
+    result = {
+        "points": points,
+        "queue_size": args.queue_size,
+        "seconds_per_point": args.seconds,
+        "bundle": str(args.bundle),
+        "image_size": size,
+        "backend": backend.describe(),
+        "device": device_info(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
     print(f"wrote {args.out}")

@@ -34,41 +34,69 @@ class CalibrationData:
     warnings: list[str]
 
     def summary(self) -> dict:
-        return {"source": self.source, "calibration_images": int(len(self.calibration)),
-                "pseudo_anomalous_in_calibration": self.n_pseudo,
-                "guard_normal": int((self.guard_labels == 0).sum()),
-                "guard_pseudo_anomalous": int((self.guard_labels == 1).sum()), "warnings": self.warnings}
+        return {
+            "source": self.source,
+            "calibration_images": int(len(self.calibration)),
+            "pseudo_anomalous_in_calibration": self.n_pseudo,
+            "guard_normal": int((self.guard_labels == 0).sum()),
+            "guard_pseudo_anomalous": int((self.guard_labels == 1).sum()),
+            "warnings": self.warnings,
+        }
 
 
 def list_source_images(source: Path, dataset: str | None, category: str | None) -> list[Path]:
     if dataset is not None:
         if category is None:
-            raise DataError("calibration from a dataset needs a category", "add --calib-category NAME")
+            raise DataError(
+                "calibration from a dataset needs a category", "add --calib-category NAME"
+            )
         return [s.path for s in index_category(dataset, source, category).train]
     if not source.is_dir():
-        raise DataError(f"calibration folder not found: {source}", "give a folder of good images or a dataset root")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise DataError(
+            f"calibration folder not found: {source}",
+            "give a folder of good images or a dataset root",
+        )
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
-        raise DataError(f"no images in {source}", f"expected image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(
+            f"no images in {source}", f"expected image files ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return files
 
 
-def collect(source: Path, dataset: str | None, category: str | None, cfg: PreprocessConfig, count: int,
-            guard_count: int, pseudo: bool, seed: int = 0, progress=None) -> CalibrationData:
+def collect(
+    source: Path,
+    dataset: str | None,
+    category: str | None,
+    cfg: PreprocessConfig,
+    count: int,
+    guard_count: int,
+    pseudo: bool,
+    seed: int = 0,
+    progress=None,
+) -> CalibrationData:
     files = list_source_images(Path(source), dataset, category)
     order = np.random.default_rng([seed, 11]).permutation(len(files))
     n_guard = min(guard_count // 2, max(2, len(files) // 5))
     if len(files) - n_guard < 1:
-        raise DataError(f"only {len(files)} images in {source}: too few for calibration plus a guard set",
-                        "give at least 4 good images")
+        raise DataError(
+            f"only {len(files)} images in {source}: too few for calibration plus a guard set",
+            "give at least 4 good images",
+        )
     guard_files = [files[i] for i in order[:n_guard]]
-    calib_files = [files[i] for i in order[n_guard:n_guard + count]]
+    calib_files = [files[i] for i in order[n_guard : n_guard + count]]
     warnings = []
     if len(calib_files) < MIN_RECOMMENDED:
-        warnings.append(f"only {len(calib_files)} calibration images (fewer than {MIN_RECOMMENDED}); "
-                        "INT8 ranges may not cover the line's variation")
+        warnings.append(
+            f"only {len(calib_files)} calibration images (fewer than {MIN_RECOMMENDED}); "
+            "INT8 ranges may not cover the line's variation"
+        )
     read = progress or (lambda xs, _: xs)
-    calib = np.stack([resize_rgb(read_image(p), cfg) for p in read(calib_files, "calibration images")])
+    calib = np.stack(
+        [resize_rgb(read_image(p), cfg) for p in read(calib_files, "calibration images")]
+    )
     guard = np.stack([resize_rgb(read_image(p), cfg) for p in read(guard_files, "guard images")])
     synth = AnomalySynthesizer(cfg.height, cfg.width)
     rng = np.random.default_rng([seed, 12])
@@ -76,7 +104,9 @@ def collect(source: Path, dataset: str | None, category: str | None, cfg: Prepro
     n_pseudo = 0
     if pseudo:
         n_pseudo = len(calib) // 4
-        extra = [synth(calib[i], rng, calib)[0] for i in rng.choice(len(calib), n_pseudo, replace=False)]
+        extra = [
+            synth(calib[i], rng, calib)[0] for i in rng.choice(len(calib), n_pseudo, replace=False)
+        ]
         calib = np.concatenate([calib, np.stack(extra)]) if extra else calib
     guard_images = np.concatenate([guard, np.stack(bad)])
     labels = np.r_[np.zeros(len(guard), int), np.ones(len(guard), int)]
@@ -92,20 +122,35 @@ class CalibrationReader:
     calib/quantize.py): ONNX Runtime keeps every intermediate tensor of the batches it is
     given until it computes their ranges, about 150 MB per 256 px image for this model."""
 
-    def __init__(self, images: np.ndarray, cfg: PreprocessConfig, batch_size: int = 1, input_name: str = "image"):
+    def __init__(
+        self,
+        images: np.ndarray,
+        cfg: PreprocessConfig,
+        batch_size: int = 1,
+        input_name: str = "image",
+    ):
         if len(images) == 0:
-            raise DataError("the calibration set is empty", "give calibration images with --calib-data")
-        self.images, self.cfg, self.batch_size, self.input_name = images, cfg, batch_size, input_name
+            raise DataError(
+                "the calibration set is empty", "give calibration images with --calib-data"
+            )
+        self.images, self.cfg, self.batch_size, self.input_name = (
+            images,
+            cfg,
+            batch_size,
+            input_name,
+        )
         self.rewind()
 
     def get_next(self):
         if self.position + self.batch_size > self.stop:
             return None
-        chunk = self.images[self.position:self.position + self.batch_size]
+        chunk = self.images[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         batch = normalize(chunk, self.cfg)
         if batch.dtype != np.float32 or batch.shape[1:] != (3, self.cfg.height, self.cfg.width):
-            raise DataError(f"calibration batch has {batch.dtype} {batch.shape}, expected float32 (N, 3, H, W)")
+            raise DataError(
+                f"calibration batch has {batch.dtype} {batch.shape}, expected float32 (N, 3, H, W)"
+            )
         return {self.input_name: batch}
 
     def __len__(self) -> int:

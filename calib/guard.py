@@ -21,7 +21,7 @@ def run_onnx(path: Path, images: np.ndarray, cfg: PreprocessConfig, batch_size: 
     model = OnnxModel(path)
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
-        amap, score = model.infer(normalize(images[i:i + batch_size], cfg))
+        amap, score = model.infer(normalize(images[i : i + batch_size], cfg))
         maps.append(amap[:, 0])
         scores.append(score)
     return np.concatenate(maps), np.concatenate(scores)
@@ -36,11 +36,15 @@ def compare(reference, candidate, labels: np.ndarray, masks: np.ndarray) -> dict
     """Deltas are in points (x100), positive = candidate is worse."""
     (ref_maps, ref_scores), (cand_maps, cand_scores) = reference, candidate
     result = {
-        "i_auroc_fp32": auroc(labels, ref_scores), "i_auroc_int8": auroc(labels, cand_scores),
-        "pro_30_fp32": pro_auc(masks, ref_maps, 0.3), "pro_30_int8": pro_auc(masks, cand_maps, 0.3),
+        "i_auroc_fp32": auroc(labels, ref_scores),
+        "i_auroc_int8": auroc(labels, cand_scores),
+        "pro_30_fp32": pro_auc(masks, ref_maps, 0.3),
+        "pro_30_int8": pro_auc(masks, cand_maps, 0.3),
         "map_cosine_mean": float(_cosine(ref_maps, cand_maps).mean()),
         "map_cosine_min": float(_cosine(ref_maps, cand_maps).min()),
-        "score_max_rel_err": float(np.max(np.abs(cand_scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12))),
+        "score_max_rel_err": float(
+            np.max(np.abs(cand_scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12))
+        ),
     }
     result["i_auroc_drop_points"] = 100 * (result["i_auroc_fp32"] - result["i_auroc_int8"])
     result["pro_30_drop_points"] = 100 * (result["pro_30_fp32"] - result["pro_30_int8"])
@@ -60,7 +64,9 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def layer_sensitivity(fp32_path: Path, int8_path: Path, images: np.ndarray, cfg: PreprocessConfig) -> list[dict]:
+def layer_sensitivity(
+    fp32_path: Path, int8_path: Path, images: np.ndarray, cfg: PreprocessConfig
+) -> list[dict]:
     """Error each quantized layer adds: (1 - cosine) at its output minus at its input,
     fp32 vs int8, on a few images. Sorted, most sensitive first."""
     import onnxruntime as ort
@@ -77,10 +83,19 @@ def layer_sensitivity(fp32_path: Path, int8_path: Path, images: np.ndarray, cfg:
     options.log_severity_level = 3
     outs = []
     for model in (fp32, int8):
-        session = ort.InferenceSession(_with_outputs(model, tensors), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            _with_outputs(model, tensors), options, providers=["CPUExecutionProvider"]
+        )
         values = session.run(tensors, feed)
         outs.append(dict(zip(tensors, values)))
     error = {t: float(1 - _cosine(outs[0][t], outs[1][t]).mean()) for t in tensors}
-    ranked = [{"node": n.name, "op": n.op_type, "added_error": error[n.output[0]] - error[n.input[0]],
-               "output_error": error[n.output[0]]} for n in layers]
+    ranked = [
+        {
+            "node": n.name,
+            "op": n.op_type,
+            "added_error": error[n.output[0]] - error[n.input[0]],
+            "output_error": error[n.output[0]],
+        }
+        for n in layers
+    ]
     return sorted(ranked, key=lambda r: r["added_error"], reverse=True)

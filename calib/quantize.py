@@ -35,9 +35,24 @@ import onnx
 from dmgrd_edge.errors import DmgrdError
 
 QUANT_OP_TYPES = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
-CPU_OP_TYPES = ["Conv", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool", "Clip", "Relu", "Sigmoid",
-                "Transpose", "Reshape"]
-LAYOUT_OPS = ("Transpose", "Reshape")  # quantized in the CPU form only inside a sub-pixel interleave
+CPU_OP_TYPES = [
+    "Conv",
+    "Gemm",
+    "Add",
+    "Mul",
+    "Concat",
+    "Resize",
+    "MaxPool",
+    "Clip",
+    "Relu",
+    "Sigmoid",
+    "Transpose",
+    "Reshape",
+]
+LAYOUT_OPS = (
+    "Transpose",
+    "Reshape",
+)  # quantized in the CPU form only inside a sub-pixel interleave
 
 TRT_EXTRA_OPTIONS = {
     "ActivationSymmetric": True,
@@ -73,8 +88,11 @@ class QuantizationError(DmgrdError):
 def _method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-            "percentile": CalibrationMethod.Percentile}[name]
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
 
 
 CALIBRATION_CHUNK = 8  # batches per statistics pass: bounds the calibration's memory
@@ -92,8 +110,15 @@ def supports_range_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude: list[str],
-                 cache_path: Path | None, target: str = "tensorrt") -> dict:
+def quantize_qdq(
+    fp32_path: Path,
+    int8_path: Path,
+    reader,
+    method: str,
+    exclude: list[str],
+    cache_path: Path | None,
+    target: str = "tensorrt",
+) -> dict:
     """Write ``int8_path`` for ``target`` (see the module text); returns what was done
     (target, method, excluded nodes, Q/DQ counts)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -103,8 +128,11 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     if any(op in op_types for op in LAYOUT_OPS):
         model = onnx.load(str(fp32_path), load_external_data=False)
         inside = set(interleave_nodes(model))
-        exclude = list(exclude) + [n.name for n in model.graph.node
-                                   if n.op_type in LAYOUT_OPS and n.name not in inside and n.name not in exclude]
+        exclude = list(exclude) + [
+            n.name
+            for n in model.graph.node
+            if n.op_type in LAYOUT_OPS and n.name not in inside and n.name not in exclude
+        ]
     if reader is not None and callable(getattr(reader, "set_range", None)) and len(reader) > 0:
         # statistics are collected a few batches at a time and merged (ranges for min-max,
         # histograms for entropy/percentile); in one pass ONNX Runtime would hold every
@@ -121,14 +149,25 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     root.setLevel(logging.ERROR)  # ORT logs advice on the root logger for every call
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # and prints histogram sizes
-            quantize_static(str(fp32_path), str(int8_path), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(op_types), per_channel=True,
-                            activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(exclude), calibrate_method=_method(method),
-                            extra_options=extra, **kwargs)
+            quantize_static(
+                str(fp32_path),
+                str(int8_path),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                per_channel=True,
+                activation_type=getattr(QuantType, activation),
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=_method(method),
+                extra_options=extra,
+                **kwargs,
+            )
     except Exception as exc:
-        raise QuantizationError(f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
-                                "try --calib-method minmax, or report the checkpoint") from exc
+        raise QuantizationError(
+            f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+            "try --calib-method minmax, or report the checkpoint",
+        ) from exc
     finally:
         root.setLevel(level)
     model = onnx.load(str(int8_path), load_external_data=False)
@@ -136,10 +175,19 @@ def quantize_qdq(fp32_path: Path, int8_path: Path, reader, method: str, exclude:
     dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
     quantized = sorted(quantized_nodes(model))
     if not quantized:
-        raise QuantizationError("INT8 quantization produced no quantized layer", "report the checkpoint")
-    return {"target": target, "activations": activation.lower(), "method": method, "quantize_linear": q,
-            "dequantize_linear": dq, "quantized_layers": len(quantized), "excluded_nodes": len(exclude),
-            "range_cache": "calibration_cache_path" in kwargs}
+        raise QuantizationError(
+            "INT8 quantization produced no quantized layer", "report the checkpoint"
+        )
+    return {
+        "target": target,
+        "activations": activation.lower(),
+        "method": method,
+        "quantize_linear": q,
+        "dequantize_linear": dq,
+        "quantized_layers": len(quantized),
+        "excluded_nodes": len(exclude),
+        "range_cache": "calibration_cache_path" in kwargs,
+    }
 
 
 def interleave_nodes(model: onnx.ModelProto) -> list[str]:
@@ -156,7 +204,9 @@ def interleave_nodes(model: onnx.ModelProto) -> list[str]:
 
     def single_producer(node, op_type):
         source = producers.get(node.input[0])
-        while source is not None and source.op_type == "DequantizeLinear":  # step over a Q -> DQ pair
+        while (
+            source is not None and source.op_type == "DequantizeLinear"
+        ):  # step over a Q -> DQ pair
             quantize = producers.get(source.input[0])
             is_pair = quantize is not None and quantize.op_type == "QuantizeLinear"
             source = producers.get(quantize.input[0]) if is_pair else None

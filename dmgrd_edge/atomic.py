@@ -20,9 +20,14 @@ from typing import IO, Callable
 
 from .errors import TargetError
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def check_target(path: str | Path) -> Path:
@@ -33,15 +38,19 @@ def check_target(path: str | Path) -> Path:
     except FileNotFoundError:
         return path
     except NotADirectoryError:
-        raise TargetError(f"cannot write {path}: a folder on its way is a file",
-                          "give a path whose folders are folders; nothing was written") from None
+        raise TargetError(
+            f"cannot write {path}: a folder on its way is a file",
+            "give a path whose folders are folders; nothing was written",
+        ) from None
     if stat.S_ISREG(mode):
         return path
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
     fix = "give the path of a regular file or of a new one; nothing was written"
     if stat.S_ISLNK(mode):
-        fix = (f"give the file the link points to ({os.readlink(path)}) or a new name, or remove "
-               "the link; nothing was written")
+        fix = (
+            f"give the file the link points to ({os.readlink(path)}) or a new name, or remove "
+            "the link; nothing was written"
+        )
     raise TargetError(f"{path} is {kind}, not a regular file: refusing to replace it", fix)
 
 

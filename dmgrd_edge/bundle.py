@@ -31,9 +31,19 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FILE_KINDS = ("onnx", "engine", "timing_cache", "report")
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": str, "schema_version": int, "created": str, "model": dict, "preprocess": dict,
-    "inputs": list, "outputs": list, "batch": dict, "threshold": (int, float), "score_stats": dict,
-    "files": dict, "versions": dict, "source": dict,
+    "schema": str,
+    "schema_version": int,
+    "created": str,
+    "model": dict,
+    "preprocess": dict,
+    "inputs": list,
+    "outputs": list,
+    "batch": dict,
+    "threshold": (int, float),
+    "score_stats": dict,
+    "files": dict,
+    "versions": dict,
+    "source": dict,
 }
 
 
@@ -54,7 +64,13 @@ def file_entry(path: Path, kind: str, precision: str | None, **extra: Any) -> di
         raise ValueError(f"unknown file kind {kind!r}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
-    return {"kind": kind, "precision": precision, "bytes": path.stat().st_size, "sha256": sha256_file(path), **extra}
+    return {
+        "kind": kind,
+        "precision": precision,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        **extra,
+    }
 
 
 def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
@@ -62,29 +78,45 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{where} is not a dmgrd-edge bundle manifest", fix)
     version = manifest.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int) \
-            or not 1 <= version <= SCHEMA_VERSION:
-        raise BundleError(f"{where} has schema version {version!r}; this dmgrd-edge reads up to {SCHEMA_VERSION}",
-                          "upgrade dmgrd-edge on this machine or export with the matching version")
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, int)
+        or not 1 <= version <= SCHEMA_VERSION
+    ):
+        raise BundleError(
+            f"{where} has schema version {version!r}; this dmgrd-edge reads up to {SCHEMA_VERSION}",
+            "upgrade dmgrd-edge on this machine or export with the matching version",
+        )
     for key, kind in _REQUIRED.items():
         if key not in manifest:
             raise BundleError(f"{where} lacks the field {key!r}", fix)
-        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) and kind is not bool:
-            raise BundleError(f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix)
+        if (
+            not isinstance(manifest[key], kind)
+            or isinstance(manifest[key], bool)
+            and kind is not bool
+        ):
+            raise BundleError(
+                f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})", fix
+            )
     for key, config in (("model", ModelConfig), ("preprocess", PreprocessConfig)):
         try:
             config.from_dict(manifest[key])
         except ConfigError as exc:
-            raise BundleError(f"{where}: field {key!r}: {exc.problem}",
-                              f"{fix} (the checkpoint's configuration was changed or is damaged)"
-                              ) from None
+            raise BundleError(
+                f"{where}: field {key!r}: {exc.problem}",
+                f"{fix} (the checkpoint's configuration was changed or is damaged)",
+            ) from None
     _finite_threshold(f"{where}: 'threshold'", manifest["threshold"], fix)
     batch = manifest["batch"]
     sizes = [batch.get(k) for k in ("min", "opt", "max")]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes) \
-            or not 1 <= sizes[0] <= sizes[1] <= sizes[2]:
-        raise BundleError(f"{where}: field 'batch' must hold whole numbers 1 <= min <= opt <= max, "
-                          f"got {batch!r}", fix)
+    if (
+        not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+        or not 1 <= sizes[0] <= sizes[1] <= sizes[2]
+    ):
+        raise BundleError(
+            f"{where}: field 'batch' must hold whole numbers 1 <= min <= opt <= max, got {batch!r}",
+            fix,
+        )
     for name, entry in manifest["files"].items():
         _check_file_entry(f"{where}: file {name!r}", name, entry, fix)
     return manifest
@@ -104,11 +136,14 @@ def _check_file_entry(where: str, name: str, entry: Any, fix: str) -> None:
         if field not in entry:
             raise BundleError(f"{where}: the entry lacks {field!r}", fix)
     if entry["kind"] not in FILE_KINDS:
-        raise BundleError(f"{where}: unknown kind {entry['kind']!r} "
-                          f"(known: {', '.join(FILE_KINDS)})", fix)
+        raise BundleError(
+            f"{where}: unknown kind {entry['kind']!r} (known: {', '.join(FILE_KINDS)})", fix
+        )
     if entry.get("precision") is not None and entry["precision"] not in PRECISIONS:
-        raise BundleError(f"{where}: unknown precision {entry['precision']!r} "
-                          f"(known: {', '.join(PRECISIONS)})", fix)
+        raise BundleError(
+            f"{where}: unknown precision {entry['precision']!r} (known: {', '.join(PRECISIONS)})",
+            fix,
+        )
     checks.integer(f"{where}: 'bytes'", entry["bytes"], 0, error=BundleError)
     if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
         raise BundleError(f"{where}: 'sha256' is not a sha256 digest", fix)
@@ -123,8 +158,9 @@ def _finite_threshold(name: str, value: Any, fix: str) -> None:
     try:
         checks.threshold(name, value, error=BundleError)
     except BundleError as exc:
-        raise BundleError(exc.problem,
-                          f"{fix}, or set it with `dmgrd-edge calibrate-threshold`") from None
+        raise BundleError(
+            exc.problem, f"{fix}, or set it with `dmgrd-edge calibrate-threshold`"
+        ) from None
 
 
 @dataclass
@@ -154,37 +190,54 @@ class Bundle:
 
     def path(self, name: str) -> Path:
         if name not in self.manifest["files"]:
-            raise BundleError(f"{self.root} has no file {name!r}",
-                              f"files in this bundle: {sorted(self.manifest['files'])}")
+            raise BundleError(
+                f"{self.root} has no file {name!r}",
+                f"files in this bundle: {sorted(self.manifest['files'])}",
+            )
         return self.root / name
 
     def files(self, kind: str | None = None, precision: str | None = None) -> list[str]:
-        return [n for n, e in self.manifest["files"].items()
-                if (kind is None or e["kind"] == kind) and (precision is None or e.get("precision") == precision)]
+        return [
+            n
+            for n, e in self.manifest["files"].items()
+            if (kind is None or e["kind"] == kind)
+            and (precision is None or e.get("precision") == precision)
+        ]
 
     def verify(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else list(self.manifest["files"]):
             entry, path = self.manifest["files"][name], self.root / name
             if not path.is_file():
-                raise BundleError(f"bundle file missing: {path}", "re-export the bundle or copy it again whole")
+                raise BundleError(
+                    f"bundle file missing: {path}", "re-export the bundle or copy it again whole"
+                )
             if path.stat().st_size != entry["bytes"]:
-                raise BundleError(f"bundle file {path} has {path.stat().st_size} bytes, the manifest says "
-                                  f"{entry['bytes']}: truncated or replaced", "copy the bundle again or re-export it")
+                raise BundleError(
+                    f"bundle file {path} has {path.stat().st_size} bytes, the manifest says "
+                    f"{entry['bytes']}: truncated or replaced",
+                    "copy the bundle again or re-export it",
+                )
             if sha256_file(path) != entry["sha256"]:
-                raise BundleError(f"bundle file {path} does not match its sha256 in the manifest: modified",
-                                  "copy the bundle again or re-export it")
+                raise BundleError(
+                    f"bundle file {path} does not match its sha256 in the manifest: modified",
+                    "copy the bundle again or re-export it",
+                )
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     root = Path(root)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`")
+        raise BundleError(
+            f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a 5000-digit number, too deep
-        raise BundleError(f"{manifest_path} is not valid JSON ({str(exc)[:200]})",
-                          "copy the bundle again or re-export it") from exc
+        raise BundleError(
+            f"{manifest_path} is not valid JSON ({str(exc)[:200]})",
+            "copy the bundle again or re-export it",
+        ) from exc
     bundle = Bundle(root, validate_manifest(manifest, str(manifest_path)))
     if verify:
         bundle.verify()
@@ -214,9 +267,11 @@ def check_out(out: str | Path) -> Path:
         return out
     keep = "choose another --out, or move it away; nothing was changed"
     if stat.S_ISLNK(mode):
-        raise BundleError(f"{out} is a symbolic link, not a bundle folder",
-                          f"give the folder it points to ({os.readlink(out)}) or another --out; "
-                          "nothing was changed")
+        raise BundleError(
+            f"{out} is a symbolic link, not a bundle folder",
+            f"give the folder it points to ({os.readlink(out)}) or another --out; "
+            "nothing was changed",
+        )
     if not stat.S_ISDIR(mode):
         raise BundleError(f"{out} exists and is not a folder (a bundle is a folder of files)", keep)
     if not (out / MANIFEST).is_file() and any(out.iterdir()):

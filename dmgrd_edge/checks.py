@@ -17,8 +17,9 @@ from .errors import ConfigError, DmgrdError
 AUTO = "0: automatic"  # the note for thread counts, where 0 lets the library choose
 
 
-def describe_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                   hi_open: bool = False) -> str:
+def describe_range(
+    lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+) -> str:
     """'>= 1', '> 0', 'in [1, 8]', 'in (0, 0.5)' or '' (no bound)."""
     if lo is not None and hi is not None:
         return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
@@ -29,16 +30,26 @@ def describe_range(lo: float | None = None, hi: float | None = None, lo_open: bo
     return ""
 
 
-def _refuse(name: str, value: Any, kind: str, where: str, note: str | None,
-            error: type[DmgrdError]) -> DmgrdError:
+def _refuse(
+    name: str, value: Any, kind: str, where: str, note: str | None, error: type[DmgrdError]
+) -> DmgrdError:
     wanted = f"a {kind} {where}".rstrip()
-    return error(f"{name} must be {wanted}, got {value!r}",
-                 f"give {name} {wanted}" + (f" ({note})" if note else ""))
+    return error(
+        f"{name} must be {wanted}, got {value!r}",
+        f"give {name} {wanted}" + (f" ({note})" if note else ""),
+    )
 
 
-def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None, *,
-            optional: bool = False, note: str | None = None,
-            error: type[DmgrdError] = ConfigError) -> Any:
+def integer(
+    name: str,
+    value: Any,
+    lo: int | None = None,
+    hi: int | None = None,
+    *,
+    optional: bool = False,
+    note: str | None = None,
+    error: type[DmgrdError] = ConfigError,
+) -> Any:
     """``value`` if it is a whole number within [lo, hi]; None only if ``optional`` (an
     option left unset)."""
     if value is None and optional:
@@ -51,9 +62,18 @@ def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None,
     return value
 
 
-def number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-           lo_open: bool = False, hi_open: bool = False, optional: bool = False,
-           note: str | None = None, error: type[DmgrdError] = ConfigError) -> Any:
+def number(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+    note: str | None = None,
+    error: type[DmgrdError] = ConfigError,
+) -> Any:
     """``value`` if it is a finite real number within the range; None only if ``optional``."""
     if value is None and optional:
         return None
@@ -71,12 +91,18 @@ def number(name: str, value: Any, lo: float | None = None, hi: float | None = No
     return value
 
 
-def threshold(name: str, value: Any, *, optional: bool = False,
-              error: type[DmgrdError] = ConfigError) -> Any:
+def threshold(
+    name: str, value: Any, *, optional: bool = False, error: type[DmgrdError] = ConfigError
+) -> Any:
     """A decision threshold: any finite number. NaN would make every frame OK (no score is
     greater than NaN), +inf too, -inf every frame NG."""
-    return number(name, value, optional=optional, error=error,
-                  note="NaN or infinity would decide every frame the same way")
+    return number(
+        name,
+        value,
+        optional=optional,
+        error=error,
+        note="NaN or infinity would decide every frame the same way",
+    )
 
 
 def batch_range(manifest: dict) -> tuple[int, int]:
@@ -89,6 +115,11 @@ def batch_for_bundle(name: str, value: int, manifest: dict) -> int:
     """A batch of at least 1 and at most the bundle's maximum (smaller batches than its
     minimum are padded; larger ones were never exported)."""
     _, top = batch_range(manifest)
-    return integer(name, value, 1, top,
-                   note=f"this bundle was exported for batches up to {top}; re-export with "
-                        "--batch MIN:OPT:MAX for larger ones")
+    return integer(
+        name,
+        value,
+        1,
+        top,
+        note=f"this bundle was exported for batches up to {top}; re-export with "
+        "--batch MIN:OPT:MAX for larger ones",
+    )

@@ -18,8 +18,11 @@ from rich.markup import escape
 from . import checks
 from .errors import EXIT_IO, ConfigError, DmgrdError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="DM-GRD anomaly detection: train, evaluate, export and run at the line.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="DM-GRD anomaly detection: train, evaluate, export and run at the line.",
+)
 console = Console(stderr=True)
 
 
@@ -29,8 +32,14 @@ def say(message: object) -> None:
     console.print(message, markup=False)
 
 
-BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
-                  "resnet50", "wide_resnet50_2")
+BACKBONE_NAMES = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet50",
+    "wide_resnet50_2",
+)
 DATASETS = ("mvtec", "visa_mvtec", "btad", "visa", "folder")
 
 
@@ -55,16 +64,29 @@ def generate_data(
     checks.integer("--n-test-per-defect", n_test_per_defect, 0)
     checks.integer("--size", size, 32, note="the smallest model input")
     checks.integer("--seed", seed, 0)
-    names = sorted(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
-    path = generate_line_data(out, names, n_train, n_test_good, n_test_per_defect, size, seed, overwrite,
-                              progress=lambda jobs: track(jobs, description="generate", console=console))
+    names = (
+        sorted(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
+    )
+    path = generate_line_data(
+        out,
+        names,
+        n_train,
+        n_test_good,
+        n_test_per_defect,
+        size,
+        seed,
+        overwrite,
+        progress=lambda jobs: track(jobs, description="generate", console=console),
+    )
     say(f"wrote {path} ({', '.join(names)})")
 
 
 @app.command("photo-data")
 def photo_data(
     out: Path = typer.Argument(..., help="folder to create (MVTec AD layout)"),
-    categories: str = typer.Option("all", help="comma list of brick, grass, gravel, coin, or 'all'"),
+    categories: str = typer.Option(
+        "all", help="comma list of brick, grass, gravel, coin, or 'all'"
+    ),
     n_train: int = typer.Option(60, help="good training crops per category"),
     n_test_good: int = typer.Option(24, help="good test crops per category"),
     n_test_defect: int = typer.Option(32, help="defective test crops per category (5 kinds)"),
@@ -78,8 +100,17 @@ def photo_data(
     from .data.photos import CATEGORIES, build_photo_set
 
     names = list(CATEGORIES) if categories == "all" else [c.strip() for c in categories.split(",")]
-    path = build_photo_set(out, names, n_train, n_test_good, n_test_defect, size, seed, overwrite,
-                           progress=lambda jobs: track(jobs, description="photographs", console=console))
+    path = build_photo_set(
+        out,
+        names,
+        n_train,
+        n_test_good,
+        n_test_defect,
+        size,
+        seed,
+        overwrite,
+        progress=lambda jobs: track(jobs, description="photographs", console=console),
+    )
     say(f"wrote {path} ({', '.join(names)})")
 
 
@@ -89,8 +120,10 @@ def backbones():
     from .model.backbones import BACKBONES
 
     for spec in BACKBONES.values():
-        typer.echo(f"{spec.name:20s} channels={spec.channels} strides={spec.strides} "
-                   f"weights: {spec.weights.describe()}")
+        typer.echo(
+            f"{spec.name:20s} channels={spec.channels} strides={spec.strides} "
+            f"weights: {spec.weights.describe()}"
+        )
 
 
 @app.command()
@@ -101,26 +134,47 @@ def train(
     out: Path = typer.Option(Path("runs"), help="output folder (one subfolder per category)"),
     backbone: str = typer.Option("efficientnet_lite0", help=f"one of {', '.join(BACKBONE_NAMES)}"),
     image_size: int = typer.Option(256, help="square input size, multiple of 32"),
-    steps: int = typer.Option(5000), batch_size: int = typer.Option(8), lr: float = typer.Option(0.005),
-    warmup_steps: int = typer.Option(100), seed: int = typer.Option(111),
+    steps: int = typer.Option(5000),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(0.005),
+    warmup_steps: int = typer.Option(100),
+    seed: int = typer.Option(111),
     memory_size: int = typer.Option(30, help="K, images per memory bank"),
-    selection: str = typer.Option("nearest", help="memory selection: nearest (intended) or authors"),
-    no_memory: bool = typer.Option(False, "--no-memory", help="ablation: plain reverse distillation (no "
-                                   "memory in the student nor in the score)"),
+    selection: str = typer.Option(
+        "nearest", help="memory selection: nearest (intended) or authors"
+    ),
+    no_memory: bool = typer.Option(
+        False,
+        "--no-memory",
+        help="ablation: plain reverse distillation (no memory in the student nor in the score)",
+    ),
     score_mode: str = typer.Option("topk_mean", help="topk_mean (authors, top-100) or max (RD)"),
-    method: str = typer.Option("dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"),
-    memory_read: Optional[str] = typer.Option(None, help="how the memory guides the student: none (RD's "
-                                              "student; default), patch (the nearest normal patch at "
-                                              "every location) or image (the paper's: one bank image)"),
-    score_source: Optional[str] = typer.Option(None, help="student, memory (nearest-patch distance) or "
-                                               "combined"),
+    method: str = typer.Option(
+        "dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"
+    ),
+    memory_read: Optional[str] = typer.Option(
+        None,
+        help="how the memory guides the student: none (RD's "
+        "student; default), patch (the nearest normal patch at "
+        "every location) or image (the paper's: one bank image)",
+    ),
+    score_source: Optional[str] = typer.Option(
+        None, help="student, memory (nearest-patch distance) or combined"
+    ),
     patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
-    map_scale: Optional[str] = typer.Option(None, help="combined score: each map divided by its mean, "
-                                            "p99 or std on the validation normals"),
-    texture_dir: Optional[Path] = typer.Option(None, help="texture images for pseudo-anomalies (e.g. DTD)"),
-    teacher_weights: Optional[Path] = typer.Option(None, help="ImageNet weights file for the teacher"),
+    map_scale: Optional[str] = typer.Option(
+        None,
+        help="combined score: each map divided by its mean, p99 or std on the validation normals",
+    ),
+    texture_dir: Optional[Path] = typer.Option(
+        None, help="texture images for pseudo-anomalies (e.g. DTD)"
+    ),
+    teacher_weights: Optional[Path] = typer.Option(
+        None, help="ImageNet weights file for the teacher"
+    ),
     random_teacher: bool = typer.Option(False, help="random teacher weights (tests only)"),
-    val_every: int = typer.Option(250), checkpoint_every: int = typer.Option(250),
+    val_every: int = typer.Option(250),
+    checkpoint_every: int = typer.Option(250),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     no_amp: bool = typer.Option(False, "--no-amp", help="disable mixed precision on CUDA"),
     threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
@@ -136,8 +190,9 @@ def train(
 
     checks.integer("--image-size", image_size, 32, note="a multiple of 32")
     checks.integer("--steps", steps, 1)
-    checks.integer("--batch-size", batch_size, 2,
-                   note="each batch holds normal and pseudo-anomalous images")
+    checks.integer(
+        "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
+    )
     checks.number("--lr", lr, 0, lo_open=True)
     checks.integer("--warmup-steps", warmup_steps, 0)
     checks.integer("--seed", seed, 0)
@@ -151,30 +206,62 @@ def train(
     if memory_read is not None:
         choose("memory read", memory_read, ("none",) + MEMORY_READS)
     model_cfg = model_config_from_options(
-        backbone=backbone, image_size=image_size, memory_size=memory_size, selection=selection,
-        use_memory=False if no_memory else None, score_mode=score_mode, method=method, memory_read=memory_read,
-        score_source=score_source, patch_bank_size=patch_bank_size, map_scale=map_scale)
-    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
-                            seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
-                            texture_dir=str(texture_dir) if texture_dir else None, amp=not no_amp,
-                            threads=threads)
+        backbone=backbone,
+        image_size=image_size,
+        memory_size=memory_size,
+        selection=selection,
+        use_memory=False if no_memory else None,
+        score_mode=score_mode,
+        method=method,
+        memory_read=memory_read,
+        score_source=score_source,
+        patch_bank_size=patch_bank_size,
+        map_scale=map_scale,
+    )
+    train_cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(warmup_steps, steps),
+        seed=seed,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
+        texture_dir=str(texture_dir) if texture_dir else None,
+        amp=not no_amp,
+        threads=threads,
+    )
     summaries = []
     for name in resolve_categories(dataset, data, category):
-        job = TrainJob(dataset, str(data), name, str(out / name.replace("/", "_")), model_cfg, train_cfg,
-                       pretrained=not random_teacher, teacher_weights=str(teacher_weights) if teacher_weights else None,
-                       device=device, resume=resume, overwrite=overwrite)
+        job = TrainJob(
+            dataset,
+            str(data),
+            name,
+            str(out / name.replace("/", "_")),
+            model_cfg,
+            train_cfg,
+            pretrained=not random_teacher,
+            teacher_weights=str(teacher_weights) if teacher_weights else None,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+        )
         summaries.append(train_category(job, console))
     typer.echo(json.dumps(summaries, indent=2))
 
 
 @app.command("eval")
 def evaluate(
-    checkpoints: list[Path] = typer.Argument(..., help="one checkpoint per category (last.pt or best.pt)"),
-    data: Optional[Path] = typer.Option(None, help="dataset root (default: the one used for training)"),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="one checkpoint per category (last.pt or best.pt)"
+    ),
+    data: Optional[Path] = typer.Option(
+        None, help="dataset root (default: the one used for training)"
+    ),
     dataset: Optional[str] = typer.Option(None, help=f"layout: {', '.join(DATASETS)}"),
     category: Optional[str] = typer.Option(None, help="override the checkpoint's category"),
     out: Path = typer.Option(Path("eval"), help="folder for report.md/.csv/.json and overlays"),
-    batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
+    batch_size: int = typer.Option(8),
+    device: str = typer.Option("auto"),
     overlays: int = typer.Option(2, help="overlay PNGs per defect type"),
 ):
     """Evaluate checkpoints on their test sets: paper-style table plus heat-map overlays."""
@@ -187,8 +274,10 @@ def evaluate(
     checks.integer("--overlays", overlays, 0)
     if dataset is not None:
         choose("dataset", dataset, DATASETS)
-    results = [evaluate_checkpoint(c, data, dataset, category, out, batch_size, device, overlays, console)
-               for c in checkpoints]
+    results = [
+        evaluate_checkpoint(c, data, dataset, category, out, batch_size, device, overlays, console)
+        for c in checkpoints
+    ]
     rows = [r["row"] for r in results]
     title = f"DM-GRD ({results[0]['backbone']}) on {results[0]['dataset']}"
     paths = write_reports(rows, out, "report", title, {"runs": results})
@@ -201,8 +290,9 @@ def rescore(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint"),
     out: Path = typer.Option(..., "--out", help="new checkpoint file to write"),
     score_source: str = typer.Option("combined", help="student, memory or combined"),
-    map_scale: str = typer.Option("mean", help="combined: each map divided by its mean, p99 or std "
-                                  "on the validation normals"),
+    map_scale: str = typer.Option(
+        "mean", help="combined: each map divided by its mean, p99 or std on the validation normals"
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):
     """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
@@ -212,21 +302,32 @@ def rescore(
 
     choose("score source", score_source, SCORE_SOURCES)
     choose("map scale", map_scale, MAP_SCALES)
-    summary = rescore_checkpoint(checkpoint, out, score_source, map_scale=map_scale, device=device,
-                                 console=console)
+    summary = rescore_checkpoint(
+        checkpoint, out, score_source, map_scale=map_scale, device=device, console=console
+    )
     typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
-    out: Path = typer.Option(..., "--out", help="folder for pruned.pt and the fine-tune's last.pt/best.pt"),
-    ratio: float = typer.Option(0.5, help="share of the channels inside each bottleneck/student block to remove"),
-    multiple: int = typer.Option(8, help="kept widths are multiples of this (8 suits INT8 kernels and TensorRT)"),
+    out: Path = typer.Option(
+        ..., "--out", help="folder for pruned.pt and the fine-tune's last.pt/best.pt"
+    ),
+    ratio: float = typer.Option(
+        0.5, help="share of the channels inside each bottleneck/student block to remove"
+    ),
+    multiple: int = typer.Option(
+        8, help="kept widths are multiples of this (8 suits INT8 kernels and TensorRT)"
+    ),
     steps: int = typer.Option(500, help="fine-tune steps after the cut (0: cut only)"),
     lr: float = typer.Option(0.001, help="fine-tune learning rate (peak, cosine decay)"),
-    batch_size: Optional[int] = typer.Option(None, help="fine-tune batch (default: the original run's)"),
-    data: Optional[Path] = typer.Option(None, help="dataset root (default: the one the checkpoint was trained on)"),
+    batch_size: Optional[int] = typer.Option(
+        None, help="fine-tune batch (default: the original run's)"
+    ),
+    data: Optional[Path] = typer.Option(
+        None, help="dataset root (default: the one the checkpoint was trained on)"
+    ),
     dataset: Optional[str] = typer.Option(None, help=f"layout: {', '.join(DATASETS)}"),
     category: Optional[str] = typer.Option(None, help="category (default: the checkpoint's)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
@@ -238,8 +339,9 @@ def prune(
     from .train.checkpoint import read_checkpoint
     from .train.prune import PruneJob, finetune_config, prune_checkpoint
 
-    checks.number("--ratio", ratio, 0, 1, lo_open=True, hi_open=True,
-                  note="the share of channels removed")
+    checks.number(
+        "--ratio", ratio, 0, 1, lo_open=True, hi_open=True, note="the share of channels removed"
+    )
     checks.integer("--multiple", multiple, 1)
     checks.integer("--steps", steps, 0, note="0: cut only")
     checks.number("--lr", lr, 0, lo_open=True)
@@ -251,8 +353,18 @@ def prune(
     if steps:
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
         finetune = finetune_config(original, steps, lr, batch_size, threads)
-    job = PruneJob(str(checkpoint), str(out), ratio, multiple, finetune, str(data) if data else None, dataset, category,
-                   device, overwrite)
+    job = PruneJob(
+        str(checkpoint),
+        str(out),
+        ratio,
+        multiple,
+        finetune,
+        str(data) if data else None,
+        dataset,
+        category,
+        device,
+        overwrite,
+    )
     summary = prune_checkpoint(job, console)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
@@ -261,25 +373,47 @@ def prune(
 def export(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
     out: Path = typer.Option(..., "--out", help="bundle folder to write (replaced atomically)"),
-    int8: bool = typer.Option(False, "--int8", help="also write the INT8 Q/DQ models (calibrated): one for "
-                              "TensorRT, one for ONNX Runtime on CPU"),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="also write the INT8 Q/DQ models (calibrated): one for "
+        "TensorRT, one for ONNX Runtime on CPU",
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="also write an FP16-typed model (TensorRT 11)"),
-    engine: bool = typer.Option(False, "--engine", help="build a TensorRT engine now (needs TensorRT)"),
-    calib_data: Optional[Path] = typer.Option(None, help="dataset root or image folder (default: the training data)"),
-    calib_dataset: Optional[str] = typer.Option(None, help=f"layout of --calib-data: {', '.join(DATASETS)}; "
-                                                "omit for a plain image folder"),
+    engine: bool = typer.Option(
+        False, "--engine", help="build a TensorRT engine now (needs TensorRT)"
+    ),
+    calib_data: Optional[Path] = typer.Option(
+        None, help="dataset root or image folder (default: the training data)"
+    ),
+    calib_dataset: Optional[str] = typer.Option(
+        None, help=f"layout of --calib-data: {', '.join(DATASETS)}; omit for a plain image folder"
+    ),
     calib_category: Optional[str] = typer.Option(None, help="category inside --calib-data"),
     calib_count: int = typer.Option(300, help="calibration images (all training images if fewer)"),
     calib_method: str = typer.Option("entropy", help="entropy, minmax or percentile"),
-    calib_pseudo: bool = typer.Option(False, help="add pseudo-anomalous images to the calibration set"),
-    max_drop: Optional[float] = typer.Option(None, help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
-                                             "the most sensitive layers in fp32 until it fits"),
-    int8_teacher: bool = typer.Option(False, help="quantize the teacher too (faster; its noise shows up as "
-                                      "anomaly: check the guard); TensorRT file only"),
-    int8_cpu: bool = typer.Option(True, help="with --int8, also write model.int8-cpu.onnx (uint8 activations, "
-                                  "the form ONNX Runtime's CPU provider runs as integer kernels)"),
+    calib_pseudo: bool = typer.Option(
+        False, help="add pseudo-anomalous images to the calibration set"
+    ),
+    max_drop: Optional[float] = typer.Option(
+        None,
+        help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
+        "the most sensitive layers in fp32 until it fits",
+    ),
+    int8_teacher: bool = typer.Option(
+        False,
+        help="quantize the teacher too (faster; its noise shows up as "
+        "anomaly: check the guard); TensorRT file only",
+    ),
+    int8_cpu: bool = typer.Option(
+        True,
+        help="with --int8, also write model.int8-cpu.onnx (uint8 activations, "
+        "the form ONNX Runtime's CPU provider runs as integer kernels)",
+    ),
     batch: str = typer.Option("1:1:8", help="fixed batch N or profile MIN:OPT:MAX"),
-    dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson; fixed batch)"),
+    dla_core: Optional[int] = typer.Option(
+        None, help="build for this DLA core (Jetson; fixed batch)"
+    ),
     workspace: str = typer.Option("1G", help="TensorRT builder workspace, e.g. 512M, 2G"),
     guard_count: int = typer.Option(40, help="held-out images for the fp32/int8 accuracy guard"),
 ):
@@ -289,42 +423,84 @@ def export(
 
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, DATASETS)
-    opts = ExportOptions(checkpoint, out, int8, fp16, engine, calib_data, calib_dataset, calib_category,
-                         calib_count, calib_method, calib_pseudo, max_drop, int8_teacher, int8_cpu,
-                         BatchProfile.parse(batch), dla_core, parse_size(workspace), guard_count).validate()
+    opts = ExportOptions(
+        checkpoint,
+        out,
+        int8,
+        fp16,
+        engine,
+        calib_data,
+        calib_dataset,
+        calib_category,
+        calib_count,
+        calib_method,
+        calib_pseudo,
+        max_drop,
+        int8_teacher,
+        int8_cpu,
+        BatchProfile.parse(batch),
+        dla_core,
+        parse_size(workspace),
+        guard_count,
+    ).validate()
     from rich.progress import track
 
     from .export.pipeline import export_bundle
 
-    manifest = export_bundle(opts, log=say,
-                             progress=lambda xs, what: track(xs, description=what, console=console))
+    manifest = export_bundle(
+        opts, log=say, progress=lambda xs, what: track(xs, description=what, console=console)
+    )
     if engine:
-        _build_engines(out, ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"], opts.batch, opts.workspace,
-                       dla_core)
-    typer.echo(json.dumps({"bundle": str(out), "files": sorted(manifest["files"]), "guard": manifest["guard"]},
-                          indent=2))
-    guards = [manifest["guard"] or {}] + [f["guard"] for f in manifest["files"].values() if "guard" in f]
+        _build_engines(
+            out,
+            ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"],
+            opts.batch,
+            opts.workspace,
+            dla_core,
+        )
+    typer.echo(
+        json.dumps(
+            {"bundle": str(out), "files": sorted(manifest["files"]), "guard": manifest["guard"]},
+            indent=2,
+        )
+    )
+    guards = [manifest["guard"] or {}] + [
+        f["guard"] for f in manifest["files"].values() if "guard" in f
+    ]
     if any(g.get("max_drop_met") is False for g in guards):
-        console.print(f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
-                      f"{escape(str(out / 'manifest.json'))}")
-        console.print("  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
-                      "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)")
+        console.print(
+            f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
+            f"{escape(str(out / 'manifest.json'))}"
+        )
+        console.print(
+            "  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
+            "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)"
+        )
         raise SystemExit(3)
 
 
-def _build_engines(bundle_path: Path, precisions: list[str], batch, workspace: int, dla_core) -> None:
+def _build_engines(
+    bundle_path: Path, precisions: list[str], batch, workspace: int, dla_core
+) -> None:
     from .bundle import add_files, load_bundle
     from .export.tensorrt_engine import EngineRequest, build_engine
 
     bundle = load_bundle(bundle_path)
     for precision in precisions:
-        request = EngineRequest(bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core)
+        request = EngineRequest(
+            bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core
+        )
         entry = build_engine(request, log=say)
         name, info = next(iter(entry.items()))
         from .bundle import file_entry
 
-        info.update({k: v for k, v in file_entry(bundle.root / name, "engine", precision).items()
-                     if k in ("bytes", "sha256")})
+        info.update(
+            {
+                k: v
+                for k, v in file_entry(bundle.root / name, "engine", precision).items()
+                if k in ("bytes", "sha256")
+            }
+        )
         bundle = add_files(bundle, {name: info})
         say(f"engine written: {bundle.root / name}")
 
@@ -333,7 +509,9 @@ def _build_engines(bundle_path: Path, precisions: list[str], batch, workspace: i
 def build_engine_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
     precision: str = typer.Option("int8", help="int8, fp16 or fp32"),
-    batch: Optional[str] = typer.Option(None, help="fixed N or MIN:OPT:MAX (default: the bundle's)"),
+    batch: Optional[str] = typer.Option(
+        None, help="fixed N or MIN:OPT:MAX (default: the bundle's)"
+    ),
     dla_core: Optional[int] = typer.Option(None, help="DLA core (fixed batch, int8/fp16)"),
     workspace: str = typer.Option("1G"),
 ):
@@ -347,37 +525,64 @@ def build_engine_cmd(
     loaded = load_bundle(bundle)
     profile = BatchProfile.parse(batch) if batch else BatchProfile(**loaded.manifest["batch"])
     if dla_core is not None and (profile.dynamic or precision == "fp32"):
-        raise ConfigError("DLA needs a fixed batch and int8 or fp16", "use --batch 1 --precision int8")
+        raise ConfigError(
+            "DLA needs a fixed batch and int8 or fp16", "use --batch 1 --precision int8"
+        )
     _build_engines(bundle, [precision], profile, parse_size(workspace), dla_core)
 
 
 @app.command()
 def run(
     bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
-    source: str = typer.Option(..., help="camera index, /dev/videoN, csi://N, rtsp://..., gst://..., video file, "
-                               "image folder or glob"),
-    sink: list[str] = typer.Option([], help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR (repeat)"),
+    source: str = typer.Option(
+        ...,
+        help="camera index, /dev/videoN, csi://N, rtsp://..., gst://..., video file, "
+        "image folder or glob",
+    ),
+    sink: list[str] = typer.Option(
+        [], help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR (repeat)"
+    ),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
     threshold: Optional[float] = typer.Option(None, help="image threshold (default: the bundle's)"),
-    pixel_threshold: Optional[float] = typer.Option(None, help="region threshold on the map (default: threshold)"),
+    pixel_threshold: Optional[float] = typer.Option(
+        None, help="region threshold on the map (default: threshold)"
+    ),
     batch: int = typer.Option(1, help="frames per inference call"),
     headless: bool = typer.Option(False, help="no window"),
     max_frames: Optional[int] = typer.Option(None, help="stop after N frames"),
-    stats_json: Optional[Path] = typer.Option(None, help="write latency statistics here at the end"),
+    stats_json: Optional[Path] = typer.Option(
+        None, help="write latency statistics here at the end"
+    ),
     input_width: Optional[int] = typer.Option(None, help="camera capture width (V4L2, CSI, RTSP)"),
-    input_height: Optional[int] = typer.Option(None, help="camera capture height (V4L2, CSI, RTSP)"),
-    input_fps: Optional[float] = typer.Option(None, help="camera frame rate; for a video file or image folder: "
-                                              "replay at this rate like a camera (frames drop when inference "
-                                              "falls behind)"),
+    input_height: Optional[int] = typer.Option(
+        None, help="camera capture height (V4L2, CSI, RTSP)"
+    ),
+    input_fps: Optional[float] = typer.Option(
+        None,
+        help="camera frame rate; for a video file or image folder: "
+        "replay at this rate like a camera (frames drop when inference "
+        "falls behind)",
+    ),
     loop: bool = typer.Option(False, help="loop video files and image folders"),
-    queue_size: int = typer.Option(4, help="capture queue length (live sources drop the oldest beyond it)"),
-    max_retries: int = typer.Option(5, help="reconnect attempts for a live source before giving up"),
+    queue_size: int = typer.Option(
+        4, help="capture queue length (live sources drop the oldest beyond it)"
+    ),
+    max_retries: int = typer.Option(
+        5, help="reconnect attempts for a live source before giving up"
+    ),
     threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
-    workers: str = typer.Option("auto", help="inference calls in flight: auto (2 on ONNX Runtime's CPU provider with "
-                                ">= 2 cores, else 1) or N; 1 gives the lowest latency per frame"),
-    no_spin: bool = typer.Option(False, "--no-spin", help="ONNX Runtime pool threads sleep when idle (leaves CPU "
-                                 "to capture on small machines; lowers the backend's own rate)"),
+    workers: str = typer.Option(
+        "auto",
+        help="inference calls in flight: auto (2 on ONNX Runtime's CPU provider with "
+        ">= 2 cores, else 1) or N; 1 gives the lowest latency per frame",
+    ),
+    no_spin: bool = typer.Option(
+        False,
+        "--no-spin",
+        help="ONNX Runtime pool threads sleep when idle (leaves CPU "
+        "to capture on small machines; lowers the backend's own rate)",
+    ),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
     from .atomic import check_target
@@ -408,9 +613,17 @@ def run(
             # a recording plays at the source's rate (25 fps when the source does not tell)
             sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-        chosen = create_backend(loaded, backend, precision, max_batch=batch, threads=threads,
-                                log=say, spin=not no_spin, spin_between_runs=False,
-                                workers=in_flight)
+        chosen = create_backend(
+            loaded,
+            backend,
+            precision,
+            max_batch=batch,
+            threads=threads,
+            log=say,
+            spin=not no_spin,
+            spin_between_runs=False,
+            workers=in_flight,
+        )
     except BaseException:
         for opened in sinks:
             opened.close()
@@ -418,8 +631,15 @@ def run(
         raise
     thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
     say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
-    config = RunConfig(thr, thr if pixel_threshold is None else pixel_threshold, batch, max_frames,
-                       stats_json=stats_json, extra={"source": source, "bundle": str(bundle)}, workers=chosen.workers)
+    config = RunConfig(
+        thr,
+        thr if pixel_threshold is None else pixel_threshold,
+        batch,
+        max_frames,
+        stats_json=stats_json,
+        extra={"source": source, "bundle": str(bundle)},
+        workers=chosen.workers,
+    )
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
     pipeline.install_signal_handlers()
@@ -436,18 +656,26 @@ def bench(
     bundle: Path = typer.Argument(..., help="bundle folder"),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
-    batch: Optional[str] = typer.Option(None, help="comma list of batch sizes (default: 1,4,8 up "
-                                        "to the bundle's largest batch)"),
-    warmup: int = typer.Option(5), runs: int = typer.Option(30),
+    batch: Optional[str] = typer.Option(
+        None, help="comma list of batch sizes (default: 1,4,8 up to the bundle's largest batch)"
+    ),
+    warmup: int = typer.Option(5),
+    runs: int = typer.Option(30),
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
     dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
     category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
     threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
-    workers: str = typer.Option("auto", help="calls in flight for the throughput figure, as in `run` (auto or N); "
-                                "latency is always one call at a time"),
+    workers: str = typer.Option(
+        "auto",
+        help="calls in flight for the throughput figure, as in `run` (auto or N); "
+        "latency is always one call at a time",
+    ),
     out: Path = typer.Option(Path("bench.json"), help="JSON results"),
-    label: Optional[str] = typer.Option(None, help="name of this variant in `dmgrd-edge report` (default: backbone, "
-                                        "and 'pruned N%' for a pruned bundle)"),
+    label: Optional[str] = typer.Option(
+        None,
+        help="name of this variant in `dmgrd-edge report` (default: backbone, "
+        "and 'pruned N%' for a pruned bundle)",
+    ),
 ):
     """Latency (p50/p90/p99), throughput, memory, start-up and accuracy of a backend; no torch."""
     from .atomic import check_target
@@ -472,8 +700,20 @@ def bench(
             raise ConfigError(f"bad --batch {batch!r}", "give a comma list like 1,4,8") from None
     for size in batches:
         checks.batch_for_bundle("--batch", size, manifest)
-    result = run_bench(bundle, backend, precision, batches, warmup, runs, data, dataset, category, threads,
-                       log=say, workers=parse_workers(workers))
+    result = run_bench(
+        bundle,
+        backend,
+        precision,
+        batches,
+        warmup,
+        runs,
+        data,
+        dataset,
+        category,
+        threads,
+        log=say,
+        workers=parse_workers(workers),
+    )
     if label:
         result["label"] = label
     write_json(result, out)
@@ -483,14 +723,21 @@ def bench(
 
 @app.command()
 def report(
-    results: list[Path] = typer.Argument(..., help="JSON files written by dmgrd-edge bench (one per backbone, "
-                                         "precision or device)"),
-    out: Path = typer.Option(Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"),
+    results: list[Path] = typer.Argument(
+        ..., help="JSON files written by dmgrd-edge bench (one per backbone, precision or device)"
+    ),
+    out: Path = typer.Option(
+        Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"
+    ),
     metric: str = typer.Option("pro_30", help="accuracy axis: pro_30, i_auroc or p_auroc"),
-    max_drop: float = typer.Option(1.0, help="recommend the fastest variant within this many points of the best"),
+    max_drop: float = typer.Option(
+        1.0, help="recommend the fastest variant within this many points of the best"
+    ),
     budget_ms: Optional[float] = typer.Option(
-        None, help="also name the most accurate variant whose batch-1 p50 latency fits this "
-        "many ms (per device), or say that none fits"),
+        None,
+        help="also name the most accurate variant whose batch-1 p50 latency fits this "
+        "many ms (per device), or say that none fits",
+    ),
 ):
     """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
     from .tradeoff import budget_sentence, write_report
@@ -509,13 +756,21 @@ def report(
 @app.command("calibrate-threshold")
 def calibrate_threshold(
     bundle: Path = typer.Argument(..., help="bundle folder"),
-    source: str = typer.Option(..., help="known-good frames: image folder/glob, video file, or a camera URI"),
+    source: str = typer.Option(
+        ..., help="known-good frames: image folder/glob, video file, or a camera URI"
+    ),
     false_alarm_rate: float = typer.Option(0.001, help="wanted share of good frames flagged NG"),
-    backend: str = typer.Option("auto", help="the backend the line will run: auto, tensorrt or onnxruntime"),
+    backend: str = typer.Option(
+        "auto", help="the backend the line will run: auto, tensorrt or onnxruntime"
+    ),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
-    max_frames: Optional[int] = typer.Option(None, help="stop after N frames (needed for live sources)"),
-    batch: Optional[int] = typer.Option(None, help="frames per inference call (default: 8, or the "
-                                        "bundle's largest batch when smaller)"),
+    max_frames: Optional[int] = typer.Option(
+        None, help="stop after N frames (needed for live sources)"
+    ),
+    batch: Optional[int] = typer.Option(
+        None,
+        help="frames per inference call (default: 8, or the bundle's largest batch when smaller)",
+    ),
 ):
     """Set the decision threshold of the model file the line uses from good frames (no torch)."""
     from .bundle import load_bundle
@@ -542,10 +797,11 @@ def calibrate_threshold(
         chosen.close()
     before = loaded.threshold_for(chosen.bundle_file)
     _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=say)
-    say(f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
-                  f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})")
+    say(
+        f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+        f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})"
+    )
     typer.echo(json.dumps(summary, indent=2))
-
 
 
 def main() -> None:
@@ -558,12 +814,17 @@ def main() -> None:
         if exc.fix:
             console.print(f"  [bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except OSError as exc:  # disk full, permission denied, a vanished mount: no traceback, a clear exit code
+    except (
+        OSError
+    ) as exc:  # disk full, permission denied, a vanished mount: no traceback, a clear exit code
         where = f" {exc.filename}" if exc.filename else ""
         reason = escape(str(exc.strerror or exc))
-        console.print(f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}",
-                      soft_wrap=True)
-        console.print("  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted")
+        console.print(
+            f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}", soft_wrap=True
+        )
+        console.print(
+            "  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted"
+        )
         sys.exit(EXIT_IO)
     except KeyboardInterrupt:
         console.print("interrupted")

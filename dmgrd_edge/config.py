@@ -20,8 +20,12 @@ MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
 MAP_SCALES = ("mean", "p99", "std")
 # the paper's model: the student guided by one whole bank image, scored by the student alone
-PAPER_MODEL_FIELDS = {"method": "dmgrd", "use_memory": True, "memory_read": "image",
-                      "score_source": "student"}
+PAPER_MODEL_FIELDS = {
+    "method": "dmgrd",
+    "use_memory": True,
+    "memory_read": "image",
+    "score_source": "student",
+}
 # what a checkpoint written before a field existed meant by it
 LEGACY_MODEL_FIELDS = {**PAPER_MODEL_FIELDS, "map_scale": "mean"}
 
@@ -50,12 +54,15 @@ class PreprocessConfig:
         for name, (lo, hi) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or len(values) != 3:
-                raise ConfigError(f"preprocess {name} must be 3 numbers (R, G, B), got {values!r}",
-                                  "give one value per colour channel, e.g. the ImageNet "
-                                  f"{name} {list(getattr(PreprocessConfig, name))}")
+                raise ConfigError(
+                    f"preprocess {name} must be 3 numbers (R, G, B), got {values!r}",
+                    "give one value per colour channel, e.g. the ImageNet "
+                    f"{name} {list(getattr(PreprocessConfig, name))}",
+                )
             for value in values:
-                checks.number(f"preprocess {name}", value, lo, hi,
-                              note="for pixel values scaled to [0, 1]")
+                checks.number(
+                    f"preprocess {name}", value, lo, hi, note="for pixel values scaled to [0, 1]"
+                )
             object.__setattr__(self, name, tuple(float(v) for v in values))
         choose("color order", self.color_order, ("RGB", "BGR"))
         choose("interpolation", self.interpolation, ("linear", "area", "nearest"))
@@ -67,8 +74,10 @@ class PreprocessConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ConfigError(f"preprocess config has unknown fields {sorted(unknown)}",
-                              "it was written by a newer dmgrd-edge; upgrade")
+            raise ConfigError(
+                f"preprocess config has unknown fields {sorted(unknown)}",
+                "it was written by a newer dmgrd-edge; upgrade",
+            )
         return cls(**data)
 
 
@@ -108,22 +117,30 @@ class ModelConfig:
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
-            raise ConfigError(f"model backbone must be a name, got {self.backbone!r}",
-                              "e.g. efficientnet_lite0 (`dmgrd-edge backbones` lists them)")
+            raise ConfigError(
+                f"model backbone must be a name, got {self.backbone!r}",
+                "e.g. efficientnet_lite0 (`dmgrd-edge backbones` lists them)",
+            )
         for name in ("use_memory", "scale_memory_inputs"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise ConfigError(f"model {name} must be true or false, got {value!r}",
-                                  "re-create the configuration with dmgrd-edge")
+                raise ConfigError(
+                    f"model {name} must be true or false, got {value!r}",
+                    "re-create the configuration with dmgrd-edge",
+                )
         checks.integer("model image_size", self.image_size)
         checks.integer("model memory_size", self.memory_size, 1)
         checks.integer("model score_topk", self.score_topk, 1)
         checks.number("model blur_sigma", self.blur_sigma, 0)
         if self.pruned_widths is not None:
-            if not isinstance(self.pruned_widths, dict) or not all(isinstance(k, str)
-                                                                   for k in self.pruned_widths):
-                raise ConfigError(f"model pruned_widths must map group names to widths, got "
-                                  f"{self.pruned_widths!r}", "prune the checkpoint again")
+            if not isinstance(self.pruned_widths, dict) or not all(
+                isinstance(k, str) for k in self.pruned_widths
+            ):
+                raise ConfigError(
+                    f"model pruned_widths must map group names to widths, got "
+                    f"{self.pruned_widths!r}",
+                    "prune the checkpoint again",
+                )
             for width in self.pruned_widths.values():
                 checks.integer("model pruned width", width, 1)
         choose("method", self.method, METHODS)
@@ -132,15 +149,23 @@ class ModelConfig:
         choose("map scale", self.map_scale, MAP_SCALES)
         levels = self.memory_score_levels
         if not isinstance(levels, (list, tuple)) or not all(isinstance(v, int) for v in levels):
-            raise ConfigError(f"memory score levels must be a list of level numbers, got {levels!r}")
+            raise ConfigError(
+                f"memory score levels must be a list of level numbers, got {levels!r}"
+            )
         object.__setattr__(self, "memory_score_levels", tuple(levels))
-        if not self.memory_score_levels or any(v not in (0, 1, 2) for v in self.memory_score_levels):
-            raise ConfigError(f"memory score levels must be a non-empty subset of 0, 1, 2, "
-                              f"got {list(self.memory_score_levels)}")
+        if not self.memory_score_levels or any(
+            v not in (0, 1, 2) for v in self.memory_score_levels
+        ):
+            raise ConfigError(
+                f"memory score levels must be a non-empty subset of 0, 1, 2, "
+                f"got {list(self.memory_score_levels)}"
+            )
         checks.integer("model patch_bank_size", self.patch_bank_size, 16)
         if self.method == "knn" and self.score_source != "memory":
-            raise ConfigError("the nearest-neighbour baseline scores with its memory only",
-                              "use score_source='memory' with method='knn'")
+            raise ConfigError(
+                "the nearest-neighbour baseline scores with its memory only",
+                "use score_source='memory' with method='knn'",
+            )
         choose("memory selection rule", self.selection, SELECTION_RULES)
         choose("score mode", self.score_mode, SCORE_MODES)
         if self.selection == "authors" and self.memory_size != 30:
@@ -195,8 +220,10 @@ def model_config_from_options(**options: Any) -> ModelConfig:
         options["use_memory"] = False
     elif options.get("use_memory") is False:  # --no-memory: plain RD unless a memory score is asked
         if read not in (None, "none"):
-            raise ConfigError("--memory-read guides the student with the memory, which --no-memory "
-                              "turns off", "drop one of the two")
+            raise ConfigError(
+                "--memory-read guides the student with the memory, which --no-memory turns off",
+                "drop one of the two",
+            )
         options.setdefault("score_source", "student")
     elif read == "none":  # the command line's "no guidance": RD's student, the default score
         options["use_memory"] = False

@@ -26,14 +26,18 @@ def import_tensorrt():
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError as exc:
-        raise EngineError("TensorRT is not installed on this machine, so no engine can be built",
-                          "build on the target: on a Jetson use JetPack's python3-libnvinfer "
-                          "(venv with --system-site-packages), elsewhere pip install "
-                          "'dmgrd-edge[tensorrt]'; then `dmgrd-edge build-engine BUNDLE`") from exc
+        raise EngineError(
+            "TensorRT is not installed on this machine, so no engine can be built",
+            "build on the target: on a Jetson use JetPack's python3-libnvinfer "
+            "(venv with --system-site-packages), elsewhere pip install "
+            "'dmgrd-edge[tensorrt]'; then `dmgrd-edge build-engine BUNDLE`",
+        ) from exc
     if trt_version(trt.__version__) < MIN_TENSORRT:
-        raise EngineError(f"TensorRT {trt.__version__} is too old: dmgrd-edge needs 8.6 or newer",
-                          "JetPack 5 (TensorRT 8.5, Python 3.8) is not supported; flash JetPack 6 "
-                          "(TensorRT 8.6 or 10.x, Python 3.10), or use --backend onnxruntime")
+        raise EngineError(
+            f"TensorRT {trt.__version__} is too old: dmgrd-edge needs 8.6 or newer",
+            "JetPack 5 (TensorRT 8.5, Python 3.8) is not supported; flash JetPack 6 "
+            "(TensorRT 8.6 or 10.x, Python 3.10), or use --backend onnxruntime",
+        )
     return trt
 
 
@@ -53,15 +57,18 @@ def gpu_name() -> str:
     try:
         import pycuda.driver as cuda  # noqa: PLC0415
     except ImportError as exc:
-        raise EngineError("pycuda is not installed; engines are named and matched by the CUDA "
-                          "device it reports", "pip install pycuda (on a Jetson in the venv made "
-                          "with --system-site-packages)") from exc
+        raise EngineError(
+            "pycuda is not installed; engines are named and matched by the CUDA device it reports",
+            "pip install pycuda (on a Jetson in the venv made with --system-site-packages)",
+        ) from exc
     try:
         cuda.init()
         name = str(cuda.Device(0).name()).strip()
     except cuda.Error as exc:
-        raise EngineError(f"no usable CUDA device ({exc})", "check the NVIDIA driver and that "
-                          "this user may use the GPU (group video)") from exc
+        raise EngineError(
+            f"no usable CUDA device ({exc})",
+            "check the NVIDIA driver and that this user may use the GPU (group video)",
+        ) from exc
     board = BOARD_MODEL.read_text(errors="ignore").strip("\x00 \n") if BOARD_MODEL.is_file() else ""
     return f"{name} ({board})" if board and board != name else name
 
@@ -71,8 +78,12 @@ def check_engine_matches(entry: dict, gpu: str | None, trt_version: str, name: s
     precision = entry.get("precision", "int8")
     fix = f"rebuild it here: dmgrd-edge build-engine BUNDLE --precision {precision}"
     if entry.get("trt_version") != trt_version:
-        raise EngineError(f"engine {name} was built with TensorRT {entry.get('trt_version')}, "
-                          f"this machine has {trt_version}", fix)
+        raise EngineError(
+            f"engine {name} was built with TensorRT {entry.get('trt_version')}, "
+            f"this machine has {trt_version}",
+            fix,
+        )
     if gpu is not None and entry.get("gpu") != gpu:
-        raise EngineError(f"engine {name} was built for GPU {entry.get('gpu')!r}, "
-                          f"this machine has {gpu!r}", fix)
+        raise EngineError(
+            f"engine {name} was built for GPU {entry.get('gpu')!r}, this machine has {gpu!r}", fix
+        )

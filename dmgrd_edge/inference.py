@@ -17,8 +17,11 @@ import numpy as np
 
 from .errors import DmgrdError
 
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 class BackendError(DmgrdError):
@@ -27,10 +30,10 @@ class BackendError(DmgrdError):
 
 def check_batch(batch: np.ndarray, height: int, width: int) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[1:] != (3, height, width):
-        raise BackendError(f"input batch has shape {batch.shape}, the model takes "
-                           f"(N, 3, {height}, {width})",
-                           "preprocess frames with dmgrd_edge.data.preprocess and the bundle's "
-                           "parameters")
+        raise BackendError(
+            f"input batch has shape {batch.shape}, the model takes (N, 3, {height}, {width})",
+            "preprocess frames with dmgrd_edge.data.preprocess and the bundle's parameters",
+        )
     if batch.dtype != np.float32:
         batch = batch.astype(np.float32)
     return np.ascontiguousarray(batch)
@@ -41,7 +44,7 @@ def run_in_chunks(run, batch: np.ndarray, fixed: int | None, max_batch: int | No
     size = fixed or max_batch or len(batch)
     maps, scores = [], []
     for i in range(0, len(batch), size):
-        chunk = batch[i:i + size]
+        chunk = batch[i : i + size]
         n = len(chunk)
         if fixed and n < fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - n,) + chunk.shape[1:], chunk.dtype)])
@@ -55,8 +58,14 @@ class OnnxModel:
     """An ONNX Runtime session over a dmgrd-edge model; ``infer(batch)`` takes a normalised
     float32 NCHW batch (padded up to a fixed batch size) and returns (anomaly_map, score)."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0,
-                 spin: bool = True, spin_between_runs: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        spin: bool = True,
+        spin_between_runs: bool = True,
+    ):
         import onnxruntime as ort
 
         path = Path(path)
@@ -66,9 +75,10 @@ class OnnxModel:
         wanted = [PROVIDER_ALIASES.get(p, p) for p in (providers or ["CPUExecutionProvider"])]
         missing = [p for p in wanted if p not in available]
         if missing:
-            raise BackendError(f"ONNX Runtime execution provider(s) {missing} not available",
-                               f"available here: {available}; install onnxruntime-gpu for "
-                               "CUDA/TensorRT")
+            raise BackendError(
+                f"ONNX Runtime execution provider(s) {missing} not available",
+                f"available here: {available}; install onnxruntime-gpu for CUDA/TensorRT",
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -84,14 +94,16 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BackendError(f"ONNX Runtime cannot load {path}: {str(exc)[:300]}",
-                               "the file is corrupt or was written by a newer exporter; "
-                               "re-export the bundle") from exc
+            raise BackendError(
+                f"ONNX Runtime cannot load {path}: {str(exc)[:300]}",
+                "the file is corrupt or was written by a newer exporter; re-export the bundle",
+            ) from exc
         self.path, self.threads = path, options.intra_op_num_threads
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise BackendError(f"{path} has {len(inputs)} inputs; a dmgrd-edge model has exactly "
-                               "one ('image')")
+            raise BackendError(
+                f"{path} has {len(inputs)} inputs; a dmgrd-edge model has exactly one ('image')"
+            )
         self.input_name = inputs[0].name
         shape = inputs[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None

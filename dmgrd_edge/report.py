@@ -11,8 +11,13 @@ from typing import Any
 
 from .atomic import atomic_write_bytes, check_target
 
-COLUMNS = (("i_auroc", "I-AUC"), ("p_auroc", "P-AUC"), ("pro_30", "PRO@0.3"), ("pro_full", "PRO(full)"),
-           ("ms_per_image", "ms/image"))
+COLUMNS = (
+    ("i_auroc", "I-AUC"),
+    ("p_auroc", "P-AUC"),
+    ("pro_30", "PRO@0.3"),
+    ("pro_full", "PRO(full)"),
+    ("ms_per_image", "ms/image"),
+)
 PERCENT = {"i_auroc", "p_auroc", "pro_30", "pro_full"}
 
 
@@ -37,7 +42,9 @@ def to_markdown(rows: list[dict[str, Any]], title: str | None = None) -> str:
     lines.append("| Category | " + " | ".join(label for _, label in COLUMNS) + " |")
     lines.append("|---|" + "---:|" * len(COLUMNS))
     for row in with_average(rows):
-        lines.append(f"| {row['category']} | " + " | ".join(_fmt(k, row.get(k)) for k, _ in COLUMNS) + " |")
+        lines.append(
+            f"| {row['category']} | " + " | ".join(_fmt(k, row.get(k)) for k, _ in COLUMNS) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -46,7 +53,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["category"] + [key for key, _ in COLUMNS])
     for row in with_average(rows):
-        writer.writerow([row["category"]] + ["" if row.get(k) is None else f"{row[k]:.6f}" for k, _ in COLUMNS])
+        writer.writerow(
+            [row["category"]] + ["" if row.get(k) is None else f"{row[k]:.6f}" for k, _ in COLUMNS]
+        )
     return buffer.getvalue()
 
 
@@ -57,17 +66,28 @@ def report_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
     return {kind: check_target(out / f"{stem}.{kind}") for kind in ("md", "csv", "json")}
 
 
-def write_reports(rows: list[dict[str, Any]], out_dir: str | Path, stem: str, title: str,
-                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_reports(
+    rows: list[dict[str, Any]],
+    out_dir: str | Path,
+    stem: str,
+    title: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     paths = report_paths(out_dir, stem)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    notes = ("\nI-AUC, P-AUC: ROC AUC of image scores / pixels. PRO@0.3: standard AUPRO up to FPR 0.3. "
-             "PRO(full): PRO integrated over the whole FPR range, as the DM-GRD authors report it. "
-             "ms/image: model forward time per image on the evaluation device, file reading excluded.\n")
+    notes = (
+        "\nI-AUC, P-AUC: ROC AUC of image scores / pixels. PRO@0.3: standard AUPRO up to FPR 0.3. "
+        "PRO(full): PRO integrated over the whole FPR range, as the DM-GRD authors report it. "
+        "ms/image: model forward time per image on the evaluation device, file reading excluded.\n"
+    )
     atomic_write_bytes(paths["md"], (to_markdown(rows, title) + notes).encode())
     atomic_write_bytes(paths["csv"], to_csv(rows).encode())
-    atomic_write_bytes(paths["json"], json.dumps({"title": title, "rows": with_average(rows), **(extra or {})},
-                                                 indent=2).encode())
+    atomic_write_bytes(
+        paths["json"],
+        json.dumps(
+            {"title": title, "rows": with_average(rows), **(extra or {})}, indent=2
+        ).encode(),
+    )
     return paths
 
 

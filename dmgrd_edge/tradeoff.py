@@ -55,8 +55,12 @@ def _device_label(device: dict, backend: dict) -> str:
     """Where the inference ran: the GPU for TensorRT and the CUDA/TensorRT providers, else the
     CPU; a Jetson adds its L4T release and power mode."""
     on_gpu = backend.get("backend") == "tensorrt" or any(
-        p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in backend.get("providers", []))
-    label = str(device.get("gpu") if on_gpu and device.get("gpu") else device.get("cpu") or "unknown device")
+        p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        for p in backend.get("providers", [])
+    )
+    label = str(
+        device.get("gpu") if on_gpu and device.get("gpu") else device.get("cpu") or "unknown device"
+    )
     jetson = device.get("jetson") or {}
     if jetson:
         mode = _power_mode(jetson.get("nvpmodel"))
@@ -81,14 +85,22 @@ def load_result(path: Path) -> Variant:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DataError(f"bench result not found: {path}",
-                        "write one with dmgrd-edge bench BUNDLE --out FILE") from None
+        raise DataError(
+            f"bench result not found: {path}", "write one with dmgrd-edge bench BUNDLE --out FILE"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not a readable JSON file ({exc})",
-                        "give files written by dmgrd-edge bench") from None
-    if not isinstance(data, dict) or not {"latency", "backend", "model"} <= set(data) or not data["latency"]:
-        raise DataError(f"{path} is not a dmgrd-edge bench result (needs 'latency', 'backend' and 'model')",
-                        "give files written by dmgrd-edge bench BUNDLE --out FILE")
+        raise DataError(
+            f"{path} is not a readable JSON file ({exc})", "give files written by dmgrd-edge bench"
+        ) from None
+    if (
+        not isinstance(data, dict)
+        or not {"latency", "backend", "model"} <= set(data)
+        or not data["latency"]
+    ):
+        raise DataError(
+            f"{path} is not a dmgrd-edge bench result (needs 'latency', 'backend' and 'model')",
+            "give files written by dmgrd-edge bench BUNDLE --out FILE",
+        )
     rows = data["latency"]
     first = min(rows, key=lambda r: r["batch"])
     best = max(rows, key=lambda r: r["images_per_s"])
@@ -97,18 +109,34 @@ def load_result(path: Path) -> Variant:
     model = data["model"]
     file_name = str(backend.get("file", "?"))
     pruning = data.get("pruning") or {}
-    pruned = f" pruned {100 * float(pruning['ratio']):.0f}%" if pruning.get("ratio") else \
-        (" pruned" if model.get("pruned_widths") else "")
-    label = data.get("label") or f"{model.get('backbone', '?')}{pruned}"  # `dmgrd-edge bench --label`
+    pruned = (
+        f" pruned {100 * float(pruning['ratio']):.0f}%"
+        if pruning.get("ratio")
+        else (" pruned" if model.get("pruned_widths") else "")
+    )
+    label = (
+        data.get("label") or f"{model.get('backbone', '?')}{pruned}"
+    )  # `dmgrd-edge bench --label`
     return Variant(
         name=f"{label} {backend.get('precision', '?')} ({file_name}, {backend.get('backend', '?')})",
-        device=_device_label(data.get("device", {}), backend), backbone=str(model.get("backbone", "?")),
-        image_size=int(model.get("image_size", 0)), file=file_name, precision=str(backend.get("precision", "?")),
-        backend=str(backend.get("backend", "?")), ms_b1_p50=float(first["ms_p50"]), ms_b1_p99=float(first["ms_p99"]),
-        best_images_per_s=float(best["images_per_s"]), best_batch=int(best["batch"]),
+        device=_device_label(data.get("device", {}), backend),
+        backbone=str(model.get("backbone", "?")),
+        image_size=int(model.get("image_size", 0)),
+        file=file_name,
+        precision=str(backend.get("precision", "?")),
+        backend=str(backend.get("backend", "?")),
+        ms_b1_p50=float(first["ms_p50"]),
+        ms_b1_p99=float(first["ms_p99"]),
+        best_images_per_s=float(best["images_per_s"]),
+        best_batch=int(best["batch"]),
         peak_host_rss_mib=float(data.get("peak_host_rss_mib", float("nan"))),
-        startup_s=float(data.get("startup_s", float("nan"))), i_auroc=accuracy.get("i_auroc"),
-        p_auroc=accuracy.get("p_auroc"), pro_30=accuracy.get("pro_30"), source=Path(path).name, label=label)
+        startup_s=float(data.get("startup_s", float("nan"))),
+        i_auroc=accuracy.get("i_auroc"),
+        p_auroc=accuracy.get("p_auroc"),
+        pro_30=accuracy.get("pro_30"),
+        source=Path(path).name,
+        label=label,
+    )
 
 
 def pareto_flags(variants: list[Variant], metric: str) -> list[bool]:
@@ -125,8 +153,11 @@ def pareto_flags(variants: list[Variant], metric: str) -> list[bool]:
             if mine is None or theirs is None:
                 dominated = other.ms_b1_p50 < v.ms_b1_p50 and mine is None and theirs is None
             else:
-                dominated = (other.ms_b1_p50 <= v.ms_b1_p50 and theirs >= mine
-                             and (other.ms_b1_p50 < v.ms_b1_p50 or theirs > mine))
+                dominated = (
+                    other.ms_b1_p50 <= v.ms_b1_p50
+                    and theirs >= mine
+                    and (other.ms_b1_p50 < v.ms_b1_p50 or theirs > mine)
+                )
             if dominated:
                 break
         flags.append(not dominated)
@@ -152,74 +183,133 @@ def recommend(variants: list[Variant], metric: str, max_drop: float) -> dict[str
     return picks
 
 
-def within_budget(variants: list[Variant], metric: str,
-                  budget_ms: float) -> dict[str, Variant | None]:
+def within_budget(
+    variants: list[Variant], metric: str, budget_ms: float
+) -> dict[str, Variant | None]:
     """Per device: the most accurate variant (then the fastest) whose batch-1 p50 latency is
     at most ``budget_ms``; None where no variant with accuracy fits."""
     picks: dict[str, Variant | None] = {}
     for device in sorted({v.device for v in variants}):
-        fits = [v for v in variants if v.device == device and v.ms_b1_p50 <= budget_ms
-                and getattr(v, metric) is not None]
+        fits = [
+            v
+            for v in variants
+            if v.device == device and v.ms_b1_p50 <= budget_ms and getattr(v, metric) is not None
+        ]
         picks[device] = min(fits, key=lambda v: (-getattr(v, metric), v.ms_b1_p50), default=None)
     return picks
 
 
-def budget_sentence(variants: list[Variant], device: str, pick: Variant | None, metric: str,
-                    budget_ms: float) -> str:
+def budget_sentence(
+    variants: list[Variant], device: str, pick: Variant | None, metric: str, budget_ms: float
+) -> str:
     """What the budget choice is on ``device``, or why there is none, in one sentence."""
     if pick is not None:
-        return (f"Within {budget_ms:g} ms (batch-1 p50): **{pick.name}**, the most accurate "
-                f"({METRICS[metric]} {_pct(getattr(pick, metric))}, {pick.ms_b1_p50:.2f} ms).")
+        return (
+            f"Within {budget_ms:g} ms (batch-1 p50): **{pick.name}**, the most accurate "
+            f"({METRICS[metric]} {_pct(getattr(pick, metric))}, {pick.ms_b1_p50:.2f} ms)."
+        )
     mine = [v for v in variants if v.device == device]
     fastest = min(mine, key=lambda v: v.ms_b1_p50)
     if fastest.ms_b1_p50 > budget_ms:
-        return (f"No variant fits {budget_ms:g} ms (batch-1 p50) on this device: the fastest, "
-                f"{fastest.name}, takes {fastest.ms_b1_p50:.2f} ms.")
-    return (f"No variant within {budget_ms:g} ms has {METRICS[metric]} to rank by "
-            "(run bench with --data).")
+        return (
+            f"No variant fits {budget_ms:g} ms (batch-1 p50) on this device: the fastest, "
+            f"{fastest.name}, takes {fastest.ms_b1_p50:.2f} ms."
+        )
+    return (
+        f"No variant within {budget_ms:g} ms has {METRICS[metric]} to rank by "
+        "(run bench with --data)."
+    )
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-NOTES = ("Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of repeated "
-         "runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies compare only within one "
-         "device.")
-COLUMNS = ("variant", "p50 ms (b1)", "p99 ms (b1)", "best img/s (batch)", "I-AUC", "P-AUC", "PRO@0.3",
-           "peak RSS MiB", "start-up s", "Pareto")
+NOTES = (
+    "Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of repeated "
+    "runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies compare only within one "
+    "device."
+)
+COLUMNS = (
+    "variant",
+    "p50 ms (b1)",
+    "p99 ms (b1)",
+    "best img/s (batch)",
+    "I-AUC",
+    "P-AUC",
+    "PRO@0.3",
+    "peak RSS MiB",
+    "start-up s",
+    "Pareto",
+)
 
 
 def _cells(v: Variant) -> list[str]:
-    return [v.name, f"{v.ms_b1_p50:.2f}", f"{v.ms_b1_p99:.2f}", f"{v.best_images_per_s:.1f} ({v.best_batch})",
-            _pct(v.i_auroc), _pct(v.p_auroc), _pct(v.pro_30), f"{v.peak_host_rss_mib:.0f}", f"{v.startup_s:.2f}",
-            "yes" if v.pareto else ""]
+    return [
+        v.name,
+        f"{v.ms_b1_p50:.2f}",
+        f"{v.ms_b1_p99:.2f}",
+        f"{v.best_images_per_s:.1f} ({v.best_batch})",
+        _pct(v.i_auroc),
+        _pct(v.p_auroc),
+        _pct(v.pro_30),
+        f"{v.peak_host_rss_mib:.0f}",
+        f"{v.startup_s:.2f}",
+        "yes" if v.pareto else "",
+    ]
 
 
 def _sort_keys(v: Variant) -> list[str]:
     """Raw values the HTML table sorts by, one per column ('' where there is none)."""
+
     def num(x: float | None) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
-    return [v.name, num(v.ms_b1_p50), num(v.ms_b1_p99), num(v.best_images_per_s), num(v.i_auroc),
-            num(v.p_auroc), num(v.pro_30), num(v.peak_host_rss_mib), num(v.startup_s),
-            "1" if v.pareto else "0"]
+
+    return [
+        v.name,
+        num(v.ms_b1_p50),
+        num(v.ms_b1_p99),
+        num(v.best_images_per_s),
+        num(v.i_auroc),
+        num(v.p_auroc),
+        num(v.pro_30),
+        num(v.peak_host_rss_mib),
+        num(v.startup_s),
+        "1" if v.pareto else "0",
+    ]
 
 
 def _recommend_sentence(pick: Variant | None, metric: str, max_drop: float) -> str:
     if pick is None:
         return f"No recommendation: no result here has {METRICS[metric]} (run bench with --data)."
     points = "point" if max_drop == 1 else "points"
-    return (f"Recommended: **{pick.name}**, the fastest within {max_drop:g} {points} of the best "
-            f"{METRICS[metric]} on this device.")
+    return (
+        f"Recommended: **{pick.name}**, the fastest within {max_drop:g} {points} of the best "
+        f"{METRICS[metric]} on this device."
+    )
 
 
-def to_markdown(variants: list[Variant], picks: dict[str, Variant], metric: str, max_drop: float,
-                budget_ms: float | None = None,
-                budget_picks: dict[str, Variant | None] | None = None) -> str:
-    lines = ["# Latency / accuracy trade-off", "",
-             "![latency vs accuracy per device](pareto.png)", ""]
+def to_markdown(
+    variants: list[Variant],
+    picks: dict[str, Variant],
+    metric: str,
+    max_drop: float,
+    budget_ms: float | None = None,
+    budget_picks: dict[str, Variant | None] | None = None,
+) -> str:
+    lines = [
+        "# Latency / accuracy trade-off",
+        "",
+        "![latency vs accuracy per device](pareto.png)",
+        "",
+    ]
     for device in sorted({v.device for v in variants}):
-        lines += [f"## {device}", "", "| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+        lines += [
+            f"## {device}",
+            "",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|---|" + "---:|" * (len(COLUMNS) - 1),
+        ]
         for v in sorted((v for v in variants if v.device == device), key=lambda v: v.ms_b1_p50):
             lines.append("| " + " | ".join(_cells(v)) + " |")
         lines += ["", _recommend_sentence(picks.get(device), metric, max_drop)]
@@ -268,13 +358,15 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 });
 """
 
-_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}"
-        "th{cursor:pointer;background:#f4f4f4;user-select:none}"
-        "th[aria-sort=ascending]::after{content:' \\25B2'}"
-        "th[aria-sort=descending]::after{content:' \\25BC'}"
-        "tr.pareto{font-weight:bold}img{max-width:100%}")
+_CSS = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}"
+    "th{cursor:pointer;background:#f4f4f4;user-select:none}"
+    "th[aria-sort=ascending]::after{content:' \\25B2'}"
+    "th[aria-sort=descending]::after{content:' \\25BC'}"
+    "tr.pareto{font-weight:bold}img{max-width:100%}"
+)
 
 
 def to_html(variants: list[Variant], png: bytes, sentences: list[str] | None = None) -> str:
@@ -282,22 +374,27 @@ def to_html(variants: list[Variant], png: bytes, sentences: list[str] | None = N
     rows = []
     for v in sorted(variants, key=lambda v: (v.device, v.ms_b1_p50)):
         texts, keys = [v.device] + _cells(v), [v.device] + _sort_keys(v)
-        cells = "".join(f"<td data-sort=\"{html.escape(k)}\">{html.escape(t)}</td>"
-                        for t, k in zip(texts, keys))
+        cells = "".join(
+            f'<td data-sort="{html.escape(k)}">{html.escape(t)}</td>' for t, k in zip(texts, keys)
+        )
         rows.append(f"<tr{' class=pareto' if v.pareto else ''}>{cells}</tr>")
     text_columns = ("device", "variant")
-    head = "".join(f"<th scope=col{'' if c in text_columns else ' data-type=num'}>"
-                   f"{html.escape(c)}</th>" for c in ("device",) + COLUMNS)
+    head = "".join(
+        f"<th scope=col{'' if c in text_columns else ' data-type=num'}>{html.escape(c)}</th>"
+        for c in ("device",) + COLUMNS
+    )
     picture = base64.b64encode(png).decode()
     notes = "".join(f"<p>{_bold(s)}</p>" for s in sentences or [])
-    return ("<!doctype html><meta charset=utf-8><title>dmgrd-edge trade-off report</title>"
-            f"<style>{_CSS}</style>"
-            "<h1>Latency / accuracy trade-off</h1>"
-            f"<img alt='latency vs accuracy per device' src='data:image/png;base64,{picture}'>"
-            f"{notes}<p>Click a column head to sort (again to reverse).</p>"
-            f"<table class=sortable><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
-            f"<p>{html.escape(NOTES)}</p><script>{_SORT_JS}</script>")
+    return (
+        "<!doctype html><meta charset=utf-8><title>dmgrd-edge trade-off report</title>"
+        f"<style>{_CSS}</style>"
+        "<h1>Latency / accuracy trade-off</h1>"
+        f"<img alt='latency vs accuracy per device' src='data:image/png;base64,{picture}'>"
+        f"{notes}<p>Click a column head to sort (again to reverse).</p>"
+        f"<table class=sortable><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<p>{html.escape(NOTES)}</p><script>{_SORT_JS}</script>"
+    )
 
 
 def _bold(sentence: str) -> str:
@@ -309,16 +406,25 @@ def _bold(sentence: str) -> str:
 PLOT_METRICS = ("pro_30", "i_auroc")  # the panels per device; the report's metric comes first
 
 
-def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max_drop: float = 1.0,
-                 budget_ms: float | None = None) -> dict:
+def write_report(
+    results: list[Path],
+    out_dir: Path,
+    metric: str = "pro_30",
+    max_drop: float = 1.0,
+    budget_ms: float | None = None,
+) -> dict:
     choose("metric", metric, tuple(METRICS))
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be >= 0 points, got {max_drop}")
     if budget_ms is not None and not budget_ms > 0:
-        raise ConfigError(f"--budget-ms must be a latency > 0 ms, got {budget_ms}",
-                          "give the batch-1 time one image may take, e.g. --budget-ms 10")
+        raise ConfigError(
+            f"--budget-ms must be a latency > 0 ms, got {budget_ms}",
+            "give the batch-1 time one image may take, e.g. --budget-ms 10",
+        )
     if not results:
-        raise ConfigError("no bench results given", "give one or more JSON files from dmgrd-edge bench")
+        raise ConfigError(
+            "no bench results given", "give one or more JSON files from dmgrd-edge bench"
+        )
     from .tradeoff_plot import render
 
     variants = [load_result(p) for p in results]
@@ -326,8 +432,12 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
     picks = recommend(variants, metric, max_drop)
     budget_picks = within_budget(variants, metric, budget_ms) if budget_ms is not None else {}
     out = Path(out_dir)
-    paths = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html",
-             "png": out / "pareto.png"}
+    paths = {
+        "md": out / "report.md",
+        "csv": out / "report.csv",
+        "html": out / "report.html",
+        "png": out / "pareto.png",
+    }
     for path in paths.values():  # all or none: no report set replaced in part
         check_target(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,9 +451,14 @@ def write_report(results: list[Path], out_dir: Path, metric: str = "pro_30", max
         sentences.append(f"{device}: " + _recommend_sentence(picks.get(device), metric, max_drop))
         if budget_ms is not None:
             pick = budget_picks.get(device)
-            sentences.append(f"{device}: "
-                             + budget_sentence(variants, device, pick, metric, budget_ms))
-    for key, data in (("md", markdown.encode()), ("csv", to_csv(variants).encode()),
-                      ("html", to_html(variants, png, sentences).encode()), ("png", png)):
+            sentences.append(
+                f"{device}: " + budget_sentence(variants, device, pick, metric, budget_ms)
+            )
+    for key, data in (
+        ("md", markdown.encode()),
+        ("csv", to_csv(variants).encode()),
+        ("html", to_html(variants, png, sentences).encode()),
+        ("png", png),
+    ):
         atomic_write_bytes(paths[key], data)  # an earlier report is replaced whole or kept
     return {"paths": paths, "variants": variants, "recommended": picks, "budget": budget_picks}

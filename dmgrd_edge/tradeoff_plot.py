@@ -79,7 +79,7 @@ def shared_prefix(labels: list[str]) -> str:
             break
         shared.append(column[0])
     if any(len(w) <= len(shared) for w in words):
-        shared = shared[:min(len(w) for w in words) - 1]
+        shared = shared[: min(len(w) for w in words) - 1]
     return " ".join(shared)
 
 
@@ -112,8 +112,12 @@ def _overlaps(boxes: np.ndarray, obstacles: np.ndarray) -> np.ndarray:
     if len(obstacles) == 0:
         return np.zeros(len(boxes), bool)
     b, o = boxes[:, None, :], obstacles[None, :, :]
-    hit = (b[..., 0] < o[..., 2]) & (b[..., 2] > o[..., 0]) & (b[..., 1] < o[..., 3]) & (
-        b[..., 3] > o[..., 1])
+    hit = (
+        (b[..., 0] < o[..., 2])
+        & (b[..., 2] > o[..., 0])
+        & (b[..., 1] < o[..., 3])
+        & (b[..., 3] > o[..., 1])
+    )
     return hit.any(axis=1)
 
 
@@ -123,7 +127,7 @@ def _clip_hits(start: np.ndarray, end: np.ndarray, boxes: np.ndarray) -> np.ndar
     t1 = np.ones((len(start), len(boxes)))
     missed = np.zeros_like(t0, bool)
     for k in (0, 1):
-        a, d = start[:, k:k + 1], (end - start)[:, k:k + 1]
+        a, d = start[:, k : k + 1], (end - start)[:, k : k + 1]
         lo, hi = boxes[None, :, k], boxes[None, :, k + 2]
         flat = np.abs(d) < 1e-12
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -141,8 +145,9 @@ def _segments_cross(start: np.ndarray, end: np.ndarray, others: np.ndarray) -> n
         return np.zeros(len(start), bool)
 
     def cross(o, a, b):  # z of (a - o) x (b - o), broadcast
-        return (a[..., 0] - o[..., 0]) * (b[..., 1] - o[..., 1]) - (
-            a[..., 1] - o[..., 1]) * (b[..., 0] - o[..., 0])
+        return (a[..., 0] - o[..., 0]) * (b[..., 1] - o[..., 1]) - (a[..., 1] - o[..., 1]) * (
+            b[..., 0] - o[..., 0]
+        )
 
     p, q = start[:, None, :], end[:, None, :]
     r, s = others[None, :, :2], others[None, :, 2:]
@@ -151,10 +156,14 @@ def _segments_cross(start: np.ndarray, end: np.ndarray, others: np.ndarray) -> n
 
 def _box_point_gap(boxes: np.ndarray, points: np.ndarray) -> np.ndarray:
     """[n, k]: distance from box n to point k (0 inside)."""
-    dx = np.maximum(np.maximum(boxes[:, None, 0] - points[None, :, 0], 0),
-                    points[None, :, 0] - boxes[:, None, 2])
-    dy = np.maximum(np.maximum(boxes[:, None, 1] - points[None, :, 1], 0),
-                    points[None, :, 1] - boxes[:, None, 3])
+    dx = np.maximum(
+        np.maximum(boxes[:, None, 0] - points[None, :, 0], 0),
+        points[None, :, 0] - boxes[:, None, 2],
+    )
+    dy = np.maximum(
+        np.maximum(boxes[:, None, 1] - points[None, :, 1], 0),
+        points[None, :, 1] - boxes[:, None, 3],
+    )
     return np.hypot(dx, dy)
 
 
@@ -172,8 +181,14 @@ def _candidate_centres(px: float, py: float, w: float, h: float, frame) -> tuple
     return cx[order], cy[order], near[order]
 
 
-def _layout(sizes_px: np.ndarray, points: np.ndarray, radii: np.ndarray, frame,
-            lines: np.ndarray, order: list[int]) -> tuple[dict, dict]:
+def _layout(
+    sizes_px: np.ndarray,
+    points: np.ndarray,
+    radii: np.ndarray,
+    frame,
+    lines: np.ndarray,
+    order: list[int],
+) -> tuple[dict, dict]:
     """One greedy pass in ``order``: each label takes the free spot nearest its point.
     Returns (boxes, leaders) in display pixels; raises _NoRoom naming the index that found
     no spot."""
@@ -194,7 +209,7 @@ def _layout(sizes_px: np.ndarray, points: np.ndarray, radii: np.ndarray, frame,
         away = near - points[i]
         radius = radii[i]
         start = points[i] + away / np.maximum(np.hypot(*away.T), 1e-9)[:, None] * radius
-        apart = ~_overlaps(markers, markers[i:i + 1])
+        apart = ~_overlaps(markers, markers[i : i + 1])
         apart[i] = False
         others = np.concatenate([placed, markers[apart]])
         ok &= ~_clip_hits(start, near, others).any(axis=1)
@@ -232,16 +247,27 @@ def _orders(points: np.ndarray, first: list[int], tries: int) -> list[list[int]]
     """Label orders to try: ``first``, then from either side and either edge, then shuffles
     (seeded, so a report is drawn the same way each time)."""
     n = len(points)
-    orders = [first, sorted(range(n), key=lambda i: -points[i, 0]),
-              sorted(range(n), key=lambda i: -points[i, 1]),
-              sorted(range(n), key=lambda i: points[i, 1])]
+    orders = [
+        first,
+        sorted(range(n), key=lambda i: -points[i, 0]),
+        sorted(range(n), key=lambda i: -points[i, 1]),
+        sorted(range(n), key=lambda i: points[i, 1]),
+    ]
     rng = np.random.default_rng(0)
     orders += [list(rng.permutation(n)) for _ in range(tries)]
     return orders
 
 
-def _place_labels(fig: Figure, ax, texts: list[str], colours: list[str], points: np.ndarray,
-                  sizes: np.ndarray, lines: np.ndarray, first: list[int]) -> tuple[list, list]:
+def _place_labels(
+    fig: Figure,
+    ax,
+    texts: list[str],
+    colours: list[str],
+    points: np.ndarray,
+    sizes: np.ndarray,
+    lines: np.ndarray,
+    first: list[int],
+) -> tuple[list, list]:
     """Place each text near its point (display pixels): no label meets a marker, one of
     ``lines`` (rows x0, y0, x1, y1), a label or a leader, or comes close to another point's
     marker; no leader crosses a label or a marker, and leaders cross each other only where
@@ -270,12 +296,23 @@ def _place_labels(fig: Figure, ax, texts: list[str], colours: list[str], points:
     for i in range(len(texts)):
         x0, y0, x1, y1 = boxes[i]
         centre = to_data.transform([((x0 + x1) / 2, (y0 + y1) / 2)])[0]
-        labels.append(ax.text(centre[0], centre[1], texts[i], ha="center", va="center",
-                              fontsize=LABEL_PT, color=colours[i], zorder=4))
+        labels.append(
+            ax.text(
+                centre[0],
+                centre[1],
+                texts[i],
+                ha="center",
+                va="center",
+                fontsize=LABEL_PT,
+                color=colours[i],
+                zorder=4,
+            )
+        )
         if i in leaders:
             a, b = to_data.transform(leaders[i].reshape(2, 2))
-            drawn += ax.plot([a[0], b[0]], [a[1], b[1]], color=colours[i], alpha=0.6, lw=0.8,
-                             zorder=2)
+            drawn += ax.plot(
+                [a[0], b[0]], [a[1], b[1]], color=colours[i], alpha=0.6, lw=0.8, zorder=2
+            )
     return labels, drawn
 
 
@@ -283,9 +320,16 @@ class _NoRoom(Exception):
     pass
 
 
-def build_figure(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
-                 budget_ms: float | None, budget_picks: dict, rec_text: str,
-                 height_scale: float = 1.0, numbered: bool = False) -> tuple[Figure, list[Panel]]:
+def build_figure(
+    variants: list[Variant],
+    metrics: tuple[str, ...],
+    picks: dict,
+    budget_ms: float | None,
+    budget_picks: dict,
+    rec_text: str,
+    height_scale: float = 1.0,
+    numbered: bool = False,
+) -> tuple[Figure, list[Panel]]:
     """The figure (not yet saved) and its panels, for tests to inspect. ``numbered``: label
     the points with numbers and add a key per device."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no GUI, no global backend
@@ -296,8 +340,9 @@ def build_figure(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
     devices = sorted({v.device for v in variants})
     colours = _colours(variants)
     prefix = shared_prefix([short_label(v) for v in variants])
-    names = {id(v): short_label(v)[len(prefix):].strip() if prefix else short_label(v)
-             for v in variants}
+    names = {
+        id(v): short_label(v)[len(prefix) :].strip() if prefix else short_label(v) for v in variants
+    }
     numbers = {}
     for device in devices:
         mine = sorted((v for v in variants if v.device == device), key=lambda v: v.ms_b1_p50)
@@ -307,13 +352,18 @@ def build_figure(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
         most = max(sum(v.device == d for v in variants) for d in devices)
         row_in = max(row_in, KEY_LINE_IN * most + 1.2)
     widths = [1.0] * len(metrics) + ([0.8] if numbered else [])
-    fig = Figure(figsize=(PANEL_IN[0] * sum(widths), row_in * len(devices) + 0.9), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(PANEL_IN[0] * sum(widths), row_in * len(devices) + 0.9),
+        dpi=DPI,
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
-    axes = np.array(fig.subplots(len(devices), len(widths), squeeze=False,
-                                 gridspec_kw={"width_ratios": widths}))
-    title = ("Latency / accuracy trade-off (one row per device: latencies compare only within "
-             "a device)")
+    axes = np.array(
+        fig.subplots(len(devices), len(widths), squeeze=False, gridspec_kw={"width_ratios": widths})
+    )
+    title = (
+        "Latency / accuracy trade-off (one row per device: latencies compare only within a device)"
+    )
     if prefix:
         title += f"\nall variants: {prefix} (left out of the names)"
     fig.suptitle(title, fontsize=12)
@@ -321,15 +371,37 @@ def build_figure(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
     for r, device in enumerate(devices):
         mine = [v for v in variants if v.device == device]
         for c, metric in enumerate(metrics):
-            entry = _draw_panel(axes[r, c], device, metric, mine, colours, picks, budget_ms,
-                                budget_picks, METRICS, pareto_flags, numbered)
+            entry = _draw_panel(
+                axes[r, c],
+                device,
+                metric,
+                mine,
+                colours,
+                picks,
+                budget_ms,
+                budget_picks,
+                METRICS,
+                pareto_flags,
+                numbered,
+            )
             if entry is not None:
                 todo.append(entry)
         if numbered:
-            _draw_key(axes[r, -1], device, sorted(mine, key=lambda v: v.ms_b1_p50), names,
-                      numbers, colours)
-    fig.legend(handles=_legend(colours, rec_text, budget_ms), loc="outside lower center",
-               ncol=4, fontsize=9.5, frameon=False)
+            _draw_key(
+                axes[r, -1],
+                device,
+                sorted(mine, key=lambda v: v.ms_b1_p50),
+                names,
+                numbers,
+                colours,
+            )
+    fig.legend(
+        handles=_legend(colours, rec_text, budget_ms),
+        loc="outside lower center",
+        ncol=4,
+        fontsize=9.5,
+        frameon=False,
+    )
     fig.canvas.draw()  # fixes the layout; labels are placed in the panels' final pixels
     fig.set_layout_engine("none")
     panels = []
@@ -343,14 +415,33 @@ def build_figure(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
             lines.append(np.array([[bx, frame.y0, bx, frame.y1]]))
         texts = [str(numbers[id(v)]) if numbered else names[id(v)] for v in scored]
         first = sorted(range(len(scored)), key=lambda i: (not front[i], xs[i]))
-        labels, leaders = _place_labels(fig, ax, texts, [colours[v.precision] for v in scored],
-                                        points, sizes, np.concatenate(lines), first)
+        labels, leaders = _place_labels(
+            fig,
+            ax,
+            texts,
+            [colours[v.precision] for v in scored],
+            points,
+            sizes,
+            np.concatenate(lines),
+            first,
+        )
         panels.append(Panel(device, metric, ax, scored, labels, leaders, markers))
     return fig, panels
 
 
-def _draw_panel(ax, device, metric, mine, colours, picks, budget_ms, budget_picks, metric_names,
-                pareto_flags, zoom):
+def _draw_panel(
+    ax,
+    device,
+    metric,
+    mine,
+    colours,
+    picks,
+    budget_ms,
+    budget_picks,
+    metric_names,
+    pareto_flags,
+    zoom,
+):
     """Axes, points, front and marks of one panel; what label placement needs, or None
     for a panel without that metric."""
     ax.set_title(f"{device}: {metric_names[metric]} vs latency", fontsize=10.5)
@@ -360,8 +451,16 @@ def _draw_panel(ax, device, metric, mine, colours, picks, budget_ms, budget_pick
     ax.grid(True, color="0.9", lw=0.8)
     scored = [v for v in mine if getattr(v, metric) is not None]
     if not scored:
-        ax.text(0.5, 0.5, f"no {metric_names[metric]} in these results\n(run bench with --data)",
-                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="tab:red")
+        ax.text(
+            0.5,
+            0.5,
+            f"no {metric_names[metric]} in these results\n(run bench with --data)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="tab:red",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         return None
@@ -378,8 +477,16 @@ def _draw_panel(ax, device, metric, mine, colours, picks, budget_ms, budget_pick
     markers = []
     for i, v in enumerate(scored):
         colour = colours[v.precision]
-        markers += ax.plot(xs[i], ys[i], "o", ms=MARKER_PT, color=colour, zorder=3,
-                           mfc=colour if front[i] else "white", mew=1.6)
+        markers += ax.plot(
+            xs[i],
+            ys[i],
+            "o",
+            ms=MARKER_PT,
+            color=colour,
+            zorder=3,
+            mfc=colour if front[i] else "white",
+            mew=1.6,
+        )
     sizes = np.full(len(scored), MARKER_PT)
     pick = picks.get(device)
     if pick in scored:
@@ -391,12 +498,13 @@ def _draw_panel(ax, device, metric, mine, colours, picks, budget_ms, budget_pick
         inside = budget_picks.get(device)
         if inside in scored:
             i = scored.index(inside)
-            ax.plot(xs[i], ys[i], "s", ms=SQUARE_PT, mfc="none", mec="tab:red", mew=1.3,
-                    zorder=5)
+            ax.plot(xs[i], ys[i], "s", ms=SQUARE_PT, mfc="none", mec="tab:red", mew=1.3, zorder=5)
             sizes[i] = max(sizes[i], SQUARE_PT * 1.1)
         else:
-            ax.set_title(f"{device}: {metric_names[metric]} vs latency; none within "
-                         f"{budget_ms:g} ms", fontsize=10.5)
+            ax.set_title(
+                f"{device}: {metric_names[metric]} vs latency; none within {budget_ms:g} ms",
+                fontsize=10.5,
+            )
     return ax, device, metric, scored, xs, ys, front, on_front, markers, sizes
 
 
@@ -407,28 +515,56 @@ def _draw_key(ax, device: str, mine: list, names: dict, numbers: dict, colours: 
     step = 1.0 / max(len(mine), 1)
     step = min(step, KEY_LINE_IN / (ax.get_position().height * ax.figure.get_figheight()))
     for k, v in enumerate(mine):
-        ax.text(0.0, 1.0 - (k + 0.5) * step, f"{numbers[id(v)]:>2}  {names[id(v)]}",
-                transform=ax.transAxes, ha="left", va="center", fontsize=LABEL_PT,
-                color=colours[v.precision], family="monospace")
+        ax.text(
+            0.0,
+            1.0 - (k + 0.5) * step,
+            f"{numbers[id(v)]:>2}  {names[id(v)]}",
+            transform=ax.transAxes,
+            ha="left",
+            va="center",
+            fontsize=LABEL_PT,
+            color=colours[v.precision],
+            family="monospace",
+        )
 
 
 def _legend(colours: dict, rec_text: str, budget_ms: float | None) -> list:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o", ms=MARKER_PT, color=col, label=p)
-               for p, col in colours.items()]
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=MARKER_PT, color=col, label=p)
+        for p, col in colours.items()
+    ]
     handles += [
-        Line2D([], [], ls="", marker="o", ms=MARKER_PT, mfc="white", mec="0.3", mew=1.6,
-               label="dominated (hollow)"),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            ms=MARKER_PT,
+            mfc="white",
+            mec="0.3",
+            mew=1.6,
+            label="dominated (hollow)",
+        ),
         Line2D([], [], color="0.35", lw=1.4, label="Pareto front (filled points)"),
-        Line2D([], [], ls="", marker="*", ms=STAR_PT * 0.8, mfc="none", mec="black",
-               label=rec_text),
+        Line2D(
+            [], [], ls="", marker="*", ms=STAR_PT * 0.8, mfc="none", mec="black", label=rec_text
+        ),
     ]
     if budget_ms is not None:
         handles += [
             Line2D([], [], color="tab:red", ls="--", label=f"latency budget {budget_ms:g} ms"),
-            Line2D([], [], ls="", marker="s", ms=SQUARE_PT * 0.8, mfc="none", mec="tab:red",
-                   label="most accurate within the budget"),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="s",
+                ms=SQUARE_PT * 0.8,
+                mfc="none",
+                mec="tab:red",
+                label="most accurate within the budget",
+            ),
         ]
     return handles
 
@@ -436,20 +572,29 @@ def _legend(colours: dict, rec_text: str, budget_ms: float | None) -> list:
 ATTEMPTS = ((False, 1.0), (False, 1.6), (True, 1.0), (True, 1.6))  # (numbered, height scale)
 
 
-def render(variants: list[Variant], metrics: tuple[str, ...], picks: dict,
-           budget_ms: float | None, budget_picks: dict, rec_text: str) -> bytes:
+def render(
+    variants: list[Variant],
+    metrics: tuple[str, ...],
+    picks: dict,
+    budget_ms: float | None,
+    budget_picks: dict,
+    rec_text: str,
+) -> bytes:
     """The PNG bytes: names at the points where they fit (in a taller figure if need be),
     else numbers and a key; an error if not even numbers fit."""
     for numbered, scale in ATTEMPTS:
         try:
-            fig, _ = build_figure(variants, metrics, picks, budget_ms, budget_picks, rec_text,
-                                  scale, numbered)
+            fig, _ = build_figure(
+                variants, metrics, picks, budget_ms, budget_picks, rec_text, scale, numbered
+            )
         except _NoRoom as exc:
             crowded = str(exc)
             continue
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()
-    raise DataError(f"too many variants on one device to label the plot legibly (no room for "
-                    f"{crowded!r} even as a number)",
-                    "report fewer bench results at a time (e.g. one backbone or precision)")
+    raise DataError(
+        f"too many variants on one device to label the plot legibly (no room for "
+        f"{crowded!r} even as a number)",
+        "report fewer bench results at a time (e.g. one backbone or precision)",
+    )

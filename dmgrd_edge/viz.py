@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 
 
-def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float,
-                 alpha: float = 0.45) -> np.ndarray:
+def heat_overlay(
+    rgb: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.45
+) -> np.ndarray:
     """Blend a JET heat map of ``anomaly_map`` (scaled to [vmin, vmax]) over an RGB image."""
     h, w = rgb.shape[:2]
     amap = anomaly_map if anomaly_map.shape == (h, w) else cv2.resize(anomaly_map, (w, h))

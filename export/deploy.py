@@ -36,7 +36,9 @@ class SubPixelInterleave(nn.Module):
         _, c4, h, w = x.shape
         c = int(c4) // 4
         x = x.permute(0, 2, 3, 1).reshape(-1, int(h), int(w), 2, 2, c)  # [N, i, j, a, b, c]
-        x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, 2 * int(h), 2 * int(w), c)  # [N, (i a), (j b), c]
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(
+            -1, 2 * int(h), 2 * int(w), c
+        )  # [N, (i a), (j b), c]
         return x.permute(0, 3, 1, 2)
 
 
@@ -50,8 +52,9 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def pixel_shuffle_up(deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None,
-                     act: nn.Module | None = None) -> PixelShuffleUp:
+def pixel_shuffle_up(
+    deconv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None, act: nn.Module | None = None
+) -> PixelShuffleUp:
     """y[co, 2i+a, 2j+b] = sum_ci x[ci, i, j] W[ci, co, a, b]  ==  the interleave of a 1x1 conv
     whose output channel (a*2+b)*C_out + co has weights W[:, co, a, b]."""
     c_in, c_out = deconv.in_channels, deconv.out_channels
@@ -74,9 +77,15 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6)
 
 
 def _rewritable(module: nn.Module) -> bool:
-    return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (2, 2) and module.stride == (2, 2)
-            and module.padding == (0, 0) and module.output_padding == (0, 0) and module.groups == 1
-            and module.dilation == (1, 1))
+    return (
+        isinstance(module, nn.ConvTranspose2d)
+        and module.kernel_size == (2, 2)
+        and module.stride == (2, 2)
+        and module.padding == (0, 0)
+        and module.output_padding == (0, 0)
+        and module.groups == 1
+        and module.dilation == (1, 1)
+    )
 
 
 def _rewrite_sequential(seq: nn.Sequential) -> int:
@@ -85,12 +94,22 @@ def _rewrite_sequential(seq: nn.Sequential) -> int:
     while i < len(children):
         child = children[i]
         if _rewritable(child):
-            bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d) else None
+            bn = (
+                children[i + 1]
+                if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d)
+                else None
+            )
             after = i + (2 if bn is not None else 1)
-            act = children[after] if after < len(children) and isinstance(children[after], ELEMENTWISE) else None
+            act = (
+                children[after]
+                if after < len(children) and isinstance(children[after], ELEMENTWISE)
+                else None
+            )
             out.append(pixel_shuffle_up(child, bn, act))
             for _ in range((bn is not None) + (act is not None)):
-                out.append(nn.Identity())  # keeps the indices, hence the exported node names, stable
+                out.append(
+                    nn.Identity()
+                )  # keeps the indices, hence the exported node names, stable
                 i += 1
             count += 1
         else:

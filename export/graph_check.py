@@ -21,7 +21,8 @@ from dmgrd_edge.errors import DmgrdError
 
 MAX_OPSET = 17
 
-TRT_SUPPORTED_OPS = frozenset("""
+TRT_SUPPORTED_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu
 Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div
 Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm
@@ -34,9 +35,16 @@ ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Re
 Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
 Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
-RESIZE_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+RESIZE_MODES = {
+    "half_pixel",
+    "pytorch_half_pixel",
+    "tf_half_pixel_for_nn",
+    "asymmetric",
+    "align_corners",
+}
 CONSTANT_INPUTS = {"TopK": (1,), "Slice": (3,), "Squeeze": (1,), "Unsqueeze": (1,)}
 
 
@@ -74,13 +82,17 @@ def check_graph(model: onnx.ModelProto | str) -> GraphReport:
     counts: dict[str, int] = {}
     report = GraphReport(opset, counts)
     if opset > MAX_OPSET:
-        report.problems.append(f"opset {opset} > {MAX_OPSET}: TensorRT 8.6 (JetPack 6.0) parses up to opset 17")
+        report.problems.append(
+            f"opset {opset} > {MAX_OPSET}: TensorRT 8.6 (JetPack 6.0) parses up to opset 17"
+        )
     constants = _constants(model)
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
         label = f"{node.name or '<unnamed>'} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):
-            report.problems.append(f"{label}: custom domain {node.domain!r} is not parsed by TensorRT")
+            report.problems.append(
+                f"{label}: custom domain {node.domain!r} is not parsed by TensorRT"
+            )
             continue
         if node.op_type not in TRT_SUPPORTED_OPS:
             report.problems.append(f"{label}: operator not supported by the TensorRT ONNX parser")
@@ -88,13 +100,25 @@ def check_graph(model: onnx.ModelProto | str) -> GraphReport:
         for index in CONSTANT_INPUTS.get(node.op_type, ()):
             if len(node.input) > index and node.input[index] and node.input[index] not in constants:
                 report.problems.append(f"{label}: input {index} must be a constant for TensorRT")
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+        if (
+            node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and len(node.input) > 2
+            and node.input[2]
+        ):
             zero = constants.get(node.input[2])
             if zero is None or np.any(numpy_helper.to_array(zero) != 0):
-                report.problems.append(f"{label}: zero point must be a constant 0 (symmetric quantization)")
+                report.problems.append(
+                    f"{label}: zero point must be a constant 0 (symmetric quantization)"
+                )
         if node.op_type == "Resize":
-            mode = next((a.s.decode() for a in node.attribute if a.name == "coordinate_transformation_mode"),
-                        "half_pixel")
+            mode = next(
+                (
+                    a.s.decode()
+                    for a in node.attribute
+                    if a.name == "coordinate_transformation_mode"
+                ),
+                "half_pixel",
+            )
             if mode not in RESIZE_MODES:
                 report.problems.append(f"{label}: Resize coordinate mode {mode!r} not supported")
     return report
@@ -104,7 +128,11 @@ def require_trt_compatible(model: onnx.ModelProto | str, what: str = "model") ->
     report = check_graph(model)
     if not report.ok:
         listed = "\n    ".join(report.problems[:20])
-        more = f"\n    ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
-        raise GraphCheckError(f"{what} is not TensorRT-compatible:\n    {listed}{more}",
-                              "this is a bug in the export; please report it with the node names above")
+        more = (
+            f"\n    ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
+        )
+        raise GraphCheckError(
+            f"{what} is not TensorRT-compatible:\n    {listed}{more}",
+            "this is a bug in the export; please report it with the node names above",
+        )
     return report

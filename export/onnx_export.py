@@ -65,27 +65,42 @@ class HalfPrecisionDMGRD(torch.nn.Module):
         return self.outputs(teacher, student)
 
 
-def torch_to_onnx(model: torch.nn.Module, path: Path, batch: BatchProfile, image_size: int,
-                  fp16: bool = False) -> onnx.ModelProto:
+def torch_to_onnx(
+    model: torch.nn.Module, path: Path, batch: BatchProfile, image_size: int, fp16: bool = False
+) -> onnx.ModelProto:
     """Export the fp32 graph, or with ``fp16`` the FP16-typed graph for TensorRT 11."""
     from .deploy import deployable
 
     model, rewrites = deployable(model)
     model = HalfPrecisionDMGRD(model) if fp16 else model
     dummy = torch.zeros(batch.opt, 3, image_size, image_size)
-    dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}}
+    dynamic = {
+        INPUT_NAME: {0: "batch"},
+        OUTPUT_NAMES[0]: {0: "batch"},
+        OUTPUT_NAMES[1]: {0: "batch"},
+    }
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True,
-                          dynamic_axes=dynamic if batch.dynamic else None)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=OUTPUT_NAMES,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+            dynamic_axes=dynamic if batch.dynamic else None,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     from onnxscript import optimizer
 
     proto = optimizer.optimize(proto)
     proto.producer_name = "dmgrd-edge"
-    onnx.helper.set_model_props(proto, {"dmgrd_edge.rewrites": ",".join(f"{k}={v}" for k, v in rewrites.items())})
+    onnx.helper.set_model_props(
+        proto, {"dmgrd_edge.rewrites": ",".join(f"{k}={v}" for k, v in rewrites.items())}
+    )
     check_interface(proto, batch, image_size)
     save_onnx(proto, path)
     return proto
@@ -94,8 +109,12 @@ def torch_to_onnx(model: torch.nn.Module, path: Path, batch: BatchProfile, image
 def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     large = proto.ByteSize() > PROTOBUF_LIMIT
-    onnx.save_model(proto, str(path), save_as_external_data=large,
-                    location=path.name + ".data" if large else None)
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=large,
+        location=path.name + ".data" if large else None,
+    )
     onnx.checker.check_model(str(path))
 
 
@@ -103,9 +122,13 @@ def check_interface(proto: onnx.ModelProto, batch: BatchProfile, image_size: int
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if [i.name for i in inputs] != [INPUT_NAME]:
-        raise ExportError(f"exported graph has inputs {[i.name for i in inputs]}, expected exactly ['image']")
+        raise ExportError(
+            f"exported graph has inputs {[i.name for i in inputs]}, expected exactly ['image']"
+        )
     if [o.name for o in proto.graph.output] != OUTPUT_NAMES:
-        raise ExportError(f"exported graph has outputs {[o.name for o in proto.graph.output]}, expected {OUTPUT_NAMES}")
+        raise ExportError(
+            f"exported graph has outputs {[o.name for o in proto.graph.output]}, expected {OUTPUT_NAMES}"
+        )
     dims = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
     expected = ["batch" if batch.dynamic else batch.min, 3, image_size, image_size]
     if dims != expected:
@@ -124,13 +147,22 @@ class Parity:
     images: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"score_max_rel_err": self.score_max_rel_err, "map_max_abs_err": self.map_max_abs_err,
-                "images": self.images}
+        return {
+            "score_max_rel_err": self.score_max_rel_err,
+            "map_max_abs_err": self.map_max_abs_err,
+            "images": self.images,
+        }
 
 
 @torch.no_grad()
-def check_parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, batch: BatchProfile,
-                 score_rtol: float = 1e-4, map_atol: float = 1e-3) -> Parity:
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    images: np.ndarray,
+    batch: BatchProfile,
+    score_rtol: float = 1e-4,
+    map_atol: float = 1e-3,
+) -> Parity:
     """Compare ONNX Runtime (CPU) with PyTorch on real, preprocessed images."""
     from dmgrd_edge.runtime.onnx_backend import OnnxBackend
 
@@ -138,20 +170,26 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, ba
     rel, absolute = 0.0, 0.0
     step = batch.max if batch.dynamic else batch.min
     for i in range(0, len(images), step):
-        chunk = images[i:i + step]
+        chunk = images[i : i + step]
         if not batch.dynamic and len(chunk) != batch.min:
             continue
         ort_map, ort_score = backend.infer(chunk)
         if not (np.isfinite(ort_map).all() and np.isfinite(ort_score).all()):
-            raise ExportError(f"{onnx_path.name} produces non-finite values (overflow) on real images",
-                              "this is a bug in the export's precision plan (export/precision.py); please report it")
+            raise ExportError(
+                f"{onnx_path.name} produces non-finite values (overflow) on real images",
+                "this is a bug in the export's precision plan (export/precision.py); please report it",
+            )
         ref = model(torch.from_numpy(chunk))
         ref_map, ref_score = ref.anomaly_map.numpy(), ref.score.numpy()
-        rel = max(rel, float(np.max(np.abs(ort_score - ref_score) / np.maximum(np.abs(ref_score), 1e-12))))
+        rel = max(
+            rel, float(np.max(np.abs(ort_score - ref_score) / np.maximum(np.abs(ref_score), 1e-12)))
+        )
         absolute = max(absolute, float(np.max(np.abs(ort_map - ref_map))))
     parity = Parity(rel, absolute, len(images))
     if rel > score_rtol or absolute > map_atol:
-        raise ExportError(f"ONNX output differs from PyTorch: score rel. error {rel:.2e} (limit {score_rtol:.0e}), "
-                          f"map abs. error {absolute:.2e} (limit {map_atol:.0e})",
-                          "this is a bug in the export; please report it with the checkpoint")
+        raise ExportError(
+            f"ONNX output differs from PyTorch: score rel. error {rel:.2e} (limit {score_rtol:.0e}), "
+            f"map abs. error {absolute:.2e} (limit {map_atol:.0e})",
+            "this is a bug in the export; please report it with the checkpoint",
+        )
     return parity

@@ -15,11 +15,26 @@ CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 # output -> (file name, precision, what asks for it)
 OUTPUTS = {
     "onnx-fp32": ("model.onnx", "fp32", "always"),
-    "onnx-int8": ("model.int8.onnx", "int8", "--int8 (explicit Q/DQ for TensorRT: symmetric int8, per-channel weights)"),
-    "onnx-int8-cpu": ("model.int8-cpu.onnx", "int8", "--int8 unless --no-int8-cpu (Q/DQ for ONNX Runtime's CPU "
-                      "provider: uint8 activations)"),
-    "onnx-fp16": ("model.fp16.onnx", "fp16", "--fp16 (FP16-typed graph for strongly typed TensorRT 11)"),
-    "engine": ("engines/model.<precision>.<gpu>.trt<version>.engine", "as built", "--engine (needs TensorRT)"),
+    "onnx-int8": (
+        "model.int8.onnx",
+        "int8",
+        "--int8 (explicit Q/DQ for TensorRT: symmetric int8, per-channel weights)",
+    ),
+    "onnx-int8-cpu": (
+        "model.int8-cpu.onnx",
+        "int8",
+        "--int8 unless --no-int8-cpu (Q/DQ for ONNX Runtime's CPU provider: uint8 activations)",
+    ),
+    "onnx-fp16": (
+        "model.fp16.onnx",
+        "fp16",
+        "--fp16 (FP16-typed graph for strongly typed TensorRT 11)",
+    ),
+    "engine": (
+        "engines/model.<precision>.<gpu>.trt<version>.engine",
+        "as built",
+        "--engine (needs TensorRT)",
+    ),
 }
 
 
@@ -38,7 +53,10 @@ class BatchProfile:
         """'N' (fixed) or 'MIN:OPT:MAX'."""
         parts = str(text).split(":")
         if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
-            raise ConfigError(f"bad batch profile {text!r}", "give a fixed batch like 1 or a range MIN:OPT:MAX like 1:4:8")
+            raise ConfigError(
+                f"bad batch profile {text!r}",
+                "give a fixed batch like 1 or a range MIN:OPT:MAX like 1:4:8",
+            )
         values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
         lo, opt, hi = values[:3]
         if not 1 <= lo <= opt <= hi:
@@ -54,7 +72,10 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", str(text), re.IGNORECASE)
     if not match:
         raise ConfigError(f"bad size {text!r}", "use bytes or a number with K, M or G, e.g. 1G")
-    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2).upper()]
+    return (
+        int(match.group(1))
+        * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2).upper()]
+    )
 
 
 @dataclass
@@ -81,12 +102,20 @@ class ExportOptions:
 
     def validate(self) -> "ExportOptions":
         checks.integer("--calib-count", self.calib_count, 1)
-        checks.number("--max-drop", self.max_drop, 0, lo_open=True, optional=True,
-                      note="points of I-AUC / PRO@0.3")
+        checks.number(
+            "--max-drop",
+            self.max_drop,
+            0,
+            lo_open=True,
+            optional=True,
+            note="points of I-AUC / PRO@0.3",
+        )
         checks.integer("--dla-core", self.dla_core, 0, optional=True)
         checks.integer("--guard-count", self.guard_count, 4)
         if not Path(self.checkpoint).is_file():
-            raise ConfigError(f"checkpoint not found: {self.checkpoint}", "train one with `dmgrd-edge train`")
+            raise ConfigError(
+                f"checkpoint not found: {self.checkpoint}", "train one with `dmgrd-edge train`"
+            )
         check_out(self.out)  # a file or a folder of other things is refused before any work
         choose("calibration method", self.calib_method, CALIBRATION_METHODS)
         if self.max_drop is not None and not self.int8:
@@ -97,13 +126,18 @@ class ExportOptions:
             raise ConfigError("--calib-pseudo applies to INT8 calibration only", "add --int8")
         if self.dla_core is not None:
             if not self.engine:
-                raise ConfigError("--dla-core needs --engine", "DLA engines are built on the Jetson with --engine")
+                raise ConfigError(
+                    "--dla-core needs --engine", "DLA engines are built on the Jetson with --engine"
+                )
             if self.batch.dynamic:
                 raise ConfigError("DLA needs a fixed batch", "use e.g. --batch 1 with --dla-core")
             if not (self.int8 or self.fp16):
                 raise ConfigError("DLA runs FP16 or INT8 only", "add --int8 or --fp16")
         if self.workspace < (1 << 20):
-            raise ConfigError(f"workspace {self.workspace} bytes is too small", "give at least 1M, e.g. --workspace 1G")
+            raise ConfigError(
+                f"workspace {self.workspace} bytes is too small",
+                "give at least 1M, e.g. --workspace 1G",
+            )
         return self
 
     def int8_targets(self) -> list[str]:

@@ -36,8 +36,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def engine_file_name(precision: str, gpu: str, trt_version: str,
-                     dla_core: int | None = None) -> str:
+def engine_file_name(
+    precision: str, gpu: str, trt_version: str, dla_core: int | None = None
+) -> str:
     dla = f".dla{dla_core}" if dla_core is not None else ""
     return f"engines/model.{precision}{dla}.{slug(gpu)}.trt{trt_version}.engine"
 
@@ -58,15 +59,19 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
         if major >= 11:
             path = request.bundle / "model.fp16.onnx"
             if not path.is_file():
-                raise EngineError("TensorRT 11 builds FP16 only from an FP16-typed graph, and the "
-                                  "bundle has none", "re-export with `dmgrd-edge export --fp16`")
+                raise EngineError(
+                    "TensorRT 11 builds FP16 only from an FP16-typed graph, and the "
+                    "bundle has none",
+                    "re-export with `dmgrd-edge export --fp16`",
+                )
             return path, False
         return request.bundle / "model.onnx", True
     path = request.bundle / ONNX_FOR_PRECISION[request.precision]
     if not path.is_file():
-        raise EngineError(f"the bundle has no {path.name} for a {request.precision} engine",
-                          "re-export with --int8" if request.precision == "int8"
-                          else "re-export the bundle")
+        raise EngineError(
+            f"the bundle has no {path.name} for a {request.precision} engine",
+            "re-export with --int8" if request.precision == "int8" else "re-export the bundle",
+        )
     return path, False
 
 
@@ -97,9 +102,10 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
-                          "re-export the bundle with this dmgrd-edge; the graph check should have "
-                          "caught this")
+        raise EngineError(
+            f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
+            "re-export the bundle with this dmgrd-edge; the graph check should have caught this",
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
     if not strongly_typed:
@@ -115,9 +121,11 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     add_batch_profile(builder, config, request, version)
     if request.dla_core is not None:
         if builder.num_DLA_cores <= request.dla_core:
-            raise EngineError(f"DLA core {request.dla_core} asked for, this device has "
-                              f"{builder.num_DLA_cores} DLA cores",
-                              "drop --dla-core or pick a core below that number")
+            raise EngineError(
+                f"DLA core {request.dla_core} asked for, this device has "
+                f"{builder.num_DLA_cores} DLA cores",
+                "drop --dla-core or pick a core below that number",
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = request.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
@@ -125,22 +133,34 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     cached = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = config.create_timing_cache(cached)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise EngineError(f"the timing cache {cache_path.name} does not match this device or "
-                          f"TensorRT {version}", f"delete {cache_path} and build again")
+        raise EngineError(
+            f"the timing cache {cache_path.name} does not match this device or TensorRT {version}",
+            f"delete {cache_path} and build again",
+        )
     log(f"building {request.precision} engine with TensorRT {version} on {gpu} (takes minutes)")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineError(f"TensorRT {version} failed to build the {request.precision} engine",
-                          "see the TensorRT log above; try a larger --workspace or another "
-                          "precision")
+        raise EngineError(
+            f"TensorRT {version} failed to build the {request.precision} engine",
+            "see the TensorRT log above; try a larger --workspace or another precision",
+        )
     name = engine_file_name(request.precision, gpu, version, request.dla_core)
     atomic_write_bytes(request.bundle / name, bytes(plan))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return {name: {"kind": "engine", "precision": request.precision, "gpu": gpu,
-                   "trt_version": version, "onnx": onnx_path.name, "strongly_typed": strongly_typed,
-                   "batch": str(request.batch), "dla_core": request.dla_core,
-                   "build_seconds": time.perf_counter() - started}}
+    return {
+        name: {
+            "kind": "engine",
+            "precision": request.precision,
+            "gpu": gpu,
+            "trt_version": version,
+            "onnx": onnx_path.name,
+            "strongly_typed": strongly_typed,
+            "batch": str(request.batch),
+            "dla_core": request.dla_core,
+            "build_seconds": time.perf_counter() - started,
+        }
+    }
 
 
 def add_batch_profile(builder, config, request: EngineRequest, version: str) -> None:
@@ -148,11 +168,14 @@ def add_batch_profile(builder, config, request: EngineRequest, version: str) -> 
     size. The backend reads it back at load (``get_tensor_profile_shape``)."""
     size, b = request.image_size, request.batch
     profile = builder.create_optimization_profile()
-    profile.set_shape("image", (b.min, 3, size, size), (b.opt, 3, size, size),
-                      (b.max, 3, size, size))
+    profile.set_shape(
+        "image", (b.min, 3, size, size), (b.opt, 3, size, size), (b.max, 3, size, size)
+    )
     if config.add_optimization_profile(profile) < 0:
-        raise EngineError(f"TensorRT {version} rejected the batch profile {b} for input 'image'",
-                          "give --batch N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+        raise EngineError(
+            f"TensorRT {version} rejected the batch profile {b} for input 'image'",
+            "give --batch N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX",
+        )
 
 
 def pin_fp32_layers(trt, network) -> int:
@@ -163,8 +186,12 @@ def pin_fp32_layers(trt, network) -> int:
     fusing them with their Q/DQ pair, and fails the build under OBEY_PRECISION_CONSTRAINTS)."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     dequantize, quantize = trt.LayerType.DEQUANTIZE, trt.LayerType.QUANTIZE
-    dequantized = {layer.get_output(j).name for layer in layers if layer.type == dequantize
-                   for j in range(layer.num_outputs)}
+    dequantized = {
+        layer.get_output(j).name
+        for layer in layers
+        if layer.type == dequantize
+        for j in range(layer.num_outputs)
+    }
     pinned = 0
     for layer in layers:
         if not keep_fp32(layer.name, fp16=True) or layer.type in (quantize, dequantize):
@@ -172,8 +199,11 @@ def pin_fp32_layers(trt, network) -> int:
         inputs = [layer.get_input(k) for k in range(layer.num_inputs)]
         if any(tensor is not None and tensor.name in dequantized for tensor in inputs):
             continue
-        floating = [j for j in range(layer.num_outputs)
-                    if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        floating = [
+            j
+            for j in range(layer.num_outputs)
+            if layer.get_output(j).dtype in (trt.float32, trt.float16)
+        ]
         if not floating:
             continue
         layer.precision = trt.float32

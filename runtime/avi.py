@@ -33,12 +33,50 @@ DEFAULT_MAX_BYTES = 1 << 30
 
 def _header(width: int, height: int, fps: float) -> bytes:
     rate, scale = int(round(fps * 1000)), 1000
-    avih = struct.pack("<14I", int(round(1e6 / fps)), 0, 0, 0, 0, 0, 1, 0, width, height, 0, 0, 0, 0)
-    strh = struct.pack("<4s4sIHHIIIIIIiI4h", b"vids", b"MJPG", 0, 0, 0, 0, scale, rate, 0, 0, 0, -1, 0,
-                       0, 0, width, height)
-    strf = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3, 0, 0, 0, 0)
-    strl = b"strl" + b"strh" + struct.pack("<I", len(strh)) + strh + b"strf" + struct.pack("<I", len(strf)) + strf
-    hdrl = b"hdrl" + b"avih" + struct.pack("<I", len(avih)) + avih + b"LIST" + struct.pack("<I", len(strl)) + strl
+    avih = struct.pack(
+        "<14I", int(round(1e6 / fps)), 0, 0, 0, 0, 0, 1, 0, width, height, 0, 0, 0, 0
+    )
+    strh = struct.pack(
+        "<4s4sIHHIIIIIIiI4h",
+        b"vids",
+        b"MJPG",
+        0,
+        0,
+        0,
+        0,
+        scale,
+        rate,
+        0,
+        0,
+        0,
+        -1,
+        0,
+        0,
+        0,
+        width,
+        height,
+    )
+    strf = struct.pack(
+        "<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3, 0, 0, 0, 0
+    )
+    strl = (
+        b"strl"
+        + b"strh"
+        + struct.pack("<I", len(strh))
+        + strh
+        + b"strf"
+        + struct.pack("<I", len(strf))
+        + strf
+    )
+    hdrl = (
+        b"hdrl"
+        + b"avih"
+        + struct.pack("<I", len(avih))
+        + avih
+        + b"LIST"
+        + struct.pack("<I", len(strl))
+        + strl
+    )
     head = b"RIFF" + struct.pack("<I", 0) + b"AVI " + b"LIST" + struct.pack("<I", len(hdrl)) + hdrl
     head += b"LIST" + struct.pack("<I", 4) + b"movi"
     assert len(head) == _MOVI_DATA, len(head)
@@ -79,8 +117,10 @@ class _Segment:
     def close(self) -> None:
         """Add the index; if that fails (a full disk), the file stays the complete AVI it was."""
         try:
-            entries = b"".join(struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length)
-                               for offset, length in self.index)
+            entries = b"".join(
+                struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length)
+                for offset, length in self.index
+            )
             index = b"idx1" + struct.pack("<I", len(entries)) + entries
             if os.pwrite(self.fd, index, self.end) == len(index):
                 self._put(_AVIH_FLAGS, _HAS_INDEX)
@@ -103,10 +143,17 @@ def existing_parts(path: Path) -> list[Path]:
 class MjpegAviWriter:
     """RGB frames -> Motion-JPEG AVI, crash-safe, rolling over at ``max_bytes``."""
 
-    def __init__(self, path: Path, fps: float, quality: int = 90, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self, path: Path, fps: float, quality: int = 90, max_bytes: int = DEFAULT_MAX_BYTES
+    ):
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        self.path, self.fps, self.quality, self.max_bytes = Path(path), float(fps), int(quality), int(max_bytes)
+        self.path, self.fps, self.quality, self.max_bytes = (
+            Path(path),
+            float(fps),
+            int(quality),
+            int(max_bytes),
+        )
         self.segment: _Segment | None = None
         self.written: list[Path] = []
 
@@ -117,8 +164,14 @@ class MjpegAviWriter:
             raise OSError(f"JPEG encoding failed for a frame of shape {rgb.shape}")
         jpeg = encoded.tobytes()
         size = (rgb.shape[1], rgb.shape[0])
-        if self.segment is not None and self.segment.frames and (self.segment.size != size or (
-                self.segment.end + len(jpeg) + 16 * (self.segment.frames + 2) > self.max_bytes)):
+        if (
+            self.segment is not None
+            and self.segment.frames
+            and (
+                self.segment.size != size
+                or (self.segment.end + len(jpeg) + 16 * (self.segment.frames + 2) > self.max_bytes)
+            )
+        ):
             self.segment.close()
             self.segment = None
         if self.segment is None:

@@ -19,7 +19,9 @@ __all__ = ["Backend", "BackendError", "check_batch", "run_in_chunks"]
 class Backend(Protocol):
     name: str
     precision: str
-    calls_from_any_thread: bool  # True: the pipeline may call infer from its inference threads, several at once
+    calls_from_any_thread: (
+        bool  # True: the pipeline may call infer from its inference threads, several at once
+    )
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 

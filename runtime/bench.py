@@ -46,7 +46,9 @@ def _device_memory_mib() -> float | None:
         return None
 
 
-def latency(backend, batch: int, size: tuple[int, int], warmup: int, runs: int, seed: int = 0) -> dict:
+def latency(
+    backend, batch: int, size: tuple[int, int], warmup: int, runs: int, seed: int = 0
+) -> dict:
     x = np.random.default_rng(seed).normal(size=(batch, 3, *size)).astype(np.float32)
     for _ in range(warmup):
         backend.infer(x)
@@ -56,9 +58,16 @@ def latency(backend, batch: int, size: tuple[int, int], warmup: int, runs: int, 
         backend.infer(x)
         times.append(1000 * (time.perf_counter() - t0))
     t = np.asarray(times)
-    return {"batch": batch, "runs": runs, "warmup": warmup, "ms_p50": float(np.percentile(t, 50)),
-            "ms_p90": float(np.percentile(t, 90)), "ms_p99": float(np.percentile(t, 99)),
-            "ms_mean": float(t.mean()), "images_per_s": float(batch * 1000 / np.percentile(t, 50))}
+    return {
+        "batch": batch,
+        "runs": runs,
+        "warmup": warmup,
+        "ms_p50": float(np.percentile(t, 50)),
+        "ms_p90": float(np.percentile(t, 90)),
+        "ms_p99": float(np.percentile(t, 99)),
+        "ms_mean": float(t.mean()),
+        "images_per_s": float(batch * 1000 / np.percentile(t, 50)),
+    }
 
 
 def throughput(backend, x: np.ndarray, workers: int, runs: int) -> float:
@@ -87,45 +96,95 @@ def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: in
     index = index_category(dataset, root, category)
     maps, scores = [], []
     for i in range(0, len(index.test), batch):
-        chunk = index.test[i:i + batch]
-        amap, score = backend.infer(normalize(np.stack([resize_rgb(read_image(s.path), cfg) for s in chunk]), cfg))
+        chunk = index.test[i : i + batch]
+        amap, score = backend.infer(
+            normalize(np.stack([resize_rgb(read_image(s.path), cfg) for s in chunk]), cfg)
+        )
         maps.append(amap[:, 0])
         scores.append(score)
-    masks = np.stack([resize_mask(read_mask(s.mask_path), cfg.height, cfg.width) if s.mask_path
-                      else np.zeros((cfg.height, cfg.width), bool) for s in index.test])
+    masks = np.stack(
+        [
+            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
+            if s.mask_path
+            else np.zeros((cfg.height, cfg.width), bool)
+            for s in index.test
+        ]
+    )
     labels = np.array([s.label for s in index.test])
     result = evaluate_all(labels, np.concatenate(scores), masks, np.concatenate(maps))
     result.update(dataset=dataset, category=category, n_test=int(len(labels)))
     return result
 
 
-def run_bench(bundle_path: Path, backend_name: str = "auto", precision: str = "auto", batches=(1, 4, 8),
-              warmup: int = 5, runs: int = 30, data: Path | None = None, dataset: str = "mvtec",
-              category: str | None = None, threads: int = 0, log=print, workers: int | None = 1) -> dict:
+def run_bench(
+    bundle_path: Path,
+    backend_name: str = "auto",
+    precision: str = "auto",
+    batches=(1, 4, 8),
+    warmup: int = 5,
+    runs: int = 30,
+    data: Path | None = None,
+    dataset: str = "mvtec",
+    category: str | None = None,
+    threads: int = 0,
+    log=print,
+    workers: int | None = 1,
+) -> dict:
     """Latency is measured one call at a time; ``images_per_s`` is the throughput with the
     backend's calls in flight (``workers``, as `run` would use them; None: the backend's
     choice), so it is what `run` can reach without capture."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_path)
-    backend = create_backend(bundle, backend_name, precision, max_batch=max(batches), threads=threads, log=log,
-                             workers=workers)
+    backend = create_backend(
+        bundle,
+        backend_name,
+        precision,
+        max_batch=max(batches),
+        threads=threads,
+        log=log,
+        workers=workers,
+    )
     try:
         startup_s = time.perf_counter() - started
-        return _measure(backend, bundle, bundle_path, batches, warmup, runs, data, dataset,
-                        category, startup_s, log)
+        return _measure(
+            backend,
+            bundle,
+            bundle_path,
+            batches,
+            warmup,
+            runs,
+            data,
+            dataset,
+            category,
+            startup_s,
+            log,
+        )
     finally:
         backend.close()
 
 
-def _measure(backend, bundle, bundle_path: Path, batches, warmup: int, runs: int, data: Path | None,
-             dataset: str, category: str | None, startup_s: float, log) -> dict:
+def _measure(
+    backend,
+    bundle,
+    bundle_path: Path,
+    batches,
+    warmup: int,
+    runs: int,
+    data: Path | None,
+    dataset: str,
+    category: str | None,
+    startup_s: float,
+    log,
+) -> dict:
     low, high = getattr(backend, "batch_range", (1, None))  # a TensorRT engine's profile
     outside = [b for b in batches if b < low or (high is not None and b > high)]
     if outside:
-        raise ConfigError(f"{backend.describe()['file']} takes batches of {low} to {high}, "
-                          f"not {outside}", f"give --batch sizes from {low} to {high}, or rebuild "
-                          "the engine with a profile that covers them (build-engine --batch "
-                          "MIN:OPT:MAX)")
+        raise ConfigError(
+            f"{backend.describe()['file']} takes batches of {low} to {high}, not {outside}",
+            f"give --batch sizes from {low} to {high}, or rebuild "
+            "the engine with a profile that covers them (build-engine --batch "
+            "MIN:OPT:MAX)",
+        )
     size = (bundle.preprocess.height, bundle.preprocess.width)
     rows = []
     for b in batches:
@@ -133,15 +192,26 @@ def _measure(backend, bundle, bundle_path: Path, batches, warmup: int, runs: int
         if backend.workers > 1:
             row["images_per_s_one_call"] = row["images_per_s"]
             x = np.random.default_rng(0).normal(size=(b, 3, *size)).astype(np.float32)
-            row["images_per_s"] = throughput(backend, x, backend.workers, max(1, runs // backend.workers))
+            row["images_per_s"] = throughput(
+                backend, x, backend.workers, max(1, runs // backend.workers)
+            )
         row["workers"] = backend.workers
         rows.append(row)
-        log(f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 {row['ms_p99']:.2f}, "
-            f"{row['images_per_s']:.1f} img/s ({backend.workers} in flight)")
-    result = {"bundle": str(bundle_path), "backend": backend.describe(), "startup_s": startup_s, "latency": rows,
-              "peak_host_rss_mib": _peak_rss_mib(), "device_memory_used_mib": _device_memory_mib(),
-              "device": device_info(), "model": bundle.manifest["model"],
-              "pruning": bundle.manifest.get("source", {}).get("pruning")}
+        log(
+            f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 {row['ms_p99']:.2f}, "
+            f"{row['images_per_s']:.1f} img/s ({backend.workers} in flight)"
+        )
+    result = {
+        "bundle": str(bundle_path),
+        "backend": backend.describe(),
+        "startup_s": startup_s,
+        "latency": rows,
+        "peak_host_rss_mib": _peak_rss_mib(),
+        "device_memory_used_mib": _device_memory_mib(),
+        "device": device_info(),
+        "model": bundle.manifest["model"],
+        "pruning": bundle.manifest.get("source", {}).get("pruning"),
+    }
     if data is not None:
         category = category or bundle.manifest["source"].get("category")
         result["accuracy"] = accuracy(backend, bundle, Path(data), dataset, category, max(batches))
@@ -149,15 +219,23 @@ def _measure(backend, bundle, bundle_path: Path, batches, warmup: int, runs: int
 
 
 def print_table(result: dict) -> str:
-    lines = [f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} {'in flight':>9s}"]
+    lines = [
+        f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} {'in flight':>9s}"
+    ]
     for r in result["latency"]:
-        lines.append(f"{r['batch']:5d} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f} {r['ms_p99']:8.2f} "
-                     f"{r['images_per_s']:8.1f} {r.get('workers', 1):9d}")
-    lines.append(f"start-up {result['startup_s']:.2f} s, peak host RSS {result['peak_host_rss_mib']:.0f} MiB")
+        lines.append(
+            f"{r['batch']:5d} {r['ms_p50']:8.2f} {r['ms_p90']:8.2f} {r['ms_p99']:8.2f} "
+            f"{r['images_per_s']:8.1f} {r.get('workers', 1):9d}"
+        )
+    lines.append(
+        f"start-up {result['startup_s']:.2f} s, peak host RSS {result['peak_host_rss_mib']:.0f} MiB"
+    )
     if "accuracy" in result:
         a = result["accuracy"]
-        lines.append(f"accuracy: I-AUC {100 * a.get('i_auroc', float('nan')):.2f} P-AUC "
-                     f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 {100 * a.get('pro_30', float('nan')):.2f}")
+        lines.append(
+            f"accuracy: I-AUC {100 * a.get('i_auroc', float('nan')):.2f} P-AUC "
+            f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 {100 * a.get('pro_30', float('nan')):.2f}"
+        )
     return "\n".join(lines)
 
 

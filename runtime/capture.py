@@ -47,9 +47,16 @@ END = object()
 
 
 class Capture(threading.Thread):
-    def __init__(self, source, preprocess: Callable[[np.ndarray], np.ndarray] | None = None, queue_size: int = 4,
-                 max_retries: int = 5, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
-                 errors_before_reconnect: int = 3):
+    def __init__(
+        self,
+        source,
+        preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+        queue_size: int = 4,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        errors_before_reconnect: int = 3,
+    ):
         super().__init__(daemon=True, name="dmgrd-capture")
         self.source, self.preprocess = source, preprocess
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
@@ -103,7 +110,9 @@ class Capture(threading.Thread):
                 log.warning("source reopened after %d attempt(s)", attempt)
                 return True
             except SourceError as exc:
-                log.warning("reopen attempt %d/%d failed: %s", attempt, self.max_retries, exc.problem)
+                log.warning(
+                    "reopen attempt %d/%d failed: %s", attempt, self.max_retries, exc.problem
+                )
             delay = min(delay * 2, self.max_backoff_s)
         self.fatal = f"source lost and not recovered after {self.max_retries} reconnect attempts"
         return False
@@ -112,9 +121,18 @@ class Capture(threading.Thread):
         if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
             self.counters.corrupt += 1
             return None
-        captured_at, started = time.monotonic(), time.perf_counter()  # latency counts preprocessing too
+        captured_at, started = (
+            time.monotonic(),
+            time.perf_counter(),
+        )  # latency counts preprocessing too
         tensor = self.preprocess(image) if self.preprocess else None
-        frame = Frame(self.counters.captured, captured_at, image, tensor, 1000 * (time.perf_counter() - started))
+        frame = Frame(
+            self.counters.captured,
+            captured_at,
+            image,
+            tensor,
+            1000 * (time.perf_counter() - started),
+        )
         self.counters.captured += 1
         return frame
 
@@ -135,17 +153,23 @@ class Capture(threading.Thread):
                     continue
                 elif status is Status.END:
                     if not self.counters.captured and self.counters.corrupt:
-                        self.fatal = (f"the source ended without a readable frame "
-                                      f"({self.counters.corrupt} corrupt)")
+                        self.fatal = (
+                            f"the source ended without a readable frame "
+                            f"({self.counters.corrupt} corrupt)"
+                        )
                         self.fatal_fix = "check the source's files; give one with readable frames"
                     break
                 else:
                     if not getattr(self.source, "camera", self.live):
-                        self.counters.corrupt += 1  # a corrupt image or frame in a file: skipped, counted
+                        self.counters.corrupt += (
+                            1  # a corrupt image or frame in a file: skipped, counted
+                        )
                         continue
                     consecutive_errors += 1
                     if consecutive_errors >= self.errors_before_reconnect:
-                        log.warning("source failing (%d errors in a row); reconnecting", consecutive_errors)
+                        log.warning(
+                            "source failing (%d errors in a row); reconnecting", consecutive_errors
+                        )
                         if not self._reconnect():
                             break
                         consecutive_errors = 0

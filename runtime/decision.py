@@ -42,9 +42,10 @@ def threshold_for_rate(scores, false_alarm_rate: float) -> float:
         raise DataError("no scores to calibrate a threshold on", "give good frames")
     if not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
-        raise DataError(f"{bad} of {values.size} good frames scored NaN or infinity",
-                        "the model file or the frames are broken: re-export the bundle and check "
-                        "the source")
+        raise DataError(
+            f"{bad} of {values.size} good frames scored NaN or infinity",
+            "the model file or the frames are broken: re-export the bundle and check the source",
+        )
     allowed = allowed_false_alarms(values.size, false_alarm_rate)
     threshold = float(values[values.size - 1 - allowed])
     assert int(np.count_nonzero(is_ng(values, threshold))) <= allowed

@@ -36,8 +36,10 @@ def jetson_clocks_state(euid: int | None = None) -> str:
     when it fails, the record says the state is unknown and why, instead of keeping the
     tool's error text as if it were the clock state."""
     if (os.geteuid() if euid is None else euid) != 0:
-        return ("unknown (jetson_clocks --show needs root: run `sudo jetson_clocks --show` to see "
-                "the clocks)")
+        return (
+            "unknown (jetson_clocks --show needs root: run `sudo jetson_clocks --show` to see "
+            "the clocks)"
+        )
     result = _run(["jetson_clocks", "--show"])
     if result is None:
         return "unknown (jetson_clocks is not installed)"
@@ -72,13 +74,20 @@ def parse_nvpmodel(text: str | None) -> dict | None:
         return None
     name = re.search(r"NV Power Mode:\s*(.+)", text)
     number = re.search(r"^\s*(\d+)\s*$", text, re.MULTILINE)
-    return {"mode": name.group(1).strip() if name else None, "id": int(number.group(1)) if number else None,
-            "raw": text[:500]}
+    return {
+        "mode": name.group(1).strip() if name else None,
+        "id": int(number.group(1)) if number else None,
+        "raw": text[:500],
+    }
 
 
 def device_info() -> dict:
-    info: dict = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                  "python": platform.python_version()}
+    info: dict = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
     try:
         import onnxruntime
 
@@ -107,9 +116,13 @@ def device_info() -> dict:
         info["gpu"] = None  # no pycuda or no CUDA device
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
-        info["jetson"] = {"l4t": parse_l4t(release.read_text()),
-                          "nvpmodel": parse_nvpmodel(_output(["nvpmodel", "-q"])),
-                          "jetson_clocks": jetson_clocks_state()}
+        info["jetson"] = {
+            "l4t": parse_l4t(release.read_text()),
+            "nvpmodel": parse_nvpmodel(_output(["nvpmodel", "-q"])),
+            "jetson_clocks": jetson_clocks_state(),
+        }
         temps = sorted(Path("/sys/devices/virtual/thermal").glob("thermal_zone*/temp"))
-        info["jetson"]["temperatures_c"] = {p.parent.name: int(p.read_text()) / 1000 for p in temps if p.is_file()}
+        info["jetson"]["temperatures_c"] = {
+            p.parent.name: int(p.read_text()) / 1000 for p in temps if p.is_file()
+        }
     return info

@@ -11,10 +11,19 @@ from dmgrd_edge.inference import OnnxModel
 
 class OnnxBackend(OnnxModel):
     name = "onnxruntime"
-    calls_from_any_thread = True  # InferenceSession.run is thread-safe and needs no per-thread context
+    calls_from_any_thread = (
+        True  # InferenceSession.run is thread-safe and needs no per-thread context
+    )
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0,
-                 precision: str = "fp32", spin: bool = True, spin_between_runs: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        precision: str = "fp32",
+        spin: bool = True,
+        spin_between_runs: bool = True,
+    ):
         super().__init__(path, providers, threads, spin=spin, spin_between_runs=spin_between_runs)
         self.precision = precision
 
@@ -24,6 +33,13 @@ class OnnxBackend(OnnxModel):
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {"backend": self.name, "file": self.path.name, "precision": self.precision,
-                "providers": self.providers, "onnxruntime": ort.__version__, "fixed_batch": self.fixed_batch,
-                "threads": self.threads, "workers": getattr(self, "workers", 1)}
+        return {
+            "backend": self.name,
+            "file": self.path.name,
+            "precision": self.precision,
+            "providers": self.providers,
+            "onnxruntime": ort.__version__,
+            "fixed_batch": self.fixed_batch,
+            "threads": self.threads,
+            "workers": getattr(self, "workers", 1),
+        }

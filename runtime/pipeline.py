@@ -61,7 +61,13 @@ def make_preprocess(bundle: Bundle):
 
 class Pipeline:
     def __init__(self, bundle: Bundle, backend, sinks: list, config: RunConfig, log=print):
-        self.bundle, self.backend, self.sinks, self.config, self.log = bundle, backend, sinks, config, log
+        self.bundle, self.backend, self.sinks, self.config, self.log = (
+            bundle,
+            backend,
+            sinks,
+            config,
+            log,
+        )
         self.stats = Stats()
         self.stop_event = threading.Event()  # a signal: finish what was read, then stop
         self._abort = threading.Event()  # an error in an inference thread: stop reading at once
@@ -78,7 +84,11 @@ class Pipeline:
         or waits for them (files). Returns (frames, ended)."""
         frames, ended = [], False
         started = time.perf_counter()
-        while len(frames) < self.config.batch and not self.stop_event.is_set() and not self._abort.is_set():
+        while (
+            len(frames) < self.config.batch
+            and not self.stop_event.is_set()
+            and not self._abort.is_set()
+        ):
             try:
                 wait = 0.2 if not frames or not capture.live else 0.0
                 item = capture.queue.get(timeout=wait) if wait else capture.queue.get_nowait()
@@ -97,17 +107,26 @@ class Pipeline:
         for frame, amap, score in zip(frames, maps[:, 0], scores):
             t0 = time.perf_counter()
             h, w = frame.image.shape[:2]
-            found = regions(amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0]))
+            found = regions(
+                amap, self.config.pixel_threshold, (w / amap.shape[1], h / amap.shape[0])
+            )
             ng = is_ng(float(score), self.config.threshold)
             overlay = None
             if self.needs_overlay:
                 overlay = draw(frame.image, amap, float(score), self.config.threshold, found)
             post_ms = 1000 * (time.perf_counter() - t0)
-            event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                     "frame": frame.index, "score": round(float(score), 6), "decision": "NG" if ng else "OK",
-                     "regions": [r.as_dict() for r in found[:20]],
-                     "latency_ms": {"preprocess": round(frame.preprocess_ms, 3),
-                                    "inference": round(infer_ms / len(frames), 3), "postprocess": round(post_ms, 3)}}
+            event = {
+                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "frame": frame.index,
+                "score": round(float(score), 6),
+                "decision": "NG" if ng else "OK",
+                "regions": [r.as_dict() for r in found[:20]],
+                "latency_ms": {
+                    "preprocess": round(frame.preprocess_ms, 3),
+                    "inference": round(infer_ms / len(frames), 3),
+                    "postprocess": round(post_ms, 3),
+                },
+            }
             t1 = time.perf_counter()
             for sink in self.sinks:
                 sink.write(event, frame.image, overlay)
@@ -124,7 +143,9 @@ class Pipeline:
         maps, scores = self.backend.infer(batch)
         return frames, maps, scores, 1000 * (time.perf_counter() - t0)
 
-    def _complete(self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float) -> None:
+    def _complete(
+        self, frames: list, maps: np.ndarray, scores: np.ndarray, infer_ms: float
+    ) -> None:
         self.stats.add("inference", infer_ms / len(frames))
         self._handle(frames, maps, scores, infer_ms)
 
@@ -132,8 +153,10 @@ class Pipeline:
         if time.monotonic() - self._last_status >= self.config.status_every_s:
             self._last_status = time.monotonic()
             c = capture.counters
-            self.log(f"[status] frames {self.stats.frames} NG {self.stats.ng} fps {self.stats.fps:.1f} "
-                     f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}")
+            self.log(
+                f"[status] frames {self.stats.frames} NG {self.stats.ng} fps {self.stats.fps:.1f} "
+                f"dropped {c.dropped} corrupt {c.corrupt} reconnects {c.reconnects}"
+            )
 
     def run(self, capture: Capture) -> int:
         """With a backend that takes calls from any thread (ONNX Runtime), ``workers``
@@ -202,7 +225,10 @@ class Pipeline:
                     state["running"] -= 1
                     filed.notify_all()
 
-        threads = [threading.Thread(target=infer_loop, name=f"dmgrd-infer-{i}", daemon=True) for i in range(workers)]
+        threads = [
+            threading.Thread(target=infer_loop, name=f"dmgrd-infer-{i}", daemon=True)
+            for i in range(workers)
+        ]
         for thread in threads:
             thread.start()
         expected = 0
@@ -210,7 +236,9 @@ class Pipeline:
             while True:
                 with filed:
                     if expected not in results and (state["running"] or expected < state["issued"]):
-                        filed.wait(timeout=0.5)  # a result, a thread's end, or time for the status line
+                        filed.wait(
+                            timeout=0.5
+                        )  # a result, a thread's end, or time for the status line
                     result = results.pop(expected, None)
                 if result is None:
                     if not state["running"] and expected >= state["issued"]:
@@ -229,10 +257,21 @@ class Pipeline:
 
     def _finish(self, capture: Capture) -> int:
         c = capture.counters
-        counters = {"captured": c.captured, "dropped": c.dropped, "corrupt": c.corrupt, "reconnects": c.reconnects}
-        summary = {**self.stats.summary(), **counters, "backend": self.backend.describe(),
-                   "threshold": self.config.threshold, "source_error": capture.fatal,
-                   "stopped_by_signal": self.stop_event.is_set(), **self.config.extra}
+        counters = {
+            "captured": c.captured,
+            "dropped": c.dropped,
+            "corrupt": c.corrupt,
+            "reconnects": c.reconnects,
+        }
+        summary = {
+            **self.stats.summary(),
+            **counters,
+            "backend": self.backend.describe(),
+            "threshold": self.config.threshold,
+            "source_error": capture.fatal,
+            "stopped_by_signal": self.stop_event.is_set(),
+            **self.config.extra,
+        }
         self.log(self.stats.table(counters))
         if self.config.stats_json is not None:  # whole or not at all, even if killed while writing
             atomic_write_bytes(self.config.stats_json, json.dumps(summary, indent=2).encode())

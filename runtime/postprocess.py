@@ -22,11 +22,19 @@ class Region:
     peak: float
 
     def as_dict(self) -> dict:
-        return {"box": [self.x, self.y, self.w, self.h], "area": self.area, "peak": round(self.peak, 5)}
+        return {
+            "box": [self.x, self.y, self.w, self.h],
+            "area": self.area,
+            "peak": round(self.peak, 5),
+        }
 
 
-def regions(anomaly_map: np.ndarray, pixel_threshold: float, scale: tuple[float, float] = (1.0, 1.0),
-            min_area: int = 4) -> list[Region]:
+def regions(
+    anomaly_map: np.ndarray,
+    pixel_threshold: float,
+    scale: tuple[float, float] = (1.0, 1.0),
+    min_area: int = 4,
+) -> list[Region]:
     """Connected components of map > threshold: box (in frame pixels), area, peak value."""
     mask = (anomaly_map > pixel_threshold).astype(np.uint8)
     if not mask.any():
@@ -40,13 +48,27 @@ def regions(anomaly_map: np.ndarray, pixel_threshold: float, scale: tuple[float,
             continue
         box = (slice(y, y + h), slice(x, x + w))  # the peak search stays inside the box
         peak = float(anomaly_map[box][labels[box] == label].max())
-        found.append(Region(int(x * sx), int(y * sy), max(1, int(w * sx)), max(1, int(h * sy)),
-                            int(area * sx * sy), peak))
+        found.append(
+            Region(
+                int(x * sx),
+                int(y * sy),
+                max(1, int(w * sx)),
+                max(1, int(h * sy)),
+                int(area * sx * sy),
+                peak,
+            )
+        )
     return sorted(found, key=lambda r: r.peak, reverse=True)
 
 
-def draw(frame: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: float, found: list[Region],
-         vmax: float | None = None) -> np.ndarray:
+def draw(
+    frame: np.ndarray,
+    anomaly_map: np.ndarray,
+    score: float,
+    threshold: float,
+    found: list[Region],
+    vmax: float | None = None,
+) -> np.ndarray:
     """Heat-map overlay with the decision, score and region boxes, at frame size."""
     h, w = frame.shape[:2]
     top = vmax if vmax is not None else max(threshold * 1.5, 1e-6)
@@ -55,8 +77,24 @@ def draw(frame: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: fl
     colour = (255, 40, 40) if ng else (40, 220, 40)
     for r in found:
         cv2.rectangle(out, (r.x, r.y), (r.x + r.w, r.y + r.h), colour, 2)
-    cv2.putText(out, f"{'NG' if ng else 'OK'} {score:.3f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4,
-                cv2.LINE_AA)
-    cv2.putText(out, f"{'NG' if ng else 'OK'} {score:.3f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2,
-                cv2.LINE_AA)
+    cv2.putText(
+        out,
+        f"{'NG' if ng else 'OK'} {score:.3f}",
+        (8, 24),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.7,
+        (0, 0, 0),
+        4,
+        cv2.LINE_AA,
+    )
+    cv2.putText(
+        out,
+        f"{'NG' if ng else 'OK'} {score:.3f}",
+        (8, 24),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.7,
+        colour,
+        2,
+        cv2.LINE_AA,
+    )
     return out

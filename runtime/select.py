@@ -30,8 +30,10 @@ def _engine_for(bundle: Bundle, precision: str):
     order = ("int8", "fp16", "fp32") if precision == "auto" else (precision,)
     engines = bundle.files(kind="engine")
     if not engines:
-        raise BackendError(f"{bundle.root} has no TensorRT engine",
-                           f"build one here: dmgrd-edge build-engine {bundle.root}")
+        raise BackendError(
+            f"{bundle.root} has no TensorRT engine",
+            f"build one here: dmgrd-edge build-engine {bundle.root}",
+        )
     mismatch = None
     for want in order:
         for name in engines:
@@ -60,7 +62,10 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
     the CPU provider, which runs the TensorRT-shaped one slower than fp32. ``auto`` takes
     INT8 in the form this provider runs fast, else fp32."""
     want = "tensorrt" if accelerated else "cpu"
-    int8 = {int8_target(bundle.manifest["files"][n]): n for n in bundle.files(kind="onnx", precision="int8")}
+    int8 = {
+        int8_target(bundle.manifest["files"][n]): n
+        for n in bundle.files(kind="onnx", precision="int8")
+    }
     if precision == "auto":
         if want in int8:
             return int8[want], "int8"
@@ -70,13 +75,17 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
             return int8[want], "int8"
         other = next(iter(int8.values()))
         consumer = "TensorRT" if want == "cpu" else "the CPU provider"
-        log(f"note: {other} was quantized for {consumer}, not for this provider, and may run slowly here; "
-            f"re-export with --int8 (without --no-int8-cpu) to get the {want} form")
+        log(
+            f"note: {other} was quantized for {consumer}, not for this provider, and may run slowly here; "
+            f"re-export with --int8 (without --no-int8-cpu) to get the {want} form"
+        )
         return other, "int8"
     files = bundle.files(kind="onnx", precision=precision)
     if not files:
-        raise BackendError(f"{bundle.root} has no {precision} ONNX model",
-                           f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16")
+        raise BackendError(
+            f"{bundle.root} has no {precision} ONNX model",
+            f"models there: {bundle.files(kind='onnx')}; re-export with --int8/--fp16",
+        )
     return files[0], precision
 
 
@@ -89,7 +98,9 @@ def parse_workers(text: str | int | None) -> int | None:
     except (TypeError, ValueError):
         value = 0
     if value < 1:
-        raise ConfigError(f"bad --workers {text!r}", "give auto or a number of calls in flight >= 1")
+        raise ConfigError(
+            f"bad --workers {text!r}", "give auto or a number of calls in flight >= 1"
+        )
     return value
 
 
@@ -98,9 +109,17 @@ def auto_workers(accelerated: bool, cores: int | None = None) -> int:
     return 2 if not accelerated and cores >= 2 else 1
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", max_batch: int = 8,
-                   threads: int = 0, log=print, spin: bool = True, spin_between_runs: bool = True,
-                   workers: int | None = 1):
+def create_backend(
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str = "auto",
+    max_batch: int = 8,
+    threads: int = 0,
+    log=print,
+    spin: bool = True,
+    spin_between_runs: bool = True,
+    workers: int | None = 1,
+):
     """The backend, with ``.bundle_file`` (the file it runs) and ``.workers`` (calls it takes
     in flight; ``workers=None`` lets it choose, see the module text)."""
     choose("backend", backend, BACKENDS)
@@ -112,11 +131,14 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
             from .tensorrt_backend import TensorRTBackend
 
             if workers not in (None, 1):
-                raise ConfigError(f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
-                                  "use --workers 1 or auto, or --backend onnxruntime")
+                raise ConfigError(
+                    f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
+                    "use --workers 1 or auto, or --backend onnxruntime",
+                )
             size = (bundle.preprocess.height, bundle.preprocess.width)
-            chosen = TensorRTBackend(bundle.root / name, entry["precision"], max_batch,
-                                     entry.get("dla_core"), size)
+            chosen = TensorRTBackend(
+                bundle.root / name, entry["precision"], max_batch, entry.get("dla_core"), size
+            )
             chosen.bundle_file, chosen.workers = name, 1
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
             return chosen
@@ -125,19 +147,31 @@ def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto
         except Exception as exc:
             if backend == "tensorrt":
                 raise
-            log(f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); using ONNX Runtime")
+            log(
+                f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); using ONNX Runtime"
+            )
     import onnxruntime as ort
 
     from .onnx_backend import OnnxBackend
 
     available = ort.get_available_providers()
-    accelerated = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    accelerated = [
+        p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available
+    ]
     name, precision = onnx_file_for(bundle, precision, bool(accelerated), log)
     workers = workers or auto_workers(bool(accelerated))
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    chosen = OnnxBackend(bundle.root / name, providers=accelerated + ["CPUExecutionProvider"], threads=threads,
-                         precision=precision, spin=spin, spin_between_runs=spin_between_runs)
+    chosen = OnnxBackend(
+        bundle.root / name,
+        providers=accelerated + ["CPUExecutionProvider"],
+        threads=threads,
+        precision=precision,
+        spin=spin,
+        spin_between_runs=spin_between_runs,
+    )
     chosen.bundle_file, chosen.workers = name, workers
-    log(f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}, "
-        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} thread{'s' if threads > 1 else ''}")
+    log(
+        f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}, "
+        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} thread{'s' if threads > 1 else ''}"
+    )
     return chosen

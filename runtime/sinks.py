@@ -85,16 +85,20 @@ class VideoSink:
 
     def __init__(self, path: Path, fps: float, max_bytes: int = DEFAULT_MAX_BYTES):
         if path.suffix.lower() != ".avi":
-            raise SinkError(f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, which stays "
-                            "readable up to the last frame when a run is killed or the power fails (an .mp4 "
-                            "does not)",
-                            f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
-                            f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}")
+            raise SinkError(
+                f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, which stays "
+                "readable up to the last frame when a run is killed or the power fails (an .mp4 "
+                "does not)",
+                f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
+                f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}",
+            )
         taken = existing_parts(path)
         if taken:
-            raise SinkError(f"{', '.join(str(p) for p in taken)} already exists",
-                            "give a new file name for the recording, or move the old one away (recordings are "
-                            "never overwritten)")
+            raise SinkError(
+                f"{', '.join(str(p) for p in taken)} already exists",
+                "give a new file name for the recording, or move the old one away (recordings are "
+                "never overwritten)",
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.writer = path, MjpegAviWriter(path, fps, max_bytes=max_bytes)
 
@@ -127,7 +131,9 @@ class FolderSink:
             target = self.path / f"{name}-{n}.png"
         tmp = target.with_suffix(".tmp.png")
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(image[:, :, ::-1])):
-            raise SinkError(f"cannot write {tmp}", "check that the folder is writable and the disk is not full")
+            raise SinkError(
+                f"cannot write {tmp}", "check that the folder is writable and the disk is not full"
+            )
         os.replace(tmp, target)
 
     def close(self):
@@ -142,11 +148,15 @@ class DisplaySink:
         try:
             cv2.namedWindow(name, cv2.WINDOW_NORMAL)
         except cv2.error as exc:
-            raise SinkError("cannot open a display window (no display, or OpenCV built without GUI)",
-                            "run with --headless, or use a video/folder sink instead of display://") from exc
+            raise SinkError(
+                "cannot open a display window (no display, or OpenCV built without GUI)",
+                "run with --headless, or use a video/folder sink instead of display://",
+            ) from exc
 
     def write(self, event, frame, overlay):
-        cv2.imshow(self.name, np.ascontiguousarray((overlay if overlay is not None else frame)[:, :, ::-1]))
+        cv2.imshow(
+            self.name, np.ascontiguousarray((overlay if overlay is not None else frame)[:, :, ::-1])
+        )
         cv2.waitKey(1)
 
     def close(self):
@@ -170,5 +180,7 @@ def open_sink(uri: str, headless: bool, fps: float = 25.0) -> Sink:
         return FolderSink(path)
     if scheme == "video" or (not scheme and path.suffix.lower() in VIDEO_SUFFIXES):
         return VideoSink(path, float(options.get("fps", fps)))
-    raise SinkError(f"unknown sink {uri!r}",
-                    "use display://, a video file (.avi), an events .jsonl file, or folder://DIR")
+    raise SinkError(
+        f"unknown sink {uri!r}",
+        "use display://, a video file (.avi), an events .jsonl file, or folder://DIR",
+    )

@@ -68,8 +68,13 @@ class SourceSpec:
         return self.camera or self.fps is not None
 
 
-def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps: float | None = None,
-              loop: bool = False) -> SourceSpec:
+def parse_uri(
+    uri: str,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    loop: bool = False,
+) -> SourceSpec:
     """Turn a source string into a SourceSpec without touching any device; options that do
     not apply to the kind of source are an error, not ignored."""
     checks.integer("--input-width", width, 1, optional=True, error=SourceError)
@@ -77,46 +82,66 @@ def parse_uri(uri: str, width: int | None = None, height: int | None = None, fps
     checks.number("--input-fps", fps, 0, lo_open=True, optional=True, error=SourceError)
     spec = _parse(uri, width, height, fps, loop)
     if spec.kind == "gst" and (width or height or fps):
-        raise SourceError("--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
-                          "set them inside the pipeline, e.g. ... ! video/x-raw,width=1280,height=720,"
-                          "framerate=60/1 ! ... ! appsink")
+        raise SourceError(
+            "--input-width/--input-height/--input-fps do not apply to a gst:// pipeline",
+            "set them inside the pipeline, e.g. ... ! video/x-raw,width=1280,height=720,"
+            "framerate=60/1 ! ... ! appsink",
+        )
     if not spec.camera and (width or height):
-        raise SourceError("--input-width/--input-height apply to cameras (V4L2, CSI, RTSP) only",
-                          "frames from files keep their size; the runtime resizes them to the model's input")
+        raise SourceError(
+            "--input-width/--input-height apply to cameras (V4L2, CSI, RTSP) only",
+            "frames from files keep their size; the runtime resizes them to the model's input",
+        )
     if spec.camera and loop:
-        raise SourceError("--loop applies to video files and image folders only", "drop --loop for a camera")
+        raise SourceError(
+            "--loop applies to video files and image folders only", "drop --loop for a camera"
+        )
     return spec
 
 
-def _parse(uri: str, width: int | None, height: int | None, fps: float | None, loop: bool) -> SourceSpec:
+def _parse(
+    uri: str, width: int | None, height: int | None, fps: float | None, loop: bool
+) -> SourceSpec:
     text = str(uri).strip()
     if not text:
-        raise SourceError("empty --source", "give a camera index, csi://0, rtsp://..., a video file or an image folder")
+        raise SourceError(
+            "empty --source",
+            "give a camera index, csi://0, rtsp://..., a video file or an image folder",
+        )
     opts = dict(width=width, height=height, fps=fps, loop=loop)
     scheme, sep, rest = text.partition("://")
     if sep:
         scheme = scheme.lower()
         if scheme == "csi":
             if not _DIGITS.fullmatch(rest):
-                raise SourceError(f"bad CSI source {text!r}", "use csi://N with N the sensor id, e.g. csi://0")
+                raise SourceError(
+                    f"bad CSI source {text!r}", "use csi://N with N the sensor id, e.g. csi://0"
+                )
             return SourceSpec("csi", rest, **opts)
         if scheme in ("rtsp", "rtsps", "http", "https"):
             return SourceSpec("rtsp", text, **opts)
         if scheme == "gst":
             if "appsink" not in rest:
-                raise SourceError("a gst:// pipeline must end in an appsink", "e.g. gst://videotestsrc ! videoconvert ! appsink")
+                raise SourceError(
+                    "a gst:// pipeline must end in an appsink",
+                    "e.g. gst://videotestsrc ! videoconvert ! appsink",
+                )
             return SourceSpec("gst", rest, **opts)
         if scheme == "v4l2":
             if not _V4L2.fullmatch(rest):
-                raise SourceError(f"bad V4L2 source {text!r}",
-                                  "use v4l2://N or v4l2:///dev/videoN, e.g. v4l2:///dev/video0")
+                raise SourceError(
+                    f"bad V4L2 source {text!r}",
+                    "use v4l2://N or v4l2:///dev/videoN, e.g. v4l2:///dev/video0",
+                )
             return SourceSpec("v4l2", rest, **opts)
         if scheme == "file":
             if not rest.strip():
                 raise SourceError(f"no path in {text!r}", "use file:///path/to/video.mp4")
             return _path_spec(rest, opts)
-        raise SourceError(f"unknown source scheme {scheme!r}",
-                          "choose one of csi://, rtsp://, gst://, v4l2://, file://, a camera index or a path")
+        raise SourceError(
+            f"unknown source scheme {scheme!r}",
+            "choose one of csi://, rtsp://, gst://, v4l2://, file://, a camera index or a path",
+        )
     if _V4L2.fullmatch(text):
         return SourceSpec("v4l2", text, **opts)
     return _path_spec(text, opts)
@@ -148,8 +173,10 @@ def _path_spec(text: str, opts: dict) -> SourceSpec:
         return SourceSpec("file", text, **opts)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return SourceSpec("images", text, **opts)
-    raise SourceError(f"cannot tell what source {text!r} is",
-                      f"give a folder, a glob, a video ({', '.join(VIDEO_SUFFIXES)}), a camera or a URI")
+    raise SourceError(
+        f"cannot tell what source {text!r} is",
+        f"give a folder, a glob, a video ({', '.join(VIDEO_SUFFIXES)}), a camera or a URI",
+    )
 
 
 def gstreamer_available() -> bool:
@@ -166,9 +193,11 @@ def csi_pipeline(spec: SourceSpec, frame_size: tuple[int, int] | None = None) ->
     arrive at the model's size, and overlays, recordings and NG images are at that size too."""
     w, h, fps = spec.width or 1920, spec.height or 1080, int(spec.fps or 30)
     scaled = f"width={frame_size[0]},height={frame_size[1]}," if frame_size else ""
-    return (f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
-            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,{scaled}format=BGRx ! videoconvert ! "
-            "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1")
+    return (
+        f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
+        f"framerate={fps}/1 ! nvvidconv ! video/x-raw,{scaled}format=BGRx ! videoconvert ! "
+        "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1"
+    )
 
 
 class VideoCaptureSource:
@@ -183,13 +212,17 @@ class VideoCaptureSource:
     def open(self) -> None:
         spec = self.spec
         if spec.kind in ("csi", "gst") and not gstreamer_available():
-            raise SourceError(f"{spec.kind} sources need OpenCV built with GStreamer; this OpenCV is not",
-                              "on a Jetson use JetPack's OpenCV (python3-opencv) and remove pip's "
-                              "opencv-python(-headless) from the environment; check with "
-                              "python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep GStreamer")
+            raise SourceError(
+                f"{spec.kind} sources need OpenCV built with GStreamer; this OpenCV is not",
+                "on a Jetson use JetPack's OpenCV (python3-opencv) and remove pip's "
+                "opencv-python(-headless) from the environment; check with "
+                'python3 -c "import cv2; print(cv2.getBuildInformation())" | grep GStreamer',
+            )
         if spec.kind == "file" and not Path(spec.location).is_file():
-            raise SourceError(f"video file not found: {spec.location}",
-                              "check the path; for a camera give its index, /dev/videoN, csi://N or rtsp://...")
+            raise SourceError(
+                f"video file not found: {spec.location}",
+                "check the path; for a camera give its index, /dev/videoN, csi://N or rtsp://...",
+            )
         if spec.kind == "csi":
             cap = cv2.VideoCapture(csi_pipeline(spec, self.frame_size), cv2.CAP_GSTREAMER)
         elif spec.kind == "gst":
@@ -199,15 +232,20 @@ class VideoCaptureSource:
         else:
             cap = cv2.VideoCapture(spec.location)
         if spec.kind in ("v4l2", "rtsp"):
-            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, spec.width), (cv2.CAP_PROP_FRAME_HEIGHT, spec.height),
-                                (cv2.CAP_PROP_FPS, spec.fps)):
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, spec.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, spec.height),
+                (cv2.CAP_PROP_FPS, spec.fps),
+            ):
                 if value:
                     cap.set(prop, value)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {spec.kind} source {spec.location!r}",
-                              "check the device/URL and that nothing else holds the camera")
+            raise SourceError(
+                f"cannot open {spec.kind} source {spec.location!r}",
+                "check the device/URL and that nothing else holds the camera",
+            )
         self.cap = cap
 
     def read(self) -> tuple[Status, np.ndarray | None]:
@@ -258,9 +296,13 @@ class ImageFolderSource:
             files = sorted(str(p) for p in Path(location).iterdir())
         else:
             files = [location]
-        self.files = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(f)]
+        self.files = [
+            f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(f)
+        ]
         if not self.files:
-            raise SourceError(f"no images found for {location!r}", f"expected {', '.join(IMAGE_SUFFIXES)} files")
+            raise SourceError(
+                f"no images found for {location!r}", f"expected {', '.join(IMAGE_SUFFIXES)} files"
+            )
         self.position = 0
         self.read_in_pass = 0  # files read in the current pass over the list
         self.last_error: str | None = None
@@ -270,11 +312,13 @@ class ImageFolderSource:
 
         if self.position >= len(self.files):
             if not self.read_in_pass:
-                raise SourceError(f"none of the {len(self.files)} image files of "
-                                  f"{self.spec.location!r} can be read "
-                                  f"(the last: {self.last_error})",
-                                  "the files are corrupt, truncated or not images: copy them again "
-                                  "or give another folder")
+                raise SourceError(
+                    f"none of the {len(self.files)} image files of "
+                    f"{self.spec.location!r} can be read "
+                    f"(the last: {self.last_error})",
+                    "the files are corrupt, truncated or not images: copy them again "
+                    "or give another folder",
+                )
             if not self.spec.loop:
                 return Status.END, None
             self.position, self.read_in_pass = 0, 0
@@ -307,7 +351,13 @@ class PacedSource:
     live, camera = True, False
 
     def __init__(self, inner, fps: float, clock=time.monotonic, sleep=time.sleep):
-        self.inner, self.fps, self.period, self.clock, self.sleep = inner, fps, 1.0 / fps, clock, sleep
+        self.inner, self.fps, self.period, self.clock, self.sleep = (
+            inner,
+            fps,
+            1.0 / fps,
+            clock,
+            sleep,
+        )
         self.spec = inner.spec
         self.due: float | None = None
         self.dropped = 0

@@ -35,8 +35,12 @@ LOWEST_MS, HIGHEST_MS = 1e-4, 1e7
 class LatencySketch:
     """Streaming quantiles of positive latencies in ms in bounded memory (module text)."""
 
-    def __init__(self, relative_error: float = RELATIVE_ERROR, lowest: float = LOWEST_MS,
-                 highest: float = HIGHEST_MS):
+    def __init__(
+        self,
+        relative_error: float = RELATIVE_ERROR,
+        lowest: float = LOWEST_MS,
+        highest: float = HIGHEST_MS,
+    ):
         self.gamma = (1 + relative_error) / (1 - relative_error)
         self.log_gamma = math.log(self.gamma)
         self.offset = math.floor(math.log(lowest) / self.log_gamma)  # index of the lowest bucket
@@ -116,21 +120,36 @@ class Stats:
         return (self.frames - 1) / max(time.monotonic() - self.first_frame_at, 1e-9)
 
     def summary(self) -> dict:
-        out = {"frames": self.frames, "ng": self.ng, "fps": self.fps,
-               "wall_s": time.monotonic() - self.started, "stages_ms": {}}
+        out = {
+            "frames": self.frames,
+            "ng": self.ng,
+            "fps": self.fps,
+            "wall_s": time.monotonic() - self.started,
+            "stages_ms": {},
+        }
         for stage in STAGES:
             sketch = self.sketches.get(stage)
             if sketch is not None and sketch.count:
                 p50, p90, p99 = sketch.quantiles((0.5, 0.9, 0.99))
-                out["stages_ms"][stage] = {"mean": sketch.mean, "p50": p50, "p90": p90, "p99": p99,
-                                           "max": sketch.max, "count": sketch.count}
+                out["stages_ms"][stage] = {
+                    "mean": sketch.mean,
+                    "p50": p50,
+                    "p90": p90,
+                    "p99": p99,
+                    "max": sketch.max,
+                    "count": sketch.count,
+                }
         return out
 
     def table(self, extra: dict | None = None) -> str:
         summary = self.summary()
         lines = [f"{'stage':14s} {'mean':>8s} {'p50':>8s} {'p90':>8s} {'p99':>8s}  (ms)"]
         for stage, v in summary["stages_ms"].items():
-            lines.append(f"{stage:14s} {v['mean']:8.2f} {v['p50']:8.2f} {v['p90']:8.2f} {v['p99']:8.2f}")
-        lines.append(f"frames {summary['frames']}  NG {summary['ng']}  fps {summary['fps']:.1f}"
-                     + "".join(f"  {k} {v}" for k, v in (extra or {}).items()))
+            lines.append(
+                f"{stage:14s} {v['mean']:8.2f} {v['p50']:8.2f} {v['p90']:8.2f} {v['p99']:8.2f}"
+            )
+        lines.append(
+            f"frames {summary['frames']}  NG {summary['ng']}  fps {summary['fps']:.1f}"
+            + "".join(f"  {k} {v}" for k, v in (extra or {}).items())
+        )
         return "\n".join(lines)

@@ -29,8 +29,14 @@ class TensorRTBackend:
     # is current in the thread that created the backend only
     calls_from_any_thread = False
 
-    def __init__(self, engine_path: str | Path, precision: str, max_batch: int,
-                 dla_core: int | None = None, image_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        engine_path: str | Path,
+        precision: str,
+        max_batch: int,
+        dla_core: int | None = None,
+        image_size: tuple[int, int] | None = None,
+    ):
         from dmgrd_edge.device import import_tensorrt
 
         trt = import_tensorrt()  # refuses TensorRT < 8.6 (JetPack 5)
@@ -38,9 +44,11 @@ class TensorRTBackend:
             import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
             import pycuda.driver as cuda
         except ImportError as exc:
-            raise BackendError("the TensorRT backend needs pycuda",
-                               "pip install pycuda (on a Jetson in the venv made with "
-                               "--system-site-packages); or use --backend onnxruntime") from exc
+            raise BackendError(
+                "the TensorRT backend needs pycuda",
+                "pip install pycuda (on a Jetson in the venv made with "
+                "--system-site-packages); or use --backend onnxruntime",
+            ) from exc
         self.cuda, self.trt = cuda, trt
         self.path, self.precision, self.dla_core = Path(engine_path), precision, dla_core
         self.buffers: dict[str, tuple[np.ndarray, object, tuple[int, ...]]] = {}
@@ -60,15 +68,19 @@ class TensorRTBackend:
         if self.dla_core is not None:
             cores = self.runtime.num_DLA_cores
             if not 0 <= self.dla_core < cores:
-                raise BackendError(f"engine {file} was built for DLA core {self.dla_core}, "
-                                   f"this device has {cores} DLA cores",
-                                   self._rebuild() + " (without --dla-core, or with a core it has)")
+                raise BackendError(
+                    f"engine {file} was built for DLA core {self.dla_core}, "
+                    f"this device has {cores} DLA cores",
+                    self._rebuild() + " (without --dla-core, or with a core it has)",
+                )
             self.runtime.DLA_core = self.dla_core  # before deserialising: the engine runs there
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise BackendError(f"TensorRT {trt.__version__} cannot load {file}: truncated, or "
-                               "built by another TensorRT version or for another device",
-                               self._rebuild())
+            raise BackendError(
+                f"TensorRT {trt.__version__} cannot load {file}: truncated, or "
+                "built by another TensorRT version or for another device",
+                self._rebuild(),
+            )
         engine = self.engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -77,45 +89,58 @@ class TensorRTBackend:
         shape = tuple(engine.get_tensor_shape("image"))
         self.height, self.width = int(shape[2]), int(shape[3])
         if image_size is not None and (self.height, self.width) != tuple(image_size):
-            raise BackendError(f"engine {file} takes {self.height}x{self.width} images, the "
-                               f"bundle's model {image_size[0]}x{image_size[1]}", self._rebuild())
+            raise BackendError(
+                f"engine {file} takes {self.height}x{self.width} images, the "
+                f"bundle's model {image_size[0]}x{image_size[1]}",
+                self._rebuild(),
+            )
         low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape("image", 0))
         self.batch_range = lo, hi = int(low[0]), int(high[0])
         if not lo <= max_batch <= hi:  # the request does not fit, the engine is fine
             wider = f"{min(lo, max_batch)}:{max_batch}:{max(hi, max_batch)}"
-            raise ConfigError(f"engine {file} takes batches of {lo} to {hi} images (its "
-                              f"optimization profile), not {max_batch}",
-                              f"use a --batch from {lo} to {hi}, or rebuild the engine with a "
-                              f"profile that covers {max_batch}: dmgrd-edge build-engine BUNDLE "
-                              f"--precision {self.precision} --batch {wider}")
+            raise ConfigError(
+                f"engine {file} takes batches of {lo} to {hi} images (its "
+                f"optimization profile), not {max_batch}",
+                f"use a --batch from {lo} to {hi}, or rebuild the engine with a "
+                f"profile that covers {max_batch}: dmgrd-edge build-engine BUNDLE "
+                f"--precision {self.precision} --batch {wider}",
+            )
         self.max_batch = max_batch
         self.fixed_batch = lo if lo == hi else None
         self.context = engine.create_execution_context()
         self.stream = cuda.Stream()
         self._set_shape(max_batch)
-        expected = {"image": (max_batch, 3, self.height, self.width),
-                    "anomaly_map": (max_batch, 1, self.height, self.width), "score": (max_batch,)}
+        expected = {
+            "image": (max_batch, 3, self.height, self.width),
+            "anomaly_map": (max_batch, 1, self.height, self.width),
+            "score": (max_batch,),
+        }
         for name in TENSORS:
             dims = tuple(self.context.get_tensor_shape(name))
             if dims != expected[name]:
-                raise BackendError(f"engine {file}: tensor {name} has shape {dims} for a batch "
-                                   f"of {max_batch}, not {expected[name]}",
-                                   "rebuild it from this bundle")
+                raise BackendError(
+                    f"engine {file}: tensor {name} has shape {dims} for a batch "
+                    f"of {max_batch}, not {expected[name]}",
+                    "rebuild it from this bundle",
+                )
             dtype = trt.nptype(engine.get_tensor_dtype(name))
             host = cuda.pagelocked_empty(int(np.prod(dims)), dtype)
             device = cuda.mem_alloc(host.nbytes)
             self.buffers[name] = (host, device, dims)
             if not self.context.set_tensor_address(name, int(device)):
-                raise BackendError(f"TensorRT refused the buffer address of {name}",
-                                   self._rebuild())
+                raise BackendError(
+                    f"TensorRT refused the buffer address of {name}", self._rebuild()
+                )
 
     def _set_shape(self, batch: int) -> None:
         if not self.context.set_input_shape("image", (batch, 3, self.height, self.width)):
             lo, hi = self.batch_range
-            raise BackendError(f"TensorRT refused a batch of {batch} for {self.path.name} "
-                               f"(its profile takes {lo} to {hi})",
-                               f"use a --batch from {lo} to {hi}, or rebuild the engine with a "
-                               "wider profile: dmgrd-edge build-engine BUNDLE --batch MIN:OPT:MAX")
+            raise BackendError(
+                f"TensorRT refused a batch of {batch} for {self.path.name} "
+                f"(its profile takes {lo} to {hi})",
+                f"use a --batch from {lo} to {hi}, or rebuild the engine with a "
+                "wider profile: dmgrd-edge build-engine BUNDLE --batch MIN:OPT:MAX",
+            )
 
     def _run(self, chunk: np.ndarray):
         if self.context is None:
@@ -155,7 +180,13 @@ class TensorRTBackend:
         self.stream = None
 
     def describe(self) -> dict:
-        return {"backend": self.name, "file": self.path.name, "precision": self.precision,
-                "tensorrt": self.trt.__version__, "fixed_batch": self.fixed_batch,
-                "max_batch": self.max_batch, "batch_range": list(self.batch_range),
-                "dla_core": self.dla_core}
+        return {
+            "backend": self.name,
+            "file": self.path.name,
+            "precision": self.precision,
+            "tensorrt": self.trt.__version__,
+            "fixed_batch": self.fixed_batch,
+            "max_batch": self.max_batch,
+            "batch_range": list(self.batch_range),
+            "dla_core": self.dla_core,
+        }

@@ -20,8 +20,14 @@ from .decision import allowed_false_alarms, threshold_for_rate
 from .sources import SourceError, Status
 
 
-def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | None = None,
-                 max_failed_reads: int = 100) -> np.ndarray:
+def score_source(
+    source,
+    backend,
+    preprocess,
+    batch: int = 8,
+    max_frames: int | None = None,
+    max_failed_reads: int = 100,
+) -> np.ndarray:
     """Scores of the source's frames; corrupt files are skipped, but ``max_failed_reads``
     reads in a row without a frame (a camera that stopped) are a SourceError, not a wait
     for ever."""
@@ -34,9 +40,11 @@ def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | 
             if status is not Status.OK:
                 failed += 1
                 if failed >= max_failed_reads:
-                    raise SourceError(f"the source gave no frame in {failed} reads in a row",
-                                      "check the camera or stream (cable, URL, that nothing else "
-                                      "holds it) and calibrate again")
+                    raise SourceError(
+                        f"the source gave no frame in {failed} reads in a row",
+                        "check the camera or stream (cable, URL, that nothing else "
+                        "holds it) and calibrate again",
+                    )
                 continue
             failed = 0
             pending.append(preprocess(image))
@@ -50,22 +58,42 @@ def score_source(source, backend, preprocess, batch: int = 8, max_frames: int | 
     return np.asarray(scores, np.float64)
 
 
-def calibrate(bundle: Bundle, file_name: str, scores: np.ndarray, false_alarm_rate: float, source: str,
-              log=print) -> tuple[Bundle, dict]:
+def calibrate(
+    bundle: Bundle,
+    file_name: str,
+    scores: np.ndarray,
+    false_alarm_rate: float,
+    source: str,
+    log=print,
+) -> tuple[Bundle, dict]:
     if not 0 < false_alarm_rate < 0.5:
         raise ConfigError(f"--false-alarm-rate must be in (0, 0.5), got {false_alarm_rate}")
     if scores.size < 10:
-        raise DataError(f"only {scores.size} good frames scored", "give at least 10 (better: 1 / rate) good frames")
+        raise DataError(
+            f"only {scores.size} good frames scored",
+            "give at least 10 (better: 1 / rate) good frames",
+        )
     allowed = allowed_false_alarms(scores.size, false_alarm_rate)
     if allowed == 0:
-        log(f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
-            f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)")
+        log(
+            f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
+            f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)"
+        )
     threshold = threshold_for_rate(scores, false_alarm_rate)
-    summary = {"threshold": threshold, "count": int(scores.size), "false_alarm_rate": false_alarm_rate,
-               "p50": float(np.median(scores)), "max": float(scores.max()), "source": source,
-               "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    summary = {
+        "threshold": threshold,
+        "count": int(scores.size),
+        "false_alarm_rate": false_alarm_rate,
+        "p50": float(np.median(scores)),
+        "max": float(scores.max()),
+        "source": source,
+        "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     entry = dict(bundle.manifest["files"][file_name])
-    entry.update(threshold=threshold, threshold_calibration=summary,
-                 threshold_rule=f"at most {allowed} of {scores.size} good frames score above it "
-                                f"(false-alarm rate {false_alarm_rate:g}; NG: score > threshold)")
+    entry.update(
+        threshold=threshold,
+        threshold_calibration=summary,
+        threshold_rule=f"at most {allowed} of {scores.size} good frames score above it "
+        f"(false-alarm rate {false_alarm_rate:g}; NG: score > threshold)",
+    )
     return add_files(bundle, {file_name: entry}), summary

@@ -17,8 +17,15 @@ def line_root(tmp_path_factory) -> Path:
     from dmgrd_edge.data.synthetic import generate_line_data
 
     root = tmp_path_factory.mktemp("line") / "line"
-    return generate_line_data(root, ["washer", "woven_fabric"], n_train=12, n_test_good=4,
-                              n_test_per_defect=2, size=64, seed=0)
+    return generate_line_data(
+        root,
+        ["washer", "woven_fabric"],
+        n_train=12,
+        n_test_good=4,
+        n_test_per_defect=2,
+        size=64,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +39,14 @@ def trained_ckpt(tmp_path_factory, line_root) -> Path:
     # the paper's form, whose structure the export and pruning tests check; the other forms
     # are trained in tests/test_memory_methods.py
     config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
-    job = TrainJob("mvtec", str(line_root), "washer", str(out), config,
-                   TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2))
+    job = TrainJob(
+        "mvtec",
+        str(line_root),
+        "washer",
+        str(out),
+        config,
+        TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+    )
     train_category(job)
     return out / "last.pt"
 
@@ -45,8 +58,10 @@ def fp32_bundle(tmp_path_factory, trained_ckpt) -> Path:
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("fp32") / "bundle"
-    export_bundle(ExportOptions(trained_ckpt, out, calib_count=4, batch=BatchProfile(1, 1, 4)),
-                  log=lambda _: None)
+    export_bundle(
+        ExportOptions(trained_ckpt, out, calib_count=4, batch=BatchProfile(1, 1, 4)),
+        log=lambda _: None,
+    )
     return out
 
 

@@ -14,13 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # every package of the distribution (pyproject.toml, [tool.setuptools] packages)
-PACKAGES = ("dmgrd_edge", "dmgrd_edge.data", "dmgrd_edge.model", "dmgrd_edge.train",
-            "dmgrd_edge.calib", "dmgrd_edge.export", "dmgrd_edge.runtime")
+PACKAGES = (
+    "dmgrd_edge",
+    "dmgrd_edge.data",
+    "dmgrd_edge.model",
+    "dmgrd_edge.train",
+    "dmgrd_edge.calib",
+    "dmgrd_edge.export",
+    "dmgrd_edge.runtime",
+)
 
 # a module's stage: the longest of these prefixes it starts with
-STAGE_PREFIXES = {"dmgrd_edge": "core", "dmgrd_edge.model": "model", "dmgrd_edge.train": "train",
-                  "dmgrd_edge.calib": "calib", "dmgrd_edge.export": "export",
-                  "dmgrd_edge.runtime": "runtime"}
+STAGE_PREFIXES = {
+    "dmgrd_edge": "core",
+    "dmgrd_edge.model": "model",
+    "dmgrd_edge.train": "train",
+    "dmgrd_edge.calib": "calib",
+    "dmgrd_edge.export": "export",
+    "dmgrd_edge.runtime": "runtime",
+}
 
 
 def stage_of(module: str) -> str | None:
@@ -68,7 +80,7 @@ def _resolve(source: Source, module: str | None, level: int) -> str:
         return module or ""
     parts = source.name.split(".")
     base = parts if source.is_package else parts[:-1]
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([module] if module else []))
 
 
@@ -89,8 +101,12 @@ def imports_of(source: Source, known: set[str], text: str | None = None) -> list
         elif isinstance(node, ast.Call) and node.args:
             func, first = node.func, node.args[0]
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if (name in ("import_module", "__import__") and isinstance(first, ast.Constant)
-                    and isinstance(first.value, str) and not first.value.startswith(".")):
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and not first.value.startswith(".")
+            ):
                 found.append(Import(source.name, first.value, node.lineno, lazy))
         inner = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         for child in ast.iter_child_nodes(node):

@@ -22,7 +22,9 @@ def bundle(tmp_path_factory, trained_ckpt):
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "washer"
-    opts = ExportOptions(trained_ckpt, out, int8=True, fp16=True, calib_count=8, batch=BatchProfile(1, 2, 4))
+    opts = ExportOptions(
+        trained_ckpt, out, int8=True, fp16=True, calib_count=8, batch=BatchProfile(1, 2, 4)
+    )
     export_bundle(opts, log=lambda _: None)
     return out
 
@@ -30,16 +32,27 @@ def bundle(tmp_path_factory, trained_ckpt):
 def test_manifest_and_files(bundle):
     loaded = load_bundle(bundle)
     manifest = loaded.manifest
-    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"}
+    assert set(manifest["files"]) == {
+        "model.onnx",
+        "model.int8.onnx",
+        "model.int8-cpu.onnx",
+        "model.fp16.onnx",
+    }
     assert manifest["files"]["model.int8.onnx"]["precision"] == "int8"
     assert manifest["files"]["model.int8.onnx"]["target"] == "tensorrt"
     cpu = manifest["files"]["model.int8-cpu.onnx"]
-    assert cpu["precision"] == "int8" and cpu["target"] == "cpu" and cpu["calibration"]["activations"] == "quint8"
+    assert (
+        cpu["precision"] == "int8"
+        and cpu["target"] == "cpu"
+        and cpu["calibration"]["activations"] == "quint8"
+    )
     assert {"i_auroc_drop_points", "pro_30_drop_points"} <= set(cpu["guard"]) and "threshold" in cpu
     assert manifest["inputs"][0]["shape"] == ["batch", 3, 64, 64]
     assert manifest["threshold"] > 0 and "p99" in manifest["score_stats"]
     assert manifest["calibration"]["method"] == "entropy" and manifest["calibration"]["warnings"]
-    assert {"i_auroc_drop_points", "pro_30_drop_points", "map_cosine_mean"} <= set(manifest["guard"])
+    assert {"i_auroc_drop_points", "pro_30_drop_points", "map_cosine_mean"} <= set(
+        manifest["guard"]
+    )
     assert manifest["parity"]["fp32_onnxruntime_vs_torch"]["score_max_rel_err"] <= 1e-4
     assert manifest["parity"]["fp32_onnxruntime_vs_torch"]["map_max_abs_err"] <= 1e-3
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
@@ -62,13 +75,24 @@ def test_int8_graph_is_tensorrt_style(bundle):
     assert report.ok, report.problems
     assert report.op_counts.get("QuantizeLinear", 0) > 10 and "QLinearConv" not in report.op_counts
     inits = {i.name: i for i in model.graph.initializer}
-    zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
-    assert zero_points and all(onnx.numpy_helper.to_array(inits[z]).max() == 0 for z in zero_points if z in inits)
+    zero_points = [
+        n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
+    assert zero_points and all(
+        onnx.numpy_helper.to_array(inits[z]).max() == 0 for z in zero_points if z in inits
+    )
     producers = {o: n for n in model.graph.node for o in n.output}
-    head = [n for n in model.graph.node if n.name.startswith(("/head/", "/normal_memory/", "/teacher/"))]
-    assert head and all(producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "DequantizeLinear"
-                        for n in head if n.op_type in ("Conv", "MatMul"))
-    student = [n for n in model.graph.node if n.name.startswith("/student/") and n.op_type == "Conv"]
+    head = [
+        n for n in model.graph.node if n.name.startswith(("/head/", "/normal_memory/", "/teacher/"))
+    ]
+    assert head and all(
+        producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "DequantizeLinear"
+        for n in head
+        if n.op_type in ("Conv", "MatMul")
+    )
+    student = [
+        n for n in model.graph.node if n.name.startswith("/student/") and n.op_type == "Conv"
+    ]
     assert any(producers[n.input[0]].op_type == "DequantizeLinear" for n in student)
 
 
@@ -81,27 +105,52 @@ def test_int8_cpu_graph_becomes_integer_kernels(bundle, tmp_path):
     model = onnx.load(str(bundle / "model.int8-cpu.onnx"))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert q_nodes and {str(inits[n.input[2]].dtype) for n in q_nodes if n.input[2] in inits} == {"uint8"}
+    assert q_nodes and {str(inits[n.input[2]].dtype) for n in q_nodes if n.input[2] in inits} == {
+        "uint8"
+    }
     producers = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    fed = {n.name.split("/")[1] for n in convs if producers.get(n.input[0]) is not None
-           and producers[n.input[0]].op_type == "DequantizeLinear"}
-    assert {"teacher", "student", "bottleneck", "msff"} <= fed and not fed & {"head", "normal_memory"}
-    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("normal_")]
+    fed = {
+        n.name.split("/")[1]
+        for n in convs
+        if producers.get(n.input[0]) is not None
+        and producers[n.input[0]].op_type == "DequantizeLinear"
+    }
+    assert {"teacher", "student", "bottleneck", "msff"} <= fed and not fed & {
+        "head",
+        "normal_memory",
+    }
+    assert not [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].startswith("normal_")
+    ]
     interleave = interleave_nodes(model)
     assert len(interleave) == 3 * 5  # three decoder up-samplings, each a Q/DQ-wrapped layout chain
-    assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in model.graph.node if n.name in interleave)
+    assert all(
+        producers[n.input[0]].op_type == "DequantizeLinear"
+        for n in model.graph.node
+        if n.name in interleave
+    )
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(bundle / "model.int8-cpu.onnx"), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        str(bundle / "model.int8-cpu.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
     ops = [n.op_type for n in optimized]
     assert ops.count("QLinearConv") >= len(convs) // 2, (ops.count("QLinearConv"), len(convs))
     # ONNX Runtime dropped the Q/DQ pairs around the interleaves: they move uint8 data
-    swaps = [n for n in optimized if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 1, 3, 2, 4, 5]]
+    swaps = [
+        n
+        for n in optimized
+        if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 1, 3, 2, 4, 5]
+    ]
     optimized_producers = {o: n for n in optimized for o in n.output}
-    assert len(swaps) == 3 and all(optimized_producers[n.input[0]].op_type == "Reshape" for n in swaps)
+    assert len(swaps) == 3 and all(
+        optimized_producers[n.input[0]].op_type == "Reshape" for n in swaps
+    )
 
 
 def test_deployment_rewrites_recorded_and_no_conv_transpose(bundle):
@@ -150,8 +199,12 @@ def test_graph_check_names_offending_nodes():
 
     node = helper.make_node("NonMaxSuppression", ["a"], ["b"], name="nms_0")
     bad = helper.make_node("Foo", ["b"], ["c"], name="custom_1", domain="com.example")
-    graph = helper.make_graph([node, bad], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node, bad],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     report = check_graph(model)
     assert any("opset 18" in p for p in report.problems)
@@ -160,15 +213,18 @@ def test_graph_check_names_offending_nodes():
         require_trt_compatible(model)
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"calib_method": "kl"}, "entropy"),
-    ({"max_drop": 1.0}, "INT8 only"),
-    ({"int8_teacher": True}, "INT8 only"),
-    ({"int8": True, "max_drop": -1.0}, "> 0"),
-    ({"dla_core": 0}, "--engine"),
-    ({"dla_core": 0, "engine": True, "int8": True}, "fixed batch"),
-    ({"calib_count": 0}, ">= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"calib_method": "kl"}, "entropy"),
+        ({"max_drop": 1.0}, "INT8 only"),
+        ({"int8_teacher": True}, "INT8 only"),
+        ({"int8": True, "max_drop": -1.0}, "> 0"),
+        ({"dla_core": 0}, "--engine"),
+        ({"dla_core": 0, "engine": True, "int8": True}, "fixed batch"),
+        ({"calib_count": 0}, ">= 1"),
+    ],
+)
 def test_options_are_validated_before_work(trained_ckpt, tmp_path, kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         ExportOptions(trained_ckpt, tmp_path / "b", **kwargs).validate()
@@ -180,7 +236,10 @@ def test_int8_targets_follow_the_options(trained_ckpt, tmp_path):
     assert both.int8_targets() == ["tensorrt", "cpu"]
     assert both.planned_outputs() == ["onnx-fp32", "onnx-int8", "onnx-int8-cpu"]
     trt_only = ExportOptions(trained_ckpt, tmp_path / "b", int8=True, int8_cpu=False).validate()
-    assert trt_only.int8_targets() == ["tensorrt"] and "onnx-int8-cpu" not in trt_only.planned_outputs()
+    assert (
+        trt_only.int8_targets() == ["tensorrt"]
+        and "onnx-int8-cpu" not in trt_only.planned_outputs()
+    )
     assert ExportOptions(trained_ckpt, tmp_path / "b").validate().int8_targets() == []
 
 
@@ -196,7 +255,9 @@ def test_batch_profile_and_sizes():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "dmgrd_edge.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_reexport_replaces_atomically_and_engine_needs_tensorrt(tmp_path, trained_ckpt):
@@ -215,7 +276,9 @@ def test_reexport_replaces_atomically_and_engine_needs_tensorrt(tmp_path, traine
     assert second.returncode == 2
     assert "TensorRT is not installed" in second.stderr and "build-engine" in second.stderr
     bundle = load_bundle(out)  # the rest of the bundle is still written, complete and valid
-    assert bundle.manifest["inputs"][0]["shape"][0] == 2 and "model.onnx" in bundle.manifest["files"]
+    assert (
+        bundle.manifest["inputs"][0]["shape"][0] == 2 and "model.onnx" in bundle.manifest["files"]
+    )
     assert bundle.manifest["created"] >= old_created
     engine = _cli("build-engine", out)
     assert engine.returncode == 2 and "TensorRT is not installed" in engine.stderr
@@ -240,8 +303,15 @@ def test_each_precision_has_its_threshold(bundle):
     shift = files["model.int8.onnx"]["score_shift_vs_fp32"]
     assert loaded.threshold_for("model.int8.onnx") == pytest.approx(loaded.threshold + shift)
     manifest = json.loads(json.dumps(loaded.manifest))
-    manifest["files"]["engines/x.engine"] = {"kind": "engine", "onnx": "model.int8.onnx", "bytes": 1, "sha256": "0"}
-    assert Bundle(bundle, manifest).threshold_for("engines/x.engine") == loaded.threshold_for("model.int8.onnx")
+    manifest["files"]["engines/x.engine"] = {
+        "kind": "engine",
+        "onnx": "model.int8.onnx",
+        "bytes": 1,
+        "sha256": "0",
+    }
+    assert Bundle(bundle, manifest).threshold_for("engines/x.engine") == loaded.threshold_for(
+        "model.int8.onnx"
+    )
 
 
 def test_calibration_statistics_are_collected_in_chunks(bundle, tmp_path):
@@ -265,8 +335,15 @@ def test_calibration_statistics_are_collected_in_chunks(bundle, tmp_path):
     proto = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
     from dmgrd_edge.export.onnx_export import int8_excluded_nodes
 
-    quantize_qdq(bundle / "model.onnx", tmp_path / "q.onnx", reader, "entropy", int8_excluded_nodes(proto, True),
-                 None, "cpu")
+    quantize_qdq(
+        bundle / "model.onnx",
+        tmp_path / "q.onnx",
+        reader,
+        "entropy",
+        int8_excluded_nodes(proto, True),
+        None,
+        "cpu",
+    )
     assert Recording.ranges == [(0, 5), (5, 10), (10, 15), (15, 20)]
     assert all(end - start <= CALIBRATION_CHUNK for start, end in Recording.ranges)
     reader.rewind()

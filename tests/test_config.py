@@ -6,7 +6,12 @@ from dmgrd_edge.errors import ConfigError
 
 def test_defaults_are_the_papers():
     cfg = ModelConfig()
-    assert (cfg.memory_size, cfg.selection, cfg.blur_sigma, cfg.score_topk) == (30, "nearest", 4.0, 100)
+    assert (cfg.memory_size, cfg.selection, cfg.blur_sigma, cfg.score_topk) == (
+        30,
+        "nearest",
+        4.0,
+        100,
+    )
     train = TrainConfig()
     assert (train.lr, train.batch_size, train.steps, train.seed) == (0.005, 8, 5000, 111)
 
@@ -18,13 +23,16 @@ def test_round_trip():
     assert PreprocessConfig.from_dict(pre.to_dict()) == pre
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"selection": "closest"}, "nearest"),
-    ({"score_mode": "mean"}, "topk_mean"),
-    ({"image_size": 250}, "multiple of 32"),
-    ({"selection": "authors", "memory_size": 10}, "30"),
-    ({"memory_size": 0}, ">= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"selection": "closest"}, "nearest"),
+        ({"score_mode": "mean"}, "topk_mean"),
+        ({"image_size": 250}, "multiple of 32"),
+        ({"selection": "authors", "memory_size": 10}, "30"),
+        ({"memory_size": 0}, ">= 1"),
+    ],
+)
 def test_invalid_model_config_names_the_choices(kwargs, needle):
     with pytest.raises(ConfigError) as info:
         ModelConfig(**kwargs)

@@ -1,6 +1,5 @@
 """Image reading, the shared preprocess, dataset layouts and the synthetic generator."""
 
-
 import cv2
 import numpy as np
 import pytest
@@ -122,7 +121,10 @@ def test_btad_layout(tmp_path, rgb):
         write_png(root / "01" / "train" / "ok" / f"{i:04d}.bmp", rgb)
     write_png(root / "01" / "test" / "ok" / "0000.bmp", rgb)
     write_png(root / "01" / "test" / "ko" / "0001.bmp", rgb)
-    write_png(root / "01" / "ground_truth" / "ko" / "0001.png", (rgb[:, :, 0] > 128).astype(np.uint8) * 255)
+    write_png(
+        root / "01" / "ground_truth" / "ko" / "0001.png",
+        (rgb[:, :, 0] > 128).astype(np.uint8) * 255,
+    )
     assert list_categories("btad", root) == ["01"]
     index = index_category("btad", root, "01")
     assert len(index.train) == 3
@@ -138,7 +140,9 @@ def test_visa_original_layout(tmp_path, rgb):
         rows.append(f"candle,train,normal,candle/Data/Images/Normal/{i:04d}.JPG,")
     write_png(root / "candle" / "Data" / "Images" / "Anomaly" / "000.JPG", rgb)
     write_png(root / "candle" / "Data" / "Masks" / "Anomaly" / "000.png", rgb[:, :, 0])
-    rows.append("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png")
+    rows.append(
+        "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png"
+    )
     rows.append("candle,test,normal,candle/Data/Images/Normal/0000.JPG,")
     (root / "split_csv").mkdir(parents=True)
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
@@ -169,7 +173,11 @@ def test_folder_layout(tmp_path, rgb):
     index = index_category("folder", root, ".")
     assert len(index.train) == 8 and sum(s.label == 0 for s in index.test) == 2
     defect = [s for s in index.test if s.label]
-    assert len(defect) == 1 and defect[0].defect_type == "dent" and defect[0].mask_path.name == "d0.png"
+    assert (
+        len(defect) == 1
+        and defect[0].defect_type == "dent"
+        and defect[0].mask_path.name == "d0.png"
+    )
 
 
 def test_synthetic_is_seeded_and_masks_match():
@@ -184,7 +192,9 @@ def test_synthetic_is_seeded_and_masks_match():
 
 
 def test_generator_never_overwrites(tmp_path):
-    out = generate_line_data(tmp_path / "d", ["granite"], n_train=2, n_test_good=1, n_test_per_defect=1, size=32)
+    out = generate_line_data(
+        tmp_path / "d", ["granite"], n_train=2, n_test_good=1, n_test_per_defect=1, size=32
+    )
     marker = out / "keep.txt"
     marker.write_text("x")
     with pytest.raises(DataError, match="already exists"):
@@ -193,7 +203,9 @@ def test_generator_never_overwrites(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
-@pytest.mark.parametrize("channels, bgr", [(None, True), (1, True), (3, True), (3, False), (4, True), (4, False)])
+@pytest.mark.parametrize(
+    "channels, bgr", [(None, True), (1, True), (3, True), (3, False), (4, True), (4, False)]
+)
 def test_to_rgb8_matches_channel_slicing(channels, bgr):
     """OpenCV's conversions give the bytes of the plain numpy definition: gray repeated, alpha
     dropped, BGR reversed."""

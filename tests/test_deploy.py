@@ -20,14 +20,24 @@ def _randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g))
 
 
-@pytest.mark.parametrize("with_bn, bias, act", [(True, False, None), (False, True, None), (False, False, None),
-                                                (True, False, nn.ReLU6()), (False, True, nn.ReLU())])
+@pytest.mark.parametrize(
+    "with_bn, bias, act",
+    [
+        (True, False, None),
+        (False, True, None),
+        (False, False, None),
+        (True, False, nn.ReLU6()),
+        (False, True, nn.ReLU()),
+    ],
+)
 def test_pixel_shuffle_up_equals_conv_transpose(with_bn, bias, act):
     torch.manual_seed(0)
     deconv = nn.ConvTranspose2d(5, 3, 2, 2, bias=bias)
     bn = nn.BatchNorm2d(3)
     _randomise_batchnorm(bn)
-    reference = nn.Sequential(deconv, *([bn] if with_bn else []), *([act] if act is not None else []))
+    reference = nn.Sequential(
+        deconv, *([bn] if with_bn else []), *([act] if act is not None else [])
+    )
     reference.eval()
     rewritten = pixel_shuffle_up(deconv, bn if with_bn else None, act).eval()
     x = torch.randn(2, 5, 7, 6)
@@ -40,13 +50,17 @@ def test_pixel_shuffle_up_equals_conv_transpose(with_bn, bias, act):
 @pytest.mark.parametrize("backbone, count", [("efficientnet_lite0", 3), ("resnet18", 6)])
 def test_deployable_model_matches_the_trained_one(backbone, count):
     torch.manual_seed(0)
-    model = DMGRD(ModelConfig(backbone=backbone, image_size=64, memory_size=2), pretrained=False).eval()
+    model = DMGRD(
+        ModelConfig(backbone=backbone, image_size=64, memory_size=2), pretrained=False
+    ).eval()
     _randomise_batchnorm(model.student)
     x = torch.randn(2, 3, 64, 64)
     model.fill_memory(x, x.flip(-1))
     deployed, rewrites = deployable(model)
     assert rewrites == {"conv_transpose_to_pixel_shuffle": count, "conv_transpose_kept": 0}
-    assert any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())  # the original is untouched
+    assert any(
+        isinstance(m, nn.ConvTranspose2d) for m in model.modules()
+    )  # the original is untouched
     with torch.no_grad():
         a, b = model(x), deployed(x)
     torch.testing.assert_close(b.anomaly_map, a.anomaly_map, rtol=1e-4, atol=1e-5)

@@ -28,8 +28,11 @@ ALLOWED = {
 # (stage, stage it imports) -> the only modules of the second it may import
 ONLY = {
     ("export", "train"): {"dmgrd_edge.train.checkpoint"},
-    ("export", "runtime"): {"dmgrd_edge.runtime.backend", "dmgrd_edge.runtime.onnx_backend",
-                            "dmgrd_edge.runtime.tensorrt_backend"},
+    ("export", "runtime"): {
+        "dmgrd_edge.runtime.backend",
+        "dmgrd_edge.runtime.onnx_backend",
+        "dmgrd_edge.runtime.tensorrt_backend",
+    },
 }
 # modules that may import any stage, but only inside functions
 WIRING = {"dmgrd_edge.cli"}
@@ -77,10 +80,14 @@ def test_every_stage_has_its_modules():
     sources = installed_sources()
     stages = {stage_of(name) for name in sources}
     assert stages == set(ALLOWED)
-    for name, folder in [("dmgrd_edge.train.loop", "train"), ("dmgrd_edge.calib.guard", "calib"),
-                         ("dmgrd_edge.export.pipeline", "export"),
-                         ("dmgrd_edge.runtime.select", "runtime"),
-                         ("dmgrd_edge.model.dmgrd", "model"), ("dmgrd_edge.data.synthesis", "data")]:
+    for name, folder in [
+        ("dmgrd_edge.train.loop", "train"),
+        ("dmgrd_edge.calib.guard", "calib"),
+        ("dmgrd_edge.export.pipeline", "export"),
+        ("dmgrd_edge.runtime.select", "runtime"),
+        ("dmgrd_edge.model.dmgrd", "model"),
+        ("dmgrd_edge.data.synthesis", "data"),
+    ]:
         assert sources[name].path.parent.name == folder
 
 
@@ -105,14 +112,16 @@ def test_the_check_fails_on_imports_against_the_order(tmp_path):
         "dmgrd_edge.model.head": "from dmgrd_edge.train import losses\n",
         "dmgrd_edge.runtime.bench": "import importlib\nimportlib.import_module('dmgrd_edge.calib')\n",
         "dmgrd_edge.export.deploy": "from dmgrd_edge.train.loop import TrainJob\n"
-                                    "from dmgrd_edge.runtime.select import create_backend\n",
+        "from dmgrd_edge.runtime.select import create_backend\n",
         "dmgrd_edge.cli": "from .train.trainer import train_category\n"
-                          "def run():\n    from .runtime.select import create_backend\n",
+        "def run():\n    from .runtime.select import create_backend\n",
         "dmgrd_edge.train.prune": "from .loop import TrainJob\nfrom dmgrd_edge.model import DMGRD\n",
         "dmgrd_edge.export.pipeline": "from dmgrd_edge.calib.guard import run_onnx\n"
-                                      "from dmgrd_edge.train.checkpoint import load_model\n"
-                                      "from dmgrd_edge.runtime.onnx_backend import OnnxBackend\n",
-        "dmgrd_edge.train.loop": "", "dmgrd_edge.train.losses": "", "dmgrd_edge.calib.guard": "",
+        "from dmgrd_edge.train.checkpoint import load_model\n"
+        "from dmgrd_edge.runtime.onnx_backend import OnnxBackend\n",
+        "dmgrd_edge.train.loop": "",
+        "dmgrd_edge.train.losses": "",
+        "dmgrd_edge.calib.guard": "",
     }
     sources = {name: Source(name, tmp_path / f"{name}.py", False) for name in files}
     found = violations(sources, files)

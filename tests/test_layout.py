@@ -8,14 +8,25 @@ import sys
 import pytest
 from stages import installed_sources, stage_of
 
-STAGES = ["dmgrd_edge", "dmgrd_edge.train", "dmgrd_edge.calib", "dmgrd_edge.export", "dmgrd_edge.runtime",
-          "dmgrd_edge.model", "dmgrd_edge.data"]
+STAGES = [
+    "dmgrd_edge",
+    "dmgrd_edge.train",
+    "dmgrd_edge.calib",
+    "dmgrd_edge.export",
+    "dmgrd_edge.runtime",
+    "dmgrd_edge.model",
+    "dmgrd_edge.data",
+]
 
 # beyond the core, calib and runtime: the engine builder and what it imports, so that
 # `dmgrd-edge build-engine` runs on the Jetson
-EXPORT_TORCH_FREE = ["dmgrd_edge.export", "dmgrd_edge.export.tensorrt_engine",
-                     "dmgrd_edge.export.options", "dmgrd_edge.export.precision",
-                     "dmgrd_edge.export.graph_check"]
+EXPORT_TORCH_FREE = [
+    "dmgrd_edge.export",
+    "dmgrd_edge.export.tensorrt_engine",
+    "dmgrd_edge.export.options",
+    "dmgrd_edge.export.precision",
+    "dmgrd_edge.export.graph_check",
+]
 
 # imports each module named in NAMES with every import of torch refused, and prints a JSON
 # object: module -> the end of its traceback, for each module that failed
@@ -59,8 +70,9 @@ def imports_without_torch(names: list[str]) -> dict[str, str]:
     """Imports ``names`` in a fresh interpreter where torch cannot be imported; the modules
     that failed, with the end of their tracebacks."""
     code = f"NAMES = {names!r}\n" + IMPORT_WITHOUT_TORCH
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,12 +85,20 @@ def test_stage_imports(name):
 def test_core_is_torch_free():
     """Every module of the core, calib and runtime imports with torch unimportable."""
     names = torch_free_modules()
-    assert {"dmgrd_edge.cli", "dmgrd_edge.data.synthesis", "dmgrd_edge.device",
-            "dmgrd_edge.inference", "dmgrd_edge.calib.guard", "dmgrd_edge.calib.quantize",
-            "dmgrd_edge.runtime.pipeline", "dmgrd_edge.runtime.tensorrt_backend"} <= set(names)
+    assert {
+        "dmgrd_edge.cli",
+        "dmgrd_edge.data.synthesis",
+        "dmgrd_edge.device",
+        "dmgrd_edge.inference",
+        "dmgrd_edge.calib.guard",
+        "dmgrd_edge.calib.quantize",
+        "dmgrd_edge.runtime.pipeline",
+        "dmgrd_edge.runtime.tensorrt_backend",
+    } <= set(names)
     failed = imports_without_torch(names)
     assert not failed, "imports torch (or fails) without it:\n" + "\n".join(
-        f"{name}:\n{trace}" for name, trace in failed.items())
+        f"{name}:\n{trace}" for name, trace in failed.items()
+    )
 
 
 def test_the_torch_block_refuses_torch():

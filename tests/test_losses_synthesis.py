@@ -2,11 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from dmgrd_edge.data.synthesis import (AnomalySynthesizer, fourier_amplitude_mix, perlin_mask,
-                                       perlin_noise, procedural_texture)
+from dmgrd_edge.data.synthesis import (
+    AnomalySynthesizer,
+    fourier_amplitude_mix,
+    perlin_mask,
+    perlin_noise,
+    procedural_texture,
+)
 from dmgrd_edge.errors import DataError
-from dmgrd_edge.train.losses import (compactness_loss, contrast_loss, dmgrd_loss, kd_loss, sinkhorn_distance,
-                                     triplet_loss)
+from dmgrd_edge.train.losses import (
+    compactness_loss,
+    contrast_loss,
+    dmgrd_loss,
+    kd_loss,
+    sinkhorn_distance,
+    triplet_loss,
+)
 from dmgrd_edge.model.dmgrd import TrainingFeatures
 
 
@@ -43,11 +54,17 @@ def test_triplet_and_total_have_gradients():
     loss.backward()
     assert normal[0].grad is not None and normal[0].grad.abs().sum() > 0
     fused_n, fused_a = _levels(4, 5), _levels(4, 6)
-    feats = TrainingFeatures(_levels(4, 7), [x.requires_grad_() for x in _levels(4, 8)], fused_n, fused_a)
+    feats = TrainingFeatures(
+        _levels(4, 7), [x.requires_grad_() for x in _levels(4, 8)], fused_n, fused_a
+    )
     terms = dmgrd_loss(feats, _levels(4, 7), torch.tensor([False, False, True, True]))
     expected = terms.kd + 0.2 * (terms.ot + 0.1 * terms.con) + 0.1 * terms.triplet
     assert terms.total.item() == pytest.approx(expected.item())
-    plain = dmgrd_loss(TrainingFeatures(_levels(4), _levels(4, 1), None, None), _levels(4), torch.zeros(4, dtype=bool))
+    plain = dmgrd_loss(
+        TrainingFeatures(_levels(4), _levels(4, 1), None, None),
+        _levels(4),
+        torch.zeros(4, dtype=bool),
+    )
     assert float(plain.total) == float(plain.kd) and float(plain.ot) == 0
 
 

@@ -79,7 +79,8 @@ def test_lite_weights_load_strictly_and_give_sane_features(name):
     assert used <= set(state), "every parameter of our definition must exist in the shipped file"
     n_blocks = len(body._blocks)
     assert {k for k in set(state) - used if not k.startswith("_blocks.")} == {
-        k for k in state if k.startswith(("_conv_head", "_bn1", "_fc"))}
+        k for k in state if k.startswith(("_conv_head", "_bn1", "_fc"))
+    }
     left_blocks = {int(k.split(".")[1]) for k in set(state) - used if k.startswith("_blocks.")}
     assert min(left_blocks) == n_blocks
     # the cut is at the stage boundary: the first block left out changes the width (stride 32)
@@ -89,10 +90,15 @@ def test_lite_weights_load_strictly_and_give_sane_features(name):
     teacher, source = create_teacher(name)
     assert source == f"ImageNet ({spec.weights.file})"
     cfg = ModelConfig(backbone=name, image_size=128).preprocess()
-    images = {c: [make_image(c, 0, "train", i, 128)[0] for i in range(2)] for c in ("woven_fabric", "washer")}
+    images = {
+        c: [make_image(c, 0, "train", i, 128)[0] for i in range(2)]
+        for c in ("woven_fabric", "washer")
+    }
     with torch.no_grad():
-        desc = {c: [teacher(torch.from_numpy(preprocess(im, cfg)))[2].mean(dim=(2, 3))[0] for im in ims]
-                for c, ims in images.items()}
+        desc = {
+            c: [teacher(torch.from_numpy(preprocess(im, cfg)))[2].mean(dim=(2, 3))[0] for im in ims]
+            for c, ims in images.items()
+        }
     same = F.cosine_similarity(desc["washer"][0], desc["washer"][1], dim=0)
     cross = F.cosine_similarity(desc["washer"][0], desc["woven_fabric"][0], dim=0)
     assert same > 0.9 and same > cross + 0.1, (same, cross)
@@ -105,8 +111,9 @@ def test_lite_weights_load_strictly_and_give_sane_features(name):
 
 def test_lite_weights_of_another_size_are_refused():
     with pytest.raises(WeightsError, match="does not hold efficientnet_lite1 weights"):
-        create_teacher("efficientnet_lite1",
-                       weights_file=str(BACKBONES["efficientnet_lite2"].weights.path()))
+        create_teacher(
+            "efficientnet_lite1", weights_file=str(BACKBONES["efficientnet_lite2"].weights.path())
+        )
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
@@ -132,7 +139,9 @@ def test_resnet_without_weights_names_the_file(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline
+    )
     with pytest.raises(WeightsError) as info:
         create_teacher("resnet18")
     assert "resnet18-f37072fd.pth" in str(info.value) and "--teacher-weights" in str(info.value)
@@ -166,7 +175,10 @@ def _bank(k=5):
 
 def test_nearest_rule_finds_the_closest_item():
     bank = _bank()
-    query = [bank.maps(level)[[3, 1]] + 0.01 * torch.randn_like(bank.maps(level)[[3, 1]]) for level in range(3)]
+    query = [
+        bank.maps(level)[[3, 1]] + 0.01 * torch.randn_like(bank.maps(level)[[3, 1]])
+        for level in range(3)
+    ]
     fused, index = bank(query, "nearest")
     assert index.tolist() == [3, 1]
     assert [f.shape[1] for f in fused] == [8, 12, 16]
@@ -175,7 +187,9 @@ def test_nearest_rule_finds_the_closest_item():
     torch.testing.assert_close(fused[0][:, 4:], ((bank.maps(0)[[3, 1]] - query[0]) * scale) ** 2)
     unscaled = MemoryBank(5, (4, 6, 8), ((8, 8), (4, 4), (2, 2)), scale_inputs=False)
     unscaled.fill([bank.maps(level) for level in range(3)])
-    torch.testing.assert_close(unscaled(query, "nearest")[0][0][:, 4:], (bank.maps(0)[[3, 1]] - query[0]) ** 2)
+    torch.testing.assert_close(
+        unscaled(query, "nearest")[0][0][:, 4:], (bank.maps(0)[[3, 1]] - query[0]) ** 2
+    )
 
 
 def test_authors_rule_only_ever_picks_9_19_29():
@@ -200,7 +214,7 @@ def test_head_blur_is_a_normalised_gaussian():
     # variance of the blurred impulse along one axis is sigma^2
     profile = blurred.sum(0)
     x = torch.arange(64, dtype=torch.float32) - 32
-    assert float((profile * x ** 2).sum()) == pytest.approx(16.0, rel=0.01)
+    assert float((profile * x**2).sum()) == pytest.approx(16.0, rel=0.01)
 
 
 def test_head_blur_equals_the_2d_gaussian_convolution():
@@ -209,7 +223,9 @@ def test_head_blur_equals_the_2d_gaussian_convolution():
     x = torch.rand(2, 1, 48, 48)
     x[1, 0, 5:9, 30:40] += 3  # not symmetric: a mixed-up transpose would show
     k = gaussian_kernel1d(3.0)
-    reference = F.conv2d(x, (k[:, None] * k[None, :]).view(1, 1, k.numel(), k.numel()), padding=head.pad)
+    reference = F.conv2d(
+        x, (k[:, None] * k[None, :]).view(1, 1, k.numel(), k.numel()), padding=head.pad
+    )
     torch.testing.assert_close(head._blur_raw(x), reference, atol=1e-6, rtol=1e-5)
 
 
@@ -246,5 +262,7 @@ def test_memory_is_part_of_the_state_dict():
     assert {"normal_memory.maps0", "abnormal_memory.maps2", "normal_memory.means1"} <= set(keys)
     per_item = sum(c * (64 // s) ** 2 + c + 1 for c, s in zip((24, 40, 112), (4, 8, 16)))
     assert model.memory_bytes() == 2 * 4 * (3 * per_item + 3)
-    plain = DMGRD(ModelConfig(image_size=64, use_memory=False, score_source="student"), pretrained=False)
+    plain = DMGRD(
+        ModelConfig(image_size=64, use_memory=False, score_source="student"), pretrained=False
+    )
     assert not any("memory" in k or "msff" in k for k in plain.state_dict())

@@ -12,8 +12,15 @@ import torch
 
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.model import DMGRD
-from dmgrd_edge.model.pruning import Group, ProductGroup, ReducePair, find_groups, kept_width, prune, \
-    trainable_parameter_count
+from dmgrd_edge.model.pruning import (
+    Group,
+    ProductGroup,
+    ReducePair,
+    find_groups,
+    kept_width,
+    prune,
+    trainable_parameter_count,
+)
 
 
 def silence_half(model) -> None:
@@ -24,7 +31,9 @@ def silence_half(model) -> None:
             for j in group.norms:
                 norm = group.sequential[j]
                 norm.weight.data[:n], norm.bias.data[:n] = 0.0, -1.0
-                norm.weight.data[n:] = norm.weight.data[n:].abs() + 0.5  # and the rest clearly alive
+                norm.weight.data[n:] = (
+                    norm.weight.data[n:].abs() + 0.5
+                )  # and the rest clearly alive
         elif isinstance(group, ProductGroup):
             group.block.conv.weight.data[:n], group.block.conv.bias.data[:n] = 0.0, 0.0
         else:
@@ -47,7 +56,11 @@ def test_removing_silent_channels_changes_nothing(backbone):
     with torch.no_grad():
         before = model(x)
     params = trainable_parameter_count(model)
-    teacher = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("teacher.", "normal_memory."))}
+    teacher = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(("teacher.", "normal_memory."))
+    }
     widths = prune(model, 0.5, multiple=1)
     with torch.no_grad():
         after = model(x)
@@ -68,7 +81,11 @@ def test_removing_silent_channels_changes_nothing(backbone):
 
 
 def test_kept_widths_are_rounded_and_checked():
-    assert kept_width(512, 0.5, 8) == 256 and kept_width(100, 0.5, 8) == 56 and kept_width(20, 0.9, 8) == 8
+    assert (
+        kept_width(512, 0.5, 8) == 256
+        and kept_width(100, 0.5, 8) == 56
+        and kept_width(20, 0.9, 8) == 8
+    )
     assert kept_width(6, 0.5, 8) == 6  # never wider than it was
     with pytest.raises(ValueError):
         kept_width(64, 1.0, 8)
@@ -78,8 +95,7 @@ def test_kept_widths_are_rounded_and_checked():
     assert all(w % 8 == 0 for w in widths.values())
     # the most important channels are the ones kept
     paper = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
-    group = next(g for g in find_groups(DMGRD(paper, pretrained=False))
-                 if isinstance(g, Group))
+    group = next(g for g in find_groups(DMGRD(paper, pretrained=False)) if isinstance(g, Group))
     norm = group.sequential[group.norms[0]]
     norm.weight.data[:] = torch.arange(group.width, dtype=torch.float32)
     producer_weights = group.sequential[group.producer].weight.detach().clone()
@@ -100,23 +116,33 @@ def test_prune_finetune_export_end_to_end(tmp_path, trained_ckpt):
     original, _ = load_model(trained_ckpt)
     pruned, payload = load_model(out / "last.pt")
     assert (out / "pruned.pt").is_file() and (out / "best.pt").is_file()
-    assert trainable_parameter_count(pruned) == summary["trainable_params_after"] < 0.6 * summary[
-        "trainable_params_before"]
+    assert (
+        trainable_parameter_count(pruned)
+        == summary["trainable_params_after"]
+        < 0.6 * summary["trainable_params_before"]
+    )
     assert payload["metadata"]["pruning"]["ratio"] == 0.5 and payload["metadata"]["memory"]
     # the memory banks and the teacher are those of the run it came from
     for key, value in original.state_dict().items():
         if key.startswith(("teacher.", "normal_memory.", "abnormal_memory.")):
             assert torch.equal(pruned.state_dict()[key], value), key
     bundle = tmp_path / "bundle"
-    manifest = export_bundle(ExportOptions(out / "last.pt", bundle, int8=True, calib_count=8,
-                                           batch=BatchProfile(1, 1, 4)), log=lambda _: None)
+    manifest = export_bundle(
+        ExportOptions(
+            out / "last.pt", bundle, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)
+        ),
+        log=lambda _: None,
+    )
     assert manifest["source"]["pruning"]["ratio"] == 0.5 and manifest["model"]["pruned_widths"]
     assert {"model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"} <= set(manifest["files"])
 
 
 def test_prune_cli_refuses_bad_input_and_keeps_files(tmp_path, trained_ckpt):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", "prune", *map(str, args)],  # noqa: E731
-                                       capture_output=True, text=True)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "dmgrd_edge.cli", "prune", *map(str, args)],  # noqa: E731
+        capture_output=True,
+        text=True,
+    )
     proc = run(trained_ckpt, "--out", tmp_path / "a", "--ratio", 1.5, "--steps", 0)
     assert proc.returncode == 2 and "--ratio" in proc.stdout + proc.stderr
     taken = tmp_path / "b"
@@ -127,5 +153,5 @@ def test_prune_cli_refuses_bad_input_and_keeps_files(tmp_path, trained_ckpt):
     assert (taken / "notes.txt").read_text() == "keep" and len(list(taken.iterdir())) == 1
     proc = run(trained_ckpt, "--out", tmp_path / "c", "--ratio", 0.25, "--steps", 0)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["ratio"] == 0.25
+    assert json.loads(proc.stdout[proc.stdout.index("{") :])["ratio"] == 0.25
     assert (tmp_path / "c" / "pruned.pt").is_file()

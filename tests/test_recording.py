@@ -58,7 +58,10 @@ def test_avi_reads_back_with_opencv(tmp_path):
     writer.close()
     reader = cv2.VideoCapture(str(tmp_path / "rec.avi"))
     assert reader.get(cv2.CAP_PROP_FRAME_COUNT) == 30 and reader.get(cv2.CAP_PROP_FPS) == 12.5
-    assert (reader.get(cv2.CAP_PROP_FRAME_WIDTH), reader.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (128, 96)
+    assert (reader.get(cv2.CAP_PROP_FRAME_WIDTH), reader.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
+        128,
+        96,
+    )
     assert_same_frames(read_all(tmp_path / "rec.avi"), 0, 30)
 
 
@@ -78,7 +81,9 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close: no index, no final sizes
 @pytest.mark.parametrize("max_bytes", [1 << 30, 40_000])
 def test_avi_survives_kill(tmp_path, max_bytes):
     target = tmp_path / "rec.avi"
-    code = KILLED.format(frame_source=inspect.getsource(frame), target=str(target), max_bytes=max_bytes, count=23)
+    code = KILLED.format(
+        frame_source=inspect.getsource(frame), target=str(target), max_bytes=max_bytes, count=23
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == -9
     files = [segment_path(target, n) for n in range(100) if segment_path(target, n).exists()]
@@ -100,7 +105,11 @@ def test_avi_rolls_over_without_losing_frames(tmp_path):
     for i in range(40):
         writer.write(frame(i))
     writer.close()
-    assert writer.written[:3] == [tmp_path / "rec.avi", tmp_path / "rec-0001.avi", tmp_path / "rec-0002.avi"]
+    assert writer.written[:3] == [
+        tmp_path / "rec.avi",
+        tmp_path / "rec-0001.avi",
+        tmp_path / "rec-0002.avi",
+    ]
     first = 0
     for path in writer.written:
         assert path.stat().st_size <= 40_000
@@ -135,7 +144,9 @@ def test_folder_sink_adds_and_never_replaces(tmp_path):
         sink.write({**event, "decision": "OK", "frame": 8}, frame(8), None)
         sink.close()
     names = sorted(p.name for p in (tmp_path / "ng").iterdir())
-    assert len(names) == 2 and all("_frame00000007_1.2500" in n and n.endswith(".png") for n in names)
+    assert len(names) == 2 and all(
+        "_frame00000007_1.2500" in n and n.endswith(".png") for n in names
+    )
 
 
 FULL_DISK = """

@@ -32,10 +32,12 @@ def bundle(fp32_bundle) -> Path:
 def cli(*args, timeout: float = 180, torch: bool = False) -> subprocess.CompletedProcess:
     """`dmgrd-edge ARGS` in a fresh interpreter, without torch (as on the line) unless asked."""
     code = ("import sys; sys.modules['torch'] = None\n" if not torch else "import sys\n") + (
-            f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
-            "from dmgrd_edge.cli import main\nmain()")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+        f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
+        "from dmgrd_edge.cli import main\nmain()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def refused(result: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
@@ -68,19 +70,28 @@ def good_frames(folder: Path, count: int, same: bool = False) -> Path:
 
 # 1. thresholds that cannot decide ------------------------------------------------------
 
-@pytest.mark.parametrize("option, value", [("--threshold", "nan"), ("--threshold", "inf"),
-                                           ("--pixel-threshold", "nan"),
-                                           ("--pixel-threshold", "-inf")])
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--threshold", "nan"),
+        ("--threshold", "inf"),
+        ("--pixel-threshold", "nan"),
+        ("--pixel-threshold", "-inf"),
+    ],
+)
 def test_run_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, bundle, option, value):
     frames = good_frames(tmp_path / "good", 2)
-    refused(cli("run", bundle, "--source", frames, "--headless", option, value),
-            option, "finite number")
+    refused(
+        cli("run", bundle, "--source", frames, "--headless", option, value), option, "finite number"
+    )
 
 
 @pytest.mark.parametrize("where", ["bundle", "file"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, bundle, where,
-                                                                     value):
+def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(
+    tmp_path, bundle, where, value
+):
     def edit(manifest):
         if where == "bundle":
             manifest["threshold"] = value
@@ -90,20 +101,34 @@ def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(tmp_path, b
     copy = copy_bundle(bundle, tmp_path / "b", edit)
     with pytest.raises(BundleError, match="finite number"):
         load_bundle(copy)
-    refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
-            "threshold", "finite number")
+    refused(
+        cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
+        "threshold",
+        "finite number",
+    )
 
 
 # 2. preprocessing parameters that cannot normalise -------------------------------------
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("mean", [0.485, 0.456], "3 numbers"), ("mean", [0.5, 0.5, 0.5, 0.5], "3 numbers"),
-    ("mean", 0.5, "3 numbers"), ("mean", [0.5, "x", 0.5], "finite number"),
-    ("mean", [0.5, float("nan"), 0.5], "finite number"), ("mean", [0.5, None, 0.5], "finite"),
-    ("mean", [1e36, 0.5, 0.5], "in [-1000, 1000]"), ("std", [0.2, 0.0, 0.2], "in [1e-06, 1000]"),
-    ("std", [0.2, -0.1, 0.2], "in [1e-06, 1000]"), ("std", [0.2, float("inf"), 0.2], "finite"),
-    ("height", 64.0, "whole number"), ("width", True, "whole number"), ("height", None, "whole"),
-])
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("mean", [0.485, 0.456], "3 numbers"),
+        ("mean", [0.5, 0.5, 0.5, 0.5], "3 numbers"),
+        ("mean", 0.5, "3 numbers"),
+        ("mean", [0.5, "x", 0.5], "finite number"),
+        ("mean", [0.5, float("nan"), 0.5], "finite number"),
+        ("mean", [0.5, None, 0.5], "finite"),
+        ("mean", [1e36, 0.5, 0.5], "in [-1000, 1000]"),
+        ("std", [0.2, 0.0, 0.2], "in [1e-06, 1000]"),
+        ("std", [0.2, -0.1, 0.2], "in [1e-06, 1000]"),
+        ("std", [0.2, float("inf"), 0.2], "finite"),
+        ("height", 64.0, "whole number"),
+        ("width", True, "whole number"),
+        ("height", None, "whole"),
+    ],
+)
 def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field, value, needle):
     copy = copy_bundle(bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__(field, value))
     with pytest.raises(BundleError, match="preprocess") as caught:
@@ -112,13 +137,19 @@ def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field,
 
 
 def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
-    copy = copy_bundle(bundle, tmp_path / "b",
-                       lambda m: m["preprocess"].__setitem__("std", [0, 0, 0]))
-    refused(cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
-            "preprocess", "std", "in [1e-06, 1000]")
+    copy = copy_bundle(
+        bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__("std", [0, 0, 0])
+    )
+    refused(
+        cli("run", copy, "--source", good_frames(tmp_path / "good", 2), "--headless"),
+        "preprocess",
+        "std",
+        "in [1e-06, 1000]",
+    )
 
 
 # 3. the decision rule and the calibration share one rule -------------------------------
+
 
 def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, bundle):
     from dmgrd_edge.runtime.capture import Capture
@@ -138,8 +169,13 @@ def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, b
     decisions = {}
     for name, threshold in (("at", float(score)), ("below", float(below))):
         events = tmp_path / f"{name}.jsonl"
-        pipeline = Pipeline(loaded, backend, [open_sink(str(events), True)],
-                            RunConfig(threshold, threshold, status_every_s=1e9), log=lambda _: None)
+        pipeline = Pipeline(
+            loaded,
+            backend,
+            [open_sink(str(events), True)],
+            RunConfig(threshold, threshold, status_every_s=1e9),
+            log=lambda _: None,
+        )
         assert pipeline.run(Capture(open_source(parse_uri(str(frames))), preprocess)) == 0
         decisions[name] = [json.loads(line)["decision"] for line in events.read_text().splitlines()]
     assert decisions == {"at": ["OK"] * 5, "below": ["NG"] * 5}
@@ -152,12 +188,14 @@ def test_calibrated_threshold_flags_no_more_good_frames_than_the_rate(tmp_path, 
     copy = copy_bundle(bundle, tmp_path / "b")
     frames = good_frames(tmp_path / "good", 12, same=same)
     one = ("--backend", "onnxruntime", "--precision", "fp32", "--batch", "1")  # both run alike
-    calibrated = cli("calibrate-threshold", copy, "--source", frames, "--false-alarm-rate", "0.1",
-                     *one)
+    calibrated = cli(
+        "calibrate-threshold", copy, "--source", frames, "--false-alarm-rate", "0.1", *one
+    )
     assert calibrated.returncode == 0, calibrated.stderr
     events = tmp_path / "events.jsonl"
-    ran = cli("run", copy, "--source", frames, "--sink", events, "--headless", "--workers", "1",
-              *one)
+    ran = cli(
+        "run", copy, "--source", frames, "--sink", events, "--headless", "--workers", "1", *one
+    )
     assert ran.returncode == 0, ran.stderr
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert len(lines) == 12
@@ -180,6 +218,7 @@ def test_the_rule_is_strictly_greater_and_a_nan_score_is_ng():
 
 
 # 4. writes replace a regular file or nothing -------------------------------------------
+
 
 def _not_regular(tmp_path: Path, kind: str) -> tuple[Path, object]:
     """A path of this kind and a function telling it is still what it was."""
@@ -227,19 +266,26 @@ def test_atomic_write_refuses_anything_but_a_regular_file(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
-def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(tmp_path, bundle,
-                                                                              kind):
+def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(
+    tmp_path, bundle, kind
+):
     path, unchanged = _not_regular(tmp_path, kind)
     frames = good_frames(tmp_path / "good", 2)
-    refused(cli("run", bundle, "--source", frames, "--headless", "--stats-json", path), str(path),
-            code=4)
+    refused(
+        cli("run", bundle, "--source", frames, "--headless", "--stats-json", path),
+        str(path),
+        code=4,
+    )
     assert unchanged()
 
 
 def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bundle):
     path, unchanged = _not_regular(tmp_path, "symlink")
-    refused(cli("bench", bundle, "--batch", "1", "--runs", "1", "--warmup", "0", "--out", path),
-            str(path), code=4)
+    refused(
+        cli("bench", bundle, "--batch", "1", "--runs", "1", "--warmup", "0", "--out", path),
+        str(path),
+        code=4,
+    )
     assert unchanged()
     result = tmp_path / "bench.json"
     ran = cli("bench", bundle, "--batch", "1", "--runs", "1", "--warmup", "0", "--out", result)
@@ -256,6 +302,7 @@ def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bu
 
 # 5. export --out that is a file --------------------------------------------------------
 
+
 def test_export_refuses_an_out_that_is_a_file(tmp_path, trained_ckpt):
     out = tmp_path / "bundle"
     out.write_text("not a bundle: my notes")
@@ -266,6 +313,7 @@ def test_export_refuses_an_out_that_is_a_file(tmp_path, trained_ckpt):
 
 
 # 6. numbers in range before work starts -----------------------------------------------
+
 
 def run_main(args, capsys) -> tuple[int, str]:
     """The CLI's entry point in this process (fast: refusals come before any heavy import)."""
@@ -284,12 +332,16 @@ def run_main(args, capsys) -> tuple[int, str]:
 
 
 RUN_CASES = [
-    (["--threads", "-1"], "--threads", ">= 0"), (["--max-frames", "0"], "--max-frames", ">= 1"),
+    (["--threads", "-1"], "--threads", ">= 0"),
+    (["--max-frames", "0"], "--max-frames", ">= 1"),
     (["--max-frames", "-3"], "--max-frames", ">= 1"),
     (["--queue-size", "0"], "--queue-size", ">= 1"),
-    (["--max-retries", "-1"], "--max-retries", ">= 0"), (["--batch", "0"], "--batch", "in [1, 4]"),
-    (["--batch", "5"], "--batch", "in [1, 4]"), (["--input-fps", "nan"], "--input-fps", "> 0"),
-    (["--input-fps", "0"], "--input-fps", "> 0"), (["--input-fps", "-5"], "--input-fps", "> 0"),
+    (["--max-retries", "-1"], "--max-retries", ">= 0"),
+    (["--batch", "0"], "--batch", "in [1, 4]"),
+    (["--batch", "5"], "--batch", "in [1, 4]"),
+    (["--input-fps", "nan"], "--input-fps", "> 0"),
+    (["--input-fps", "0"], "--input-fps", "> 0"),
+    (["--input-fps", "-5"], "--input-fps", "> 0"),
     (["--input-fps", "inf"], "--input-fps", "> 0"),
 ]
 
@@ -302,31 +354,66 @@ def test_run_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, arg
     assert "backend:" not in err
 
 
-@pytest.mark.parametrize("args, option, needle", [
-    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--batch", "5"], "--batch",
-     "in [1, 4]"),
-    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--max-frames", "0"],
-     "--max-frames", ">= 1"),
-    (["calibrate-threshold", "{bundle}", "--source", "{frames}", "--false-alarm-rate", "nan"],
-     "--false-alarm-rate", "in (0, 0.5)"),
-    (["bench", "{bundle}", "--batch", "1,5"], "--batch", "in [1, 4]"),
-    (["bench", "{bundle}", "--threads", "-2"], "--threads", ">= 0"),
-    (["bench", "{bundle}", "--runs", "0"], "--runs", ">= 1"),
-    (["train", "--data", "{missing}", "--lr", "nan"], "--lr", "> 0"),
-    (["train", "--data", "{missing}", "--lr", "-0.1"], "--lr", "> 0"),
-    (["train", "--data", "{missing}", "--steps", "0"], "--steps", ">= 1"),
-    (["train", "--data", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
-    (["prune", "{missing}", "--out", "{missing}", "--lr", "nan"], "--lr", "> 0"),
-    (["prune", "{missing}", "--out", "{missing}", "--ratio", "nan"], "--ratio", "in (0, 1)"),
-    (["prune", "{missing}", "--out", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
-    (["export", "{missing}", "--out", "{missing}", "--int8", "--max-drop", "nan"], "--max-drop",
-     "> 0"),
-    (["report", "{missing}", "--max-drop", "nan"], "--max-drop", ">= 0"),
-    (["generate-data", "{missing}", "--n-train", "0", "--size", "64", "--categories", "washer"],
-     "--n-train", ">= 1"),
-])
-def test_other_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, args, option,
-                                                     needle):
+@pytest.mark.parametrize(
+    "args, option, needle",
+    [
+        (
+            ["calibrate-threshold", "{bundle}", "--source", "{frames}", "--batch", "5"],
+            "--batch",
+            "in [1, 4]",
+        ),
+        (
+            ["calibrate-threshold", "{bundle}", "--source", "{frames}", "--max-frames", "0"],
+            "--max-frames",
+            ">= 1",
+        ),
+        (
+            [
+                "calibrate-threshold",
+                "{bundle}",
+                "--source",
+                "{frames}",
+                "--false-alarm-rate",
+                "nan",
+            ],
+            "--false-alarm-rate",
+            "in (0, 0.5)",
+        ),
+        (["bench", "{bundle}", "--batch", "1,5"], "--batch", "in [1, 4]"),
+        (["bench", "{bundle}", "--threads", "-2"], "--threads", ">= 0"),
+        (["bench", "{bundle}", "--runs", "0"], "--runs", ">= 1"),
+        (["train", "--data", "{missing}", "--lr", "nan"], "--lr", "> 0"),
+        (["train", "--data", "{missing}", "--lr", "-0.1"], "--lr", "> 0"),
+        (["train", "--data", "{missing}", "--steps", "0"], "--steps", ">= 1"),
+        (["train", "--data", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
+        (["prune", "{missing}", "--out", "{missing}", "--lr", "nan"], "--lr", "> 0"),
+        (["prune", "{missing}", "--out", "{missing}", "--ratio", "nan"], "--ratio", "in (0, 1)"),
+        (["prune", "{missing}", "--out", "{missing}", "--threads", "-1"], "--threads", ">= 0"),
+        (
+            ["export", "{missing}", "--out", "{missing}", "--int8", "--max-drop", "nan"],
+            "--max-drop",
+            "> 0",
+        ),
+        (["report", "{missing}", "--max-drop", "nan"], "--max-drop", ">= 0"),
+        (
+            [
+                "generate-data",
+                "{missing}",
+                "--n-train",
+                "0",
+                "--size",
+                "64",
+                "--categories",
+                "washer",
+            ],
+            "--n-train",
+            ">= 1",
+        ),
+    ],
+)
+def test_other_numbers_are_range_checked_before_work(
+    tmp_path, bundle, capsys, args, option, needle
+):
     frames = good_frames(tmp_path / "good", 1)
     fill = {"bundle": bundle, "frames": frames, "missing": tmp_path / "missing"}
     code, err = run_main([a.format(**fill) for a in args], capsys)
@@ -336,6 +423,7 @@ def test_other_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, a
 
 # error messages are printed as they are ---------------------------------------------
 
+
 def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle, capsys):
     """A problem naming a glob like [/x] (console markup syntax) is printed as it is."""
     code, err = run_main(["run", bundle, "--source", tmp_path / "[/x]*.png", "--headless"], capsys)
@@ -344,14 +432,20 @@ def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle
 
 # 7. latency statistics in bounded memory -----------------------------------------------
 
+
 def test_latency_statistics_keep_bounded_memory_and_numpy_close_quantiles():
     import tracemalloc
 
     from dmgrd_edge.runtime.stats import RELATIVE_ERROR, Stats
 
     rng = np.random.default_rng(0)
-    data = np.concatenate([rng.lognormal(1.0, 0.6, 290_000), rng.uniform(50, 400, 9_000),
-                           rng.uniform(1e-4, 1e-2, 1_000)])
+    data = np.concatenate(
+        [
+            rng.lognormal(1.0, 0.6, 290_000),
+            rng.uniform(50, 400, 9_000),
+            rng.uniform(1e-4, 1e-2, 1_000),
+        ]
+    )
     rng.shuffle(data)
     values = data.tolist()
     stats = Stats()
@@ -377,6 +471,7 @@ def test_latency_statistics_keep_bounded_memory_and_numpy_close_quantiles():
 
 # 8. a source without a single readable frame -------------------------------------------
 
+
 def corrupt_pngs(folder: Path, count: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     image, _ = make_image("washer", 5, "video", 0, 64)
@@ -395,8 +490,17 @@ def corrupt_pngs(folder: Path, count: int = 3) -> Path:
 def test_a_source_whose_every_file_is_corrupt_ends_with_an_error(tmp_path, bundle, loop):
     frames = corrupt_pngs(tmp_path / "bad")
     stats = tmp_path / "stats.json"
-    result = cli("run", bundle, "--source", frames, "--headless", "--stats-json", stats,
-                 *(["--loop"] if loop else []), timeout=120)
+    result = cli(
+        "run",
+        bundle,
+        "--source",
+        frames,
+        "--headless",
+        "--stats-json",
+        stats,
+        *(["--loop"] if loop else []),
+        timeout=120,
+    )
     err = " ".join(result.stderr.split())
     assert result.returncode == 3, err
     assert "none of the 3 image files" in err and "fix:" in err and "Traceback" not in err
@@ -431,9 +535,11 @@ def test_calibration_on_a_camera_that_gives_no_frame_ends_with_an_error(tmp_path
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (st.lists(inner, max_size=4)
-                   | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=10)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
 PROPERTY = settings(deadline=None, max_examples=250, derandomize=True)
 
 

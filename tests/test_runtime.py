@@ -17,8 +17,15 @@ from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.runtime.capture import END, Capture
 from dmgrd_edge.runtime.postprocess import regions
 from dmgrd_edge.runtime.sinks import SinkError, open_sink
-from dmgrd_edge.runtime.sources import (ImageFolderSource, SourceError, Status, VideoCaptureSource,
-                                        csi_pipeline, open_source, parse_uri)
+from dmgrd_edge.runtime.sources import (
+    ImageFolderSource,
+    SourceError,
+    Status,
+    VideoCaptureSource,
+    csi_pipeline,
+    open_source,
+    parse_uri,
+)
 
 DEFECT_EVERY = 7
 
@@ -47,25 +54,46 @@ def bundle(tmp_path_factory, trained_ckpt):
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("rb") / "bundle"
-    export_bundle(ExportOptions(trained_ckpt, out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)),
-                  log=lambda _: None)
+    export_bundle(
+        ExportOptions(trained_ckpt, out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)),
+        log=lambda _: None,
+    )
     return out
 
 
-@pytest.mark.parametrize("uri, kind, location", [
-    ("0", "v4l2", "0"), ("/dev/video2", "v4l2", "/dev/video2"), ("csi://1", "csi", "1"),
-    ("rtsp://cam.local/stream", "rtsp", "rtsp://cam.local/stream"),
-    ("gst://videotestsrc ! videoconvert ! appsink", "gst", "videotestsrc ! videoconvert ! appsink"),
-    ("line.mp4", "file", "line.mp4"), ("file://line.avi", "file", "line.avi"), ("frames/*.png", "images", "frames/*.png"),
-])
+@pytest.mark.parametrize(
+    "uri, kind, location",
+    [
+        ("0", "v4l2", "0"),
+        ("/dev/video2", "v4l2", "/dev/video2"),
+        ("csi://1", "csi", "1"),
+        ("rtsp://cam.local/stream", "rtsp", "rtsp://cam.local/stream"),
+        (
+            "gst://videotestsrc ! videoconvert ! appsink",
+            "gst",
+            "videotestsrc ! videoconvert ! appsink",
+        ),
+        ("line.mp4", "file", "line.mp4"),
+        ("file://line.avi", "file", "line.avi"),
+        ("frames/*.png", "images", "frames/*.png"),
+    ],
+)
 def test_parse_uri(uri, kind, location):
     spec = parse_uri(uri)
     assert (spec.kind, spec.location) == (kind, location)
     assert spec.live == (kind in ("v4l2", "csi", "rtsp", "gst"))
 
 
-@pytest.mark.parametrize("uri, needle", [("csi://left", "csi://N"), ("ftp://x", "unknown source scheme"),
-                                         ("notes.txt", "cannot tell"), ("gst://videotestsrc", "appsink"), ("", "empty")])
+@pytest.mark.parametrize(
+    "uri, needle",
+    [
+        ("csi://left", "csi://N"),
+        ("ftp://x", "unknown source scheme"),
+        ("notes.txt", "cannot tell"),
+        ("gst://videotestsrc", "appsink"),
+        ("", "empty"),
+    ],
+)
 def test_parse_uri_errors(uri, needle):
     with pytest.raises(SourceError, match=needle):
         parse_uri(uri)
@@ -74,7 +102,12 @@ def test_parse_uri_errors(uri, needle):
 def test_csi_pipeline_and_gstreamer_check():
     spec = parse_uri("csi://0", 1280, 720, 60)
     text = csi_pipeline(spec)
-    assert "sensor-id=0" in text and "width=1280" in text and "framerate=60/1" in text and "appsink" in text
+    assert (
+        "sensor-id=0" in text
+        and "width=1280" in text
+        and "framerate=60/1" in text
+        and "appsink" in text
+    )
     from dmgrd_edge.runtime.sources import gstreamer_available
 
     if not gstreamer_available():
@@ -191,14 +224,27 @@ def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     path, _ = video
     loaded = load_bundle(bundle)
     camera = FlakyCamera(parse_uri(str(path)), fail_at=6, recoveries=1)
-    capture = Capture(camera, make_preprocess(loaded), queue_size=64, max_retries=2, backoff_s=0.01,
-                      errors_before_reconnect=1)
+    capture = Capture(
+        camera,
+        make_preprocess(loaded),
+        queue_size=64,
+        max_retries=2,
+        backoff_s=0.01,
+        errors_before_reconnect=1,
+    )
     logs = []
-    pipeline = Pipeline(loaded, create_backend(loaded, "onnxruntime", log=logs.append), [],
-                        RunConfig(loaded.threshold, loaded.threshold, status_every_s=0), log=logs.append)
+    pipeline = Pipeline(
+        loaded,
+        create_backend(loaded, "onnxruntime", log=logs.append),
+        [],
+        RunConfig(loaded.threshold, loaded.threshold, status_every_s=0),
+        log=logs.append,
+    )
     code = pipeline.run(capture)
     assert code == EXIT_SOURCE_LOST
-    assert capture.counters.reconnects == 3 and camera.opens == 4  # 1 recovery, then 2 failed attempts
+    assert (
+        capture.counters.reconnects == 3 and camera.opens == 4
+    )  # 1 recovery, then 2 failed attempts
     assert pipeline.stats.frames == 10  # 5 frames before each failure
     assert "not recovered" in pipeline.summary["source_error"]
 
@@ -222,10 +268,21 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
     loaded = load_bundle(bundle)
     backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
     sink = RecordingSink()
-    config = RunConfig(loaded.threshold, loaded.threshold, batch=batch, max_frames=max_frames, status_every_s=1e9,
-                       workers=backend.workers)
+    config = RunConfig(
+        loaded.threshold,
+        loaded.threshold,
+        batch=batch,
+        max_frames=max_frames,
+        status_every_s=1e9,
+        workers=backend.workers,
+    )
     pipeline = Pipeline(loaded, backend, [sink], config, log=lambda *_: None)
-    assert pipeline.run(Capture(open_source(parse_uri(str(path))), make_preprocess(loaded), queue_size=8)) == 0
+    assert (
+        pipeline.run(
+            Capture(open_source(parse_uri(str(path))), make_preprocess(loaded), queue_size=8)
+        )
+        == 0
+    )
     return backend, sink.events, pipeline.summary
 
 
@@ -235,8 +292,12 @@ def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
     one, serial, _ = _stream(bundle, path, workers=1)
     three, overlapped, summary = _stream(bundle, path, workers=3, batch=2)
     assert one.workers == 1 and three.workers == 3 and summary["backend"]["workers"] == 3
-    assert [e["frame"] for e in overlapped] == [e["frame"] for e in serial] == list(range(len(truth)))
-    np.testing.assert_allclose([e["score"] for e in overlapped], [e["score"] for e in serial], rtol=1e-5)
+    assert (
+        [e["frame"] for e in overlapped] == [e["frame"] for e in serial] == list(range(len(truth)))
+    )
+    np.testing.assert_allclose(
+        [e["score"] for e in overlapped], [e["score"] for e in serial], rtol=1e-5
+    )
     assert [e["decision"] for e in overlapped] == [e["decision"] for e in serial]
     _, limited, summary = _stream(bundle, path, workers=3, batch=2, max_frames=7)
     assert [e["frame"] for e in limited] == list(range(7)) and summary["frames"] == 7
@@ -275,8 +336,13 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
 
     loaded = load_bundle(bundle)
     sink = ClosingSink()
-    pipeline = Pipeline(loaded, FailingBackend(), [sink], RunConfig(1.0, 1.0, status_every_s=1e9, workers=2),
-                        log=lambda *_: None)
+    pipeline = Pipeline(
+        loaded,
+        FailingBackend(),
+        [sink],
+        RunConfig(1.0, 1.0, status_every_s=1e9, workers=2),
+        log=lambda *_: None,
+    )
     capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
     with pytest.raises(BackendError, match="device lost"):
         pipeline.run(capture)
@@ -291,7 +357,9 @@ def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
     from dmgrd_edge.runtime import select
 
     loaded = load_bundle(bundle)
-    monkeypatch.setattr(select, "_engine_for", lambda *_: ("model.onnx", {"precision": "fp32", "trt_version": "10"}))
+    monkeypatch.setattr(
+        select, "_engine_for", lambda *_: ("model.onnx", {"precision": "fp32", "trt_version": "10"})
+    )
     with pytest.raises(ConfigError, match="one call at a time"):
         select.create_backend(loaded, "auto", workers=2, log=lambda *_: None)
 
@@ -303,8 +371,14 @@ def test_workers_option():
     for bad in ("0", "-1", "two"):
         with pytest.raises(ConfigError, match="auto or a number"):
             parse_workers(bad)
-    assert auto_workers(accelerated=False, cores=2) == 2 and auto_workers(accelerated=False, cores=8) == 2
-    assert auto_workers(accelerated=False, cores=1) == 1 and auto_workers(accelerated=True, cores=8) == 1
+    assert (
+        auto_workers(accelerated=False, cores=2) == 2
+        and auto_workers(accelerated=False, cores=8) == 2
+    )
+    assert (
+        auto_workers(accelerated=False, cores=1) == 1
+        and auto_workers(accelerated=True, cores=8) == 1
+    )
 
 
 def test_regions_boxes_and_peaks():
@@ -331,16 +405,38 @@ def test_sink_uris(tmp_path):
 
 def _run_cli(*args, block_torch=True, **kwargs):
     prelude = "import sys; sys.modules['torch'] = None\n" if block_torch else ""
-    code = prelude + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\nfrom dmgrd_edge.cli import main\nmain()"
-    return subprocess.Popen([sys.executable, "-c", "import sys\n" + code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    code = (
+        prelude
+        + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\nfrom dmgrd_edge.cli import main\nmain()"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys\n" + code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_run_end_to_end_without_torch(tmp_path, video, bundle):
     path, truth = video
-    proc = _run_cli("run", bundle, "--source", path, "--sink", tmp_path / "events.jsonl", "--sink",
-                    tmp_path / "out.avi", "--sink", f"folder://{tmp_path / 'ng'}", "--batch", "4", "--headless",
-                    "--stats-json", tmp_path / "stats.json")
+    proc = _run_cli(
+        "run",
+        bundle,
+        "--source",
+        path,
+        "--sink",
+        tmp_path / "events.jsonl",
+        "--sink",
+        tmp_path / "out.avi",
+        "--sink",
+        f"folder://{tmp_path / 'ng'}",
+        "--batch",
+        "4",
+        "--headless",
+        "--stats-json",
+        tmp_path / "stats.json",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     events = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -357,7 +453,9 @@ def test_run_end_to_end_without_torch(tmp_path, video, bundle):
     assert reader.get(cv2.CAP_PROP_FPS) == 25  # the source video's rate
 
 
-def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(tmp_path, video, bundle):
+def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(
+    tmp_path, video, bundle
+):
     old = tmp_path / "out.avi"
     old.write_bytes(b"yesterday's recording")
     proc = _run_cli("run", bundle, "--source", video[0], "--sink", old, "--headless")
@@ -368,7 +466,9 @@ def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(tmp
 
 
 def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, video, bundle):
-    proc = _run_cli("run", bundle, "--source", video[0], "--sink", "jsonl:///dev/full", "--headless")
+    proc = _run_cli(
+        "run", bundle, "--source", video[0], "--sink", "jsonl:///dev/full", "--headless"
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 4, err
     assert "No space left on device" in err and "/dev/full" in err and "Traceback" not in out + err
@@ -376,11 +476,22 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, video, bundle):
 
 def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
     path, _ = video
-    proc = _run_cli("run", bundle, "--source", path, "--loop", "--sink", tmp_path / "events.jsonl", "--headless",
-                    "--stats-json", tmp_path / "stats.json")
+    proc = _run_cli(
+        "run",
+        bundle,
+        "--source",
+        path,
+        "--loop",
+        "--sink",
+        tmp_path / "events.jsonl",
+        "--headless",
+        "--stats-json",
+        tmp_path / "stats.json",
+    )
     deadline = time.time() + 60
-    while time.time() < deadline and not ((tmp_path / "events.jsonl").exists()
-                                           and (tmp_path / "events.jsonl").stat().st_size > 0):
+    while time.time() < deadline and not (
+        (tmp_path / "events.jsonl").exists() and (tmp_path / "events.jsonl").stat().st_size > 0
+    ):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
@@ -408,24 +519,60 @@ def test_tampered_bundle_fails_at_start(tmp_path, video, bundle):
 
 
 def test_bench_without_torch(tmp_path, bundle, line_root):
-    proc = _run_cli("bench", bundle, "--batch", "1,2", "--runs", "3", "--warmup", "1", "--data", line_root,
-                    "--workers", "2", "--out", tmp_path / "bench.json")
+    proc = _run_cli(
+        "bench",
+        bundle,
+        "--batch",
+        "1,2",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--data",
+        line_root,
+        "--workers",
+        "2",
+        "--out",
+        tmp_path / "bench.json",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     result = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in result["latency"]] == [1, 2]
-    assert all(r["workers"] == 2 and r["images_per_s"] > 0 and r["images_per_s_one_call"] > 0
-               for r in result["latency"])
+    assert all(
+        r["workers"] == 2 and r["images_per_s"] > 0 and r["images_per_s_one_call"] > 0
+        for r in result["latency"]
+    )
     assert result["backend"]["workers"] == 2 and result["backend"]["threads"] >= 1
     assert all(r["ms_p50"] <= r["ms_p99"] for r in result["latency"])
     assert result["device"]["cpu_count"] >= 1 and result["device"]["onnxruntime"]
     assert result["accuracy"]["category"] == "washer" and 0 <= result["accuracy"]["i_auroc"] <= 1
     assert result["startup_s"] > 0 and result["peak_host_rss_mib"] > 0
     # a second variant of the same bundle, then the trade-off report over both (no torch)
-    proc = _run_cli("bench", bundle, "--precision", "fp32", "--batch", "1", "--runs", "3", "--warmup", "1",
-                    "--data", line_root, "--out", tmp_path / "bench_fp32.json")
+    proc = _run_cli(
+        "bench",
+        bundle,
+        "--precision",
+        "fp32",
+        "--batch",
+        "1",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--data",
+        line_root,
+        "--out",
+        tmp_path / "bench_fp32.json",
+    )
     assert proc.communicate(timeout=120) and proc.returncode == 0
-    proc = _run_cli("report", tmp_path / "bench.json", tmp_path / "bench_fp32.json", "--out", tmp_path / "report")
+    proc = _run_cli(
+        "report",
+        tmp_path / "bench.json",
+        tmp_path / "bench_fp32.json",
+        "--out",
+        tmp_path / "report",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     for name in ("report.md", "report.csv", "report.html", "pareto.png"):
@@ -438,7 +585,11 @@ def test_bench_without_torch(tmp_path, bundle, line_root):
     (tmp_path / "not_bench.json").write_text(json.dumps({"frames": 3}))
     proc = _run_cli("report", tmp_path / "not_bench.json", "--out", tmp_path / "r2")
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and "not a dmgrd-edge bench result" in err and not (tmp_path / "r2").exists()
+    assert (
+        proc.returncode == 2
+        and "not a dmgrd-edge bench result" in err
+        and not (tmp_path / "r2").exists()
+    )
 
 
 def test_calibrate_threshold_from_good_frames(tmp_path, bundle):
@@ -453,16 +604,36 @@ def test_calibrate_threshold_from_good_frames(tmp_path, bundle):
     for i in range(20):
         image, _ = make_image("washer", 5, "video", i, 64)
         cv2.imwrite(str(good / f"{i:03d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
-    proc = _run_cli("calibrate-threshold", copy, "--source", good, "--false-alarm-rate", "0.05",
-                    "--backend", "onnxruntime", "--precision", "fp32")
+    proc = _run_cli(
+        "calibrate-threshold",
+        copy,
+        "--source",
+        good,
+        "--false-alarm-rate",
+        "0.05",
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     summary = json.loads(out)
     loaded = load_bundle(copy)  # manifest rewritten, every file still verifies
     assert loaded.threshold_for("model.onnx") == summary["threshold"] and summary["count"] == 20
     assert "cannot resolve" not in err
-    proc = _run_cli("run", copy, "--source", good, "--precision", "fp32", "--sink", tmp_path / "e.jsonl",
-                    "--headless", "--no-spin")
+    proc = _run_cli(
+        "run",
+        copy,
+        "--source",
+        good,
+        "--precision",
+        "fp32",
+        "--sink",
+        tmp_path / "e.jsonl",
+        "--headless",
+        "--no-spin",
+    )
     proc.communicate(timeout=120)
     events = [json.loads(l) for l in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert sum(e["decision"] == "NG" for e in events) <= 1  # at most 5 % of 20 good frames
@@ -486,10 +657,15 @@ def test_onnx_file_choice_follows_the_provider(bundle):
     for entry in manifest["files"].values():
         entry.pop("target", None)  # as written before the CPU file existed
     older, notes = Bundle(bundle, manifest), []
-    assert onnx_file_for(older, "auto", accelerated=False, log=notes.append) == ("model.onnx", "fp32")
-    assert onnx_file_for(older, "int8", accelerated=False, log=notes.append) == ("model.int8.onnx", "int8")
+    assert onnx_file_for(older, "auto", accelerated=False, log=notes.append) == (
+        "model.onnx",
+        "fp32",
+    )
+    assert onnx_file_for(older, "int8", accelerated=False, log=notes.append) == (
+        "model.int8.onnx",
+        "int8",
+    )
     assert notes and "quantized for TensorRT" in notes[0]
-
 
 
 def test_jetson_release_and_power_mode_are_parsed():
@@ -503,7 +679,11 @@ def test_jetson_release_and_power_mode_are_parsed():
     assert (mode["mode"], mode["id"]) == ("MAXN", 0)
     assert parse_nvpmodel("NV Power Mode: 15W\n2")["id"] == 2 and parse_nvpmodel(None) is None
     info = device_info()  # this machine: no Jetson, but the CPU and ONNX Runtime are recorded
-    assert info["cpu"] and info["onnxruntime"] and ("jetson" in info) == Path("/etc/nv_tegra_release").is_file()
+    assert (
+        info["cpu"]
+        and info["onnxruntime"]
+        and ("jetson" in info) == Path("/etc/nv_tegra_release").is_file()
+    )
 
 
 class FakeClock:
@@ -533,7 +713,12 @@ def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
     clock.now += 0.13  # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
     got.append(source.read()[1])
     assert source.dropped == 2 and clock.now == pytest.approx(100.21)
-    assert [int(np.abs(g.astype(int) - frames[i]).sum()) for g, i in zip(got, [0, 1, 2, 5])] == [0, 0, 0, 0]
+    assert [int(np.abs(g.astype(int) - frames[i]).sum()) for g, i in zip(got, [0, 1, 2, 5])] == [
+        0,
+        0,
+        0,
+        0,
+    ]
     got.append(source.read()[1])  # back on the clock: frame 6 at its time
     assert source.dropped == 2 and clock.now == pytest.approx(100.0 + 6 * 0.04)
     assert np.array_equal(got[-1], frames[6])
@@ -552,26 +737,46 @@ def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
 
 
 def test_replay_at_a_frame_rate_through_the_cli(tmp_path, video, bundle):
-    proc = _run_cli("run", bundle, "--source", video[0], "--input-fps", 200, "--sink", tmp_path / "e.jsonl",
-                    "--sink", tmp_path / "rec.avi",
-                    "--headless", "--stats-json", tmp_path / "stats.json")
+    proc = _run_cli(
+        "run",
+        bundle,
+        "--source",
+        video[0],
+        "--input-fps",
+        200,
+        "--sink",
+        tmp_path / "e.jsonl",
+        "--sink",
+        tmp_path / "rec.avi",
+        "--headless",
+        "--stats-json",
+        tmp_path / "stats.json",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     stats = json.loads((tmp_path / "stats.json").read_text())
     events = (tmp_path / "e.jsonl").read_text().splitlines()
     # every frame of the file was either decided or counted as dropped, none twice
     assert stats["frames"] == len(events) and stats["frames"] + stats["dropped"] == len(video[1])
-    assert cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FPS) == 200  # recorded at the replay rate
+    assert (
+        cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FPS) == 200
+    )  # recorded at the replay rate
 
 
 def test_bench_peak_memory_is_its_own_not_its_parents():
     """A process started by a large one: its peak resident memory is its own (VmHWM), not the
     parent's size at fork (ru_maxrss carries that over exec)."""
     ballast = np.ones(300 * 2**20 // 8)  # 300 MiB resident in this process
-    code = ("from dmgrd_edge.runtime.bench import _peak_rss_mib; import resource; "
-            "print(_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                               check=True).stdout.split())
+    code = (
+        "from dmgrd_edge.runtime.bench import _peak_rss_mib; import resource; "
+        "print(_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    own, inherited = map(
+        float,
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split(),
+    )
     assert ballast.sum() > 0 and own < 250
     assert own <= inherited
 
@@ -591,8 +796,11 @@ def test_jetson_clocks_state_says_unknown_without_root(monkeypatch):
 
     monkeypatch.setattr(device_info.shutil, "which", lambda name: name)
     monkeypatch.setattr(device_info.subprocess, "run", fake_run)
-    reply = (0, "SOC family:tegra234  Machine:Jetson AGX Orin\nCPU Cluster Switching: Disabled\n",
-             "")
+    reply = (
+        0,
+        "SOC family:tegra234  Machine:Jetson AGX Orin\nCPU Cluster Switching: Disabled\n",
+        "",
+    )
     state = device_info.jetson_clocks_state(euid=1000)
     assert state.startswith("unknown (jetson_clocks --show needs root")
     assert not calls  # not even run without root

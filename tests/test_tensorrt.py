@@ -12,7 +12,10 @@ from dmgrd_edge.export.tensorrt_engine import EngineRequest, engine_file_name, o
 def test_engine_names_carry_precision_gpu_and_version():
     name = engine_file_name("int8", "NVIDIA Jetson AGX Orin", "10.3.0")
     assert name == "engines/model.int8.nvidia-jetson-agx-orin.trt10.3.0.engine"
-    assert engine_file_name("fp16", "Orin", "8.6.2", dla_core=1) == "engines/model.fp16.dla1.orin.trt8.6.2.engine"
+    assert (
+        engine_file_name("fp16", "Orin", "8.6.2", dla_core=1)
+        == "engines/model.fp16.dla1.orin.trt8.6.2.engine"
+    )
     assert slug("  ") == "unknown"
 
 
@@ -35,7 +38,10 @@ def test_onnx_choice_per_precision_and_version(tmp_path):
         onnx_for(request, 11)  # 11 needs the FP16-typed graph
     (tmp_path / "model.fp16.onnx").write_bytes(b"x")
     assert onnx_for(request, 11) == (tmp_path / "model.fp16.onnx", False)
-    assert onnx_for(EngineRequest(tmp_path, "int8", BatchProfile(1, 1, 1), 64), 8)[0].name == "model.int8.onnx"
+    assert (
+        onnx_for(EngineRequest(tmp_path, "int8", BatchProfile(1, 1, 1), 64), 8)[0].name
+        == "model.int8.onnx"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +65,14 @@ def test_build_int8_engine_and_register_it(trt_and_cuda, tmp_path, trained_ckpt)
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path / "bundle"
-    export_bundle(ExportOptions(trained_ckpt, out, int8=True, calib_count=4, batch=BatchProfile(1, 1, 2)),
-                  log=lambda _: None)
+    export_bundle(
+        ExportOptions(trained_ckpt, out, int8=True, calib_count=4, batch=BatchProfile(1, 1, 2)),
+        log=lambda _: None,
+    )
     _build_engines(out, ["int8"], BatchProfile(1, 1, 2), 1 << 28, None)
     bundle = load_bundle(out)
     engines = bundle.files(kind="engine")
-    assert len(engines) == 1 and bundle.manifest["files"][engines[0]]["trt_version"] == trt_and_cuda.__version__
+    assert (
+        len(engines) == 1
+        and bundle.manifest["files"][engines[0]]["trt_version"] == trt_and_cuda.__version__
+    )

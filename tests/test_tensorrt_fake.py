@@ -245,11 +245,7 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
     monkeypatch.setattr(device, "BOARD_MODEL", board)
     with installed("10.3.0"):
         name, info = build(bundle, "int8")
-        assert (
-            info["gpu"]
-            == device.gpu_name()
-            == "Orin (NVIDIA Jetson AGX Orin Developer Kit)"
-        )
+        assert info["gpu"] == device.gpu_name() == "Orin (NVIDIA Jetson AGX Orin Developer Kit)"
         assert (
             name == "engines/model.int8.orin-nvidia-jetson-agx-orin-developer-kit.trt10.3.0.engine"
         )

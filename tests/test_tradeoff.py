@@ -21,9 +21,25 @@ from dmgrd_edge.tradeoff import (
 
 
 def variant(name, ms, pro, device="cpu A"):
-    return Variant(name=name, device=device, backbone=name, image_size=256, file="model.onnx", precision="fp32",
-                   backend="onnxruntime", ms_b1_p50=ms, ms_b1_p99=ms, best_images_per_s=1000 / ms, best_batch=1,
-                   peak_host_rss_mib=1.0, startup_s=0.1, i_auroc=None, p_auroc=None, pro_30=pro, source="x.json")
+    return Variant(
+        name=name,
+        device=device,
+        backbone=name,
+        image_size=256,
+        file="model.onnx",
+        precision="fp32",
+        backend="onnxruntime",
+        ms_b1_p50=ms,
+        ms_b1_p99=ms,
+        best_images_per_s=1000 / ms,
+        best_batch=1,
+        peak_host_rss_mib=1.0,
+        startup_s=0.1,
+        i_auroc=None,
+        p_auroc=None,
+        pro_30=pro,
+        source="x.json",
+    )
 
 
 def test_pareto_front_and_recommendation():
@@ -56,14 +72,20 @@ def test_variant_names_tell_pruned_and_labelled_bundles_apart(tmp_path):
     from dmgrd_edge.tradeoff import load_result
 
     def bench(name, **extra):
-        data = {"latency": [{"batch": 1, "ms_p50": 10.0, "ms_p99": 12.0, "images_per_s": 100.0}],
-                "backend": {"backend": "onnxruntime", "file": "model.onnx", "precision": "fp32"},
-                "model": {"backbone": "efficientnet_lite0", "image_size": 256}, "device": {"cpu": "A"}, **extra}
+        data = {
+            "latency": [{"batch": 1, "ms_p50": 10.0, "ms_p99": 12.0, "images_per_s": 100.0}],
+            "backend": {"backend": "onnxruntime", "file": "model.onnx", "precision": "fp32"},
+            "model": {"backbone": "efficientnet_lite0", "image_size": 256},
+            "device": {"cpu": "A"},
+            **extra,
+        }
         (tmp_path / name).write_text(json.dumps(data))
         return load_result(tmp_path / name).name
 
     assert bench("plain.json").startswith("efficientnet_lite0 fp32")
-    assert bench("cut.json", pruning={"ratio": 0.5}).startswith("efficientnet_lite0 pruned 50% fp32")
+    assert bench("cut.json", pruning={"ratio": 0.5}).startswith(
+        "efficientnet_lite0 pruned 50% fp32"
+    )
     assert bench("labelled.json", label="line 3 candidate").startswith("line 3 candidate fp32")
 
 
@@ -88,8 +110,9 @@ def test_report_on_the_committed_bench_results(tmp_path, folder):
     markdown = paths["md"].read_text()
     assert "![latency vs accuracy per device](pareto.png)" in markdown
     assert markdown.count("\n| efficientnet_lite0") == len(results)
-    assert "Recommended: **" in markdown and ("Within 10 ms" in markdown or "No variant fits 10 ms"
-                                              in markdown)
+    assert "Recommended: **" in markdown and (
+        "Within 10 ms" in markdown or "No variant fits 10 ms" in markdown
+    )
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert sorted(r["source"] for r in rows) == [p.name for p in results]
 
@@ -122,6 +145,7 @@ def test_report_command_takes_a_budget(tmp_path):
     from dmgrd_edge.cli import app
 
     results = [str(p) for p in sorted((RESULTS / "tradeoff").glob("bench_*.json"))]
+
     def report(budget):
         args = ["report", *results, "--out", str(tmp_path), "--budget-ms", budget]
         return CliRunner().invoke(app, args)
@@ -162,12 +186,24 @@ def test_labels_of_a_dense_set_do_not_overlap(numbered, count):
     mark_pareto(variants, "pro_30")
     picks = recommend(variants, "pro_30", 1.0)
     budget = within_budget(variants, "pro_30", 9.5)
-    fig, panels = build_figure(variants, ("pro_30", "i_auroc"), picks, 9.5, budget, "recommended",
-                               height_scale=1.6, numbered=numbered)
+    fig, panels = build_figure(
+        variants,
+        ("pro_30", "i_auroc"),
+        picks,
+        9.5,
+        budget,
+        "recommended",
+        height_scale=1.6,
+        numbered=numbered,
+    )
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    assert [(p.device, p.metric) for p in panels] == [("cpu A", "pro_30"), ("cpu A", "i_auroc"),
-                                                      ("gpu B", "pro_30"), ("gpu B", "i_auroc")]
+    assert [(p.device, p.metric) for p in panels] == [
+        ("cpu A", "pro_30"),
+        ("cpu A", "i_auroc"),
+        ("gpu B", "pro_30"),
+        ("gpu B", "i_auroc"),
+    ]
     for panel in panels:  # one device per latency axis, and the panel says which
         assert panel.device in panel.ax.get_title() and "(ms)" in panel.ax.get_xlabel()
         assert len(panel.labels) == len(panel.variants)
@@ -178,7 +214,7 @@ def test_labels_of_a_dense_set_do_not_overlap(numbered, count):
             text = panel.labels[i].get_text()
             assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text
             assert frame.y0 <= box.y0 and box.y1 <= frame.y1, text
-            assert not any(box.overlaps(other) for other in boxes[i + 1:]), text
+            assert not any(box.overlaps(other) for other in boxes[i + 1 :]), text
             assert not any(box.overlaps(m) for m in markers), text
         for leader in panel.leaders:
             path = MplPath(leader.get_transform().transform(leader.get_xydata()))
@@ -219,11 +255,22 @@ def test_plot_numbers_the_points_when_names_do_not_fit(monkeypatch):
     assert "fewer bench results" in str(info.value)
 
 
-@pytest.mark.parametrize("nvpmodel", [
-    {"mode": "MAXN", "id": 0, "raw": "NV Power Mode: MAXN\n0"},  # parsed, as bench writes it now
-    "NV Power Mode: MAXN\n0",  # the raw text older bench results carry
-    {"mode": None, "id": None, "raw": "NV Power Mode: MAXN\n0"},  # a form the parser did not know
-])
+@pytest.mark.parametrize(
+    "nvpmodel",
+    [
+        {
+            "mode": "MAXN",
+            "id": 0,
+            "raw": "NV Power Mode: MAXN\n0",
+        },  # parsed, as bench writes it now
+        "NV Power Mode: MAXN\n0",  # the raw text older bench results carry
+        {
+            "mode": None,
+            "id": None,
+            "raw": "NV Power Mode: MAXN\n0",
+        },  # a form the parser did not know
+    ],
+)
 def test_report_reads_jetson_results_with_either_power_mode_form(tmp_path, nvpmodel):
     """`dmgrd-edge report` on results recorded on a Jetson: the parsed nvpmodel dict and the
     older raw text give the same device label (no AttributeError on the dict)."""
@@ -233,11 +280,16 @@ def test_report_reads_jetson_results_with_either_power_mode_form(tmp_path, nvpmo
     paths = []
     new = {"nvpmodel": nvpmodel, "l4t": "R36.3.0"}
     for name, jetson, ms in (("new.json", new, 2.0), ("old.json", old, 3.0)):
-        data = {"latency": [{"batch": 1, "ms_p50": ms, "ms_p99": ms, "images_per_s": 1000 / ms}],
-                "backend": {"backend": "tensorrt", "file": f"engines/{name}.engine",
-                            "precision": "int8"},
-                "model": {"backbone": "efficientnet_lite0", "image_size": 256},
-                "device": {"cpu": "ARMv8", "gpu": "Orin", "jetson": jetson}}
+        data = {
+            "latency": [{"batch": 1, "ms_p50": ms, "ms_p99": ms, "images_per_s": 1000 / ms}],
+            "backend": {
+                "backend": "tensorrt",
+                "file": f"engines/{name}.engine",
+                "precision": "int8",
+            },
+            "model": {"backbone": "efficientnet_lite0", "image_size": 256},
+            "device": {"cpu": "ARMv8", "gpu": "Orin", "jetson": jetson},
+        }
         paths.append(tmp_path / name)
         paths[-1].write_text(json.dumps(data))
     result = write_report(paths, tmp_path / "out")

@@ -19,8 +19,15 @@ from dmgrd_edge.train.trainer import train_category
 
 def _job(root, out, steps, **kw):
     config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
-    return TrainJob("mvtec", str(root), "washer", str(out), config,
-                    TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2), **kw)
+    return TrainJob(
+        "mvtec",
+        str(root),
+        "washer",
+        str(out),
+        config,
+        TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+        **kw,
+    )
 
 
 def test_checkpoint_is_weights_only_and_complete(trained_ckpt):
@@ -33,7 +40,9 @@ def test_checkpoint_is_weights_only_and_complete(trained_ckpt):
     assert len(meta["history"]) == 2
     assert "normal_memory.maps0" in payload["state_dict"]
     model, _ = load_model(trained_ckpt)
-    torch.testing.assert_close(model.normal_memory.maps0, payload["state_dict"]["normal_memory.maps0"])
+    torch.testing.assert_close(
+        model.normal_memory.maps0, payload["state_dict"]["normal_memory.maps0"]
+    )
     assert (trained_ckpt.parent / "best.pt").is_file()
 
 
@@ -102,8 +111,12 @@ def test_evaluate_writes_metrics_and_overlays(tmp_path, trained_ckpt):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dmgrd_edge.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "dmgrd_edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_cli_eval_writes_reports(tmp_path, trained_ckpt):
@@ -115,12 +128,15 @@ def test_cli_eval_writes_reports(tmp_path, trained_ckpt):
     assert (tmp_path / "ev" / "report.csv").read_text().startswith("category,i_auroc")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "--data", "nowhere"], "dataset root not found"),
-    (["train", "--data", ".", "--backbone", "vgg"], "choose one of"),
-    (["train", "--data", ".", "--dataset", "kolektor"], "choose one of"),
-    (["eval", "missing.pt"], "checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--data", "nowhere"], "dataset root not found"),
+        (["train", "--data", ".", "--backbone", "vgg"], "choose one of"),
+        (["train", "--data", ".", "--dataset", "kolektor"], "choose one of"),
+        (["eval", "missing.pt"], "checkpoint not found"),
+    ],
+)
 def test_cli_errors_exit_non_zero_with_a_fix(tmp_path, args, needle):
     result = _cli(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -128,15 +144,48 @@ def test_cli_errors_exit_non_zero_with_a_fix(tmp_path, args, needle):
 
 
 def test_cli_train_and_generate(tmp_path):
-    gen = _cli("generate-data", tmp_path / "d", "--categories", "granite", "--n-train", "6", "--n-test-good", "2",
-               "--n-test-per-defect", "1", "--size", "64")
+    gen = _cli(
+        "generate-data",
+        tmp_path / "d",
+        "--categories",
+        "granite",
+        "--n-train",
+        "6",
+        "--n-test-good",
+        "2",
+        "--n-test-per-defect",
+        "1",
+        "--size",
+        "64",
+    )
     assert gen.returncode == 0, gen.stderr
-    result = _cli("train", "--data", tmp_path / "d", "--category", "all", "--out", tmp_path / "runs",
-                  "--image-size", "64", "--steps", "2", "--batch-size", "2", "--memory-size", "2",
-                  "--val-every", "2", "--checkpoint-every", "2")
+    result = _cli(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--category",
+        "all",
+        "--out",
+        tmp_path / "runs",
+        "--image-size",
+        "64",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--memory-size",
+        "2",
+        "--val-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary[0]["category"] == "granite" and (tmp_path / "runs" / "granite" / "last.pt").is_file()
+    assert (
+        summary[0]["category"] == "granite"
+        and (tmp_path / "runs" / "granite" / "last.pt").is_file()
+    )
 
 
 def test_overwrite_replaces_a_run_only_once_the_new_run_has_a_checkpoint(tmp_path, line_root):

@@ -24,7 +24,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def save_checkpoint(path: str | Path, model, metadata: dict[str, Any], optimizer=None, step: int = 0) -> None:
+def save_checkpoint(
+    path: str | Path, model, metadata: dict[str, Any], optimizer=None, step: int = 0
+) -> None:
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -46,13 +48,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}",
-                              "the file is truncated or not a dmgrd-edge checkpoint; retrain or re-copy it") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}",
+            "the file is truncated or not a dmgrd-edge checkpoint; retrain or re-copy it",
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dmgrd-edge checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {payload['format_version']}",
-                              f"this dmgrd-edge reads up to {FORMAT_VERSION}; upgrade dmgrd-edge")
+        raise CheckpointError(
+            f"{path} has format version {payload['format_version']}",
+            f"this dmgrd-edge reads up to {FORMAT_VERSION}; upgrade dmgrd-edge",
+        )
     return payload
 
 
@@ -66,7 +72,9 @@ def load_model(path: str | Path, device: str = "cpu"):
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model config: {str(exc)[:300]}") from exc
+        raise CheckpointError(
+            f"{path}: weights do not match the model config: {str(exc)[:300]}"
+        ) from exc
     model.teacher_source = payload["metadata"].get("teacher_weights", "from checkpoint")
     return model.to(device).eval(), payload
 

@@ -32,10 +32,17 @@ def _timed_forward(model, x: torch.Tensor, device) -> tuple[Any, float]:
 
 
 @torch.no_grad()
-def evaluate_checkpoint(checkpoint: str | Path, root: str | Path | None = None, dataset: str | None = None,
-                        category: str | None = None, out_dir: str | Path | None = None,
-                        batch_size: int = 8, device: str = "auto", overlays_per_type: int = 2,
-                        console: Console | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    root: str | Path | None = None,
+    dataset: str | None = None,
+    category: str | None = None,
+    out_dir: str | Path | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    overlays_per_type: int = 2,
+    console: Console | None = None,
+) -> dict[str, Any]:
     console = console or Console()
     dev = pick_device(device)
     model, payload = load_model(checkpoint, str(dev))
@@ -46,29 +53,57 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path | None = None, 
     cfg = checkpoint_preprocess(payload)
     index = index_category(dataset, root, category)
     if not any(s.label for s in index.test):
-        console.print(f"[yellow]warning:[/] {category} has no defective test images; only scores are reported")
+        console.print(
+            f"[yellow]warning:[/] {category} has no defective test images; only scores are reported"
+        )
     maps, scores, seconds = [], [], 0.0
-    images = np.stack([resize_rgb(read_image(s.path), cfg)
-                       for s in track(index.test, description=f"read {category}", console=console)])
+    images = np.stack(
+        [
+            resize_rgb(read_image(s.path), cfg)
+            for s in track(index.test, description=f"read {category}", console=console)
+        ]
+    )
     model(torch.from_numpy(normalize(images[:1], cfg)).to(dev))  # warm-up
     for i in range(0, len(images), batch_size):
-        out, dt = _timed_forward(model, torch.from_numpy(normalize(images[i:i + batch_size], cfg)).to(dev), dev)
+        out, dt = _timed_forward(
+            model, torch.from_numpy(normalize(images[i : i + batch_size], cfg)).to(dev), dev
+        )
         seconds += dt
         maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
         scores.append(out.score.float().cpu().numpy())
     maps_np, scores_np = np.concatenate(maps), np.concatenate(scores)
     labels = np.array([s.label for s in index.test])
-    masks = np.stack([resize_mask(read_mask(s.mask_path), cfg.height, cfg.width) if s.mask_path
-                      else np.zeros((cfg.height, cfg.width), bool) for s in index.test])
+    masks = np.stack(
+        [
+            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
+            if s.mask_path
+            else np.zeros((cfg.height, cfg.width), bool)
+            for s in index.test
+        ]
+    )
     row: dict[str, Any] = {"category": category, **evaluate_all(labels, scores_np, masks, maps_np)}
     row["ms_per_image"] = 1000 * seconds / len(images)
     row["n_test"] = int(len(images))
     if out_dir is not None:
-        _write_overlays(Path(out_dir) / "overlays" / category, index.test, images, maps_np, scores_np, masks,
-                        overlays_per_type)
-    return {"row": row, "checkpoint": str(checkpoint), "dataset": dataset, "device": str(dev),
-            "backbone": model.config.backbone, "selection": model.config.selection,
-            "use_memory": model.config.use_memory, "step": payload["step"]}
+        _write_overlays(
+            Path(out_dir) / "overlays" / category,
+            index.test,
+            images,
+            maps_np,
+            scores_np,
+            masks,
+            overlays_per_type,
+        )
+    return {
+        "row": row,
+        "checkpoint": str(checkpoint),
+        "dataset": dataset,
+        "device": str(dev),
+        "backbone": model.config.backbone,
+        "selection": model.config.selection,
+        "use_memory": model.config.use_memory,
+        "step": payload["step"],
+    }
 
 
 def _write_overlays(folder: Path, samples, images, maps, scores, masks, per_type: int) -> None:
@@ -79,6 +114,11 @@ def _write_overlays(folder: Path, samples, images, maps, scores, masks, per_type
             continue
         counts[sample.defect_type] = counts.get(sample.defect_type, 0) + 1
         overlay = draw_contour(heat_overlay(images[i], maps[i], vmin, vmax), masks[i])
-        panel = np.concatenate([put_label(images[i], sample.defect_type),
-                                put_label(overlay, f"score {scores[i]:.3f}")], axis=1)
+        panel = np.concatenate(
+            [
+                put_label(images[i], sample.defect_type),
+                put_label(overlay, f"score {scores[i]:.3f}"),
+            ],
+            axis=1,
+        )
         write_image(folder / f"{sample.defect_type}_{sample.path.stem}.png", panel)

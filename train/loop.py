@@ -35,16 +35,22 @@ class TrainJob:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
-    init_from: str | None = None  # start from this checkpoint's weights and memory (fine-tuning a pruned model)
+    init_from: str | None = (
+        None  # start from this checkpoint's weights and memory (fine-tuning a pruned model)
+    )
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available", "use --device cpu or auto")
+        raise ConfigError(
+            f"device {name!r} asked for but CUDA is not available", "use --device cpu or auto"
+        )
     if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}", "choose one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+        raise ConfigError(
+            f"unknown device {name!r}", "choose one of ['auto', 'cpu', 'cuda', 'cuda:N']"
+        )
     return torch.device(name)
 
 
@@ -68,7 +74,9 @@ class BatchSource:
 
     def __init__(self, images: np.ndarray, synthesizer: AnomalySynthesizer, cfg: TrainConfig):
         self.images, self.synth, self.cfg = images, synthesizer, cfg
-        self.n_anomalous = max(1, min(cfg.batch_size - 1, round(cfg.batch_size * cfg.anomaly_fraction)))
+        self.n_anomalous = max(
+            1, min(cfg.batch_size - 1, round(cfg.batch_size * cfg.anomaly_fraction))
+        )
 
     def batch(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, 1, step])
@@ -99,7 +107,7 @@ def predict(model, images: np.ndarray, cfg: PreprocessConfig, device, batch_size
     model.eval()
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(normalize(images[i:i + batch_size], cfg)).to(device)
+        x = torch.from_numpy(normalize(images[i : i + batch_size], cfg)).to(device)
         out = model(x)
         maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
         scores.append(out.score.float().cpu().numpy())
@@ -108,9 +116,16 @@ def predict(model, images: np.ndarray, cfg: PreprocessConfig, device, batch_size
 
 def score_statistics(normal_scores: np.ndarray) -> dict[str, float]:
     s = np.asarray(normal_scores, np.float64)
-    stats = {"count": int(s.size), "mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()),
-             "p50": float(np.percentile(s, 50)), "p95": float(np.percentile(s, 95)),
-             "p99": float(np.percentile(s, 99)), "max": float(s.max())}
+    stats = {
+        "count": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "p50": float(np.percentile(s, 50)),
+        "p95": float(np.percentile(s, 95)),
+        "p99": float(np.percentile(s, 99)),
+        "max": float(s.max()),
+    }
     stats["threshold"] = stats["mean"] + 3 * stats["std"]
     stats["threshold_rule"] = "mean + 3 std of validation normal scores"
     return stats

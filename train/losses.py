@@ -26,17 +26,27 @@ class LossTerms(NamedTuple):
 
 def kd_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
     """sum_l mean_b (1 - cos(flatten(F_l), flatten(S_l)))."""
-    return sum((1 - F.cosine_similarity(t.flatten(1).float(), s.flatten(1).float(), dim=1)).mean()
-               for t, s in zip(teacher, student))
+    return sum(
+        (1 - F.cosine_similarity(t.flatten(1).float(), s.flatten(1).float(), dim=1)).mean()
+        for t, s in zip(teacher, student)
+    )
 
 
-def contrast_loss(abnormal: list[torch.Tensor], normal: list[torch.Tensor], margin: float = 0.5) -> torch.Tensor:
+def contrast_loss(
+    abnormal: list[torch.Tensor], normal: list[torch.Tensor], margin: float = 0.5
+) -> torch.Tensor:
     """CosineEmbeddingLoss with target -1: mean(max(0, cos(a, n) - margin)) per level."""
-    return sum(F.relu(F.cosine_similarity(a.flatten(1).float(), n.flatten(1).float(), dim=1) - margin).mean()
-               for a, n in zip(abnormal, normal))
+    return sum(
+        F.relu(
+            F.cosine_similarity(a.flatten(1).float(), n.flatten(1).float(), dim=1) - margin
+        ).mean()
+        for a, n in zip(abnormal, normal)
+    )
 
 
-def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, iters: int = 50) -> torch.Tensor:
+def sinkhorn_distance(
+    x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, iters: int = 50
+) -> torch.Tensor:
     """Entropic OT between two equal-weight point sets with cost 1 - cosine (log domain)."""
     cost = 1 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
     n, m = cost.shape
@@ -57,11 +67,15 @@ def compactness_loss(fused_normal: list[torch.Tensor]) -> torch.Tensor:
     if n < 2:
         return fused_normal[0].new_zeros(())
     half = n // 2
-    return sum(sinkhorn_distance(f[:half].flatten(1).float(), f[half:2 * half].flatten(1).float())
-               for f in fused_normal)
+    return sum(
+        sinkhorn_distance(f[:half].flatten(1).float(), f[half : 2 * half].flatten(1).float())
+        for f in fused_normal
+    )
 
 
-def triplet_loss(normal: list[torch.Tensor], anomalous: list[torch.Tensor], margin: float = 1.0) -> torch.Tensor:
+def triplet_loss(
+    normal: list[torch.Tensor], anomalous: list[torch.Tensor], margin: float = 1.0
+) -> torch.Tensor:
     """Anchor/positive: max-pooled fused features of two normal images; negative: those of a
     pseudo-anomalous image. Vectors are L2-normalised so the margin is scale-free."""
     total = normal[0].new_zeros((), dtype=torch.float32)
@@ -76,7 +90,9 @@ def triplet_loss(normal: list[torch.Tensor], anomalous: list[torch.Tensor], marg
     return total
 
 
-def dmgrd_loss(features, clean_teacher: list[torch.Tensor], is_anomalous: torch.Tensor) -> LossTerms:
+def dmgrd_loss(
+    features, clean_teacher: list[torch.Tensor], is_anomalous: torch.Tensor
+) -> LossTerms:
     """All terms for one batch; `features` is the model's TrainingFeatures."""
     kd = kd_loss(clean_teacher, features.student)
     zero = kd.new_zeros(())

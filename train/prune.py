@@ -25,16 +25,24 @@ from .loop import TrainJob
 from .trainer import train_category
 
 
-def finetune_config(original: dict[str, Any], steps: int, lr: float, batch_size: int | None = None,
-                    threads: int = 0) -> TrainConfig:
+def finetune_config(
+    original: dict[str, Any], steps: int, lr: float, batch_size: int | None = None, threads: int = 0
+) -> TrainConfig:
     """The fine-tune's settings: the original run's (from its checkpoint's ``train_config``,
     so the same validation split and synthesis) with a shorter schedule and a lower rate."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     base = TrainConfig(**{k: v for k, v in original.items() if k in known})
-    return dataclasses.replace(base, steps=steps, lr=lr, min_lr=min(base.min_lr, lr / 10),
-                               warmup_steps=min(20, steps), batch_size=batch_size or base.batch_size,
-                               val_every=min(base.val_every, steps), threads=threads or base.threads,
-                               checkpoint_every=min(base.checkpoint_every, steps))
+    return dataclasses.replace(
+        base,
+        steps=steps,
+        lr=lr,
+        min_lr=min(base.min_lr, lr / 10),
+        warmup_steps=min(20, steps),
+        batch_size=batch_size or base.batch_size,
+        val_every=min(base.val_every, steps),
+        threads=threads or base.threads,
+        checkpoint_every=min(base.checkpoint_every, steps),
+    )
 
 
 @dataclasses.dataclass
@@ -54,18 +62,25 @@ class PruneJob:
 def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     if not 0.0 < job.ratio < 1.0:
-        raise ConfigError(f"--ratio must be between 0 and 1 (the share of channels removed), got {job.ratio}")
+        raise ConfigError(
+            f"--ratio must be between 0 and 1 (the share of channels removed), got {job.ratio}"
+        )
     if job.multiple < 1:
         raise ConfigError(f"--multiple must be >= 1, got {job.multiple}")
     model, payload = load_model(job.checkpoint)
     if not model.config.uses_student:
-        raise ConfigError(f"{job.checkpoint} is the nearest-neighbour baseline: it has no channels to prune",
-                          "make its memory smaller instead (train --method knn --patch-bank-size N)")
+        raise ConfigError(
+            f"{job.checkpoint} is the nearest-neighbour baseline: it has no channels to prune",
+            "make its memory smaller instead (train --method knn --patch-bank-size N)",
+        )
     metadata = dict(payload["metadata"])
     out = Path(job.out_dir)
     if out.exists() and any(out.iterdir()):
         if not job.overwrite:
-            raise DataError(f"output folder {out} is not empty", "give another --out, or --overwrite to replace it")
+            raise DataError(
+                f"output folder {out} is not empty",
+                "give another --out, or --overwrite to replace it",
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -74,27 +89,51 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
     after = trainable_parameter_count(model)
     model.config = dataclasses.replace(model.config, pruned_widths=widths)
     history = list(metadata.get("pruning", {}).get("history", []))  # a pruned model pruned again
-    pruning = {"ratio": job.ratio, "multiple": job.multiple, "from": str(job.checkpoint),
-               "trainable_params_before": before, "trainable_params_after": after, "widths": widths}
+    pruning = {
+        "ratio": job.ratio,
+        "multiple": job.multiple,
+        "from": str(job.checkpoint),
+        "trainable_params_before": before,
+        "trainable_params_after": after,
+        "widths": widths,
+    }
     step = {k: v for k, v in pruning.items() if k not in ("widths", "from")}
     metadata["pruning"] = {**pruning, "history": history + [step]}
     metadata.pop("history", None)  # the validation history of the unpruned run no longer applies
     cut = out / "pruned.pt"
     save_checkpoint(cut, model, metadata)
-    console.print(f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
-                  f"({100 * (1 - after / before):.0f} % fewer), {len(widths)} groups -> {cut}")
-    summary: dict[str, Any] = {"pruned": str(cut), **{k: v for k, v in pruning.items() if k != "widths"}}
+    console.print(
+        f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
+        f"({100 * (1 - after / before):.0f} % fewer), {len(widths)} groups -> {cut}"
+    )
+    summary: dict[str, Any] = {
+        "pruned": str(cut),
+        **{k: v for k, v in pruning.items() if k != "widths"},
+    }
     if job.finetune is None:
-        console.print("[yellow]no fine-tune asked for (--steps 0): accuracy is not recovered after the cut; "
-                      "check it with `dmgrd-edge eval` before exporting[/]")
+        console.print(
+            "[yellow]no fine-tune asked for (--steps 0): accuracy is not recovered after the cut; "
+            "check it with `dmgrd-edge eval` before exporting[/]"
+        )
         return summary
     dataset = job.dataset or metadata.get("dataset")
     root = job.data or metadata.get("root")
     category = job.category or metadata.get("category")
     if not (dataset and root and category):
-        raise DataError("the checkpoint does not say which data it was trained on",
-                        "give --data, --dataset and --category for the fine-tune")
-    train_job = TrainJob(dataset, str(root), category, str(out), model.config, job.finetune, pretrained=False,
-                         device=job.device, init_from=str(cut))
+        raise DataError(
+            "the checkpoint does not say which data it was trained on",
+            "give --data, --dataset and --category for the fine-tune",
+        )
+    train_job = TrainJob(
+        dataset,
+        str(root),
+        category,
+        str(out),
+        model.config,
+        job.finetune,
+        pretrained=False,
+        device=job.device,
+        init_from=str(cut),
+    )
     summary["finetune"] = train_category(train_job, console)
     return summary

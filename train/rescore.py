@@ -43,7 +43,9 @@ def rescore_checkpoint(
     console = console or Console()
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists():
-        raise ConfigError(f"--out {out} already exists", "give a new file name, or remove that file first")
+        raise ConfigError(
+            f"--out {out} already exists", "give a new file name, or remove that file first"
+        )
     payload = read_checkpoint(checkpoint)
     old = ModelConfig.from_dict(payload["model_config"])
     changes: dict[str, Any] = {"score_source": score_source}

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dmgrd_edge import __version__
 from dmgrd_edge.data.datasets import index_category
@@ -23,22 +30,39 @@ from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .loop import BatchSource, TrainJob, load_images, lr_at, make_validation_set, pick_device, validate
+from .loop import (
+    BatchSource,
+    TrainJob,
+    load_images,
+    lr_at,
+    make_validation_set,
+    pick_device,
+    validate,
+)
 from .losses import dmgrd_loss
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
 
 
 def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng([seed, 3]).permutation(n)
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 2:
-        raise DataError(f"only {n} training images: too few to hold out a validation split",
-                        "provide at least 4 good training images")
+        raise DataError(
+            f"only {n} training images: too few to hold out a validation split",
+            "provide at least 4 good training images",
+        )
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -60,11 +84,17 @@ def _prepare_out_dir(job: TrainJob) -> tuple[Path, Path | None]:
     start = Path(job.init_from).resolve() if job.init_from else None
     if job.resume:
         if not last.is_file():
-            raise DataError(f"--resume given but {last} does not exist", "drop --resume to start a new run")
-    elif out.exists() and any(p.resolve() != start for p in out.iterdir()):  # the start checkpoint may be there
+            raise DataError(
+                f"--resume given but {last} does not exist", "drop --resume to start a new run"
+            )
+    elif out.exists() and any(
+        p.resolve() != start for p in out.iterdir()
+    ):  # the start checkpoint may be there
         if not job.overwrite:
-            raise DataError(f"output folder {out} is not empty",
-                            "pass --resume to continue that run, --overwrite to replace it, or another --out")
+            raise DataError(
+                f"output folder {out} is not empty",
+                "pass --resume to continue that run, --overwrite to replace it, or another --out",
+            )
         if start is None:
             staging = out.with_name(f".{out.name}.replacing")
             if staging.exists():  # left by a run that stopped before its first checkpoint
@@ -87,7 +117,9 @@ def _replace_run(staging: Path, out: Path) -> Path:
     return out
 
 
-def _fill_memory(model, images: np.ndarray, synth, job: TrainJob, device, console) -> dict[str, Any]:
+def _fill_memory(
+    model, images: np.ndarray, synth, job: TrainJob, device, console
+) -> dict[str, Any]:
     cfg = job.model.preprocess()
     record: dict[str, Any] = {}
     if job.model.use_memory and job.model.uses_student:  # the image banks guide the student
@@ -95,18 +127,25 @@ def _fill_memory(model, images: np.ndarray, synth, job: TrainJob, device, consol
         rng = np.random.default_rng([job.train.seed, 0])
         replace = len(images) < k
         if replace:
-            console.print(f"[yellow]warning:[/] only {len(images)} training images for a memory of {k}; "
-                          "some memory items repeat an image")
+            console.print(
+                f"[yellow]warning:[/] only {len(images)} training images for a memory of {k}; "
+                "some memory items repeat an image"
+            )
         idx = rng.choice(len(images), k, replace=replace)
         abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
-        model.fill_memory(torch.from_numpy(normalize(images[idx], cfg)).to(device),
-                          torch.from_numpy(normalize(abnormal, cfg)).to(device))
+        model.fill_memory(
+            torch.from_numpy(normalize(images[idx], cfg)).to(device),
+            torch.from_numpy(normalize(abnormal, cfg)).to(device),
+        )
         record.update(size=k, train_indices=idx.tolist())
     if job.model.uses_patch_memory:
         t0 = time.perf_counter()
         model.fill_patch_memory(torch.from_numpy(normalize(images, cfg)).to(device), job.train.seed)
-        record["patch_memory"] = {"rows_per_level": job.model.patch_bank_size, "from_images": int(len(images)),
-                                  "fill_seconds": round(time.perf_counter() - t0, 2)}
+        record["patch_memory"] = {
+            "rows_per_level": job.model.patch_bank_size,
+            "from_images": int(len(images)),
+            "fill_seconds": round(time.perf_counter() - t0, 2),
+        }
     record["bytes"] = model.memory_bytes()
     return record
 
@@ -122,8 +161,9 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
     with _progress(console) as bar:
         task = bar.add_task("loading", total=len(index.train), info="")
-        images = load_images([s.path for s in index.train], cfg,
-                             lambda xs: (bar.advance(task) or x for x in xs))
+        images = load_images(
+            [s.path for s in index.train], cfg, lambda xs: (bar.advance(task) or x for x in xs)
+        )
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
     train_images, val = images[train_idx], make_validation_set(images[val_idx], synth, tcfg.seed)
@@ -139,11 +179,20 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     optimizer = torch.optim.Adam(trainable, lr=tcfg.lr, betas=(0.5, 0.999)) if trainable else None
     start, history = 0, []
     metadata: dict[str, Any] = {
-        "dataset": job.dataset, "root": str(job.root), "category": job.category,
-        "teacher_weights": model.teacher_source, "selection_rule": job.model.selection,
-        "train_config": tcfg.to_dict(), "synthesis": synth.source_kind,
-        "n_train": int(len(train_idx)), "n_val_normal": int(len(val_idx)),
-        "versions": {"dmgrd_edge": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        "dataset": job.dataset,
+        "root": str(job.root),
+        "category": job.category,
+        "teacher_weights": model.teacher_source,
+        "selection_rule": job.model.selection,
+        "train_config": tcfg.to_dict(),
+        "synthesis": synth.source_kind,
+        "n_train": int(len(train_idx)),
+        "n_val_normal": int(len(val_idx)),
+        "versions": {
+            "dmgrd_edge": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+        },
         "model_selection": "last checkpoint and best validation checkpoint; never the test set",
     }
     if job.resume:
@@ -159,7 +208,9 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         try:
             model.load_state_dict(init["state_dict"], strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"{job.init_from} does not fit the model config: {str(exc)[:300]}") from exc
+            raise CheckpointError(
+                f"{job.init_from} does not fit the model config: {str(exc)[:300]}"
+            ) from exc
         model.teacher_source = init["metadata"].get("teacher_weights", "from checkpoint")
         metadata["teacher_weights"] = model.teacher_source
         # the memory banks stay those of the run it came from (filled from its training images)
@@ -183,15 +234,27 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
 
     def validation(done: int, loss: float, bar) -> None:
         nonlocal best
-        weights = model.calibrate_map_weights(torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device))
+        weights = model.calibrate_map_weights(
+            torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device)
+        )
         if weights is not None:
-            metadata["map_stats"] = {"scale": job.model.map_scale, "student": weights[0], "memory": weights[1]}
+            metadata["map_stats"] = {
+                "scale": job.model.map_scale,
+                "student": weights[0],
+                "memory": weights[1],
+            }
         metrics = validate(model, val, cfg, device)
-        metrics.update(step=done, loss=loss, val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2)
+        metrics.update(
+            step=done,
+            loss=loss,
+            val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2,
+        )
         history.append(metrics)
-        bar.console.print(f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
-                          f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
-                          f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}")
+        bar.console.print(
+            f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
+            f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
+            f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}"
+        )
         metadata["score_stats"] = metrics["score_stats"]
         if metrics["val_mean"] > best:
             best = metrics["val_mean"]
@@ -232,15 +295,22 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             train_time += time.perf_counter() - t0
             seen += len(augmented)
             done = step + 1
-            info = (f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
-                    f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s")
+            info = (
+                f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
+                f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s"
+            )
             bar.update(task, completed=done, info=info)
             if done % tcfg.val_every == 0 or done == steps:
                 validation(done, float(terms.total.item()), bar)
             if done % tcfg.checkpoint_every == 0 or done == steps:
                 checkpoint(done)
-    summary = {"category": job.category, "out": str(out), "steps": steps,
-               "train_img_per_s": seen / train_time if train_time else None,
-               "final_validation": history[-1] if history else None, "device": str(device)}
+    summary = {
+        "category": job.category,
+        "out": str(out),
+        "steps": steps,
+        "train_img_per_s": seen / train_time if train_time else None,
+        "final_validation": history[-1] if history else None,
+        "device": str(device),
+    }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -58,7 +58,9 @@ def _images(folder: Path) -> list[Path]:
 
 def _need_dir(path: Path, dataset: str) -> Path:
     if not path.is_dir():
-        raise DataError(f"missing folder {path}", f"expected the {dataset} layout: {LAYOUTS[dataset]}")
+        raise DataError(
+            f"missing folder {path}", f"expected the {dataset} layout: {LAYOUTS[dataset]}"
+        )
     return path
 
 
@@ -128,7 +130,9 @@ def _index_visa(root: Path, category: str) -> CategoryIndex:
     return index
 
 
-def _index_folder(root: Path, category: str, seed: int = 0, test_fraction: float = 0.2) -> CategoryIndex:
+def _index_folder(
+    root: Path, category: str, seed: int = 0, test_fraction: float = 0.2
+) -> CategoryIndex:
     base = root if category in ("", ".") else root / category
     good = _images(_need_dir(base / "good", "folder"))
     shuffled = good[:]
@@ -137,7 +141,9 @@ def _index_folder(root: Path, category: str, seed: int = 0, test_fraction: float
     index = CategoryIndex("folder", root, category)
     index.test = [Sample(p, 0) for p in sorted(shuffled[:n_test])]
     index.train = [Sample(p, 0) for p in sorted(shuffled[n_test:])]
-    for type_dir in sorted(d for d in base.iterdir() if d.is_dir() and d.name not in ("good", "masks")):
+    for type_dir in sorted(
+        d for d in base.iterdir() if d.is_dir() and d.name not in ("good", "masks")
+    ):
         for path in _images(type_dir):
             mask = _find_mask(base / "masks" / type_dir.name, path.stem)
             index.test.append(Sample(path, 1, type_dir.name, mask))
@@ -149,7 +155,9 @@ def list_categories(dataset: str, root: str | Path) -> list[str]:
     choose("dataset", dataset, LAYOUTS)
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root not found: {root}", f"expected the {dataset} layout: {LAYOUTS[dataset]}")
+        raise DataError(
+            f"dataset root not found: {root}", f"expected the {dataset} layout: {LAYOUTS[dataset]}"
+        )
     if dataset == "visa":
         return sorted({row["object"] for row in _visa_rows(root)})
     if dataset == "folder":
@@ -159,7 +167,10 @@ def list_categories(dataset: str, root: str | Path) -> list[str]:
     good = "ok" if dataset == "btad" else "good"
     cats = sorted(d.name for d in root.iterdir() if (d / "train" / good).is_dir())
     if not cats:
-        raise DataError(f"no categories found under {root}", f"expected the {dataset} layout: {LAYOUTS[dataset]}")
+        raise DataError(
+            f"no categories found under {root}",
+            f"expected the {dataset} layout: {LAYOUTS[dataset]}",
+        )
     return cats
 
 
@@ -168,7 +179,9 @@ def index_category(dataset: str, root: str | Path, category: str) -> CategoryInd
     choose("dataset", dataset, LAYOUTS)
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root not found: {root}", f"expected the {dataset} layout: {LAYOUTS[dataset]}")
+        raise DataError(
+            f"dataset root not found: {root}", f"expected the {dataset} layout: {LAYOUTS[dataset]}"
+        )
     if dataset in ("mvtec", "visa_mvtec"):
         index = _index_mvtec_like(root, category, dataset, "good")
     elif dataset == "btad":
@@ -193,5 +206,7 @@ def resolve_categories(dataset: str, root: str | Path, category: str) -> list[st
     wanted = [c.strip() for c in category.split(",") if c.strip()]
     for name in wanted:
         if name not in available:
-            raise DataError(f"category {name!r} not found under {root}", f"choose from {available} or 'all'")
+            raise DataError(
+                f"category {name!r} not found under {root}", f"choose from {available} or 'all'"
+            )
     return wanted

@@ -25,7 +25,9 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def perlin_noise(height: int, width: int, res_y: int, res_x: int, rng: np.random.Generator) -> np.ndarray:
+def perlin_noise(
+    height: int, width: int, res_y: int, res_x: int, rng: np.random.Generator
+) -> np.ndarray:
     """2D gradient noise in about [-0.7, 0.7] with res_y x res_x lattice cells."""
     angles = rng.uniform(0, 2 * np.pi, (res_y + 1, res_x + 1))
     grad = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
@@ -44,11 +46,14 @@ def perlin_noise(height: int, width: int, res_y: int, res_x: int, rng: np.random
     return (top * (1 - v) + bottom * v).astype(np.float32)
 
 
-def perlin_mask(height: int, width: int, rng: np.random.Generator, threshold: float = 0.5,
-                tries: int = 20) -> np.ndarray:
+def perlin_mask(
+    height: int, width: int, rng: np.random.Generator, threshold: float = 0.5, tries: int = 20
+) -> np.ndarray:
     """A non-empty bool mask (retries with new noise when the threshold leaves nothing)."""
     for _ in range(tries):
-        noise = perlin_noise(height, width, 2 ** int(rng.integers(0, 6)), 2 ** int(rng.integers(0, 6)), rng)
+        noise = perlin_noise(
+            height, width, 2 ** int(rng.integers(0, 6)), 2 ** int(rng.integers(0, 6)), rng
+        )
         angle = rng.uniform(-90, 90)
         rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
         noise = cv2.warpAffine(noise, rotation, (width, height), borderMode=cv2.BORDER_REFLECT)
@@ -56,8 +61,11 @@ def perlin_mask(height: int, width: int, rng: np.random.Generator, threshold: fl
         if mask.any():
             return mask
     mask = np.zeros((height, width), bool)
-    cy, cx = int(rng.integers(height // 4, 3 * height // 4)), int(rng.integers(width // 4, 3 * width // 4))
-    mask[cy - height // 16: cy + height // 16, cx - width // 16: cx + width // 16] = True
+    cy, cx = (
+        int(rng.integers(height // 4, 3 * height // 4)),
+        int(rng.integers(width // 4, 3 * width // 4)),
+    )
+    mask[cy - height // 16 : cy + height // 16, cx - width // 16 : cx + width // 16] = True
     return mask
 
 
@@ -71,14 +79,18 @@ def procedural_texture(height: int, width: int, rng: np.random.Generator) -> np.
     elif kind == 1:
         base = perlin_noise(height, width, 8, 8, rng) * 2
     else:
-        base = cv2.GaussianBlur(rng.standard_normal((height, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 3))
+        base = cv2.GaussianBlur(
+            rng.standard_normal((height, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 3)
+        )
         base /= base.std() + 1e-6
     colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     t = np.clip(base * 0.5 + 0.5, 0, 1)[..., None]
     return (colours[0] * (1 - t) + colours[1] * t).astype(np.uint8)
 
 
-def fourier_amplitude_mix(image: np.ndarray, source: np.ndarray, lam: float, ratio: float = 0.1) -> np.ndarray:
+def fourier_amplitude_mix(
+    image: np.ndarray, source: np.ndarray, lam: float, ratio: float = 0.1
+) -> np.ndarray:
     """Replace a central low-frequency square of the image's amplitude spectrum by
     lam * source + (1 - lam) * image, keeping the image's phase."""
     img = image.astype(np.float32)
@@ -108,19 +120,33 @@ class SynthesisConfig:
 class AnomalySynthesizer:
     """Turns normal RGB uint8 images into pseudo-anomalous ones with their masks."""
 
-    def __init__(self, height: int, width: int, texture_dir: str | Path | None = None,
-                 config: SynthesisConfig | None = None, max_textures: int = 200):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        texture_dir: str | Path | None = None,
+        config: SynthesisConfig | None = None,
+        max_textures: int = 200,
+    ):
         self.height, self.width = height, width
         self.config = config or SynthesisConfig()
         self.textures: list[np.ndarray] = []
         if texture_dir is not None:
             folder = Path(texture_dir)
-            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            files = (
+                sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                if folder.is_dir()
+                else []
+            )
             if not files:
-                raise DataError(f"no texture images found in {folder}",
-                                "give a folder of images (e.g. DTD's images/) or leave --texture-dir out "
-                                "to use procedural textures")
-            self.textures = [cv2.resize(read_image(p), (width, height)) for p in files[:max_textures]]
+                raise DataError(
+                    f"no texture images found in {folder}",
+                    "give a folder of images (e.g. DTD's images/) or leave --texture-dir out "
+                    "to use procedural textures",
+                )
+            self.textures = [
+                cv2.resize(read_image(p), (width, height)) for p in files[:max_textures]
+            ]
 
     @property
     def source_kind(self) -> str:
@@ -129,12 +155,19 @@ class AnomalySynthesizer:
     def _source(self, rng: np.random.Generator, pool: np.ndarray | None) -> np.ndarray:
         if self.textures:
             return self.textures[int(rng.integers(len(self.textures)))]
-        if pool is not None and len(pool) > 1 and rng.random() < self.config.other_image_probability:
-            return np.ascontiguousarray(np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4))))
+        if (
+            pool is not None
+            and len(pool) > 1
+            and rng.random() < self.config.other_image_probability
+        ):
+            return np.ascontiguousarray(
+                np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4)))
+            )
         return procedural_texture(self.height, self.width, rng)
 
-    def __call__(self, image: np.ndarray, rng: np.random.Generator,
-                 pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: np.ndarray, rng: np.random.Generator, pool: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         mask = perlin_mask(self.height, self.width, rng)
         source = self._source(rng, pool).astype(np.float32)
         if rng.random() < self.config.fourier_probability:

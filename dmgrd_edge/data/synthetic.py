@@ -22,7 +22,9 @@ from .imageio import write_image
 DEFECTS = ("scratch", "spot", "missing", "foreign", "color")
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, sigma: float, ksize_x=0, ksize_y=0) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, size: int, sigma: float, ksize_x=0, ksize_y=0
+) -> np.ndarray:
     noise = rng.standard_normal((size, size)).astype(np.float32)
     if ksize_x or ksize_y:
         noise = cv2.blur(noise, (max(1, ksize_x), max(1, ksize_y)))
@@ -64,7 +66,11 @@ def _washer(rng, size):
     radius = np.hypot(xx - center[0], yy - center[1])
     outer, inner = size * 0.36, size * 0.16
     part = (radius < outer) & (radius > inner)
-    shading = 170 + 40 * np.cos((radius - inner) / (outer - inner) * np.pi) + 5 * _smooth_noise(rng, size, 1)
+    shading = (
+        170
+        + 40 * np.cos((radius - inner) / (outer - inner) * np.pi)
+        + 5 * _smooth_noise(rng, size, 1)
+    )
     image[part] = _shade(shading, (1.0, 0.97, 0.9))[part]
     return image, part
 
@@ -73,13 +79,18 @@ def _chip(rng, size):
     image = _shade(70 + 8 * _smooth_noise(rng, size, 3), (0.35, 0.8, 0.45))
     c = size / 2 + rng.uniform(-3, 3, 2)
     half = size * 0.22
-    x0, x1, y0, y1 = int(c[0] - half), int(c[0] + half), int(c[1] - half * 0.8), int(c[1] + half * 0.8)
+    x0, x1, y0, y1 = (
+        int(c[0] - half),
+        int(c[0] + half),
+        int(c[1] - half * 0.8),
+        int(c[1] + half * 0.8),
+    )
     part = np.zeros((size, size), bool)
     pin_w, gap = max(2, size // 40), max(5, size // 16)
     for x in range(x0 + gap // 2, x1 - pin_w, gap):
         for ya, yb in ((y0 - size // 14, y0), (y1, y1 + size // 14)):
-            image[ya:yb, x:x + pin_w] = (200, 200, 190)
-            part[ya:yb, x:x + pin_w] = True
+            image[ya:yb, x : x + pin_w] = (200, 200, 190)
+            part[ya:yb, x : x + pin_w] = True
     image[y0:y1, x0:x1] = (35 + 5 * _smooth_noise(rng, size, 1)[y0:y1, x0:x1, None]).clip(0, 255)
     part[y0:y1, x0:x1] = True
     cv2.circle(image, (x0 + size // 20, y0 + size // 20), max(2, size // 64), (90, 90, 90), -1)
@@ -111,7 +122,12 @@ def _add_defect(rng, image: np.ndarray, part: np.ndarray, kind: str, background:
         for _ in range(3):
             angle = rng.uniform(0, 2 * np.pi)
             length = rng.uniform(15, 35) * scale
-            points.append((int(points[-1][0] + length * np.cos(angle)), int(points[-1][1] + length * np.sin(angle))))
+            points.append(
+                (
+                    int(points[-1][0] + length * np.cos(angle)),
+                    int(points[-1][1] + length * np.sin(angle)),
+                )
+            )
         cv2.polylines(mask, [np.array(points, np.int32)], False, 1, max(2, int(3 * scale)))
         value = rng.choice([235.0, 20.0])
         image[mask > 0] = 0.3 * image[mask > 0] + 0.7 * value
@@ -122,16 +138,29 @@ def _add_defect(rng, image: np.ndarray, part: np.ndarray, kind: str, background:
         stain = np.asarray(rng.choice([[60, 40, 20], [20, 20, 20], [90, 70, 30]]), np.float32)
         image[:] = image * (1 - 0.8 * soft) + stain * 0.8 * soft
     elif kind == "missing":
-        pts = np.array([[x + rng.uniform(-1, 1) * 14 * scale, y + rng.uniform(-1, 1) * 14 * scale]
-                        for _ in range(6)], np.float32)
+        pts = np.array(
+            [
+                [x + rng.uniform(-1, 1) * 14 * scale, y + rng.uniform(-1, 1) * 14 * scale]
+                for _ in range(6)
+            ],
+            np.float32,
+        )
         cv2.fillPoly(mask, [cv2.convexHull(pts).astype(np.int32)], 1)
         hole = (mask > 0) & part
         image[hole] = background[hole] * 0.25
         mask = hole.astype(np.uint8)
     elif kind == "foreign":
         r = int(rng.uniform(5, 10) * scale)
-        pts = np.array([[x + r * np.cos(a) * rng.uniform(0.6, 1.3), y + r * np.sin(a) * rng.uniform(0.6, 1.3)]
-                        for a in np.linspace(0, 2 * np.pi, 7)[:-1]], np.int32)
+        pts = np.array(
+            [
+                [
+                    x + r * np.cos(a) * rng.uniform(0.6, 1.3),
+                    y + r * np.sin(a) * rng.uniform(0.6, 1.3),
+                ]
+                for a in np.linspace(0, 2 * np.pi, 7)[:-1]
+            ],
+            np.int32,
+        )
         cv2.fillPoly(mask, [pts], 1)
         colour = rng.uniform(0, 255, 3)
         image[mask > 0] = colour + rng.normal(0, 10, (int(mask.sum()), 3))
@@ -139,20 +168,30 @@ def _add_defect(rng, image: np.ndarray, part: np.ndarray, kind: str, background:
         axes = (int(rng.uniform(14, 24) * scale), int(rng.uniform(10, 20) * scale))
         cv2.ellipse(mask, (x, y), axes, rng.uniform(0, 180), 0, 360, 1, -1)
         mask &= part.astype(np.uint8)
-        shift = np.asarray(rng.choice([[1.5, 0.7, 0.6], [0.6, 0.8, 1.5], [1.4, 1.3, 0.5]]), np.float32)
+        shift = np.asarray(
+            rng.choice([[1.5, 0.7, 0.6], [0.6, 0.8, 1.5], [1.4, 1.3, 0.5]]), np.float32
+        )
         image[mask > 0] = image[mask > 0] * shift
     else:
         raise ConfigError(f"unknown defect kind {kind!r}", f"choose one of {list(DEFECTS)}")
     return np.clip(image, 0, 255), mask > 0
 
 
-def make_image(category: str, seed: int, split: str, index: int, size: int = 256,
-               defect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_image(
+    category: str, seed: int, split: str, index: int, size: int = 256, defect: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One RGB uint8 image and its bool mask (all False for a good image)."""
     if category not in CATEGORIES:
-        raise ConfigError(f"unknown synthetic category {category!r}", f"choose one of {sorted(CATEGORIES)}")
-    key = [seed, sorted(CATEGORIES).index(category), ["train", "test", "video"].index(split), index,
-           DEFECTS.index(defect) + 1 if defect else 0]
+        raise ConfigError(
+            f"unknown synthetic category {category!r}", f"choose one of {sorted(CATEGORIES)}"
+        )
+    key = [
+        seed,
+        sorted(CATEGORIES).index(category),
+        ["train", "test", "video"].index(split),
+        index,
+        DEFECTS.index(defect) + 1 if defect else 0,
+    ]
     rng = np.random.default_rng(key)
     image, part = CATEGORIES[category](rng, size)
     image = image * rng.uniform(0.92, 1.08)  # lighting variation
@@ -166,8 +205,14 @@ def make_image(category: str, seed: int, split: str, index: int, size: int = 256
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
 
 
-def write_mvtec_set(out: str | Path, jobs: list, render: Callable, overwrite: bool = False,
-                    progress: Callable | None = None, prefix: str = ".tmp-set-") -> Path:
+def write_mvtec_set(
+    out: str | Path,
+    jobs: list,
+    render: Callable,
+    overwrite: bool = False,
+    progress: Callable | None = None,
+    prefix: str = ".tmp-set-",
+) -> Path:
     """Write ``render(category, split, index, defect) -> (image, mask)`` for every job into an
     MVTec-layout folder that appears only once complete (a temporary sibling, then a rename)."""
     out = Path(out)
@@ -176,12 +221,14 @@ def write_mvtec_set(out: str | Path, jobs: list, render: Callable, overwrite: bo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     try:
-        for cat, split, i, defect in (progress(jobs) if progress else jobs):
+        for cat, split, i, defect in progress(jobs) if progress else jobs:
             image, mask = render(cat, split, i, defect)
             write_image(tmp / cat / split / (defect or "good") / f"{i:03d}.png", image)
             if defect is not None:
-                write_image(tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
-                            np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
+                write_image(
+                    tmp / cat / "ground_truth" / defect / f"{i:03d}_mask.png",
+                    np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2),
+                )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -191,18 +238,34 @@ def write_mvtec_set(out: str | Path, jobs: list, render: Callable, overwrite: bo
     return out
 
 
-def generate_line_data(out: str | Path, categories: list[str] | None = None, n_train: int = 60,
-                       n_test_good: int = 10, n_test_per_defect: int = 4, size: int = 256,
-                       seed: int = 0, overwrite: bool = False, progress=None) -> Path:
+def generate_line_data(
+    out: str | Path,
+    categories: list[str] | None = None,
+    n_train: int = 60,
+    n_test_good: int = 10,
+    n_test_per_defect: int = 4,
+    size: int = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress=None,
+) -> Path:
     """Write MVTec-layout line data; the folder appears only once complete."""
     categories = categories or sorted(CATEGORIES)
     for name in categories:
         if name not in CATEGORIES:
-            raise ConfigError(f"unknown synthetic category {name!r}", f"choose from {sorted(CATEGORIES)}")
+            raise ConfigError(
+                f"unknown synthetic category {name!r}", f"choose from {sorted(CATEGORIES)}"
+            )
     jobs = []
     for cat in categories:
         jobs += [(cat, "train", i, None) for i in range(n_train)]
         jobs += [(cat, "test", i, None) for i in range(n_test_good)]
         jobs += [(cat, "test", i, d) for d in DEFECTS for i in range(n_test_per_defect)]
-    return write_mvtec_set(out, jobs, lambda cat, split, i, defect: make_image(cat, seed, split, i, size, defect),
-                           overwrite, progress, prefix=".tmp-line-")
+    return write_mvtec_set(
+        out,
+        jobs,
+        lambda cat, split, i, defect: make_image(cat, seed, split, i, size, defect),
+        overwrite,
+        progress,
+        prefix=".tmp-line-",
+    )

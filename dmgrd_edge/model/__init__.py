@@ -3,4 +3,11 @@
 from .backbones import BACKBONES, BackboneSpec, create_teacher
 from .dmgrd import DMGRD, AnomalyOutput, TrainingFeatures
 
-__all__ = ["BACKBONES", "BackboneSpec", "create_teacher", "DMGRD", "AnomalyOutput", "TrainingFeatures"]
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "create_teacher",
+    "DMGRD",
+    "AnomalyOutput",
+    "TrainingFeatures",
+]

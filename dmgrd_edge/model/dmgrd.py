@@ -42,10 +42,14 @@ class TrainingFeatures(NamedTuple):
 
 
 class DMGRD(nn.Module):
-    def __init__(self, config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None):
+    def __init__(
+        self, config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None
+    ):
         super().__init__()
         self.config = config
-        self.teacher, self.teacher_source = create_teacher(config.backbone, pretrained, teacher_weights)
+        self.teacher, self.teacher_source = create_teacher(
+            config.backbone, pretrained, teacher_weights
+        )
         spec = self.teacher.spec
         self.spec = spec
         shapes = tuple((config.image_size // s, config.image_size // s) for s in spec.strides)
@@ -55,13 +59,20 @@ class DMGRD(nn.Module):
             if config.use_memory:
                 scale = config.scale_memory_inputs
                 if config.memory_read == "image":
-                    self.normal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
+                    self.normal_memory = MemoryBank(
+                        config.memory_size, spec.channels, shapes, scale
+                    )
                 self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
                 self.msff = MSFF(spec.channels)
             self.bottleneck = OCBE(spec)
             self.student = StudentDecoder(spec)
-        self.head = AnomalyMapHead(config.image_size, config.blur_sigma, config.score_mode, config.score_topk,
-                                   combined=config.score_source == "combined")
+        self.head = AnomalyMapHead(
+            config.image_size,
+            config.blur_sigma,
+            config.score_mode,
+            config.score_topk,
+            combined=config.score_source == "combined",
+        )
         if config.pruned_widths:
             apply_widths(self, config.pruned_widths)
 
@@ -92,12 +103,19 @@ class DMGRD(nn.Module):
     def decode(self, guided: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.student(self.bottleneck(guided))
 
-    def outputs(self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None) -> AnomalyOutput:
+    def outputs(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None
+    ) -> AnomalyOutput:
         memory_map = None
         if self.config.score_source != "student":
-            memory_map = self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size)
-        return AnomalyOutput(*self.head(teacher, student if self.config.score_source != "memory" else None,
-                                        memory_map))
+            memory_map = self.patch_memory(
+                teacher, self.config.memory_score_levels, self.config.image_size
+            )
+        return AnomalyOutput(
+            *self.head(
+                teacher, student if self.config.score_source != "memory" else None, memory_map
+            )
+        )
 
     def training_features(self, image: torch.Tensor) -> TrainingFeatures:
         teacher = self.teacher_features(image)
@@ -113,7 +131,7 @@ class DMGRD(nn.Module):
         return self.outputs(teacher, student)
 
     def _teacher_chunks(self, images: torch.Tensor, chunk: int) -> list[torch.Tensor]:
-        parts = [self.teacher(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+        parts = [self.teacher(images[i : i + chunk]) for i in range(0, len(images), chunk)]
         return [torch.cat([p[level] for p in parts]) for level in range(3)]
 
     @torch.no_grad()
@@ -142,23 +160,30 @@ class DMGRD(nn.Module):
         if self.config.score_source != "combined":
             return None
         teacher = self.teacher(normal)
-        maps = (self.head.distance_map(teacher, self.decode(self.guide(teacher))),
-                self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size))
+        maps = (
+            self.head.distance_map(teacher, self.decode(self.guide(teacher))),
+            self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size),
+        )
         scale = self.config.map_scale
         if scale == "mean":
             stats = [float(m.mean()) for m in maps]
         elif scale == "std":
             stats = [float(m.std()) for m in maps]
         else:  # a strided subsample keeps torch.quantile within its input size limit
-            stats = [float(torch.quantile(m.flatten()[:: max(1, m.numel() // 1_000_000)].float(), 0.99))
-                     for m in maps]
+            stats = [
+                float(torch.quantile(m.flatten()[:: max(1, m.numel() // 1_000_000)].float(), 0.99))
+                for m in maps
+            ]
         self.head.map_weights.copy_(torch.tensor([0.5 / max(v, 1e-8) for v in stats]))
         return stats[0], stats[1]
 
     def deployed_memory_bytes(self) -> int:
         """Bytes of the memory constants the deployment graph holds (no pseudo-anomaly bank)."""
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers()
-                   if n.startswith(("normal_memory.", "patch_memory.")))
+        return sum(
+            b.numel() * b.element_size()
+            for n, b in self.named_buffers()
+            if n.startswith(("normal_memory.", "patch_memory."))
+        )
 
     def memory_bytes(self) -> int:
         """Bytes of all memory constants (image banks and patch memory)."""

@@ -31,7 +31,9 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 class AnomalyMapHead(nn.Module):
-    def __init__(self, image_size: int, sigma: float, score_mode: str, topk: int, combined: bool = False):
+    def __init__(
+        self, image_size: int, sigma: float, score_mode: str, topk: int, combined: bool = False
+    ):
         super().__init__()
         if combined:  # weights of the student's and the memory's maps (set on validation normals)
             self.register_buffer("map_weights", torch.full((2,), 0.5))
@@ -42,20 +44,27 @@ class AnomalyMapHead(nn.Module):
         if sigma > 0:
             kernel = gaussian_kernel1d(sigma)
             self.pad = kernel.numel() // 2
-            self.register_buffer("kernel_rows", kernel.view(1, 1, 1, -1).repeat(image_size, 1, 1, 1),
-                                 persistent=False)
+            self.register_buffer(
+                "kernel_rows",
+                kernel.view(1, 1, 1, -1).repeat(image_size, 1, 1, 1),
+                persistent=False,
+            )
             ones = torch.ones(1, 1, image_size, image_size)
             self.register_buffer("inv_norm", 1.0 / self._blur_raw(ones), persistent=False)
 
     def _blur_raw(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] -> the same, blurred along rows, then along columns (zero padding)."""
         size = self.image_size
-        rows = F.conv2d(x.reshape(-1, size, 1, size), self.kernel_rows, padding=(0, self.pad), groups=size)
+        rows = F.conv2d(
+            x.reshape(-1, size, 1, size), self.kernel_rows, padding=(0, self.pad), groups=size
+        )
         cols = rows.reshape(-1, size, size).transpose(1, 2).reshape(-1, size, 1, size)
         cols = F.conv2d(cols, self.kernel_rows, padding=(0, self.pad), groups=size)
         return cols.reshape(-1, size, size).transpose(1, 2).reshape(-1, 1, size, size)
 
-    def distance_map(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+    def distance_map(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor]
+    ) -> torch.Tensor:
         """sum_l up(1 - cos(F_l, S_l)) at image size, before the blur."""
         total = 0.0
         for t, s in zip(teacher, student):
@@ -63,21 +72,31 @@ class AnomalyMapHead(nn.Module):
             total = total + resize_to(distance, self.image_size, self.image_size)
         return total
 
-    def anomaly_map(self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None,
-                    memory_map: torch.Tensor | None = None) -> torch.Tensor:
+    def anomaly_map(
+        self,
+        teacher: list[torch.Tensor],
+        student: list[torch.Tensor] | None,
+        memory_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if student is None:
             total = memory_map
         elif memory_map is None:
             total = self.distance_map(teacher, student)
         else:
-            total = (self.distance_map(teacher, student) * self.map_weights[0]
-                     + memory_map * self.map_weights[1])
+            total = (
+                self.distance_map(teacher, student) * self.map_weights[0]
+                + memory_map * self.map_weights[1]
+            )
         if self.sigma > 0:
             total = self._blur_raw(total) * self.inv_norm
         return total
 
-    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None,
-                memory_map: torch.Tensor | None = None):
+    def forward(
+        self,
+        teacher: list[torch.Tensor],
+        student: list[torch.Tensor] | None,
+        memory_map: torch.Tensor | None = None,
+    ):
         """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
         anomaly_map = self.anomaly_map(teacher, student, memory_map)
         return anomaly_map, self.score(anomaly_map)

@@ -24,8 +24,13 @@ AUTHORS_TOPK = 10
 
 
 class MemoryBank(nn.Module):
-    def __init__(self, size: int, channels: tuple[int, ...], shapes: tuple[tuple[int, int], ...],
-                 scale_inputs: bool = True):
+    def __init__(
+        self,
+        size: int,
+        channels: tuple[int, ...],
+        shapes: tuple[tuple[int, int], ...],
+        scale_inputs: bool = True,
+    ):
         super().__init__()
         self.size = size
         self.scale_inputs = scale_inputs
@@ -48,7 +53,9 @@ class MemoryBank(nn.Module):
             self.maps(level).copy_(feat)
             self.means(level).copy_(feat.mean(dim=(2, 3)))
             getattr(self, f"sqnorm{level}").copy_(feat.flatten(1).pow(2).sum(1))
-            getattr(self, f"inv_rms{level}").fill_(float(feat.pow(2).mean().rsqrt()) if self.scale_inputs else 1.0)
+            getattr(self, f"inv_rms{level}").fill_(
+                float(feat.pow(2).mean().rsqrt()) if self.scale_inputs else 1.0
+            )
 
     def select_nearest(self, features: list[torch.Tensor]) -> torch.Tensor:
         # mean squared distance |F - U_k|^2 / D without the |F|^2 term, which is the same
@@ -71,13 +78,17 @@ class MemoryBank(nn.Module):
             votes.append(read.topk(AUTHORS_TOPK, dim=1).values.mean(2))
         return torch.argmin(torch.cat(votes, dim=1), dim=1) % self.size
 
-    def forward(self, features: list[torch.Tensor], rule: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, features: list[torch.Tensor], rule: str
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The memory read (a module call, so exported nodes are named under the bank's
         scope and can be kept fp32 by name). Returns MI_l = concat(F_l, (U_l[k] - F_l)^2)
         for each level and the chosen k. With ``scale_inputs`` both terms are computed on
         features divided by the bank's RMS (a constant fixed at fill time), which keeps the
         squared difference O(1) instead of O(|F|^2)."""
-        index = self.select_nearest(features) if rule == "nearest" else self.select_authors(features)
+        index = (
+            self.select_nearest(features) if rule == "nearest" else self.select_authors(features)
+        )
         fused = []
         for level, feat in enumerate(features):
             chosen = self.maps(level).index_select(0, index)

@@ -72,7 +72,9 @@ def resize_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     tensor's shape at run time (Shape/Slice/Concat before every Resize)."""
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if height % h == 0 and width % w == 0:
-        return F.interpolate(x, scale_factor=(height // h, width // w), mode="bilinear", align_corners=True)
+        return F.interpolate(
+            x, scale_factor=(height // h, width // w), mode="bilinear", align_corners=True
+        )
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
 
 

@@ -123,7 +123,11 @@ class ProductGroup(_FusionGroup):
         attention.out[0] = _conv_like(attention.out[0], None, keep)
         attention.out[1] = _norm_like(attention.out[1], keep)
         device = attention.out[1].weight.device
-        kept = keep.to(device) if attention.keep is None else attention.keep.index_select(0, keep.to(device))
+        kept = (
+            keep.to(device)
+            if attention.keep is None
+            else attention.keep.index_select(0, keep.to(device))
+        )
         attention.keep = kept.clone()
         block.reduce = _conv_like(block.reduce, keep, None)
 
@@ -133,8 +137,11 @@ def _is_conv(module: nn.Module) -> bool:
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == \
-        module.out_channels
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _match(seq: nn.Sequential, i: int) -> tuple[tuple[int, ...], int | None, int] | None:
@@ -146,8 +153,14 @@ def _match(seq: nn.Sequential, i: int) -> tuple[tuple[int, ...], int | None, int
 
     if not (_is_conv(layers[i]) and at(i + 1, nn.BatchNorm2d) and at(i + 2, ACTIVATIONS)):
         return None
-    if i + 3 < len(layers) and _is_depthwise(layers[i + 3]) and at(i + 4, nn.BatchNorm2d) and at(i + 5, ACTIVATIONS) \
-            and i + 6 < len(layers) and _is_conv(layers[i + 6]):
+    if (
+        i + 3 < len(layers)
+        and _is_depthwise(layers[i + 3])
+        and at(i + 4, nn.BatchNorm2d)
+        and at(i + 5, ACTIVATIONS)
+        and i + 6 < len(layers)
+        and _is_conv(layers[i + 6])
+    ):
         return (i + 1, i + 4), i + 3, i + 6
     if i + 3 < len(layers) and _is_conv(layers[i + 3]):
         return (i + 1,), None, i + 3
@@ -166,13 +179,17 @@ def find_groups(model: nn.Module) -> list:
                     found = _match(module, i)
                     if found:
                         groups.append(Group(f"{path}.{i}", module, i, *found))
-            elif all(hasattr(module, a) for a in ("conv", "attention", "reduce", "refine")):  # MSFF FusionBlock
+            elif all(
+                hasattr(module, a) for a in ("conv", "attention", "reduce", "refine")
+            ):  # MSFF FusionBlock
                 groups.append(ProductGroup(f"{path}.product", module))
                 groups.append(ReducePair(f"{path}.reduce", module))
     return groups
 
 
-def _conv_like(old: nn.Module, in_keep: torch.Tensor | None, out_keep: torch.Tensor | None) -> nn.Module:
+def _conv_like(
+    old: nn.Module, in_keep: torch.Tensor | None, out_keep: torch.Tensor | None
+) -> nn.Module:
     """A copy of a conv with only the given input/output channels (weights sliced)."""
     weight = old.weight.detach()
     transposed = isinstance(old, nn.ConvTranspose2d)
@@ -187,22 +204,37 @@ def _conv_like(old: nn.Module, in_keep: torch.Tensor | None, out_keep: torch.Ten
         weight = weight.index_select(in_dim, in_keep.to(weight.device))
     c_out = weight.shape[out_dim]
     c_in = c_out if depthwise else weight.shape[in_dim]
-    kwargs = dict(kernel_size=old.kernel_size, stride=old.stride, padding=old.padding, dilation=old.dilation,
-                  groups=c_out if depthwise else 1, bias=old.bias is not None)
-    new = nn.ConvTranspose2d(c_in, c_out, output_padding=old.output_padding, **kwargs) if transposed else \
-        nn.Conv2d(c_in, c_out, **kwargs)
+    kwargs = dict(
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=c_out if depthwise else 1,
+        bias=old.bias is not None,
+    )
+    new = (
+        nn.ConvTranspose2d(c_in, c_out, output_padding=old.output_padding, **kwargs)
+        if transposed
+        else nn.Conv2d(c_in, c_out, **kwargs)
+    )
     new = new.to(device=weight.device, dtype=weight.dtype)
     new.weight.data.copy_(weight)
     if old.bias is not None:
         bias = old.bias.detach()
-        new.bias.data.copy_(bias.index_select(0, out_keep.to(bias.device)) if out_keep is not None else bias)
+        new.bias.data.copy_(
+            bias.index_select(0, out_keep.to(bias.device)) if out_keep is not None else bias
+        )
     return new.train(old.training)
 
 
 def _norm_like(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(len(keep), eps=old.eps, momentum=old.momentum).to(old.weight.device, old.weight.dtype)
+    new = nn.BatchNorm2d(len(keep), eps=old.eps, momentum=old.momentum).to(
+        old.weight.device, old.weight.dtype
+    )
     for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(new, name).data.copy_(getattr(old, name).detach().index_select(0, keep.to(old.weight.device)))
+        getattr(new, name).data.copy_(
+            getattr(old, name).detach().index_select(0, keep.to(old.weight.device))
+        )
     new.num_batches_tracked.data.copy_(old.num_batches_tracked)
     return new.train(old.training)
 
@@ -245,5 +277,9 @@ def apply_widths(model: nn.Module, widths: dict[str, int]) -> None:
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for scope in SCOPES if getattr(model, scope, None) is not None
-               for p in getattr(model, scope).parameters())
+    return sum(
+        p.numel()
+        for scope in SCOPES
+        if getattr(model, scope, None) is not None
+        for p in getattr(model, scope).parameters()
+    )

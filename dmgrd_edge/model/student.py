@@ -45,7 +45,9 @@ class OCBE(nn.Module):
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
         self.level1 = nn.Sequential(*conv_bn(c1, c2, 3, 2), relu(), *conv_bn(c2, c3, 3, 2), relu())
         self.level2 = nn.Sequential(*conv_bn(c2, c3, 3, 2), relu())
-        blocks = [_block(spec, 3 * c3, embed, "down")] + [_block(spec, embed, embed, "same") for _ in range(2)]
+        blocks = [_block(spec, 3 * c3, embed, "down")] + [
+            _block(spec, embed, embed, "same") for _ in range(2)
+        ]
         self.fuse = nn.Sequential(*blocks)
         self.out_channels = embed
 
@@ -62,7 +64,9 @@ class StudentDecoder(nn.Module):
         embed, counts = FAMILY[spec.family]
         stages, c_in = [], embed
         for c_out, count in zip(reversed(spec.channels), counts):
-            blocks = [_block(spec, c_in, c_out, "up")] + [_block(spec, c_out, c_out, "same") for _ in range(count - 1)]
+            blocks = [_block(spec, c_in, c_out, "up")] + [
+                _block(spec, c_out, c_out, "same") for _ in range(count - 1)
+            ]
             stages.append(nn.Sequential(*blocks))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
