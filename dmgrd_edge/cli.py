@@ -166,6 +166,14 @@ def train(
         None,
         help="combined score: each map divided by its mean, p99 or std on the validation normals",
     ),
+    fusion: str = typer.Option(
+        "msff", help="fusion of the memory-guided features: msff (the paper) or linear (ablation)"
+    ),
+    without_loss: list[str] = typer.Option(
+        [],
+        "--without-loss",
+        help="ablation: train without this memory-path loss term (ot, con or triplet); repeatable",
+    ),
     texture_dir: Optional[Path] = typer.Option(
         None, help="texture images for pseudo-anomalies (e.g. DTD)"
     ),
@@ -182,7 +190,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import MEMORY_READS, TrainConfig, model_config_from_options
+    from .config import LOSS_TERMS, MEMORY_READS, TrainConfig, model_config_from_options
     from .data.datasets import resolve_categories
     from .errors import choose
     from .train.loop import TrainJob
@@ -217,7 +225,16 @@ def train(
         score_source=score_source,
         patch_bank_size=patch_bank_size,
         map_scale=map_scale,
+        fusion=fusion,
     )
+    for term in without_loss:
+        choose("--without-loss term", term, LOSS_TERMS)
+    if (without_loss or fusion != "msff") and not model_cfg.use_memory:
+        raise ConfigError(
+            "--fusion and --without-loss change how the memory guides the student, and this "
+            "model's student is not guided by the memory",
+            "add --memory-read patch or --memory-read image, or drop those options",
+        )
     train_cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -229,6 +246,7 @@ def train(
         texture_dir=str(texture_dir) if texture_dir else None,
         amp=not no_amp,
         threads=threads,
+        **{f"{term}_weight": 0.0 for term in without_loss},
     )
     summaries = []
     for name in resolve_categories(dataset, data, category):
@@ -293,6 +311,9 @@ def rescore(
     map_scale: str = typer.Option(
         "mean", help="combined: each map divided by its mean, p99 or std on the validation normals"
     ),
+    patch_bank_size: Optional[int] = typer.Option(
+        None, help="rows per level of the patch memory, refilled from the training images"
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):
     """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
@@ -302,8 +323,15 @@ def rescore(
 
     choose("score source", score_source, SCORE_SOURCES)
     choose("map scale", map_scale, MAP_SCALES)
+    checks.integer("--patch-bank-size", patch_bank_size, 16, optional=True)
     summary = rescore_checkpoint(
-        checkpoint, out, score_source, map_scale=map_scale, device=device, console=console
+        checkpoint,
+        out,
+        score_source,
+        map_scale=map_scale,
+        patch_bank_size=patch_bank_size,
+        device=device,
+        console=console,
     )
     typer.echo(json.dumps(summary, indent=2))
 

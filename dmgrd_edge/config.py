@@ -19,6 +19,8 @@ METHODS = ("dmgrd", "knn")
 MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
 MAP_SCALES = ("mean", "p99", "std")
+FUSIONS = ("msff", "linear")
+LOSS_TERMS = ("ot", "con", "triplet")  # the memory path's terms besides KD
 # the paper's model: the student guided by one whole bank image, scored by the student alone
 PAPER_MODEL_FIELDS = {
     "method": "dmgrd",
@@ -114,6 +116,8 @@ class ModelConfig:
     memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
     # combined score: each map is divided by this statistic of its values on validation normals
     map_scale: str = "mean"
+    # how the memory-guided features are fused: MSFF (the paper) or a 1x1 projection (ablation)
+    fusion: str = "msff"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -147,6 +151,7 @@ class ModelConfig:
         choose("memory read", self.memory_read, MEMORY_READS)
         choose("score source", self.score_source, SCORE_SOURCES)
         choose("map scale", self.map_scale, MAP_SCALES)
+        choose("fusion", self.fusion, FUSIONS)
         levels = self.memory_score_levels
         if not isinstance(levels, (list, tuple)) or not all(isinstance(v, int) for v in levels):
             raise ConfigError(
@@ -250,6 +255,11 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     threads: int = 0
+    # weights of the memory path's loss terms (the authors': KD + 0.2 (OT + 0.1 Con) + 0.1 Tri);
+    # a weight of 0 is the ablation without that term
+    ot_weight: float = 0.2
+    con_weight: float = 0.02
+    triplet_weight: float = 0.1
 
     def __post_init__(self):
         if self.steps < 1:
@@ -263,6 +273,12 @@ class TrainConfig:
             raise ConfigError(f"validation fraction must be in (0, 0.9), got {self.val_fraction}")
         if not 0.0 < self.anomaly_fraction < 1.0:
             raise ConfigError(f"anomaly fraction must be in (0, 1), got {self.anomaly_fraction}")
+        for name in LOSS_TERMS:
+            checks.number(f"{name} loss weight", getattr(self, f"{name}_weight"), 0, 100)
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {name: getattr(self, f"{name}_weight") for name in LOSS_TERMS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

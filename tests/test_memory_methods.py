@@ -298,3 +298,91 @@ def test_map_scale_sets_the_combined_weights_from_that_statistic(combined_ckpt, 
     assert not torch.allclose(model.head.map_weights, mean_model.head.map_weights)
     with pytest.raises(ConfigError, match="unknown map scale"):
         ModelConfig(map_scale="max")
+
+
+def test_rescore_refills_the_patch_memory_at_another_size(combined_ckpt, tmp_path):
+    from dmgrd_edge.train.checkpoint import load_model
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    out = tmp_path / "bank32.pt"
+    rescore_checkpoint(combined_ckpt, out, "combined", patch_bank_size=32, device="cpu")
+    before, _ = load_model(combined_ckpt)
+    after, _ = load_model(out)
+    assert before.patch_memory.bank0.shape[0] == 64 and after.patch_memory.bank0.shape[0] == 32
+    assert after.config.patch_bank_size == 32
+    # the student is the trained one: only the memory and the map weights were rebuilt
+    for name, value in before.state_dict().items():
+        if name.startswith(("student.", "bottleneck.", "msff.")):
+            assert torch.equal(value, after.state_dict()[name]), name
+    assert float(after.patch_memory.bank0.abs().sum()) > 0
+
+
+def test_loss_weights_switch_terms_off_and_are_range_checked():
+    from types import SimpleNamespace
+
+    from train.losses import AUTHORS_WEIGHTS, dmgrd_loss
+
+    torch.manual_seed(0)
+    levels = [torch.randn(4, 8, 4, 4, requires_grad=True) for _ in range(3)]
+    features = SimpleNamespace(
+        student=[torch.randn(4, 8, 4, 4) for _ in range(3)],
+        fused_normal=levels,
+        fused_abnormal=[torch.randn(4, 8, 4, 4) for _ in range(3)],
+    )
+    teacher = [torch.randn(4, 8, 4, 4) for _ in range(3)]
+    anomalous = torch.tensor([False, False, True, True])
+    full = dmgrd_loss(features, teacher, anomalous)
+    assert full.ot > 0 and full.con >= 0 and full.triplet >= 0
+    expected = full.kd + 0.2 * full.ot + 0.02 * full.con + 0.1 * full.triplet
+    assert torch.allclose(full.total, expected)
+    without_ot = dmgrd_loss(features, teacher, anomalous, {**AUTHORS_WEIGHTS, "ot": 0.0})
+    assert float(without_ot.ot) == 0.0
+    assert torch.allclose(without_ot.total, expected - 0.2 * full.ot)
+    assert TrainConfig(triplet_weight=0.0).loss_weights == {
+        "ot": 0.2,
+        "con": 0.02,
+        "triplet": 0.0,
+    }
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="ot loss weight"):
+            TrainConfig(ot_weight=bad)
+
+
+def test_linear_fusion_replaces_msff_with_the_same_shapes():
+    from dmgrd_edge.model import DMGRD
+    from dmgrd_edge.model.msff import MSFF, LinearFusion
+
+    common = dict(image_size=64, memory_size=4, patch_bank_size=32)
+    models = {
+        fusion: DMGRD(
+            model_config_from_options(memory_read="patch", fusion=fusion, **common),
+            pretrained=False,
+        ).eval()
+        for fusion in ("msff", "linear")
+    }
+    assert isinstance(models["msff"].msff, MSFF)
+    assert isinstance(models["linear"].msff, LinearFusion)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        shapes = {
+            f: [t.shape for t in m.training_features(x).fused_normal] for f, m in models.items()
+        }
+    assert shapes["msff"] == shapes["linear"]
+    with pytest.raises(ConfigError, match="fusion"):
+        ModelConfig(fusion="attention")
+
+
+def test_memory_path_ablations_need_a_memory_guided_student(line_root, tmp_path):
+    base = [sys.executable, "-m", "dmgrd_edge.cli", "train", "--data", str(line_root)]
+    base += ["--category", "washer", "--out", str(tmp_path / "runs"), "--steps", "1"]
+    for extra in (["--without-loss", "ot"], ["--fusion", "linear"]):
+        result = subprocess.run(base + extra, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "--memory-read patch" in result.stderr + result.stdout
+    result = subprocess.run(
+        base + ["--memory-read", "patch", "--without-loss", "entropy"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "'con', 'ot', 'triplet'" in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()

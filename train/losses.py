@@ -90,10 +90,18 @@ def triplet_loss(
     return total
 
 
+AUTHORS_WEIGHTS = {"ot": 0.2, "con": 0.02, "triplet": 0.1}
+
+
 def dmgrd_loss(
-    features, clean_teacher: list[torch.Tensor], is_anomalous: torch.Tensor
+    features,
+    clean_teacher: list[torch.Tensor],
+    is_anomalous: torch.Tensor,
+    weights: dict[str, float] | None = None,
 ) -> LossTerms:
-    """All terms for one batch; `features` is the model's TrainingFeatures."""
+    """All terms for one batch; `features` is the model's TrainingFeatures. ``weights`` of the
+    memory path's terms (default: the authors'); a term weighted 0 is not computed."""
+    w = AUTHORS_WEIGHTS if weights is None else weights
     kd = kd_loss(clean_teacher, features.student)
     zero = kd.new_zeros(())
     if features.fused_normal is None:
@@ -102,8 +110,8 @@ def dmgrd_loss(
     anomalous_idx = torch.nonzero(is_anomalous).flatten()
     fused_normal_ok = [f.index_select(0, normal_idx) for f in features.fused_normal]
     fused_normal_bad = [f.index_select(0, anomalous_idx) for f in features.fused_normal]
-    con = contrast_loss(features.fused_abnormal, features.fused_normal)
-    ot = compactness_loss(fused_normal_ok)
-    triplet = triplet_loss(fused_normal_ok, fused_normal_bad)
-    total = kd + 0.2 * (ot + 0.1 * con) + 0.1 * triplet
+    con = contrast_loss(features.fused_abnormal, features.fused_normal) if w["con"] else zero
+    ot = compactness_loss(fused_normal_ok) if w["ot"] else zero
+    triplet = triplet_loss(fused_normal_ok, fused_normal_bad) if w["triplet"] else zero
+    total = kd + w["ot"] * ot + w["con"] * con + w["triplet"] * triplet
     return LossTerms(total, kd, ot, con, triplet)

@@ -37,6 +37,7 @@ def rescore_checkpoint(
     score_source: str,
     memory_score_levels: tuple[int, ...] | None = None,
     map_scale: str | None = None,
+    patch_bank_size: int | None = None,
     device: str = "auto",
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -53,6 +54,8 @@ def rescore_checkpoint(
         changes["memory_score_levels"] = memory_score_levels
     if map_scale is not None:
         changes["map_scale"] = map_scale
+    if patch_bank_size is not None:
+        changes["patch_bank_size"] = patch_bank_size
     config = dataclasses.replace(old, **changes)
     dev = pick_device(device)
     model = DMGRD(config, pretrained=False)
@@ -77,7 +80,7 @@ def rescore_checkpoint(
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     if config.uses_patch_memory:
         kept = {k: v for k, v in payload["state_dict"].items() if k.startswith("patch_memory.")}
-        if kept:
+        if kept and config.patch_bank_size == old.patch_bank_size:
             model.patch_memory.load_state_dict(
                 {k[len("patch_memory.") :]: v for k, v in kept.items()}
             )

@@ -281,7 +281,12 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             with autocast:
                 features = model.training_features(x_aug)
                 target = model.teacher_features(x_clean)
-                terms = dmgrd_loss(features, target, torch.from_numpy(is_anomalous).to(device))
+                terms = dmgrd_loss(
+                    features,
+                    target,
+                    torch.from_numpy(is_anomalous).to(device),
+                    tcfg.loss_weights,
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(terms.total).backward()

@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from .backbones import create_teacher
 from .head import AnomalyMapHead
 from .memory import MemoryBank
-from .msff import MSFF
+from .msff import MSFF, LinearFusion
 from .patch_memory import PatchMemory
 from .pruning import apply_widths
 from .student import OCBE, StudentDecoder
@@ -63,7 +63,8 @@ class DMGRD(nn.Module):
                         config.memory_size, spec.channels, shapes, scale
                     )
                 self.abnormal_memory = MemoryBank(config.memory_size, spec.channels, shapes, scale)
-                self.msff = MSFF(spec.channels)
+                fusion = MSFF if config.fusion == "msff" else LinearFusion
+                self.msff = fusion(spec.channels)
             self.bottleneck = OCBE(spec)
             self.student = StudentDecoder(spec)
         self.head = AnomalyMapHead(

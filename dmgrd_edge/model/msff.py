@@ -100,3 +100,15 @@ class MSFF(nn.Module):
         m2 = self.attention[1](memory_inputs[1]) * upsample2(m3, b2)
         m1 = self.attention[0](memory_inputs[0]) * upsample2(m2, b1)
         return [f1 * m1, f2 * m2, b3 * m3]
+
+
+class LinearFusion(nn.Module):
+    """The ablation without MSFF: per level a 1x1 projection of MI_l (2*C_l channels) to C_l,
+    no attention, no cross-level path."""
+
+    def __init__(self, channels: tuple[int, int, int]):
+        super().__init__()
+        self.project = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for c in channels)
+
+    def forward(self, memory_inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [p(x) for p, x in zip(self.project, memory_inputs)]
