@@ -12,11 +12,15 @@ Trained variants (one run folder each under W/r<steps>/, reused when a finished 
   the student (``--memory-read image``);
 - ``patch``: DM-GRD with the position-free read: the nearest normal patch at every location
   guides the student (``--memory-read patch``);
-- ``knn``: the nearest-neighbour baseline (``--method knn``, no training).
+- ``knn``: the nearest-neighbour baseline (``--method knn``, no training);
+- ablations of the patch-read model: ``patch-linear`` (MSFF replaced by a 1x1 projection,
+  ``--fusion linear``), ``patch-no-ot``, ``patch-no-con``, ``patch-no-triplet`` (that loss
+  term's weight 0, ``--without-loss``).
 
 Each trained model is also rescored (``dmgrd-edge rescore``, no retraining) with the memory's
-nearest-patch distance added to the student's (``combined``) and, for the patch-read model,
-with the student alone. Every row is evaluated on the test split (fp32, PyTorch, last
+nearest-patch distance added to the student's (``combined``), for the patch-read model
+with the student alone, and for RD with the patch memory at K = 512 and 8192 rows per level
+(the default is 2048). Every row is evaluated on the test split (fp32, PyTorch, last
 checkpoint). ``--int8 CATEGORY,...`` also exports those categories' default models with INT8
 and evaluates the ONNX Runtime CPU INT8 form on the same test split.
 """
@@ -35,24 +39,38 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console
 
+PATCH = {"memory_read": "patch", "score_source": "combined"}
+# run name: (model options, training options)
 TRAINED = {
-    "rd": {"use_memory": False},
-    "image": {"memory_read": "image", "score_source": "student"},
-    "patch": {"memory_read": "patch", "score_source": "combined"},
-    "knn": {"method": "knn"},
+    "rd": ({"use_memory": False}, {}),
+    "image": ({"memory_read": "image", "score_source": "student"}, {}),
+    "patch": (PATCH, {}),
+    "knn": ({"method": "knn"}, {}),
+    # ablations of the memory path, each on the patch-read model
+    "patch-linear": ({**PATCH, "fusion": "linear"}, {}),
+    "patch-no-ot": (PATCH, {"ot_weight": 0.0}),
+    "patch-no-con": (PATCH, {"con_weight": 0.0}),
+    "patch-no-triplet": (PATCH, {"triplet_weight": 0.0}),
 }
-# (row name, trained run, (score source, map scale) of the rescored checkpoint or None for the
-# run as trained)
+MAIN_RUNS = ("rd", "image", "patch", "knn")
+# (row name, trained run, (score source, map scale, patch bank rows or None) of the rescored
+# checkpoint, or None for the run as trained)
 ROWS = [
     ("RD (no memory)", "rd", None),
     ("kNN baseline (training-free)", "knn", None),
     ("DM-GRD paper: image read, student score", "image", None),
-    ("DM-GRD image read, combined score", "image", ("combined", "mean")),
-    ("DM-GRD patch read, student score", "patch", ("student", "mean")),
+    ("DM-GRD image read, combined score", "image", ("combined", "mean", None)),
+    ("DM-GRD patch read, student score", "patch", ("student", "mean", None)),
     ("DM-GRD patch read, combined score", "patch", None),
-    ("DM-GRD patch read, combined score (std scale)", "patch", ("combined", "std")),
-    ("RD + memory score", "rd", ("combined", "mean")),
-    ("RD + memory score (std scale)", "rd", ("combined", "std")),
+    ("DM-GRD patch read, combined score (std scale)", "patch", ("combined", "std", None)),
+    ("DM-GRD patch read, combined, MSFF -> 1x1 projection", "patch-linear", None),
+    ("DM-GRD patch read, combined, without OT", "patch-no-ot", None),
+    ("DM-GRD patch read, combined, without Con", "patch-no-con", None),
+    ("DM-GRD patch read, combined, without triplet", "patch-no-triplet", None),
+    ("RD + memory score", "rd", ("combined", "mean", None)),
+    ("RD + memory score (std scale)", "rd", ("combined", "std", None)),
+    ("RD + memory score, K = 512 patches", "rd", ("combined", "mean", 512)),
+    ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192)),
 ]
 DEFAULT_ROW = "RD + memory score"
 
@@ -98,8 +116,11 @@ def train_run(
         summary = json.loads(summary_path.read_text())
         if summary.get("steps") in (steps, 0):
             return out / "last.pt", summary
-    model_cfg = model_config_from_options(**TRAINED[key])
-    train_cfg = TrainConfig(steps=steps, warmup_steps=min(100, steps), threads=threads)
+    model_options, train_options = TRAINED[key]
+    model_cfg = model_config_from_options(**model_options)
+    train_cfg = TrainConfig(
+        steps=steps, warmup_steps=min(100, steps), threads=threads, **train_options
+    )
     job = TrainJob(
         "mvtec", str(dataset_root), category, str(out), model_cfg, train_cfg, overwrite=True
     )
@@ -178,7 +199,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per training (0: default)"
     )
-    parser.add_argument("--runs", default=",".join(TRAINED), help="trained variants to include")
+    parser.add_argument(
+        "--runs",
+        default=",".join(MAIN_RUNS),
+        help=f"trained variants to include, of {', '.join(TRAINED)}",
+    )
     parser.add_argument(
         "--int8", default="", help="categories whose default model is exported with INT8"
     )
@@ -210,6 +235,9 @@ def main() -> None:
             generate_line_data(line, line_categories)
         sets += [("generated", line, c) for c in line_categories]
     runs = [r for r in args.runs.split(",") if r]
+    unknown = sorted(set(runs) - set(TRAINED))
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {', '.join(TRAINED)}")
     results = []
     for kind, root, category in sets:
         trained = {}
@@ -226,12 +254,19 @@ def main() -> None:
                 continue
             checkpoint, summary = trained[key]
             if rescore is not None:
-                source, scale = rescore
+                source, scale, bank = rescore
                 suffix = source if scale == "mean" else f"{source}-{scale}"
+                suffix += f"-k{bank}" if bank else ""
                 target = checkpoint.with_name(f"rescored-{suffix}.pt")
                 if not target.is_file():
                     rescore_checkpoint(
-                        checkpoint, target, source, map_scale=scale, device="cpu", console=console
+                        checkpoint,
+                        target,
+                        source,
+                        map_scale=scale,
+                        patch_bank_size=bank,
+                        device="cpu",
+                        console=console,
                     )
                 checkpoint = target
             row = {
