@@ -62,6 +62,7 @@ VERSIONS = ("8.6.1", "10.3.0", "10.16.1.11", "11.1.0.106", "11.4.0.106")
 # the fakes' versions (tests/fakes/__init__.py VERSIONS) -> the recorded version they follow
 FAKE_REFERENCE = {"8.6.2.3": "8.6.1", "10.3.0": "10.3.0", "11.1.0": "11.1.0.106"}
 MODULE = "<module>"
+MODULE_DUNDERS = {"__file__", "__name__", "__path__", "__doc__"}  # every module has them
 
 
 # -- extract --------------------------------------------------------------------------------
@@ -541,7 +542,7 @@ def has(surface: dict, use: Use) -> bool:
         member = names.get(owner, {}).get("members", {}).get(method)
         return isinstance(member, dict) and use.name in member.get("params", [])
     if use.owner == MODULE:
-        return use.name in names
+        return use.name in names or use.name in MODULE_DUNDERS
     entry = names.get(use.owner)
     if entry is None or use.name not in entry["members"]:
         return False
