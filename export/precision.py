@@ -17,6 +17,13 @@ from __future__ import annotations
 FP32_ALWAYS = ("/normal_memory/", "/patch_memory/", "/head/")
 FP32_IN_FP16 = FP32_ALWAYS + ("/msff/", "/bottleneck/")
 TEACHER = "/teacher/"
+# what the FP16-typed graph runs in fp16 (export/onnx_export.py HalfPrecisionDMGRD), and the
+# typed INT8 graph for strongly typed TensorRT too (export/typed_int8.py)
+FP16_REGIONS = (TEACHER, "/student/")
+
+
+def in_fp16_region(name: str) -> bool:
+    return name.startswith(FP16_REGIONS)
 
 
 def keep_fp32(name: str, fp16: bool) -> bool:

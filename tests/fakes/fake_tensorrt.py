@@ -677,6 +677,12 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 for layer in network._layers
                 if getattr(layer, "_precision", None) is not None
             ),
+            # layers writing an fp16 tensor (the graph's own types in a strongly typed network)
+            "half_layers": sorted(
+                layer.name
+                for layer in network._layers
+                if any(t.dtype == DataType.HALF for t in layer._outputs)
+            ),
         }
 
     # -- runtime ----------------------------------------------------------------------------
