@@ -832,6 +832,18 @@ def calibrate_threshold(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="the checks as JSON on stdout")):
+    """Check TensorRT, pycuda, the CUDA device, OpenCV's GStreamer, cameras and the power mode;
+    prints how to fix what is missing and exits 1 when a required part is (runs without torch)."""
+    from .runtime.doctor import as_json as to_json, render, run_checks
+
+    found = run_checks()
+    typer.echo(json.dumps(to_json(found), indent=2) if as_json else render(found))
+    if any(c.failed for c in found):
+        raise SystemExit(1)
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix
     (exit 2), a lost source ends `run` with 3, a file that cannot be read or written with 4."""

@@ -1,11 +1,14 @@
 """Check an ONNX graph against what TensorRT's ONNX parser accepts (8.6 and later).
 
-Source of the operator list: the support matrix in onnx-tensorrt's ``docs/operators.md``
-for the TensorRT 8.5/8.6 parser (opset up to 17). TensorRT 10.x and 11.x accept a
-superset, so a graph that passes this check parses on every TensorRT this toolkit
-targets (JetPack 6.0's 8.6 up to 11.x). Besides operator names it checks the documented
-restrictions that matter for our graphs: opset <= 17, Q/DQ zero points equal to zero, TopK's
-K and the axes of Slice/Squeeze/Unsqueeze constant, and Resize coordinate modes.
+Source of the operator list: the operators marked supported ("Y") in the support matrix of
+onnx-tensorrt's ``docs/operators.md`` at tag ``release/8.5-GA``, the TensorRT 8.5 parser
+(opset up to 17), exactly (``tests/data/onnx_tensorrt_8.5_operators.tsv`` holds that
+table and ``tests/test_graph_check.py`` compares). The 8.6-GA and 10.1-GA matrices mark every
+one of these supported too and add more (GroupNormalization, LayerNormalization, IsInf; 10.x
+also Gelu, Mish, Hardmax, ...), so a graph that passes this check parses on every TensorRT
+this toolkit targets (JetPack 6.0's 8.6 up to 11.x). Besides operator names it checks the
+documented restrictions that matter for our graphs: opset <= 17, Q/DQ zero points equal to
+zero, TopK's K and the axes of Slice/Squeeze/Unsqueeze constant, and Resize coordinate modes.
 Torch-free: it runs wherever onnx is installed, the Jetson included.
 """
 
@@ -23,18 +26,19 @@ MAX_OPSET = 17
 
 TRT_SUPPORTED_OPS = frozenset(
     """
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu
-Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div
-Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm
-GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GRU HardSwish HardSigmoid
-Identity If ImageScaler InstanceNormalization IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
-LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression
-NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike
-RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
-ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign
-Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice
-Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
-Transpose Trilu Unsqueeze Upsample Where Xor
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
+Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
+DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
+GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual
+GridSample GRU HardSwish HardSigmoid Identity If ImageScaler InstanceNormalization IsNaN
+LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max
+MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or
+Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
+RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
+ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence
+RNN RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid
+Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan
+Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """.split()
 )
 

@@ -1,15 +1,17 @@
 """Which parts of the graph stay fp32 in lower precisions (torch-free, shared by the ONNX
 export, INT8 calibration and the TensorRT builder).
 
-- Memory reads (``/normal_memory/``, ``/patch_memory/``) and the scoring head (``/head/``) stay fp32 in
-  every precision: the argmin over memory items and the top-k mean of the map are where a
-  small numeric change flips a decision.
+- Memory reads (``/normal_memory/``, ``/patch_memory/``) and the scoring head (``/head/``)
+  stay fp32 in every precision: the argmin over memory items and the top-k mean of the map
+  are where a small numeric change flips a decision.
 - MSFF (``/msff/``) has no normalisation layers and multiplies two convolutions of its
   input, so its activations grow with training: 5e4 to 1.7e6 on EfficientNet-Lite0 models
   after 150 steps (``benchmarks/activation_range.py``), and the bottleneck's first
-  convolutions (``/bottleneck/``, before their BatchNorm) take that range as input. Both exceed fp16's maximum of 65504, so in FP16 graphs
-  and engines they stay fp32 too; only the teacher and the student decoder run in fp16.
-  INT8 quantizes their convolutions with calibrated scales; the accuracy guard checks it.
+  convolutions (``/bottleneck/``, before their BatchNorm) take that range as input. Both
+  exceed fp16's maximum of 65504, so in FP16 graphs and engines they stay fp32 too; only the
+  teacher and the student decoder run in fp16 (``FP16_REGIONS``, also the fp16 regions of
+  the strongly typed INT8 graph, typed_int8.py). INT8 quantizes their convolutions with
+  calibrated scales; the accuracy guard checks it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from __future__ import annotations
 FP32_ALWAYS = ("/normal_memory/", "/patch_memory/", "/head/")
 FP32_IN_FP16 = FP32_ALWAYS + ("/msff/", "/bottleneck/")
 TEACHER = "/teacher/"
+# what the FP16-typed graph runs in fp16 (export/onnx_export.py HalfPrecisionDMGRD), and the
+# typed INT8 graph for strongly typed TensorRT too (export/typed_int8.py)
+FP16_REGIONS = (TEACHER, "/student/")
+
+
+def in_fp16_region(name: str) -> bool:
+    return name.startswith(FP16_REGIONS)
 
 
 def keep_fp32(name: str, fp16: bool) -> bool:

@@ -1,9 +1,10 @@
 """ONNX -> TensorRT engine, for TensorRT 8.6, 10.x and 11.x. Torch-free: runs on the Jetson.
 
 Precision handling:
-- int8: the Q/DQ graph. TensorRT >= 10 builds it strongly typed; 8.6 with the INT8 and
-  FP16 builder flags, the layers of precision.py pinned to fp32 except Q/DQ layers and the
-  layers a Dequantize feeds (see pin_fp32_layers).
+- int8: the Q/DQ graph. TensorRT >= 10 builds it strongly typed, from the graph rewritten
+  with fp16 regions (typed_int8.py: teacher and student in fp16, the rest fp32, as in the
+  FP16 engine); 8.6 with the INT8 and FP16 builder flags, the layers of precision.py pinned
+  to fp32 except Q/DQ layers and the layers a Dequantize feeds (see pin_fp32_layers).
 - fp16: TensorRT <= 10 builds the fp32 graph with the FP16 flag; TensorRT 11 (no precision
   flags, always strongly typed) needs the FP16-typed graph ``model.fp16.onnx``.
 - fp32: the fp32 graph, no flags.
@@ -15,15 +16,19 @@ refused (``dmgrd_edge.device.import_tensorrt``).
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import onnx
 
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.device import EngineError, gpu_name, import_tensorrt, trt_version
 
 from .options import BatchProfile
 from .precision import keep_fp32
+from .typed_int8 import typed_int8
 
 ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
@@ -100,12 +105,25 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     flags, strongly_typed = network_flags(trt, major, request.precision)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(
-            f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
-            "re-export the bundle with this dmgrd-edge; the graph check should have caught this",
-        )
+    typed = None
+    with tempfile.TemporaryDirectory(prefix="dmgrd-typed-") as tmp:
+        parse_path = onnx_path
+        if strongly_typed and request.precision == "int8":
+            # the graph states each region's precision (typed_int8.py): no layer pins exist
+            model, typed = typed_int8(onnx.load(str(onnx_path)))
+            parse_path = Path(tmp) / onnx_path.name
+            onnx.save(model, str(parse_path))
+            log(
+                f"strongly typed INT8: {typed['fp16_nodes']} nodes in fp16 (teacher, student), "
+                f"{typed['fp32_nodes']} in fp32, {typed['casts']} casts"
+            )
+        if not parser.parse_from_file(str(parse_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(
+                f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
+                "re-export the bundle with this dmgrd-edge; the graph check should have caught "
+                "this",
+            )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
     if not strongly_typed:
@@ -156,6 +174,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
             "trt_version": version,
             "onnx": onnx_path.name,
             "strongly_typed": strongly_typed,
+            "typed_regions": typed,
             "batch": str(request.batch),
             "dla_core": request.dla_core,
             "build_seconds": time.perf_counter() - started,

@@ -26,6 +26,7 @@ EXPORT_TORCH_FREE = [
     "dmgrd_edge.export.options",
     "dmgrd_edge.export.precision",
     "dmgrd_edge.export.graph_check",
+    "dmgrd_edge.export.typed_int8",
 ]
 
 # imports each module named in NAMES with every import of torch refused, and prints a JSON

@@ -373,7 +373,7 @@ def test_dla_engine_runs_on_the_core_it_was_built_for(bundle, version):
             register(bundle, name, info), "tensorrt", "int8", max_batch=1, log=lambda _: None
         )
         runtime = trt.fake.runtimes[-1]
-        assert runtime.DLA_core == 1 and trt.fake.engines[-1]().dla_core_in_use == 1
+        assert runtime.DLA_core == 1 and trt.fake.engines[-1]()._dla_core_in_use == 1
         backend.infer(images(1))
         backend.close()
     with installed(version, FakeGPU(dla_cores=1)):  # a module with one DLA core

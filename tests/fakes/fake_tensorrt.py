@@ -101,6 +101,71 @@ LAYER_TYPES = {
     "Cast": "CAST",
     "Constant": "CONSTANT",
 }
+# enum values as the bindings have them (recorded from the real modules by
+# scripts/trt_api_surface.py, tests/data/trt_api/; tests/test_trt_api_surface.py compares)
+BUILDER_FLAG_VALUES = {
+    8: dict(
+        FP16=0,
+        INT8=1,
+        DEBUG=2,
+        GPU_FALLBACK=3,
+        REFIT=5,
+        DISABLE_TIMING_CACHE=6,
+        TF32=7,
+        SPARSE_WEIGHTS=8,
+        SAFETY_SCOPE=9,
+        OBEY_PRECISION_CONSTRAINTS=10,
+        PREFER_PRECISION_CONSTRAINTS=11,
+        DIRECT_IO=12,
+        VERSION_COMPATIBLE=15,
+        EXCLUDE_LEAN_RUNTIME=16,
+    ),
+    10: dict(
+        FP16=0,
+        INT8=1,
+        DEBUG=2,
+        GPU_FALLBACK=3,
+        REFIT=4,
+        DISABLE_TIMING_CACHE=5,
+        TF32=6,
+        SPARSE_WEIGHTS=7,
+        SAFETY_SCOPE=8,
+        OBEY_PRECISION_CONSTRAINTS=9,
+        PREFER_PRECISION_CONSTRAINTS=10,
+        DIRECT_IO=11,
+        VERSION_COMPATIBLE=13,
+        EXCLUDE_LEAN_RUNTIME=14,
+    ),
+    11: dict(
+        DEBUG=2,
+        GPU_FALLBACK=3,
+        REFIT=4,
+        DISABLE_TIMING_CACHE=5,
+        TF32=6,
+        SPARSE_WEIGHTS=7,
+        SAFETY_SCOPE=8,
+        DIRECT_IO=11,
+        VERSION_COMPATIBLE=12,
+        EXCLUDE_LEAN_RUNTIME=13,
+    ),
+}
+_LAYER_TYPES_COMMON = dict(
+    CONVOLUTION=0,
+    ACTIVATION=2,
+    POOLING=3,
+    CONCATENATION=8,
+    ELEMENTWISE=9,
+    UNARY=11,
+    SHUFFLE=13,
+    TOPK=15,
+    GATHER=16,
+    MATRIX_MULTIPLY=17,
+    CONSTANT=19,
+)
+LAYER_TYPE_VALUES = {  # 11.x as 10.x
+    8: dict(_LAYER_TYPES_COMMON, RESIZE=26, QUANTIZE=33, DEQUANTIZE=34, CAST=47),
+    10: dict(_LAYER_TYPES_COMMON, CAST=1, RESIZE=25, QUANTIZE=32, DEQUANTIZE=33),
+}
 ONNX_TYPES = {1: "FLOAT", 10: "HALF", 3: "INT8", 2: "UINT8", 6: "INT32", 7: "INT64", 9: "BOOL"}
 
 
@@ -182,6 +247,7 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
             "VERSION_COMPATIBLE",
             "EXCLUDE_LEAN_RUNTIME",
         ],
+        BUILDER_FLAG_VALUES[major],
     )
     MemoryPoolType = _enum(
         "MemoryPoolType",
@@ -189,7 +255,9 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
     )
     DeviceType = _enum("DeviceType", ["GPU", "DLA"])
     TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
-    LayerType = _enum("LayerType", sorted(set(LAYER_TYPES.values())))
+    LayerType = _enum(
+        "LayerType", sorted(set(LAYER_TYPES.values())), LAYER_TYPE_VALUES[min(major, 10)]
+    )
     num_dla = gpu.dla_cores if major < 11 else 0
 
     def nptype(trt_type):
@@ -226,7 +294,7 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
         __slots__ = (
             "name",
             "type",
-            "op",
+            "_op",
             "_network",
             "_inputs",
             "_outputs",
@@ -235,7 +303,7 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
         )
 
         def __init__(self, network, name, op, inputs, outputs):
-            self.name, self.op, self._network = name, op, network
+            self.name, self._op, self._network = name, op, network
             self.type = LayerType[LAYER_TYPES.get(op, "UNARY")]
             self._inputs, self._outputs = inputs, outputs
             self._precision, self._output_types = None, {}
@@ -263,7 +331,7 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
         __slots__ = ()
 
         def _reject_if_strongly_typed(self, what: str) -> None:
-            if self._network.strongly_typed:
+            if self._network._strongly_typed:
                 raise FakeTensorRTError(
                     f"layer {self.name}: strongly-typed networks reject calls to {what}"
                 )
@@ -325,56 +393,56 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                     (8, "EXPLICIT_PRECISION"),
                 ):
                     fake.deprecated.append(f"NetworkDefinitionCreationFlag.{name}")
-            self.explicit_batch = major >= 10 or "EXPLICIT_BATCH" in named
-            self.strongly_typed = major >= 11 or "STRONGLY_TYPED" in named
-            self.layers, self.inputs, self.outputs = [], [], []
+            self._explicit_batch = major >= 10 or "EXPLICIT_BATCH" in named
+            self._strongly_typed = major >= 11 or "STRONGLY_TYPED" in named
+            self._layers, self._inputs, self._outputs = [], [], []
 
         @property
         def num_layers(self) -> int:
-            return len(self.layers)
+            return len(self._layers)
 
         def get_layer(self, index: int):
-            return self.layers[index]
+            return self._layers[index]
 
         @property
         def num_inputs(self) -> int:
-            return len(self.inputs)
+            return len(self._inputs)
 
         def get_input(self, index: int):
-            return self.inputs[index]
+            return self._inputs[index]
 
         @property
         def num_outputs(self) -> int:
-            return len(self.outputs)
+            return len(self._outputs)
 
         def get_output(self, index: int):
-            return self.outputs[index]
+            return self._outputs[index]
 
     class ParserError:
         def __init__(self, text: str):
-            self.text = text
+            self._text = text
 
         def desc(self) -> str:
-            return self.text
+            return self._text
 
         def __str__(self) -> str:
-            return self.text
+            return self._text
 
     class OnnxParser:
         def __init__(self, network, logger):
             require_logger(logger)
-            self.network, self.errors = network, []
+            self._network, self._errors = network, []
 
         @property
         def num_errors(self) -> int:
-            return len(self.errors)
+            return len(self._errors)
 
         def get_error(self, index: int):
-            return self.errors[index]
+            return self._errors[index]
 
         def parse_from_file(self, model: str) -> bool:
-            if not self.network.explicit_batch:
-                self.errors.append(
+            if not self._network._explicit_batch:
+                self._errors.append(
                     ParserError(
                         "the ONNX parser supports networks with an explicit batch "
                         "dimension only (create the network with EXPLICIT_BATCH)"
@@ -382,9 +450,9 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 )
                 return False
             if not Path(model).is_file():
-                self.errors.append(ParserError(f"failed to open {model}"))
+                self._errors.append(ParserError(f"failed to open {model}"))
                 return False
-            _parse_onnx(self.network, model)
+            _parse_onnx(self._network, model)
             return True
 
     def dtype_of(elem_type: int):
@@ -418,25 +486,25 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
             return tensors[name]
 
         for value in graph.input:
-            network.inputs.append(tensor(value.name))
+            network._inputs.append(tensor(value.name))
         for init in graph.initializer:
             tensors[init.name] = ITensor(init.name, dtype_of(init.data_type), list(init.dims))
-            network.layers.append(
+            network._layers.append(
                 layer_class(network, init.name, "Constant", [], [tensors[init.name]])
             )
         for node in graph.node:
             inputs = [tensor(name) if name else None for name in node.input]
-            network.layers.append(
+            network._layers.append(
                 layer_class(
                     network, node.name, node.op_type, inputs, [tensor(name) for name in node.output]
                 )
             )
-        network.outputs = [tensor(value.name) for value in graph.output]
+        network._outputs = [tensor(value.name) for value in graph.output]
 
     # -- builder ----------------------------------------------------------------------------
     class IOptimizationProfile:
         def __init__(self):
-            self.shapes: dict[str, tuple] = {}
+            self._shapes: dict[str, tuple] = {}
 
         def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - the binding's names
             lo, mid, hi = (Dims(int(d) for d in s) for s in (min, opt, max))
@@ -444,14 +512,14 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 len(lo) == len(mid) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, mid, hi))
             ):
                 raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
-            self.shapes[input] = (lo, mid, hi)
+            self._shapes[input] = (lo, mid, hi)
 
         def get_shape(self, input: str):  # noqa: A002
-            return list(self.shapes[input])
+            return list(self._shapes[input])
 
     class ITimingCache:
         def __init__(self, blob: bytes):
-            self.mismatch = bool(blob) and not blob.startswith(
+            self._mismatch = bool(blob) and not blob.startswith(
                 CACHE_MAGIC + version.encode() + b"\n"
             )
 
@@ -460,43 +528,43 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
 
     class IBuilderConfig:
         def __init__(self):
-            self.flags: set = set()
-            self.pools: dict = {}
-            self.profiles: list = []
+            self._flags: set = set()
+            self._pools: dict = {}
+            self._profiles: list = []
             self.default_device_type = DeviceType.GPU
             self.DLA_core = -1
-            self.cache = None
+            self._cache = None
 
         def set_flag(self, flag) -> None:
-            self.flags.add(BuilderFlag(flag))
+            self._flags.add(BuilderFlag(flag))
 
         def get_flag(self, flag) -> bool:
-            return BuilderFlag(flag) in self.flags
+            return BuilderFlag(flag) in self._flags
 
         def set_memory_pool_limit(self, pool, pool_size: int) -> None:
-            self.pools[MemoryPoolType(pool)] = int(pool_size)
+            self._pools[MemoryPoolType(pool)] = int(pool_size)
 
         def add_optimization_profile(self, profile) -> int:
-            if not profile.shapes:
+            if not profile._shapes:
                 return -1
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
+            self._profiles.append(profile)
+            return len(self._profiles) - 1
 
         @property
         def num_optimization_profiles(self) -> int:
-            return len(self.profiles)
+            return len(self._profiles)
 
         def create_timing_cache(self, serialized_timing_cache) -> ITimingCache:
             return ITimingCache(bytes(serialized_timing_cache))
 
         def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
-            if cache.mismatch and not ignore_mismatch:
+            if cache._mismatch and not ignore_mismatch:
                 return False
-            self.cache = cache
+            self._cache = cache
             return True
 
         def get_timing_cache(self):
-            return self.cache
+            return self._cache
 
     class Builder:
         def __init__(self, logger):
@@ -523,12 +591,12 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
             return IHostMemory(MAGIC + json.dumps(_plan(network, config)).encode())
 
     def _build_problem(network, config) -> str | None:
-        if not network.layers:
+        if not network._layers:
             return "the network has no layers (nothing was parsed)"
-        if config.pools.get(MemoryPoolType.WORKSPACE, 1) <= 0:
+        if config._pools.get(MemoryPoolType.WORKSPACE, 1) <= 0:
             return "workspace pool limit must be > 0"
-        for tensor in network.inputs:
-            profile = config.profiles[0].shapes.get(tensor.name) if config.profiles else None
+        for tensor in network._inputs:
+            profile = config._profiles[0]._shapes.get(tensor.name) if config._profiles else None
             if -1 in tensor.shape and profile is None:
                 return f"input {tensor.name} has dynamic dims {tuple(tensor.shape)} and no profile"
             if profile and any(
@@ -537,12 +605,12 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 for s in profile
             ):
                 return f"profile {profile} does not fit input {tensor.name} {tuple(tensor.shape)}"
-        layers = network.layers
+        layers = network._layers
         quantized = any(
             layer.type in (LayerType.QUANTIZE, LayerType.DEQUANTIZE) for layer in layers
         )
-        if not network.strongly_typed:
-            if quantized and BuilderFlag.INT8 not in config.flags:
+        if not network._strongly_typed:
+            if quantized and BuilderFlag.INT8 not in config._flags:
                 return "the network has Q/DQ layers but BuilderFlag.INT8 is not set"
             dq_outputs = {
                 t.name
@@ -550,7 +618,7 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 if layer.type == LayerType.DEQUANTIZE
                 for t in layer._outputs
             }
-            if BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags:
+            if BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config._flags:
                 for layer in layers:
                     fed = any(t is not None and t.name in dq_outputs for t in layer._inputs)
                     if fed and layer._precision in floats:
@@ -564,34 +632,34 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 return f"DLA core {config.DLA_core} does not exist ({num_dla} cores)"
             if any(
                 lo != hi
-                for shapes in (p.shapes.values() for p in config.profiles)
+                for shapes in (p._shapes.values() for p in config._profiles)
                 for lo, _, hi in shapes
             ):
                 return "DLA needs fixed input shapes (min == max in the profile)"
             if (
-                not network.strongly_typed
-                and not {BuilderFlag.FP16, BuilderFlag.INT8} & config.flags
+                not network._strongly_typed
+                and not {BuilderFlag.FP16, BuilderFlag.INT8} & config._flags
             ):
                 return "DLA runs FP16 or INT8 only: set BuilderFlag.FP16 or INT8"
-            if BuilderFlag.GPU_FALLBACK not in config.flags:
-                stuck = [layer.name for layer in layers if layer.op in NOT_ON_DLA]
+            if BuilderFlag.GPU_FALLBACK not in config._flags:
+                stuck = [layer.name for layer in layers if layer._op in NOT_ON_DLA]
                 if stuck:
                     return f"layer {stuck[0]} cannot run on DLA and GPU_FALLBACK is not set"
         return None
 
     def _plan(network, config) -> dict:
         profiles = [
-            {n: [list(s) for s in shapes] for n, shapes in p.shapes.items()}
-            for p in config.profiles
+            {n: [list(s) for s in shapes] for n, shapes in p._shapes.items()}
+            for p in config._profiles
         ]
         io = {
             t.name: {"mode": "INPUT", "shape": list(t.shape), "dtype": t.dtype.name}
-            for t in network.inputs
+            for t in network._inputs
         }
         io.update(
             {
                 t.name: {"mode": "OUTPUT", "shape": list(t.shape), "dtype": t.dtype.name}
-                for t in network.outputs
+                for t in network._outputs
             }
         )
         dla = config.default_device_type == DeviceType.DLA
@@ -602,12 +670,18 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
             "profiles": profiles,
             "device": "DLA" if dla else "GPU",
             "dla_core": config.DLA_core if dla else None,
-            "strongly_typed": network.strongly_typed,
-            "flags": sorted(f.name for f in config.flags),
+            "strongly_typed": network._strongly_typed,
+            "flags": sorted(f.name for f in config._flags),
             "pinned": sorted(
                 layer.name
-                for layer in network.layers
+                for layer in network._layers
                 if getattr(layer, "_precision", None) is not None
+            ),
+            # layers writing an fp16 tensor (the graph's own types in a strongly typed network)
+            "half_layers": sorted(
+                layer.name
+                for layer in network._layers
+                if any(t.dtype == DataType.HALF for t in layer._outputs)
             ),
         }
 
@@ -668,24 +742,24 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
 
     class ICudaEngine:
         def __init__(self, plan: dict, runtime, dla_core):
-            self.plan, self.runtime, self.dla_core_in_use = (
+            self._plan, self._runtime, self._dla_core_in_use = (
                 plan,
                 runtime,
                 dla_core,
             )  # the runtime stays alive
-            self.names = list(plan["io"])
+            self._names = list(plan["io"])
 
         def _io(self, name: str) -> dict:
-            if name not in self.plan["io"]:
+            if name not in self._plan["io"]:
                 raise FakeTensorRTError(f"no I/O tensor named {name!r}")
-            return self.plan["io"][name]
+            return self._plan["io"][name]
 
         @property
         def num_io_tensors(self) -> int:
-            return len(self.names)
+            return len(self._names)
 
         def get_tensor_name(self, index: int) -> str:
-            return self.names[index]
+            return self._names[index]
 
         def get_tensor_mode(self, name: str):
             return TensorIOMode[self._io(name)["mode"]]
@@ -698,48 +772,48 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
 
         @property
         def num_optimization_profiles(self) -> int:
-            return len(self.plan["profiles"])
+            return len(self._plan["profiles"])
 
         def get_tensor_profile_shape(self, name: str, profile_index: int):
             if self._io(name)["mode"] != "INPUT" or not 0 <= profile_index < len(
-                self.plan["profiles"]
+                self._plan["profiles"]
             ):
                 raise FakeTensorRTError(f"no profile {profile_index} for input {name!r}")
-            return [Dims(s) for s in self.plan["profiles"][profile_index][name]]
+            return [Dims(s) for s in self._plan["profiles"][profile_index][name]]
 
         def create_execution_context(self):
             return IExecutionContext(self)
 
     class IExecutionContext:
         def __init__(self, engine):
-            self.engine = engine  # keeps the engine alive, as the binding's keep_alive does
-            self.shapes: dict[str, Dims] = {}
-            self.addresses: dict[str, int] = {}
+            self._engine = engine  # keeps the engine alive, as the binding's keep_alive does
+            self._shapes: dict[str, Dims] = {}
+            self._addresses: dict[str, int] = {}
 
         def set_input_shape(self, name: str, shape) -> bool:
-            io = self.engine.plan["io"].get(name)
+            io = self._engine._plan["io"].get(name)
             shape = Dims(int(d) for d in shape)
             if io is None or io["mode"] != "INPUT" or len(shape) != len(io["shape"]):
                 return False
-            lo, _, hi = self.engine.plan["profiles"][0][name]
+            lo, _, hi = self._engine._plan["profiles"][0][name]
             if any(d not in (-1, s) for d, s in zip(io["shape"], shape)) or not all(
                 a <= s <= b for a, s, b in zip(lo, shape, hi)
             ):
                 return False
-            self.shapes[name] = shape
+            self._shapes[name] = shape
             return True
 
         def get_tensor_shape(self, name: str):
-            io = self.engine._io(name)
+            io = self._engine._io(name)
             if io["mode"] == "INPUT":
-                return self.shapes.get(name, Dims(io["shape"]))
-            batch = self.shapes.get("image", Dims([-1]))[0]
+                return self._shapes.get(name, Dims(io["shape"]))
+            batch = self._shapes.get("image", Dims([-1]))[0]
             return Dims([batch if d == -1 else d for d in io["shape"]])
 
         def set_tensor_address(self, name: str, memory: int) -> bool:
-            if name not in self.engine.plan["io"]:
+            if name not in self._engine._plan["io"]:
                 return False
-            self.addresses[name] = int(memory)
+            self._addresses[name] = int(memory)
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
@@ -747,17 +821,17 @@ def make(version: str, gpu: FakeGPU) -> types.ModuleType:
                 gpu.require_context("enqueueV3")
                 if stream_handle not in gpu.streams:
                     raise FakeDeviceError(f"stream handle {stream_handle} is no live stream")
-                shape = self.shapes.get("image")
+                shape = self._shapes.get("image")
                 if shape is None or -1 in shape:
                     raise FakeDeviceError("the input shape is not set (set_input_shape)")
-                missing = [n for n in self.engine.names if n not in self.addresses]
+                missing = [n for n in self._engine._names if n not in self._addresses]
                 if missing:
                     raise FakeDeviceError(f"no address for {missing}")
                 views = {}
-                for name in self.engine.names:
-                    dtype = np.dtype(nptype(self.engine.get_tensor_dtype(name)))
+                for name in self._engine._names:
+                    dtype = np.dtype(nptype(self._engine.get_tensor_dtype(name)))
                     count = int(np.prod(self.get_tensor_shape(name)))
-                    views[name] = (gpu.view(self.addresses[name], count * dtype.itemsize), dtype)
+                    views[name] = (gpu.view(self._addresses[name], count * dtype.itemsize), dtype)
             except FakeDeviceError as exc:
                 fake.errors.append(f"execute_async_v3: {exc}")
                 return False
