@@ -6,7 +6,7 @@
 | `out.avi`, `video://out.avi` | Motion-JPEG AVI with overlays (crash-safe; .mp4 is refused) |
 | `events.jsonl`, `jsonl://events.jsonl?ng_only=1` | one JSON line per frame (or per NG frame) |
 | `folder://ng_frames` | NG frames with overlays as PNG, names stamped with the run's start |
-| `mqtt://host:port/topic?qos=1` | one JSON message per frame to an MQTT broker (runtime/mqtt_sink.py) |
+| `mqtt://host:port/topic?qos=1` | a JSON message per frame to a broker (runtime/mqtt_sink.py) |
 
 A sink may also take the line's warnings (``warn(record)``: an implausible NG rate, drift):
 the JSONL sink writes them as lines with ``"type": "warning"`` (frame lines have no

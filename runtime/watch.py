@@ -168,13 +168,8 @@ class DriftWatch:
     ):
         checks.integer("drift window", window, 20, error=ConfigError)
         checks.number("drift PSI limit", max_psi, 0, lo_open=True, error=ConfigError)
-        self.alerts, self.window, self.max_psi, self.every, self.fix = (
-            alerts,
-            window,
-            max_psi,
-            max(1, every),
-            fix,
-        )
+        self.alerts, self.window, self.max_psi, self.fix = alerts, window, max_psi, fix
+        self.every = max(1, min(every, window // 4))  # a short window is looked at more often
         self.scores: collections.deque = collections.deque(maxlen=window)
         self.edges = None if not reference else np.asarray(reference, np.float64)
         self.reference_from = "threshold calibration" if reference else "first frames of the run"
