@@ -10,6 +10,7 @@ workers = "auto"             # backend calls in flight per bundle
 threads = 0                  # ONNX Runtime threads per call (0: cores / calls in flight)
 metrics = "127.0.0.1:9108"   # Prometheus endpoint (off when absent)
 status_every_s = 5.0
+watch_config = false         # true: a change of this file is a changeover (as SIGHUP)
 
 [[camera]]
 name = "left"                # unique; in messages, metrics and warnings
@@ -68,6 +69,7 @@ class LineConfig:
     threads: int = 0
     metrics: str | None = None
     status_every_s: float = 5.0
+    watch_config: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -140,6 +142,10 @@ def load_line_config(path: Path) -> LineConfig:
             options[key] = _check_number(
                 path, f"line.{key}", line[key], lambda v, k=key, lo=lo: checks.integer(k, v, lo)
             )
+    if "watch_config" in line:
+        options["watch_config"] = _typed(
+            path, "line.watch_config", line["watch_config"], (bool,), "true or false"
+        )
     if "status_every_s" in line:
         options["status_every_s"] = float(
             _check_number(

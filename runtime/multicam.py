@@ -57,6 +57,27 @@ class _NotifyingQueue(queue.Queue):
             self.ready.notify_all()
 
 
+class _Tagged:
+    """A preprocessed frame and the bundle group whose preprocess made it: a frame queued
+    before its camera switched bundles is preprocessed again for the new one."""
+
+    __slots__ = ("array", "group")
+
+    def __init__(self, array, group):
+        self.array, self.group = array, group
+
+
+class _CameraPreprocess:
+    """The capture thread's preprocess: that of the camera's bundle at the time."""
+
+    def __init__(self, run: "CameraRun"):
+        self.run = run
+
+    def __call__(self, image):
+        group = self.run.group
+        return _Tagged(group.preprocess(image), group)
+
+
 @dataclass
 class CameraRun:
     config: CameraConfig
@@ -65,8 +86,10 @@ class CameraRun:
     watch: object
     max_frames: int | None
     taken: int = 0  # frames taken into backend calls
+    dispatched: int = 0  # of those, decided
     done: bool = False  # no frame will be taken any more (end, lost, --max-frames)
-    error: BaseException | None = None  # a backend call that failed for this bundle
+    group: "BundleGroup | None" = None
+    history: list = field(default_factory=list)  # [first frame index, bundle] per bundle used
 
     def room(self) -> int:
         return 1 << 30 if self.max_frames is None else self.max_frames - self.taken
@@ -83,13 +106,21 @@ class BundleGroup:
     calls: int = 0
     frames: int = 0
     turn: int = 0
+    threads: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.preprocess = make_preprocess(self.bundle)
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
 
     def gather(self) -> list[tuple[CameraRun, object]]:
         """Frames ready now, one per camera per round (starting one camera further each
         call), up to ``batch``; call with ``ready`` held."""
         taken: list = []
         order = self.cameras[self.turn :] + self.cameras[: self.turn]
-        self.turn = (self.turn + 1) % len(self.cameras)
+        self.turn = (self.turn + 1) % max(1, len(self.cameras))
         progressed = True
         while progressed and len(taken) < self.batch:
             progressed = False
@@ -132,6 +163,15 @@ class Line:
         self.metrics = None
         self.max_frames = max_frames
         self._opened: list = []  # sinks and sources to close if the start fails
+        self.errors: list[BaseException] = []  # a backend call that failed
+        self.retired: list[BundleGroup] = []  # bundles no camera uses any more
+        self.reload_requested = threading.Event()
+        self.changeovers: list[dict] = []
+        self._bundles = 1
+        try:
+            self._config_stamp = config.path.stat().st_mtime_ns
+        except OSError:
+            self._config_stamp = None
 
     # -- start -----------------------------------------------------------------------------
     def open(self) -> "Line":
@@ -147,20 +187,30 @@ class Line:
         roots = {}
         for cam in cfg.cameras:
             roots.setdefault(cam.bundle.resolve(), []).append(cam)
-        in_flight = parse_workers(cfg.workers)
         if cfg.metrics:
             from .metrics_server import LineMetrics
 
             self.metrics = LineMetrics(cfg.metrics, log=self.log).start()
+        self._bundles = len(roots)
         for root, cams in roots.items():
-            loaded = _named(cams[0], "bundle", lambda: load_bundle(root))
-            lo, hi = _batch_range(loaded.manifest)
-            batch = max(lo, min(cfg.batch, hi))
-            workers = in_flight
-            threads = cfg.threads
-            if not threads and len(roots) > 1:  # the cores shared between the bundles
-                threads = max(1, (os.cpu_count() or 1) // (len(roots) * (workers or 2)))
-            backend = create_backend(
+            group = self._group(root, cams[0])
+            for cam in cams:
+                self._camera(cam, group)
+
+    def _group(self, root: Path, cam: CameraConfig) -> BundleGroup:
+        """A bundle (verified: every file's hash) and its backend."""
+        cfg = self.config
+        loaded = _named(cam, "bundle", lambda: load_bundle(root))
+        lo, hi = _batch_range(loaded.manifest)
+        batch = max(lo, min(cfg.batch, hi))
+        workers = parse_workers(cfg.workers)
+        threads = cfg.threads
+        if not threads and self._bundles > 1:  # the cores shared between the bundles
+            threads = max(1, (os.cpu_count() or 1) // (self._bundles * (workers or 2)))
+        backend = _named(
+            cam,
+            "bundle",
+            lambda: create_backend(
                 loaded,
                 cfg.backend,
                 cfg.precision,
@@ -169,11 +219,12 @@ class Line:
                 log=lambda m, r=root: self.log(f"[{r.name}] {m}"),
                 spin_between_runs=False,
                 workers=workers,
-            )
-            self._opened.append(backend)
-            group = self.groups[root] = BundleGroup(root, loaded, backend, batch)
-            for cam in cams:
-                self._camera(cam, group)
+            ),
+        )
+        self._opened.append(backend)
+        group = BundleGroup(root, loaded, backend, batch)
+        self.groups[root] = group
+        return group
 
     def _camera(self, cam: CameraConfig, group: BundleGroup) -> None:
         say = lambda m, n=cam.name: self.log(f"[{n}] {m}")  # noqa: E731
@@ -209,7 +260,7 @@ class Line:
             extra={"camera": cam.name, "source": cam.source, "bundle": str(cam.bundle)},
             workers=backend.workers,
         )
-        capture = Capture(source, make_preprocess(loaded), cam.queue_size, cam.max_retries)
+        capture = Capture(source, None, cam.queue_size, cam.max_retries)
         capture.name = f"dmgrd-capture-{cam.name}"
         capture.queue = _NotifyingQueue(max(1, cam.queue_size), group.ready)
         pipeline = Pipeline(loaded, backend, sinks, run_config, log=say)
@@ -232,7 +283,8 @@ class Line:
         )
         pipeline.monitors.append(watch)
         limit = cam.max_frames if cam.max_frames is not None else self.max_frames
-        run = CameraRun(cam, pipeline, capture, watch, limit)
+        run = CameraRun(cam, pipeline, capture, watch, limit, group=group)
+        capture.preprocess = _CameraPreprocess(run)
         group.cameras.append(run)
         self.cameras.append(run)
         if self.metrics is not None:
@@ -254,26 +306,35 @@ class Line:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
+            if hasattr(signal, "SIGHUP"):  # reload the configuration (product changeover)
+                signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _all_groups(self) -> list[BundleGroup]:
+        return [*self.groups.values(), *self.retired]
 
     def run(self) -> int:
-        threads = []
         for cam in self.cameras:
             cam.pipeline._last_status = time.monotonic()
             cam.capture.start()
-        for group in self.groups.values():
-            threads += self._start_group(group)
+        for group in list(self.groups.values()):
+            group.threads = self._start_group(group)
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.2)
+            while any(g.alive for g in self._all_groups()):
+                for group in self._all_groups():
+                    for t in group.threads:
+                        t.join(timeout=0.2)
+                if self.reload_requested.is_set() or self._config_changed():
+                    self.reload_requested.clear()
+                    self.reload()
         finally:
-            if any(t.is_alive() for t in threads):  # interrupted: stop the bundles' threads
+            if any(g.alive for g in self._all_groups()):  # interrupted: stop the threads
                 self.stop_event.set()
-                for group in self.groups.values():
+                for group in self._all_groups():
                     with group.ready:
                         group.ready.notify_all()
-                for t in threads:
-                    t.join(timeout=30)
+                for group in self._all_groups():
+                    for t in group.threads:
+                        t.join(timeout=30)
             for cam in self.cameras:
                 cam.capture.stop()
             for cam in self.cameras:
@@ -281,15 +342,62 @@ class Line:
                 for sink in cam.pipeline.sinks:
                     sink.close()
         try:
-            errors = [cam.error for cam in self.cameras if cam.error is not None]
-            if errors:
-                raise errors[0]
+            if self.errors:
+                raise self.errors[0]
             return self._finish()
         finally:
-            for group in self.groups.values():
+            for group in self._all_groups():
                 group.backend.close()
             if self.metrics is not None:
                 self.metrics.close()
+
+    # -- product changeover ------------------------------------------------------------------
+    def _config_changed(self) -> bool:
+        if not self.config.watch_config:
+            return False
+        try:
+            stamp = self.config.path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if stamp != self._config_stamp:
+            self._config_stamp = stamp
+            return True
+        return False
+
+    def reload(self) -> None:
+        """Reads the line configuration again and applies, per camera, a new bundle (or a new
+        model file in the same folder) and a new threshold (given, or recalibrated in the
+        bundle's manifest) while frames keep flowing. A file that does not parse, a change of
+        the cameras themselves, or a bundle that fails verification is refused, logged, and
+        what runs keeps running."""
+        from .changeover import apply_reload
+
+        apply_reload(self)
+
+    def switch(self, cam: CameraRun, group: BundleGroup) -> None:
+        """Moves a camera to another bundle's backend. The old one takes no more of its
+        frames; those already in its backend calls are decided by it, and only then does the
+        new one take the camera's frames (queued frames preprocessed again for it), so the
+        camera's frames stay in order and none after the switch meets the old model."""
+        old = cam.group
+        with old.ready:
+            old.cameras.remove(cam)
+            old.ready.notify_all()  # an old group left without cameras ends its threads
+        deadline = time.monotonic() + 60
+        while cam.dispatched < cam.taken and time.monotonic() < deadline:
+            time.sleep(0.002)  # the old calls in flight: at most ``workers`` of them
+        with group.ready:
+            group.cameras.append(cam)
+            cam.group = group
+            cam.capture.queue.ready = group.ready
+            cam.pipeline.bundle, cam.pipeline.backend = group.bundle, group.backend
+            group.ready.notify_all()
+        if not group.threads:
+            group.threads = self._start_group(group)
+        if not old.cameras and old not in self.retired:
+            if self.groups.get(old.root) is old:
+                del self.groups[old.root]
+            self.retired.append(old)
 
     def _start_group(self, group: BundleGroup) -> list[threading.Thread]:
         filed = threading.Condition()
@@ -307,12 +415,12 @@ class Line:
                             if taken:
                                 break
                             if all(c.done for c in group.cameras):
-                                return
+                                return  # (no cameras left: all moved to another bundle)
                             group.ready.wait(timeout=0.2)
                         number = state["issued"]
                         state["issued"] += 1
                     try:
-                        batch = np.stack([frame.tensor for _, frame in taken])
+                        batch = np.stack([_tensor(frame, group) for _, frame in taken])
                         t0 = time.perf_counter()
                         maps, scores = group.backend.infer(batch)
                         result = (taken, maps, scores, 1000 * (time.perf_counter() - t0))
@@ -341,7 +449,7 @@ class Line:
                     return
                 expected += 1
                 if isinstance(result, BaseException):
-                    group.cameras[0].error = result
+                    self.errors.append(result)
                     self.stop_event.set()
                     return
                 self._dispatch(group, *result)
@@ -360,16 +468,19 @@ class Line:
         group.calls += 1
         group.frames += len(taken)
         by_camera: dict[int, list[int]] = {}
+        cameras = {}
         for i, (cam, _) in enumerate(taken):
             by_camera.setdefault(id(cam), []).append(i)
-        for cam in group.cameras:
-            rows = by_camera.get(id(cam))
-            if not rows:
-                continue
+            cameras[id(cam)] = cam
+        for key, rows in by_camera.items():
+            cam = cameras[key]  # a camera that switched since still gets these, in order
             frames = [taken[i][1] for i in rows]
+            if not cam.history or cam.history[-1][1] != str(group.root):
+                cam.history.append([frames[0].index, str(group.root)])
             # each frame's share of the call: call time / frames in the call
             share = call_ms * len(rows) / len(taken)
             cam.pipeline._complete(frames, maps[rows], scores[rows], share)
+            cam.dispatched += len(rows)
             cam.pipeline._status(cam.capture)
 
     def _finish(self) -> int:
@@ -378,13 +489,22 @@ class Line:
             cam.pipeline.log(f"{cam.config.name}:")
             if cam.pipeline._finish(cam.capture) != EXIT_OK:
                 code = EXIT_SOURCE_LOST
-            cameras[cam.config.name] = cam.pipeline.summary
+            cameras[cam.config.name] = {**cam.pipeline.summary, "bundles_used": cam.history}
         self.summary = {
             "cameras": cameras,
-            "bundles": [g.summary() for g in self.groups.values()],
+            "bundles": [g.summary() for g in self._all_groups()],
+            "changeovers": self.changeovers,
             "stopped_by_signal": self.stop_event.is_set(),
         }
         return code
+
+
+def _tensor(frame, group: BundleGroup):
+    """The frame's input for ``group``: made again when another bundle's preprocess made it."""
+    tagged = frame.tensor
+    if isinstance(tagged, _Tagged):
+        return tagged.array if tagged.group is group else group.preprocess(frame.image)
+    return tagged
 
 
 def _batch_range(manifest: dict) -> tuple[int, int]:

@@ -412,3 +412,92 @@ def _wait_decided(cam, n, timeout=120):
     deadline = time.monotonic() + timeout
     while cam.pipeline.stats.frames < n and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# -- product changeover --------------------------------------------------------------------
+
+
+def _bundle_copy(src: Path, dst: Path, threshold: float | None = None, corrupt=False) -> Path:
+    shutil.copytree(src, dst)
+    if threshold is not None:
+        manifest = json.loads((dst / "manifest.json").read_text())
+        manifest["threshold"] = threshold
+        for entry in manifest["files"].values():
+            if "threshold" in entry:
+                entry["threshold"] = threshold
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+    if corrupt:
+        with open(dst / "model.onnx", "r+b") as handle:
+            handle.seek(200)
+            byte = handle.read(1)
+            handle.seek(200)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    return dst
+
+
+def _until(predicate, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_changeover_switches_bundles_while_frames_flow_and_refuses_a_broken_one(
+    tmp_path, videos, fp32_bundle
+):
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.multicam import Line
+
+    first = _bundle_copy(fp32_bundle, tmp_path / "product_a")
+    second = _bundle_copy(fp32_bundle, tmp_path / "product_b", threshold=0.0)  # all NG
+    broken = _bundle_copy(fp32_bundle, tmp_path / "broken", corrupt=True)
+    events = tmp_path / "cam.jsonl"
+
+    def write(bundle):
+        _toml(
+            tmp_path / "line.toml",
+            f'[line]\nworkers = "1"\n[[camera]]\nname = "cam"\nsource = "{videos["a"]}"\n'
+            f'bundle = "{bundle}"\ninput_fps = 25\nloop = true\nsinks = ["{events}"]\n',
+        )
+
+    write(first)
+    logs: list[str] = []
+    line = Line(load_line_config(tmp_path / "line.toml"), log=logs.append).open()
+    cam = line.cameras[0]
+    runner = threading.Thread(target=line.run, daemon=True)
+    runner.start()
+    try:
+        assert _until(lambda: cam.pipeline.stats.frames >= 8)
+        write(broken)
+        line.reload_requested.set()
+        assert _until(lambda: line.changeovers)
+        assert line.changeovers[-1]["what"] == "refused"
+        assert "sha256" in line.changeovers[-1]["reason"]
+        decided = cam.pipeline.stats.frames
+        assert _until(lambda: cam.pipeline.stats.frames >= decided + 5)  # the old one runs on
+        assert cam.group.root == first.resolve()
+        write(second)
+        line.reload_requested.set()
+        assert _until(lambda: len(line.changeovers) == 2)
+        assert line.changeovers[-1]["what"] == "bundle"
+        decided = cam.pipeline.stats.frames
+        assert _until(lambda: cam.pipeline.stats.frames >= decided + 10)
+    finally:
+        line.stop_event.set()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert any("changeover to" in m and "refused" in m for m in logs)
+    history = line.summary["cameras"]["cam"]["bundles_used"]
+    assert [Path(b).name for _, b in history] == ["product_a", "product_b"]
+    switched_at = history[1][0]
+    threshold_a = load_bundle(first).threshold_for("model.onnx")
+    frames = _frames(events)
+    before = [e for e in frames if e["frame"] < switched_at]
+    after = [e for e in frames if e["frame"] >= switched_at]
+    assert len(before) >= 13 and len(after) >= 10
+    # no frame after the switch decided by the old model, none before by the new one
+    assert all(e["decision"] == "NG" for e in after)
+    assert all((e["decision"] == "NG") == (e["score"] > threshold_a) for e in before)
+    assert [e["frame"] for e in frames] == sorted(e["frame"] for e in frames)
