@@ -7,6 +7,7 @@
 | `events.jsonl`, `jsonl://events.jsonl?ng_only=1` | one JSON line per frame (or per NG frame) |
 | `folder://ng_frames` | NG frames with overlays as PNG, names stamped with the run's start |
 | `mqtt://host:port/topic?qos=1` | a JSON message per frame to a broker (runtime/mqtt_sink.py) |
+| `opcua://host:port` | the last result and counters for a PLC (runtime/opcua_server.py) |
 
 A sink may also take the line's warnings (``warn(record)``: an implausible NG rate, drift):
 the JSONL sink writes them as lines with ``"type": "warning"`` (frame lines have no
@@ -181,6 +182,10 @@ def open_sink(
         from .mqtt_sink import MqttSink, parse_mqtt_uri
 
         return MqttSink(parse_mqtt_uri(uri, camera), log=log)
+    if scheme == "opcua":
+        from .opcua_server import OpcUaSink
+
+        return OpcUaSink(uri, camera, log=log)
     if not sep:
         scheme, rest = "", uri
     rest, _, query = rest.partition("?")
@@ -198,6 +203,6 @@ def open_sink(
         return VideoSink(path, float(options.get("fps", fps)))
     raise SinkError(
         f"unknown sink {uri!r}",
-        "use display://, a video file (.avi), an events .jsonl file, folder://DIR or "
-        "mqtt://host:port/topic",
+        "use display://, a video file (.avi), an events .jsonl file, folder://DIR, "
+        "mqtt://host:port/topic or opcua://host:port",
     )
