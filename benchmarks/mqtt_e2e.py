@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,8 @@ def start_broker(folder: Path, port: int):
     conf = folder / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {folder}/\n"
+        f"persistence_location {folder}/\n" + ("user root\n" if os.geteuid() == 0 else "")
+        # as root, mosquitto would run as the user "mosquitto", who cannot write here
     )
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)

@@ -169,7 +169,7 @@ class MqttSink:
         )
         client.max_inflight_messages_set(options.inflight)
         client.reconnect_delay_set(
-            min_delay=max(1, int(options.backoff_min)), max_delay=max(1, int(options.backoff_max))
+            min_delay=options.backoff_min, max_delay=max(options.backoff_min, options.backoff_max)
         )
         client.will_set(options.status_topic, self._status("offline"), qos=1, retain=True)
         client.on_connect = self._on_connect

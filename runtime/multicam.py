@@ -12,8 +12,10 @@ every camera decides its frames in the order they were captured.
 
 A camera given up after its reconnects ends with its error while the others run on; the
 run then exits with code 3. SIGINT/SIGTERM stop every camera, flush the sinks and write the
-summary (``--stats-json``: per camera the single-source summary, per bundle the calls made
-and frames per call).
+summary (``--stats-json``: per camera the single-source summary and the bundles it used
+from which frame on, per bundle the calls made and frames per call, the changeovers).
+SIGHUP (or a change of the file with ``watch_config = true``) is a product changeover
+(``Line.switch``, runtime/changeover.py).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ paho subscriber that records what it receives."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,9 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {folder}/\n"
-            f"log_dest file {folder}/mosquitto.log\n"
+            f"log_dest file {folder}/mosquitto.log\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # as root, mosquitto would run as the user "mosquitto", who cannot write here:
+            # no persistence file, so no session survived a restart
         )
         self.process = None
 
