@@ -561,14 +561,16 @@ def build_engine_cmd(
 
 @app.command()
 def run(
-    bundle: Path = typer.Argument(..., help="bundle folder from `dmgrd-edge export`"),
-    source: str = typer.Option(
-        ...,
+    bundle: Optional[Path] = typer.Argument(None, help="bundle folder from `dmgrd-edge export`"),
+    source: Optional[str] = typer.Option(
+        None,
         help="camera index, /dev/videoN, csi://N, rtsp://..., gst://..., video file, "
         "image folder or glob",
     ),
     sink: list[str] = typer.Option(
-        [], help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR (repeat)"
+        [],
+        help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR, "
+        "mqtt://host:port/topic[?qos=1] (repeat)",
     ),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
     precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
@@ -611,8 +613,36 @@ def run(
         help="ONNX Runtime pool threads sleep when idle (leaves CPU "
         "to capture on small machines; lowers the backend's own rate)",
     ),
+    config: Optional[Path] = typer.Option(
+        None, help="line configuration (TOML): several cameras and bundles in one process"
+    ),
+    camera: str = typer.Option("camera0", help="camera name in messages, metrics, warnings"),
+    metrics: Optional[str] = typer.Option(
+        None, help="serve Prometheus metrics on [HOST:]PORT (127.0.0.1 unless a host is given)"
+    ),
+    ng_warn_rate: float = typer.Option(
+        0.5, help="warn when more than this share of the first frames is NG (1: never)"
+    ),
+    ng_warn_frames: int = typer.Option(100, help="frames the NG-rate warning looks at"),
+    drift_window: int = typer.Option(
+        0, help="warn when the last N scores drift from the calibration ones (0: off)"
+    ),
+    drift_psi: float = typer.Option(0.25, help="PSI above which the drift watch warns"),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
+    if config is not None:
+        from .runtime.line_config import refuse_with_config
+        from .runtime.multicam import run_line
+
+        refuse_with_config(locals(), run)
+        code = run_line(config, log=say, stats_json=stats_json, max_frames=max_frames)
+        if code:
+            raise SystemExit(code)
+        return
+    if bundle is None or source is None:
+        raise ConfigError(
+            "run needs a BUNDLE and --source, or --config", "e.g. run BUNDLE --source line.mp4"
+        )
     from .atomic import check_target
     from .bundle import load_bundle
     from .runtime.capture import Capture
@@ -627,19 +657,30 @@ def run(
     checks.integer("--queue-size", queue_size, 1)
     checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
     checks.integer("--threads", threads, 0, note=checks.AUTO)
+    checks.number("--ng-warn-rate", ng_warn_rate, 0, 1)
+    checks.integer("--ng-warn-frames", ng_warn_frames, 1)
+    if drift_window:
+        checks.integer("--drift-window", drift_window, 20, note="0: off")
+    checks.number("--drift-psi", drift_psi, 0, lo_open=True)
     if stats_json is not None:
         check_target(stats_json)  # refused before the run, not at its end
     in_flight = parse_workers(workers)
     spec = parse_uri(source, input_width, input_height, input_fps, loop)  # checks those numbers
     loaded = load_bundle(bundle)
     checks.batch_for_bundle("--batch", batch, loaded.manifest)
+    served = None  # a port that is taken is reported before anything opens (daemon thread)
+    if metrics is not None:
+        from .runtime.metrics_server import LineMetrics
+
+        served = LineMetrics(metrics, log=say).start()
     # a wrong source or sink is reported before the model loads; CSI frames come at the input size
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     sinks: list = []
     try:
         for uri in sink:
             # a recording plays at the source's rate (25 fps when the source does not tell)
-            sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
+            fps = getattr(source_handle, "fps", None) or 25.0
+            sinks.append(open_sink(uri, headless, fps=fps, camera=camera, log=say))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
         chosen = create_backend(
             loaded,
@@ -671,10 +712,24 @@ def run(
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
     pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
     pipeline.install_signal_handlers()
+    from .runtime.watch import watch_for_run
+
+    watch = watch_for_run(
+        camera, loaded, str(bundle), chosen.bundle_file, thr, threshold is not None, spec,
+        source, sinks, log=say, ng_frames=ng_warn_frames, ng_rate=ng_warn_rate,
+        drift_window=drift_window, drift_psi=drift_psi,
+    )  # fmt: skip
+    pipeline.monitors.append(watch)
+    if served is not None:
+        from .runtime.metrics_server import CameraView
+
+        served.add(CameraView(camera, pipeline, capture, watch))
     try:
         code = pipeline.run(capture)
     finally:
         chosen.close()  # TensorRT: buffers, context and engine freed before the CUDA context goes
+        if served is not None:
+            served.close()
     if code:
         raise SystemExit(code)
 

@@ -72,6 +72,8 @@ class Pipeline:
         self.stop_event = threading.Event()  # a signal: finish what was read, then stop
         self._abort = threading.Event()  # an error in an inference thread: stop reading at once
         self.needs_overlay = any(getattr(s, "needs_overlay", False) for s in sinks)
+        # watches fed with every decided frame (runtime/watch.py): ``decided(score, ng)``
+        self.monitors: list = []
 
     def install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -136,6 +138,8 @@ class Pipeline:
             self.stats.add("sinks", sinks_ms)
             self.stats.add("end_to_end", 1000 * (time.monotonic() - frame.captured_at))
             self.stats.frame_done(ng)
+            for monitor in self.monitors:
+                monitor.decided(float(score), ng)
 
     def _infer(self, frames: list) -> tuple[list, np.ndarray, np.ndarray, float]:
         batch = frames[0].tensor[None] if len(frames) == 1 else np.stack([f.tensor for f in frames])
@@ -271,6 +275,7 @@ class Pipeline:
             "source_error": capture.fatal,
             "stopped_by_signal": self.stop_event.is_set(),
             **self.config.extra,
+            **self._line_summary(),
         }
         self.log(self.stats.table(counters))
         if self.config.stats_json is not None:  # whole or not at all, even if killed while writing
@@ -282,3 +287,13 @@ class Pipeline:
                 self.log(f"  fix: {capture.fatal_fix}")
             return EXIT_SOURCE_LOST
         return EXIT_OK
+
+    def _line_summary(self) -> dict:
+        """What the line's watches and plant sinks add to the summary (nothing when none)."""
+        out: dict = {}
+        for monitor in self.monitors:
+            out.update(monitor.summary())
+        sinks = {s.name: s.stats() for s in self.sinks if hasattr(s, "stats")}
+        if sinks:
+            out["sinks"] = sinks
+        return out

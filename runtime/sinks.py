@@ -6,6 +6,12 @@
 | `out.avi`, `video://out.avi` | Motion-JPEG AVI with overlays (crash-safe; .mp4 is refused) |
 | `events.jsonl`, `jsonl://events.jsonl?ng_only=1` | one JSON line per frame (or per NG frame) |
 | `folder://ng_frames` | NG frames with overlays as PNG, names stamped with the run's start |
+| `mqtt://host:port/topic?qos=1` | a JSON message per frame to a broker (runtime/mqtt_sink.py) |
+| `opcua://host:port` | the last result and counters for a PLC (runtime/opcua_server.py) |
+
+A sink may also take the line's warnings (``warn(record)``: an implausible NG rate, drift):
+the JSONL sink writes them as lines with ``"type": "warning"`` (frame lines have no
+``type``), the MQTT sink on ``<topic>/events``.
 
 Every file sink hands each frame to the OS before the next one, so killing the process
 loses at most the frame being written.
@@ -68,6 +74,11 @@ class JsonlSink:
         # (fsync per frame would cost ~1 ms and only protects against power loss)
         with _naming(self.path):
             self.handle.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self.handle.flush()
+
+    def warn(self, record: dict) -> None:
+        with _naming(self.path):
+            self.handle.write(json.dumps({"type": "warning", **record}) + "\n")
             self.handle.flush()
 
     def close(self):
@@ -163,8 +174,18 @@ class DisplaySink:
         cv2.destroyWindow(self.name)
 
 
-def open_sink(uri: str, headless: bool, fps: float = 25.0) -> Sink:
+def open_sink(
+    uri: str, headless: bool, fps: float = 25.0, camera: str | None = None, log=print
+) -> Sink:
     scheme, sep, rest = uri.partition("://")
+    if scheme == "mqtt":
+        from .mqtt_sink import MqttSink, parse_mqtt_uri
+
+        return MqttSink(parse_mqtt_uri(uri, camera), log=log)
+    if scheme == "opcua":
+        from .opcua_server import OpcUaSink
+
+        return OpcUaSink(uri, camera, log=log)
     if not sep:
         scheme, rest = "", uri
     rest, _, query = rest.partition("?")
@@ -182,5 +203,6 @@ def open_sink(uri: str, headless: bool, fps: float = 25.0) -> Sink:
         return VideoSink(path, float(options.get("fps", fps)))
     raise SinkError(
         f"unknown sink {uri!r}",
-        "use display://, a video file (.avi), an events .jsonl file, or folder://DIR",
+        "use display://, a video file (.avi), an events .jsonl file, folder://DIR, "
+        "mqtt://host:port/topic or opcua://host:port",
     )

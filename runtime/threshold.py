@@ -17,7 +17,16 @@ from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
 from .decision import allowed_false_alarms, threshold_for_rate
-from .sources import SourceError, Status
+from .sources import SourceError, Status, parse_uri
+
+DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+
+
+def source_kind(source: str) -> str | None:
+    try:
+        return parse_uri(source).kind
+    except SourceError:
+        return None
 
 
 def score_source(
@@ -87,6 +96,10 @@ def calibrate(
         "p50": float(np.median(scores)),
         "max": float(scores.max()),
         "source": source,
+        # what `run` compares with the source it serves (runtime/watch.py), and the reference
+        # distribution of good scores its drift watch measures against
+        "source_kind": source_kind(source),
+        "deciles": [float(v) for v in np.quantile(scores, DECILES)],
         "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     entry = dict(bundle.manifest["files"][file_name])
