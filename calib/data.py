@@ -15,8 +15,8 @@ import numpy as np
 
 from dmgrd_edge.config import PreprocessConfig
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, read_image
-from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.imageio import IMAGE_SUFFIXES
+from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import DataError
 
@@ -94,10 +94,8 @@ def collect(
             "INT8 ranges may not cover the line's variation"
         )
     read = progress or (lambda xs, _: xs)
-    calib = np.stack(
-        [resize_rgb(read_image(p), cfg) for p in read(calib_files, "calibration images")]
-    )
-    guard = np.stack([resize_rgb(read_image(p), cfg) for p in read(guard_files, "guard images")])
+    calib = read_frames(read(calib_files, "calibration images"), cfg)
+    guard = read_frames(read(guard_files, "guard images"), cfg)
     synth = AnomalySynthesizer(cfg.height, cfg.width)
     rng = np.random.default_rng([seed, 12])
     bad, masks = zip(*(synth(image, rng, calib) for image in guard))

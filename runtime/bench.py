@@ -14,8 +14,7 @@ import numpy as np
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import read_image, read_mask
-from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.data.preprocess import normalize, read_frames, read_masks
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
 
@@ -91,25 +90,21 @@ def throughput(backend, x: np.ndarray, workers: int, runs: int) -> float:
     return workers * runs * len(x) / (time.perf_counter() - t0)
 
 
+def test_batch(samples, cfg) -> np.ndarray:
+    """The backend's input for some test samples: their files through the shared preprocess."""
+    return normalize(read_frames([s.path for s in samples], cfg), cfg)
+
+
 def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: int) -> dict:
     cfg = bundle.preprocess
     index = index_category(dataset, root, category)
     maps, scores = [], []
     for i in range(0, len(index.test), batch):
         chunk = index.test[i : i + batch]
-        amap, score = backend.infer(
-            normalize(np.stack([resize_rgb(read_image(s.path), cfg) for s in chunk]), cfg)
-        )
+        amap, score = backend.infer(test_batch(chunk, cfg))
         maps.append(amap[:, 0])
         scores.append(score)
-    masks = np.stack(
-        [
-            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
-            if s.mask_path
-            else np.zeros((cfg.height, cfg.width), bool)
-            for s in index.test
-        ]
-    )
+    masks = read_masks([s.mask_path for s in index.test], cfg)
     labels = np.array([s.label for s in index.test])
     result = evaluate_all(labels, np.concatenate(scores), masks, np.concatenate(maps))
     result.update(dataset=dataset, category=category, n_test=int(len(labels)))

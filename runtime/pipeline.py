@@ -24,7 +24,7 @@ import numpy as np
 from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
-from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.preprocess import make_preprocess as core_make_preprocess
 
 from .capture import END, Capture
 from .decision import is_ng
@@ -51,12 +51,8 @@ class RunConfig:
 
 
 def make_preprocess(bundle: Bundle):
-    cfg = bundle.preprocess
-
-    def run(image: np.ndarray) -> np.ndarray:
-        return normalize(resize_rgb(image, cfg)[None], cfg)[0]
-
-    return run
+    """The capture thread's frame-to-tensor function for this bundle (the core's)."""
+    return core_make_preprocess(bundle.preprocess)
 
 
 class Pipeline:

@@ -19,13 +19,12 @@ from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, ConfigError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .loop import load_images, make_validation_set, pick_device, validate
+from .loop import as_tensor, load_images, make_validation_set, pick_device, validate
 from .trainer import split_train_val
 
 REBUILT_KEYS = ("patch_memory.", "head.map_weights")
@@ -83,14 +82,10 @@ def rescore_checkpoint(
             )
         else:
             console.print(f"filling the patch memory from {len(train_idx)} training images")
-            model.fill_patch_memory(
-                torch.from_numpy(normalize(images[train_idx], cfg)).to(dev), tcfg.seed
-            )
+            model.fill_patch_memory(as_tensor(images[train_idx], cfg, dev), tcfg.seed)
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
-    means = model.calibrate_map_weights(
-        torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(dev)
-    )
+    means = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, dev))
     metrics = validate(model, val, cfg, dev)
     meta.update(
         score_stats=metrics["score_stats"],

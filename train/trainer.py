@@ -24,7 +24,6 @@ from rich.progress import (
 
 from dmgrd_edge import __version__
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
@@ -32,6 +31,7 @@ from dmgrd_edge.model import DMGRD
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
+    as_tensor,
     TrainJob,
     load_images,
     lr_at,
@@ -134,13 +134,13 @@ def _fill_memory(
         idx = rng.choice(len(images), k, replace=replace)
         abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
         model.fill_memory(
-            torch.from_numpy(normalize(images[idx], cfg)).to(device),
-            torch.from_numpy(normalize(abnormal, cfg)).to(device),
+            as_tensor(images[idx], cfg, device),
+            as_tensor(abnormal, cfg, device),
         )
         record.update(size=k, train_indices=idx.tolist())
     if job.model.uses_patch_memory:
         t0 = time.perf_counter()
-        model.fill_patch_memory(torch.from_numpy(normalize(images, cfg)).to(device), job.train.seed)
+        model.fill_patch_memory(as_tensor(images, cfg, device), job.train.seed)
         record["patch_memory"] = {
             "rows_per_level": job.model.patch_bank_size,
             "from_images": int(len(images)),
@@ -234,9 +234,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
 
     def validation(done: int, loss: float, bar) -> None:
         nonlocal best
-        weights = model.calibrate_map_weights(
-            torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device)
-        )
+        weights = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, device))
         if weights is not None:
             metadata["map_stats"] = {
                 "scale": job.model.map_scale,
@@ -270,8 +268,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         for step in range(start, steps):
             t0 = time.perf_counter()
             augmented, clean, _, is_anomalous = source.batch(step)
-            x_aug = torch.from_numpy(normalize(augmented, cfg)).to(device)
-            x_clean = torch.from_numpy(normalize(clean, cfg)).to(device)
+            x_aug = as_tensor(augmented, cfg, device)
+            x_clean = as_tensor(clean, cfg, device)
             if device.type == "cuda" and tcfg.channels_last:
                 x_aug = x_aug.contiguous(memory_format=torch.channels_last)
                 x_clean = x_clean.contiguous(memory_format=torch.channels_last)
