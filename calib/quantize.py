@@ -28,6 +28,7 @@ import inspect
 import io
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -74,10 +75,23 @@ CPU_EXTRA_OPTIONS = {
     "ForceQuantizeNoInputCheck": True,
 }
 
-# target -> (operator types, activation type name, extra options)
+
+@dataclass(frozen=True, kw_only=True)
+class QuantPlan:
+    """How the graph for one INT8 target (dmgrd_edge/catalog.py INT8_TARGETS) is quantized."""
+
+    op_types: tuple[str, ...]
+    activation: str  # onnxruntime.quantization.QuantType name
+    extra_options: dict = field(default_factory=dict)
+
+
 PLANS = {
-    "tensorrt": (QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS),
-    "cpu": (CPU_OP_TYPES, "QUInt8", CPU_EXTRA_OPTIONS),
+    "tensorrt": QuantPlan(
+        op_types=tuple(QUANT_OP_TYPES), activation="QInt8", extra_options=TRT_EXTRA_OPTIONS
+    ),
+    "cpu": QuantPlan(
+        op_types=tuple(CPU_OP_TYPES), activation="QUInt8", extra_options=CPU_EXTRA_OPTIONS
+    ),
 }
 
 
@@ -123,8 +137,8 @@ def quantize_qdq(
     (target, method, excluded nodes, Q/DQ counts)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    op_types, activation, extra = PLANS[target]
-    extra = dict(extra)
+    plan = PLANS[target]
+    op_types, activation, extra = plan.op_types, plan.activation, dict(plan.extra_options)
     if any(op in op_types for op in LAYOUT_OPS):
         model = onnx.load(str(fp32_path), load_external_data=False)
         inside = set(interleave_nodes(model))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from dmgrd_edge import __version__
+from dmgrd_edge import __version__, catalog
 from dmgrd_edge.bundle import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -30,7 +30,10 @@ from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.errors import ConfigError
 
 from .graph_check import require_trt_compatible
-from .options import OUTPUTS, ExportOptions
+from .options import ExportOptions
+
+FP32_ONNX = catalog.by_key("onnx-fp32").name
+FP16_ONNX = catalog.by_key("onnx-fp16").name
 
 
 @contextlib.contextmanager
@@ -72,8 +75,8 @@ def export_bundle(
 
     opts.validate()
     for name in opts.planned_outputs():
-        file_name, precision, _ = OUTPUTS[name]
-        log(f"will write {file_name} ({precision})")
+        planned = catalog.by_key(name)
+        log(f"will write {planned.name} ({planned.precision or 'as built'})")
     timings: dict[str, float] = {}
     model, payload = load_model(opts.checkpoint)
     meta, cfg = payload["metadata"], model.config
@@ -108,13 +111,13 @@ def export_bundle(
     staging = staging_dir(opts.out)
     try:
         files: dict[str, dict] = {}
-        fp32_path = staging / "model.onnx"
+        fp32_path = staging / FP32_ONNX
         with step(log, "export fp32 ONNX", timings):
             proto = torch_to_onnx(model, fp32_path, opts.batch, cfg.image_size)
-            graph = require_trt_compatible(proto, "model.onnx")
+            graph = require_trt_compatible(proto, FP32_ONNX)
         with step(log, "check ONNX Runtime vs PyTorch parity", timings):
             parity = check_parity(model, fp32_path, normalize(data.guard_images, pre), opts.batch)
-        files["model.onnx"] = file_entry(
+        files[FP32_ONNX] = file_entry(
             fp32_path, "onnx", "fp32", opset=graph.opset, nodes=sum(graph.op_counts.values())
         )
         calibration, guard = None, None
@@ -123,7 +126,7 @@ def export_bundle(
         parities = {"fp32_onnxruntime_vs_torch": parity.as_dict()}
         if opts.fp16:
             with step(log, "export FP16-typed ONNX", timings):
-                files["model.fp16.onnx"], parities["fp16_onnxruntime_vs_torch_fp32"] = _fp16(
+                files[FP16_ONNX], parities["fp16_onnxruntime_vs_torch_fp32"] = _fp16(
                     staging, model, opts, normalize(data.guard_images, pre)
                 )
         with step(log, "per-precision thresholds", timings):
@@ -197,8 +200,8 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
     from dmgrd_edge.calib.guard import run_onnx
 
     normals = data.guard_images[data.guard_labels == 0]
-    reference = np.median(run_onnx(staging / "model.onnx", normals, pre)[1])
-    files["model.onnx"].update(
+    reference = np.median(run_onnx(staging / FP32_ONNX, normals, pre)[1])
+    files[FP32_ONNX].update(
         threshold=base, threshold_rule="mean + 3 std of validation normal scores"
     )
     for name in [
@@ -213,24 +216,13 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
         log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
 
 
-# target -> (file name, ONNX Runtime / TensorRT consumer, graph must pass the TensorRT check)
-INT8_FILES = {
-    "tensorrt": (
-        OUTPUTS["onnx-int8"][0],
-        "TensorRT (and ONNX Runtime's CUDA/TensorRT providers)",
-        True,
-    ),
-    "cpu": (OUTPUTS["onnx-int8-cpu"][0], "ONNX Runtime CPU provider", False),
-}
-
-
 def _int8(opts, staging, proto, data, pre, files, timings, log):
     """Both INT8 files (see calib/quantize.py); the TensorRT one's guard and calibration are
     the manifest's top-level ``guard``/``calibration``; the CPU one's sit in its file entry."""
     from dmgrd_edge.calib.data import CalibrationReader
     from dmgrd_edge.calib.guard import run_onnx
 
-    fp32_path = staging / "model.onnx"
+    fp32_path = staging / FP32_ONNX
     reader = CalibrationReader(
         data.calibration, pre, batch_size=1 if opts.batch.dynamic else opts.batch.min
     )
@@ -240,10 +232,10 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
         quant, guard = result[target] = _int8_target(
             target, opts, staging, proto, data, pre, reader, reference, timings, log
         )
-        name = INT8_FILES[target][0]
+        name = catalog.int8_file(target).name
         extra = {
             "target": target,
-            "runs_on": INT8_FILES[target][1],
+            "runs_on": catalog.int8_file(target).consumer,
             "quantized_layers": quant["quantized_layers"],
         }
         if target != "tensorrt":
@@ -266,8 +258,9 @@ def _int8_target(target, opts, staging, proto, data, pre, reader, reference, tim
 
     from .onnx_export import int8_excluded_nodes
 
-    name, _, trt_check = INT8_FILES[target]
-    fp32_path, int8_path = staging / "model.onnx", staging / name
+    planned = catalog.int8_file(target)
+    name, trt_check = planned.name, planned.trt_parsable
+    fp32_path, int8_path = staging / FP32_ONNX, staging / name
     cache = staging / f".calibration-ranges.{target}.json"
     always_fp32 = int8_excluded_nodes(proto, opts.int8_teacher or target == "cpu")
     with step(
@@ -377,9 +370,9 @@ def _fp16(staging: Path, model, opts: ExportOptions, images: np.ndarray) -> tupl
     """FP16-typed graph: exported from the mixed-precision module, compared with fp32 PyTorch."""
     from .onnx_export import check_parity, torch_to_onnx
 
-    path = staging / "model.fp16.onnx"
+    path = staging / FP16_ONNX
     proto = torch_to_onnx(model, path, opts.batch, model.config.image_size, fp16=True)
-    require_trt_compatible(proto, "model.fp16.onnx")
+    require_trt_compatible(proto, FP16_ONNX)
     parity = check_parity(model, path, images, opts.batch, score_rtol=1e-2, map_atol=5e-2)
     entry = file_entry(
         path, "onnx", "fp16", kept_fp32="memory selection, MSFF, bottleneck and scoring head"

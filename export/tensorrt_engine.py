@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmgrd_edge import catalog
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.device import EngineError, gpu_name, import_tensorrt, trt_version
 
 from .options import BatchProfile
 from .precision import keep_fp32
-
-ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 def trt_major(version: str) -> int:
@@ -57,7 +56,7 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
     """(ONNX file, whether the FP16 builder flag is needed)."""
     if request.precision == "fp16":
         if major >= 11:
-            path = request.bundle / "model.fp16.onnx"
+            path = request.bundle / catalog.engine_source("fp16").name
             if not path.is_file():
                 raise EngineError(
                     "TensorRT 11 builds FP16 only from an FP16-typed graph, and the "
@@ -65,8 +64,8 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
                     "re-export with `dmgrd-edge export --fp16`",
                 )
             return path, False
-        return request.bundle / "model.onnx", True
-    path = request.bundle / ONNX_FOR_PRECISION[request.precision]
+        return request.bundle / catalog.engine_source("fp32").name, True
+    path = request.bundle / catalog.engine_source(request.precision).name
     if not path.is_file():
         raise EngineError(
             f"the bundle has no {path.name} for a {request.precision} engine",

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 
 from dmgrd_edge.bundle import Bundle
+from dmgrd_edge.catalog import PRECISION_PREFERENCE
 from dmgrd_edge.errors import ConfigError, choose
 
 from .backend import BackendError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("auto", "int8", "fp16", "fp32")
+PRECISIONS = ("auto", *PRECISION_PREFERENCE)
 
 
 def _engine_for(bundle: Bundle, precision: str):
@@ -27,7 +28,7 @@ def _engine_for(bundle: Bundle, precision: str):
 
     trt = import_tensorrt()
     gpu = gpu_name()
-    order = ("int8", "fp16", "fp32") if precision == "auto" else (precision,)
+    order = PRECISION_PREFERENCE if precision == "auto" else (precision,)
     engines = bundle.files(kind="engine")
     if not engines:
         raise BackendError(

@@ -14,7 +14,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
