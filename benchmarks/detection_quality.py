@@ -150,12 +150,12 @@ def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     source = loaded.manifest["source"]
     result = {}
     for precision in ("fp32", "int8"):
-        backend = create_backend(loaded, "onnxruntime", precision, log=lambda _: None)
+        chosen = create_backend(loaded, "onnxruntime", precision, log=lambda _: None)
         acc = accuracy(
-            backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8
+            chosen.backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8
         )
         result[precision] = {k: acc[k] for k in ("i_auroc", "p_auroc", "pro_30")}
-        result[f"{precision}_file"] = getattr(backend, "bundle_file", None)
+        result[f"{precision}_file"] = chosen.file
     return result
 
 

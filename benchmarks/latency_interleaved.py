@@ -46,7 +46,7 @@ def main() -> None:
         size = bundle.preprocess.height
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         for precision in precisions:
-            backend = create_backend(
+            chosen = create_backend(
                 bundle,
                 "onnxruntime",
                 precision,
@@ -54,13 +54,14 @@ def main() -> None:
                 log=lambda *_: None,
                 workers=1,
             )
+            backend = chosen.backend
             for _ in range(5):
                 backend.infer(x)
             variants.append(
                 {
                     "name": name,
                     "precision": precision,
-                    "file": backend.bundle_file,
+                    "file": chosen.file,
                     "backend": backend,
                     "x": x,
                     "rounds_ms": [],

@@ -130,7 +130,7 @@ def run_bench(
     choice), so it is what `run` can reach without capture."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_path)
-    backend = create_backend(
+    chosen = create_backend(
         bundle,
         backend_name,
         precision,
@@ -142,7 +142,7 @@ def run_bench(
     try:
         startup_s = time.perf_counter() - started
         return _measure(
-            backend,
+            chosen,
             bundle,
             bundle_path,
             batches,
@@ -155,11 +155,11 @@ def run_bench(
             log,
         )
     finally:
-        backend.close()
+        chosen.close()
 
 
 def _measure(
-    backend,
+    chosen,
     bundle,
     bundle_path: Path,
     batches,
@@ -171,11 +171,12 @@ def _measure(
     startup_s: float,
     log,
 ) -> dict:
+    backend, workers = chosen.backend, chosen.workers
     low, high = getattr(backend, "batch_range", (1, None))  # a TensorRT engine's profile
     outside = [b for b in batches if b < low or (high is not None and b > high)]
     if outside:
         raise ConfigError(
-            f"{backend.describe()['file']} takes batches of {low} to {high}, not {outside}",
+            f"{chosen.file} takes batches of {low} to {high}, not {outside}",
             f"give --batch sizes from {low} to {high}, or rebuild "
             "the engine with a profile that covers them (build-engine --batch "
             "MIN:OPT:MAX)",
@@ -184,21 +185,19 @@ def _measure(
     rows = []
     for b in batches:
         row = latency(backend, b, size, warmup, runs)
-        if backend.workers > 1:
+        if workers > 1:
             row["images_per_s_one_call"] = row["images_per_s"]
             x = np.random.default_rng(0).normal(size=(b, 3, *size)).astype(np.float32)
-            row["images_per_s"] = throughput(
-                backend, x, backend.workers, max(1, runs // backend.workers)
-            )
-        row["workers"] = backend.workers
+            row["images_per_s"] = throughput(backend, x, workers, max(1, runs // workers))
+        row["workers"] = workers
         rows.append(row)
         log(
             f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 {row['ms_p99']:.2f}, "
-            f"{row['images_per_s']:.1f} img/s ({backend.workers} in flight)"
+            f"{row['images_per_s']:.1f} img/s ({workers} in flight)"
         )
     result = {
         "bundle": str(bundle_path),
-        "backend": backend.describe(),
+        "backend": chosen.describe(),
         "startup_s": startup_s,
         "latency": rows,
         "peak_host_rss_mib": _peak_rss_mib(),

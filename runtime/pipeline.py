@@ -10,7 +10,6 @@ sinks are flushed and closed, statistics written.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import queue
 import signal
@@ -28,6 +27,7 @@ from dmgrd_edge.data.preprocess import make_preprocess as core_make_preprocess
 
 from .capture import END, Capture
 from .decision import is_ng
+from .events import Event, Latency
 from .postprocess import draw, regions
 from .stats import Stats
 
@@ -111,18 +111,12 @@ class Pipeline:
             if self.needs_overlay:
                 overlay = draw(frame.image, amap, float(score), self.config.threshold, found)
             post_ms = 1000 * (time.perf_counter() - t0)
-            event = {
-                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                "frame": frame.index,
-                "score": round(float(score), 6),
-                "decision": "NG" if ng else "OK",
-                "regions": [r.as_dict() for r in found[:20]],
-                "latency_ms": {
-                    "preprocess": round(frame.preprocess_ms, 3),
-                    "inference": round(infer_ms / len(frames), 3),
-                    "postprocess": round(post_ms, 3),
-                },
-            }
+            latency = Latency(
+                preprocess=frame.preprocess_ms,
+                inference=infer_ms / len(frames),
+                postprocess=post_ms,
+            )
+            event = Event.judged(frame.index, float(score), ng, found, latency)
             t1 = time.perf_counter()
             for sink in self.sinks:
                 sink.write(event, frame.image, overlay)
@@ -262,7 +256,7 @@ class Pipeline:
         summary = {
             **self.stats.summary(),
             **counters,
-            "backend": self.backend.describe(),
+            "backend": {**self.backend.describe(), "workers": self.config.workers},
             "threshold": self.config.threshold,
             "source_error": capture.fatal,
             "stopped_by_signal": self.stop_event.is_set(),

@@ -17,11 +17,11 @@ from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
 from .decision import allowed_false_alarms, threshold_for_rate
-from .sources import SourceError, Status
+from .sources import Source, SourceError, Status
 
 
 def score_source(
-    source,
+    source: Source,
     backend,
     preprocess,
     batch: int = 8,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dmgrd_edge.runtime.avi import MjpegAviWriter, segment_path
+from dmgrd_edge.runtime.events import Event, Latency
 from dmgrd_edge.runtime.sinks import FolderSink, SinkError, open_sink
 
 
@@ -137,11 +138,13 @@ def test_video_sink_never_overwrites_and_refuses_mp4(tmp_path):
 
 
 def test_folder_sink_adds_and_never_replaces(tmp_path):
-    event = {"decision": "NG", "frame": 7, "score": 1.25}
+    latency = Latency(preprocess=1.0, inference=2.0, postprocess=0.5)
+    ng = Event.judged(7, 1.25, True, [], latency)
+    ok = Event.judged(8, 1.25, False, [], latency)
     for _ in range(2):  # two runs into the same folder, possibly within one second
         sink = FolderSink(tmp_path / "ng")
-        sink.write(event, frame(7), None)
-        sink.write({**event, "decision": "OK", "frame": 8}, frame(8), None)
+        sink.write(ng, frame(7), None)
+        sink.write(ok, frame(8), None)
         sink.close()
     names = sorted(p.name for p in (tmp_path / "ng").iterdir())
     assert len(names) == 2 and all(

@@ -16,6 +16,7 @@ from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.runtime.capture import END, Capture
 from dmgrd_edge.runtime.postprocess import regions
+from dmgrd_edge.runtime.events import Event, Latency
 from dmgrd_edge.runtime.sinks import SinkError, open_sink
 from dmgrd_edge.runtime.sources import (
     ImageFolderSource,
@@ -157,6 +158,43 @@ def test_video_file_source_reads_every_frame(video):
     assert len(frames) == len(truth) and frames[0].shape == (64, 64, 3)
 
 
+def test_every_source_implements_the_protocol(video, tmp_path):
+    """Each kind open_source makes has what the capture thread and the CLI read of it."""
+    from dmgrd_edge.runtime.sources import PacedSource, Source, open_source
+
+    path, _ = video
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    opened = [
+        open_source(parse_uri(str(path))),
+        open_source(parse_uri(str(tmp_path))),
+        open_source(parse_uri(str(path), fps=50)),
+        open_source(parse_uri(str(tmp_path), fps=50)),
+    ]
+    assert [type(s).__name__ for s in opened] == [
+        "VideoCaptureSource",
+        "ImageFolderSource",
+        "PacedSource",
+        "PacedSource",
+    ]
+    for source in opened:
+        assert isinstance(source, Source), type(source).__name__
+        assert source.dropped == 0 and not source.camera
+        assert source.live is isinstance(source, PacedSource)
+        if isinstance(source, PacedSource):
+            assert source.fps == 50
+        else:  # the rate the file reports (a video), or none (a folder)
+            assert source.fps is None or source.fps > 0
+        source.close()
+
+    class Incomplete:  # no camera, dropped, spec: not a source
+        live = False
+
+        def read(self):
+            return Status.END, None
+
+    assert not isinstance(Incomplete(), Source)
+
+
 def test_folder_skips_corrupt_files(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), i * 50, np.uint8))
@@ -235,7 +273,7 @@ def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     logs = []
     pipeline = Pipeline(
         loaded,
-        create_backend(loaded, "onnxruntime", log=logs.append),
+        create_backend(loaded, "onnxruntime", log=logs.append).backend,
         [],
         RunConfig(loaded.threshold, loaded.threshold, status_every_s=0),
         log=logs.append,
@@ -254,7 +292,7 @@ class RecordingSink:
         self.events = []
 
     def write(self, event, frame, overlay):
-        self.events.append(event)
+        self.events.append(event.to_dict())  # the record as the JSONL sink writes it
 
     def close(self):
         pass
@@ -266,7 +304,7 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
     from dmgrd_edge.runtime.select import create_backend
 
     loaded = load_bundle(bundle)
-    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
+    chosen = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
     sink = RecordingSink()
     config = RunConfig(
         loaded.threshold,
@@ -274,16 +312,16 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
         batch=batch,
         max_frames=max_frames,
         status_every_s=1e9,
-        workers=backend.workers,
+        workers=chosen.workers,
     )
-    pipeline = Pipeline(loaded, backend, [sink], config, log=lambda *_: None)
+    pipeline = Pipeline(loaded, chosen.backend, [sink], config, log=lambda *_: None)
     assert (
         pipeline.run(
             Capture(open_source(parse_uri(str(path))), make_preprocess(loaded), queue_size=8)
         )
         == 0
     )
-    return backend, sink.events, pipeline.summary
+    return chosen, sink.events, pipeline.summary
 
 
 def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
@@ -396,8 +434,9 @@ def test_sink_uris(tmp_path):
     with pytest.raises(SinkError, match="unknown sink"):
         open_sink("kafka://topic", headless=True)
     sink = open_sink(f"jsonl://{tmp_path}/e.jsonl?ng_only=1", headless=True)
-    sink.write({"decision": "OK", "frame": 0, "score": 0.1}, None, None)
-    sink.write({"decision": "NG", "frame": 1, "score": 0.9}, None, None)
+    latency = Latency(preprocess=1.0, inference=2.0, postprocess=0.5)
+    sink.write(Event.judged(0, 0.1, False, [], latency), None, None)
+    sink.write(Event.judged(1, 0.9, True, [], latency), None, None)
     # flushed per line: readable before close
     assert [json.loads(l)["frame"] for l in (tmp_path / "e.jsonl").read_text().splitlines()] == [1]
     sink.close()
