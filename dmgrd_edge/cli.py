@@ -611,7 +611,7 @@ def run(
     try:
         for uri in sink:
             # a recording plays at the source's rate (25 fps when the source does not tell)
-            sinks.append(open_sink(uri, headless, fps=getattr(source_handle, "fps", None) or 25.0))
+            sinks.append(open_sink(uri, headless, fps=source_handle.fps or 25.0))
         # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
         chosen = create_backend(
             loaded,
@@ -629,8 +629,8 @@ def run(
             opened.close()
         source_handle.close()
         raise
-    thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
-    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
+    thr = loaded.threshold_for(chosen.file) if threshold is None else threshold
+    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.file})")
     config = RunConfig(
         thr,
         thr if pixel_threshold is None else pixel_threshold,
@@ -641,7 +641,7 @@ def run(
         workers=chosen.workers,
     )
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
-    pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
+    pipeline = Pipeline(loaded, chosen.backend, sinks, config, log=say)
     pipeline.install_signal_handlers()
     try:
         code = pipeline.run(capture)
@@ -792,13 +792,15 @@ def calibrate_threshold(
     # CSI frames scaled to the input size, as in `run`
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     try:
-        scores = score_source(source_handle, chosen, make_preprocess(loaded), batch, max_frames)
+        scores = score_source(
+            source_handle, chosen.backend, make_preprocess(loaded), batch, max_frames
+        )
     finally:
         chosen.close()
-    before = loaded.threshold_for(chosen.bundle_file)
-    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=say)
+    before = loaded.threshold_for(chosen.file)
+    _, summary = calibrate(loaded, chosen.file, scores, false_alarm_rate, source, log=say)
     say(
-        f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+        f"{chosen.file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
         f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})"
     )
     typer.echo(json.dumps(summary, indent=2))
