@@ -27,7 +27,7 @@ from dmgrd_edge.bundle import (
     staging_dir,
 )
 from dmgrd_edge.data.preprocess import normalize
-from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.errors import ConfigError, GuardError
 
 from .graph_check import require_trt_compatible
 from .options import ExportOptions
@@ -378,3 +378,17 @@ def _fp16(staging: Path, model, opts: ExportOptions, images: np.ndarray) -> tupl
         path, "onnx", "fp16", kept_fp32="memory selection, MSFF, bottleneck and scoring head"
     )
     return entry, parity.as_dict()
+
+
+def require_max_drop(manifest: dict[str, Any], out: Path, max_drop: float | None) -> None:
+    """GuardError (exit code 5) when an INT8 file of the written bundle misses ``--max-drop``;
+    the bundle stays, with each guard's figures in its manifest."""
+    guards = [manifest["guard"] or {}] + [
+        f["guard"] for f in manifest["files"].values() if "guard" in f
+    ]
+    if any(g.get("max_drop_met") is False for g in guards):
+        raise GuardError(
+            f"INT8 misses --max-drop {max_drop}: see guard in {Path(out) / 'manifest.json'}",
+            "use more/better calibration images (--calib-count, --calib-pseudo), another "
+            f"--calib-method, a larger --max-drop, or deploy {FP32_ONNX} (fp32/fp16)",
+        )

@@ -24,6 +24,7 @@ from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import make_preprocess as core_make_preprocess
+from dmgrd_edge.errors import ExitCode
 
 from .capture import END, Capture
 from .decision import is_ng
@@ -31,7 +32,7 @@ from .events import Event, Latency
 from .postprocess import draw, regions
 from .stats import Stats
 
-EXIT_OK, EXIT_SOURCE_LOST = 0, 3
+EXIT_OK, EXIT_SOURCE_LOST = ExitCode.OK, ExitCode.SOURCE_LOST
 
 
 @dataclass
