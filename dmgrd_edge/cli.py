@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import checks
-from .errors import EXIT_IO, ConfigError, DmgrdError
+from .errors import ConfigError, DmgrdError, ExitCode
 
 app = typer.Typer(
     add_completion=False,
@@ -445,7 +445,7 @@ def export(
     ).validate()
     from rich.progress import track
 
-    from .export.pipeline import export_bundle
+    from .export.pipeline import export_bundle, require_max_drop
 
     manifest = export_bundle(
         opts, log=say, progress=lambda xs, what: track(xs, description=what, console=console)
@@ -464,19 +464,7 @@ def export(
             indent=2,
         )
     )
-    guards = [manifest["guard"] or {}] + [
-        f["guard"] for f in manifest["files"].values() if "guard" in f
-    ]
-    if any(g.get("max_drop_met") is False for g in guards):
-        console.print(
-            f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
-            f"{escape(str(out / 'manifest.json'))}"
-        )
-        console.print(
-            "  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
-            "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)"
-        )
-        raise SystemExit(3)
+    require_max_drop(manifest, out, max_drop)  # exit code 5 (ExitCode.INT8_MAX_DROP)
 
 
 def _build_engines(
@@ -807,8 +795,8 @@ def calibrate_threshold(
 
 
 def main() -> None:
-    """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix
-    (exit 2), a lost source ends `run` with 3, a file that cannot be read or written with 4."""
+    """Entry point: DmgrdError prints the problem and the fix and exits with its kind's code;
+    every code is in dmgrd_edge/errors.py (ExitCode, MEANINGS) and the README."""
     try:
         app()
     except DmgrdError as exc:
@@ -827,10 +815,10 @@ def main() -> None:
         console.print(
             "  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted"
         )
-        sys.exit(EXIT_IO)
+        sys.exit(ExitCode.IO)
     except KeyboardInterrupt:
         console.print("interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":
