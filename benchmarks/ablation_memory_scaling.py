@@ -64,7 +64,8 @@ def main() -> None:
                 }
             )
             print(
-                f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} {100 * row['p_auroc']:7.2f} "
+                f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} "
+                f"{100 * row['p_auroc']:7.2f} "
                 f"{100 * row['pro_30']:7.2f}",
                 flush=True,
             )

@@ -91,7 +91,8 @@ def main() -> None:
             }
         )
     print(
-        f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} {'x first':>8s}"
+        f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} "
+        f"{'x first':>8s}"
     )
     for r in rows:
         print(

@@ -107,7 +107,8 @@ def main() -> None:
         )
         row = {"variant": label, "trainable_params_m": trainable_parameter_count(model) / 1e6}
         for precision in ("fp32", "int8"):
-            # the command a user runs, in its own process: its memory figures are the runtime's alone
+            # the command a user runs, in its own process: its memory figures are the
+            # runtime's alone
             path = out / f"bench_{i}_{precision}.json"
             subprocess.run(
                 [
@@ -156,7 +157,8 @@ def main() -> None:
             }
         rows.append(row)
         print(
-            f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 {row['fp32']['ms_p50_b1']:.2f} ms "
+            f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 "
+            f"{row['fp32']['ms_p50_b1']:.2f} ms "
             f"PRO {100 * row['fp32']['pro_30']:.2f} | int8 {row['int8']['ms_p50_b1']:.2f} ms "
             f"PRO {100 * row['int8']['pro_30']:.2f}",
             flush=True,
@@ -172,7 +174,8 @@ def main() -> None:
             for p in ("fp32", "int8")
         }
         print(
-            f"{row['variant']:28s} {row['trainable_params_m']:8.2f} {row['fp32']['ms_p50_b1']:8.2f} "
+            f"{row['variant']:28s} {row['trainable_params_m']:8.2f} "
+            f"{row['fp32']['ms_p50_b1']:8.2f} "
             f"{row['int8']['ms_p50_b1']:8.2f} {acc['fp32']:>20s} {acc['int8']:>20s}"
         )
     summary = {

@@ -121,13 +121,16 @@ def main() -> None:
             points.append({**point, "workers_option": workers})
             lat = point["latency_ms"]
             print(
-                f"workers {workers:>4s} camera {rate:6.1f} fps: decided {point['decided_fps']:6.1f} fps, dropped "
-                f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 {lat['p50']:.1f}/{lat['p90']:.1f}/"
+                f"workers {workers:>4s} camera {rate:6.1f} fps: decided "
+                f"{point['decided_fps']:6.1f} fps, dropped "
+                f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 "
+                f"{lat['p50']:.1f}/{lat['p90']:.1f}/"
                 f"{lat['p99']:.1f} ms",
                 flush=True,
             )
     print(
-        f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} {'p50 ms':>7s} {'p90 ms':>7s} "
+        f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} "
+        f"{'p50 ms':>7s} {'p90 ms':>7s} "
         f"{'p99 ms':>7s} {'busy':>5s}"
     )
     for p in points:

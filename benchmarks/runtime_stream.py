@@ -198,7 +198,8 @@ def main() -> None:
     )
     decode = decode_ms(video)
     print(
-        f"wrote {video} ({args.frames} frames, {sum(truth)} defective) in {time.perf_counter() - t0:.0f} s"
+        f"wrote {video} ({args.frames} frames, {sum(truth)} defective) in "
+        f"{time.perf_counter() - t0:.0f} s"
     )
 
     chosen = create_backend(
@@ -249,7 +250,8 @@ def main() -> None:
             "generated good frames, seed 8",
         )
         print(
-            f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}"
+            f"threshold calibrated on {calibration['count']} good frames: "
+            f"{calibration['threshold']:.4f}"
         )
     threshold = bundle.threshold_for(chosen.file)
     config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30, workers=workers)
@@ -289,7 +291,8 @@ def main() -> None:
         )
         runs.append((pipeline, decisions, probe))
         print(
-            f"stream {repeat + 1}/{args.repeats}: {fps:.1f} fps, backend alone {alone[-2]:.1f} / {alone[-1]:.1f}"
+            f"stream {repeat + 1}/{args.repeats}: {fps:.1f} fps, backend alone {alone[-2]:.1f} / "
+            f"{alone[-1]:.1f}"
             f" -> {streams[-1]['end_to_end_over_backend']:.3f}"
         )
     pipeline, decisions, probe = runs[0]

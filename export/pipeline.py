@@ -89,8 +89,10 @@ def export_bundle(
         )
     if opts.int8 and not cfg.uses_student and not opts.int8_teacher:
         raise ConfigError(
-            "the nearest-neighbour baseline's only layers to quantize for TensorRT are its teacher's",
-            "add --int8-teacher (the CPU form quantizes the teacher anyway), or export without --int8",
+            "the nearest-neighbour baseline's only layers to quantize for TensorRT are "
+            "its teacher's",
+            "add --int8-teacher (the CPU form quantizes the teacher anyway), "
+            "or export without --int8",
         )
     pre = cfg.preprocess()
     source, dataset, category = _calibration_source(opts, meta)
@@ -211,7 +213,9 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
         files[name].update(
             threshold=base + shift,
             score_shift_vs_fp32=shift,
-            threshold_rule=f"fp32 threshold + median score shift on {len(normals)} held-out normals",
+            threshold_rule=(
+                f"fp32 threshold + median score shift on {len(normals)} held-out normals"
+            ),
         )
         log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
 
@@ -297,7 +301,8 @@ def _int8_target(target, opts, staging, proto, data, pre, reader, reference, tim
             timings,
         )
     log(
-        f"{name} guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> {100 * guard['i_auroc_int8']:.2f}, "
+        f"{name} guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> "
+        f"{100 * guard['i_auroc_int8']:.2f}, "
         f"PRO@0.3 {100 * guard['pro_30_fp32']:.2f} -> {100 * guard['pro_30_int8']:.2f}, "
         f"map cosine {guard['map_cosine_mean']:.4f}"
     )
@@ -347,7 +352,8 @@ def _fit_drop(
             }
         )
         log(
-            f"{int8_path.name}: kept {keep} layer(s) in fp32: I-AUC drop {guard['i_auroc_drop_points']:.2f}, "
+            f"{int8_path.name}: kept {keep} layer(s) in fp32: I-AUC drop "
+            f"{guard['i_auroc_drop_points']:.2f}, "
             f"PRO@0.3 drop {guard['pro_30_drop_points']:.2f} points"
         )
         if within(guard, opts.max_drop) or keep >= limit:
@@ -360,7 +366,8 @@ def _fit_drop(
     guard["tries"] = tries
     if not guard["max_drop_met"]:
         log(
-            f"warning: {int8_path.name}: the drop stays above {opts.max_drop} points with {keep} of {len(ranked)} "
+            f"warning: {int8_path.name}: the drop stays above {opts.max_drop} points with {keep} "
+            f"of {len(ranked)} "
             "layers in fp32"
         )
     return guard

@@ -1,14 +1,15 @@
 """Which parts of the graph stay fp32 in lower precisions (torch-free, shared by the ONNX
 export, INT8 calibration and the TensorRT builder).
 
-- Memory reads (``/normal_memory/``, ``/patch_memory/``) and the scoring head (``/head/``) stay fp32 in
-  every precision: the argmin over memory items and the top-k mean of the map are where a
-  small numeric change flips a decision.
+- Memory reads (``/normal_memory/``, ``/patch_memory/``) and the scoring head (``/head/``)
+  stay fp32 in every precision: the argmin over memory items and the top-k mean of the map
+  are where a small numeric change flips a decision.
 - MSFF (``/msff/``) has no normalisation layers and multiplies two convolutions of its
   input, so its activations grow with training: 5e4 to 1.7e6 on EfficientNet-Lite0 models
   after 150 steps (``benchmarks/activation_range.py``), and the bottleneck's first
-  convolutions (``/bottleneck/``, before their BatchNorm) take that range as input. Both exceed fp16's maximum of 65504, so in FP16 graphs
-  and engines they stay fp32 too; only the teacher and the student decoder run in fp16.
+  convolutions (``/bottleneck/``, before their BatchNorm) take that range as input. Both
+  exceed fp16's maximum of 65504, so in FP16 graphs and engines they stay fp32 too; only
+  the teacher and the student decoder run in fp16.
   INT8 quantizes their convolutions with calibrated scales; the accuracy guard checks it.
 """
 

@@ -192,7 +192,8 @@ def _measure(
         row["workers"] = workers
         rows.append(row)
         log(
-            f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 {row['ms_p99']:.2f}, "
+            f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 "
+            f"{row['ms_p99']:.2f}, "
             f"{row['images_per_s']:.1f} img/s ({workers} in flight)"
         )
     result = {
@@ -214,7 +215,8 @@ def _measure(
 
 def print_table(result: dict) -> str:
     lines = [
-        f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} {'in flight':>9s}"
+        f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} "
+        f"{'in flight':>9s}"
     ]
     for r in result["latency"]:
         lines.append(
@@ -228,7 +230,8 @@ def print_table(result: dict) -> str:
         a = result["accuracy"]
         lines.append(
             f"accuracy: I-AUC {100 * a.get('i_auroc', float('nan')):.2f} P-AUC "
-            f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 {100 * a.get('pro_30', float('nan')):.2f}"
+            f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 "
+            f"{100 * a.get('pro_30', float('nan')):.2f}"
         )
     return "\n".join(lines)
 

@@ -95,8 +95,9 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
         other = next(iter(int8.values()))
         consumer = "TensorRT" if want == "cpu" else "the CPU provider"
         log(
-            f"note: {other} was quantized for {consumer}, not for this provider, and may run slowly here; "
-            f"re-export with --int8 (without --no-int8-cpu) to get the {want} form"
+            f"note: {other} was quantized for {consumer}, not for this provider, and may "
+            "run slowly here; re-export with --int8 (without --no-int8-cpu) to get the "
+            f"{want} form"
         )
         return other, "int8"
     files = bundle.files(kind="onnx", precision=precision)
@@ -151,7 +152,8 @@ def create_backend(
 
             if workers not in (None, 1):
                 raise ConfigError(
-                    f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
+                    "the TensorRT backend takes one call at a time (one CUDA stream), not "
+                    f"{workers}",
                     "use --workers 1 or auto, or --backend onnxruntime",
                 )
             size = (bundle.preprocess.height, bundle.preprocess.width)
@@ -166,7 +168,8 @@ def create_backend(
             if backend == "tensorrt":
                 raise
             log(
-                f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); using ONNX Runtime"
+                f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); "
+                "using ONNX Runtime"
             )
     import onnxruntime as ort
 
@@ -189,6 +192,7 @@ def create_backend(
     )
     log(
         f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}, "
-        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} thread{'s' if threads > 1 else ''}"
+        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} "
+        f"thread{'s' if threads > 1 else ''}"
     )
     return Selection(backend=chosen, file=name, precision=precision, workers=workers)

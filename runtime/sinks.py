@@ -86,9 +86,9 @@ class VideoSink:
     def __init__(self, path: Path, fps: float, max_bytes: int = DEFAULT_MAX_BYTES):
         if path.suffix.lower() != ".avi":
             raise SinkError(
-                f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, which stays "
-                "readable up to the last frame when a run is killed or the power fails (an .mp4 "
-                "does not)",
+                f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, "
+                "which stays readable up to the last frame when a run is killed or the power "
+                "fails (an .mp4 does not)",
                 f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
                 f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}",
             )

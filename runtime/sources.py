@@ -215,7 +215,8 @@ def csi_pipeline(spec: SourceSpec, frame_size: tuple[int, int] | None = None) ->
     w, h, fps = spec.width or 1920, spec.height or 1080, int(spec.fps or 30)
     scaled = f"width={frame_size[0]},height={frame_size[1]}," if frame_size else ""
     return (
-        f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
+        f"nvarguscamerasrc sensor-id={spec.location} ! "
+        f"video/x-raw(memory:NVMM),width={w},height={h},"
         f"framerate={fps}/1 ! nvvidconv ! video/x-raw,{scaled}format=BGRx ! videoconvert ! "
         "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1"
     )

@@ -76,7 +76,8 @@ def calibrate(
     allowed = allowed_false_alarms(scores.size, false_alarm_rate)
     if allowed == 0:
         log(
-            f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
+            f"warning: {scores.size} frames cannot resolve a false-alarm rate of "
+            f"{false_alarm_rate}; "
             f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)"
         )
     threshold = threshold_for_rate(scores, false_alarm_rate)

@@ -36,7 +36,8 @@ def read_all(path) -> list[np.ndarray]:
 
 
 def avi_counts(path) -> tuple[int, int, int, int]:
-    """File size, and from the AVI header: RIFF size + 8, total frames (avih), stream length (strh)."""
+    """File size, and from the AVI header: RIFF size + 8, total frames (avih), stream length
+    (strh)."""
     data = path.read_bytes()
     riff = struct.unpack_from("<I", data, 4)[0] + 8
     total = struct.unpack_from("<I", data, data.index(b"avih") + 8 + 16)[0]
@@ -158,7 +159,8 @@ import cv2
 import numpy as np
 from dmgrd_edge.runtime.avi import MjpegAviWriter
 {frame_source}
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+# writes past the limit fail with EFBIG, as on a full disk
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 writer = MjpegAviWriter({target!r}, fps=25)
 written = 0

@@ -325,7 +325,8 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
 
 
 def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
-    """Several inference calls at once: every frame, in order, with the scores of one call at a time."""
+    """Several inference calls at once: every frame, in order, with the scores of one call at
+    a time."""
     path, truth = video
     one, serial, _ = _stream(bundle, path, workers=1)
     three, overlapped, summary = _stream(bundle, path, workers=3, batch=2)
@@ -384,7 +385,8 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
     capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
     with pytest.raises(BackendError, match="device lost"):
         pipeline.run(capture)
-    # two calls run at once, so the fifth call may carry frame 3 or 4: the frames before it are written, in order
+    # two calls run at once, so the fifth call may carry frame 3 or 4: the frames before it are
+    # written, in order
     assert sink.closed and not capture.is_alive() and len(sink.events) in (3, 4)
     assert [e["frame"] for e in sink.events] == list(range(len(sink.events)))
 
@@ -446,7 +448,8 @@ def _run_cli(*args, block_torch=True, **kwargs):
     prelude = "import sys; sys.modules['torch'] = None\n" if block_torch else ""
     code = (
         prelude
-        + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\nfrom dmgrd_edge.cli import main\nmain()"
+        + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
+        + "from dmgrd_edge.cli import main\nmain()"
     )
     return subprocess.Popen(
         [sys.executable, "-c", "import sys\n" + code],
@@ -710,7 +713,10 @@ def test_onnx_file_choice_follows_the_provider(bundle):
 def test_jetson_release_and_power_mode_are_parsed():
     from dmgrd_edge.runtime.device_info import device_info, parse_l4t, parse_nvpmodel
 
-    line = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023\n"
+    line = (
+        "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+        "DATE: Tue Aug  1 2023\n"
+    )
     assert parse_l4t(line) == "R35.4.1"
     assert parse_l4t("# R36 (release), REVISION: 3.0, GCID: 1\nmore") == "R36.3.0"
     assert parse_l4t("# something else\n") == "something else"  # kept as written, not guessed
@@ -749,7 +755,8 @@ def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
     frames = [reference.read()[1] for _ in range(40)]
     got = [source.read()[1] for _ in range(3)]  # on time: frames 0, 1, 2, each 40 ms apart
     assert clock.now == pytest.approx(100.08)
-    clock.now += 0.13  # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
+    # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
+    clock.now += 0.13
     got.append(source.read()[1])
     assert source.dropped == 2 and clock.now == pytest.approx(100.21)
     assert [int(np.abs(g.astype(int) - frames[i]).sum()) for g, i in zip(got, [0, 1, 2, 5])] == [

@@ -103,8 +103,9 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
     cut = out / "pruned.pt"
     save_checkpoint(cut, model, metadata)
     console.print(
-        f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
-        f"({100 * (1 - after / before):.0f} % fewer), {len(widths)} groups -> {cut}"
+        f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> "
+        f"{after / 1e6:.2f} M ({100 * (1 - after / before):.0f} % fewer), "
+        f"{len(widths)} groups -> {cut}"
     )
     summary: dict[str, Any] = {
         "pruned": str(cut),

@@ -295,7 +295,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             done = step + 1
             info = (
                 f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
-                f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s"
+                f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} "
+                f"{seen / train_time:.1f} img/s"
             )
             bar.update(task, completed=done, info=info)
             if done % tcfg.val_every == 0 or done == steps:
