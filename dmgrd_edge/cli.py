@@ -727,7 +727,8 @@ def report(
         "many ms (per device), or say that none fits",
     ),
 ):
-    """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
+    """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation
+    (no torch)."""
     from .tradeoff import budget_sentence, write_report
 
     checks.number("--max-drop", max_drop, 0, note="points of accuracy")
@@ -813,7 +814,8 @@ def main() -> None:
             f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}", soft_wrap=True
         )
         console.print(
-            "  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted"
+            "  [bold]fix:[/] check free disk space, permissions and that the path's device "
+            "is mounted"
         )
         sys.exit(ExitCode.IO)
     except KeyboardInterrupt:
