@@ -54,7 +54,17 @@ def main() -> None:
                 checkpoint_every=args.steps,
             )
             out = work / "runs" / f"{category}-{len(rows)}"
-            train_category(TrainJob("mvtec", str(data), category, str(out), model, train), quiet)
+            train_category(
+                TrainJob(
+                    dataset="mvtec",
+                    root=str(data),
+                    category=category,
+                    out_dir=str(out),
+                    model=model,
+                    train=train,
+                ),
+                quiet,
+            )
             row = evaluate_checkpoint(out / "last.pt", console=quiet)["row"]
             rows.append(
                 {

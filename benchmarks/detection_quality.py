@@ -101,7 +101,13 @@ def train_run(
     model_cfg = model_config_from_options(**TRAINED[key])
     train_cfg = TrainConfig(steps=steps, warmup_steps=min(100, steps), threads=threads)
     job = TrainJob(
-        "mvtec", str(dataset_root), category, str(out), model_cfg, train_cfg, overwrite=True
+        dataset="mvtec",
+        root=str(dataset_root),
+        category=category,
+        out_dir=str(out),
+        model=model_cfg,
+        train=train_cfg,
+        overwrite=True,
     )
     t0 = time.perf_counter()
     summary = train_category(job, console)
@@ -145,7 +151,10 @@ def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     from dmgrd_edge.bundle import load_bundle
 
     if not (bundle / "manifest.json").is_file():
-        export_bundle(ExportOptions(checkpoint, bundle, int8=True), log=lambda m: console.print(m))
+        export_bundle(
+            ExportOptions(checkpoint=checkpoint, out=bundle, int8=True),
+            log=lambda m: console.print(m),
+        )
     loaded = load_bundle(bundle)
     source = loaded.manifest["source"]
     result = {}

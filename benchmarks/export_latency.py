@@ -129,8 +129,8 @@ def accuracy_delta(checkpoint: Path, work: Path, args) -> dict:
     out = work / "bundle"
     manifest = export_bundle(
         ExportOptions(
-            checkpoint,
-            out,
+            checkpoint=checkpoint,
+            out=out,
             int8=True,
             calib_count=args.calib_count,
             calib_method="entropy",

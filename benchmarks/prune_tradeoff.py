@@ -69,12 +69,12 @@ def main() -> None:
     config = ModelConfig.from_dict(payload["model_config"])
     train_category(
         TrainJob(
-            meta["dataset"],
-            data,
-            category,
-            str(work / "continued"),
-            config,
-            finetune,
+            dataset=meta["dataset"],
+            root=data,
+            category=category,
+            out_dir=str(work / "continued"),
+            model=config,
+            train=finetune,
             pretrained=False,
             init_from=str(args.checkpoint),
         )
@@ -85,9 +85,9 @@ def main() -> None:
         t0 = time.perf_counter()
         prune_checkpoint(
             PruneJob(
-                str(args.checkpoint),
-                str(work / f"pruned{ratio:g}"),
-                ratio,
+                checkpoint=str(args.checkpoint),
+                out_dir=str(work / f"pruned{ratio:g}"),
+                ratio=ratio,
                 finetune=finetune,
                 data=data,
                 category=category,
@@ -102,7 +102,9 @@ def main() -> None:
         model, _ = load_model(ckpt)
         bundle = work / f"bundle{i}"
         export_bundle(
-            ExportOptions(Path(ckpt), bundle, int8=True, calib_count=args.calib_count),
+            ExportOptions(
+                checkpoint=Path(ckpt), out=bundle, int8=True, calib_count=args.calib_count
+            ),
             log=lambda _: None,
         )
         row = {"variant": label, "trainable_params_m": trainable_parameter_count(model) / 1e6}

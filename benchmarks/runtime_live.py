@@ -38,7 +38,9 @@ def stream_at(
     bundle, chosen, video: Path, rate: float, seconds: float, queue_size: int, events: Path
 ) -> dict:
     threshold = bundle.threshold_for(chosen.file)
-    config = RunConfig(threshold, threshold, status_every_s=1e9, workers=chosen.workers)
+    config = RunConfig(
+        threshold=threshold, pixel_threshold=threshold, status_every_s=1e9, workers=chosen.workers
+    )
     pipeline = Pipeline(
         bundle, chosen.backend, [open_sink(str(events), headless=True)], config, log=lambda *_: None
     )

@@ -128,7 +128,7 @@ def pipeline_cost(bundle, video: Path, size: int, workers: int, events: Path) ->
         bundle,
         ConstantBackend(size),
         [open_sink(str(events), headless=True)],
-        RunConfig(1.0, 1.0, status_every_s=1e9, workers=workers),
+        RunConfig(threshold=1.0, pixel_threshold=1.0, status_every_s=1e9, workers=workers),
         log=lambda *_: None,
     )
     capture = Capture(
@@ -254,7 +254,13 @@ def main() -> None:
             f"{calibration['threshold']:.4f}"
         )
     threshold = bundle.threshold_for(chosen.file)
-    config = RunConfig(threshold, threshold, batch=args.batch, status_every_s=30, workers=workers)
+    config = RunConfig(
+        threshold=threshold,
+        pixel_threshold=threshold,
+        batch=args.batch,
+        status_every_s=30,
+        workers=workers,
+    )
     streams, runs = [], []
     alone = [backend_fps_alone(args.backend_runs)]
     for repeat in range(max(1, args.repeats)):

@@ -82,12 +82,12 @@ def main() -> None:
             t0 = time.time()
             summary = train_category(
                 TrainJob(
-                    "mvtec",
-                    str(data),
-                    category,
-                    str(run_dir),
-                    model_cfg,
-                    train_cfg,
+                    dataset="mvtec",
+                    root=str(data),
+                    category=category,
+                    out_dir=str(run_dir),
+                    model=model_cfg,
+                    train=train_cfg,
                     device=args.device,
                     overwrite=True,
                 ),

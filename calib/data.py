@@ -23,7 +23,7 @@ from dmgrd_edge.errors import DataError
 MIN_RECOMMENDED = 100
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CalibrationData:
     calibration: np.ndarray  # uint8 (N, H, W, 3) at model size
     guard_images: np.ndarray  # uint8 (M, H, W, 3): held-out normals, then pseudo-anomalous copies
@@ -110,7 +110,15 @@ def collect(
     labels = np.r_[np.zeros(len(guard), int), np.ones(len(guard), int)]
     guard_masks = np.concatenate([np.zeros(guard.shape[:3], bool), np.stack(masks)])
     where = f"{dataset}:{source}/{category}" if dataset else str(source)
-    return CalibrationData(calib, guard_images, labels, guard_masks, where, n_pseudo, warnings)
+    return CalibrationData(
+        calibration=calib,
+        guard_images=guard_images,
+        guard_labels=labels,
+        guard_masks=guard_masks,
+        source=where,
+        n_pseudo=n_pseudo,
+        warnings=warnings,
+    )
 
 
 class CalibrationReader:

@@ -81,7 +81,7 @@ class PreprocessConfig:
         return cls(**data)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The DM-GRD network's shape and inference rules.
 
@@ -232,7 +232,7 @@ def model_config_from_options(**options: Any) -> ModelConfig:
     return ModelConfig(**options)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation settings (defaults are the authors': Adam 0.005, batch 8, 5000 steps)."""
 
@@ -266,3 +266,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def train_config_from_options(
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    seed: int,
+    val_every: int,
+    checkpoint_every: int,
+    threads: int,
+    texture_dir: Any = None,
+    amp: bool = True,
+) -> TrainConfig:
+    """A TrainConfig from `train`'s options, each number checked under its option's name
+    (the warm-up is cut to the steps)."""
+    checks.integer("--steps", steps, 1)
+    checks.integer(
+        "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
+    )
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--warmup-steps", warmup_steps, 0)
+    checks.integer("--seed", seed, 0)
+    checks.integer("--val-every", val_every, 1)
+    checks.integer("--checkpoint-every", checkpoint_every, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(warmup_steps, steps),
+        seed=seed,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
+        texture_dir=str(texture_dir) if texture_dir else None,
+        amp=amp,
+        threads=threads,
+    )

@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError, choose
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Variant:
     name: str
     device: str

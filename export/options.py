@@ -54,7 +54,7 @@ def parse_size(text: str) -> int:
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportOptions:
     checkpoint: Path
     out: Path

@@ -42,7 +42,7 @@ def engine_file_name(
     return f"engines/model.{precision}{dla}.{slug(gpu)}.trt{trt_version}.engine"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EngineRequest:
     bundle: Path
     precision: str
@@ -88,6 +88,54 @@ def network_flags(trt, major: int, precision: str) -> tuple[int, bool]:
     return flags, strongly_typed
 
 
+def _parse(trt, builder, logger, onnx_path: Path, flags: int, version: str):
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(
+            f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
+            "re-export the bundle with this dmgrd-edge; the graph check should have caught this",
+        )
+    return network, parser
+
+
+def _precision_flags(trt, config, network, precision: str, fp16_flag: bool, log) -> None:
+    """Builder flags of a weakly typed network: INT8 (with FP16 for the rest), FP16, and the
+    layers pinned to fp32 (export/precision.py)."""
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision in ("int8", "fp16"):
+        pinned = pin_fp32_layers(trt, network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, head)")
+
+
+def _use_dla(trt, builder, config, dla_core: int) -> None:
+    if builder.num_DLA_cores <= dla_core:
+        raise EngineError(
+            f"DLA core {dla_core} asked for, this device has {builder.num_DLA_cores} DLA cores",
+            "drop --dla-core or pick a core below that number",
+        )
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _timing_cache(config, cache_path: Path, version: str) -> None:
+    """Start from the bundle's timing cache for this GPU and TensorRT, when there is one."""
+    cached = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cached)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError(
+            f"the timing cache {cache_path.name} does not match this device or TensorRT {version}",
+            f"delete {cache_path} and build again",
+        )
+
+
 def build_engine(request: EngineRequest, log=print) -> dict:
     """Build, serialise and write an engine into the bundle; returns its manifest entry."""
     trt = import_tensorrt()
@@ -97,45 +145,16 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags, strongly_typed = network_flags(trt, major, request.precision)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(
-            f"TensorRT {version} cannot parse {onnx_path.name}: {errors[:500]}",
-            "re-export the bundle with this dmgrd-edge; the graph check should have caught this",
-        )
+    network, _parser = _parse(trt, builder, logger, onnx_path, flags, version)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
     if not strongly_typed:
-        if request.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif fp16_flag:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if request.precision in ("int8", "fp16"):
-            pinned = pin_fp32_layers(trt, network)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, head)")
+        _precision_flags(trt, config, network, request.precision, fp16_flag, log)
     add_batch_profile(builder, config, request, version)
     if request.dla_core is not None:
-        if builder.num_DLA_cores <= request.dla_core:
-            raise EngineError(
-                f"DLA core {request.dla_core} asked for, this device has "
-                f"{builder.num_DLA_cores} DLA cores",
-                "drop --dla-core or pick a core below that number",
-            )
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = request.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        _use_dla(trt, builder, config, request.dla_core)
     cache_path = request.bundle / "engines" / f"timing.{slug(gpu)}.trt{version}.cache"
-    cached = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(cached)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise EngineError(
-            f"the timing cache {cache_path.name} does not match this device or TensorRT {version}",
-            f"delete {cache_path} and build again",
-        )
+    _timing_cache(config, cache_path, version)
     log(f"building {request.precision} engine with TensorRT {version} on {gpu} (takes minutes)")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)

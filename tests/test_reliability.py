@@ -173,7 +173,7 @@ def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, b
             loaded,
             backend,
             [open_sink(str(events), True)],
-            RunConfig(threshold, threshold, status_every_s=1e9),
+            RunConfig(threshold=threshold, pixel_threshold=threshold, status_every_s=1e9),
             log=lambda _: None,
         )
         assert pipeline.run(Capture(open_source(parse_uri(str(frames))), preprocess)) == 0

@@ -56,7 +56,9 @@ def bundle(tmp_path_factory, trained_ckpt):
 
     out = tmp_path_factory.mktemp("rb") / "bundle"
     export_bundle(
-        ExportOptions(trained_ckpt, out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)),
+        ExportOptions(
+            checkpoint=trained_ckpt, out=out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)
+        ),
         log=lambda _: None,
     )
     return out
@@ -275,7 +277,7 @@ def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
         loaded,
         create_backend(loaded, "onnxruntime", log=logs.append).backend,
         [],
-        RunConfig(loaded.threshold, loaded.threshold, status_every_s=0),
+        RunConfig(threshold=loaded.threshold, pixel_threshold=loaded.threshold, status_every_s=0),
         log=logs.append,
     )
     code = pipeline.run(capture)
@@ -307,8 +309,8 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
     chosen = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
     sink = RecordingSink()
     config = RunConfig(
-        loaded.threshold,
-        loaded.threshold,
+        threshold=loaded.threshold,
+        pixel_threshold=loaded.threshold,
         batch=batch,
         max_frames=max_frames,
         status_every_s=1e9,
@@ -379,7 +381,7 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
         loaded,
         FailingBackend(),
         [sink],
-        RunConfig(1.0, 1.0, status_every_s=1e9, workers=2),
+        RunConfig(threshold=1.0, pixel_threshold=1.0, status_every_s=1e9, workers=2),
         log=lambda *_: None,
     )
     capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)

@@ -33,8 +33,8 @@ def exported(tmp_path_factory, trained_ckpt):
     out = tmp_path_factory.mktemp("trt") / "bundle"
     export_bundle(
         ExportOptions(
-            trained_ckpt,
-            out,
+            checkpoint=trained_ckpt,
+            out=out,
             int8=True,
             fp16=True,
             calib_count=4,
@@ -61,7 +61,15 @@ def fake(request):
 
 def build(bundle, precision="int8", batch=BatchProfile(1, 1, 8), dla_core=None) -> tuple[str, dict]:
     entry = build_engine(
-        EngineRequest(bundle, precision, batch, SIZE, 1 << 28, dla_core), log=lambda _: None
+        EngineRequest(
+            bundle=bundle,
+            precision=precision,
+            batch=batch,
+            image_size=SIZE,
+            workspace=1 << 28,
+            dla_core=dla_core,
+        ),
+        log=lambda _: None,
     )
     return next(iter(entry.items()))
 

@@ -21,7 +21,7 @@ from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainJob:
     dataset: str
     root: str
