@@ -182,24 +182,26 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import MEMORY_READS, TrainConfig, model_config_from_options
+    from .config import MEMORY_READS, model_config_from_options, train_config_from_options
     from .data.datasets import resolve_categories
     from .errors import choose
     from .train.loop import TrainJob
     from .train.trainer import train_category
 
     checks.integer("--image-size", image_size, 32, note="a multiple of 32")
-    checks.integer("--steps", steps, 1)
-    checks.integer(
-        "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
+    train_cfg = train_config_from_options(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
+        texture_dir=texture_dir,
+        amp=not no_amp,
     )
-    checks.number("--lr", lr, 0, lo_open=True)
-    checks.integer("--warmup-steps", warmup_steps, 0)
-    checks.integer("--seed", seed, 0)
     checks.integer("--memory-size", memory_size, 1)
-    checks.integer("--val-every", val_every, 1)
-    checks.integer("--checkpoint-every", checkpoint_every, 1)
-    checks.integer("--threads", threads, 0, note=checks.AUTO)
     checks.integer("--patch-bank-size", patch_bank_size, 16)
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
@@ -218,27 +220,15 @@ def train(
         patch_bank_size=patch_bank_size,
         map_scale=map_scale,
     )
-    train_cfg = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=min(warmup_steps, steps),
-        seed=seed,
-        val_every=val_every,
-        checkpoint_every=checkpoint_every,
-        texture_dir=str(texture_dir) if texture_dir else None,
-        amp=not no_amp,
-        threads=threads,
-    )
     summaries = []
     for name in resolve_categories(dataset, data, category):
         job = TrainJob(
-            dataset,
-            str(data),
-            name,
-            str(out / name.replace("/", "_")),
-            model_cfg,
-            train_cfg,
+            dataset=dataset,
+            root=str(data),
+            category=name,
+            out_dir=str(out / name.replace("/", "_")),
+            model=model_cfg,
+            train=train_cfg,
             pretrained=not random_teacher,
             teacher_weights=str(teacher_weights) if teacher_weights else None,
             device=device,
@@ -354,16 +344,16 @@ def prune(
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
         finetune = finetune_config(original, steps, lr, batch_size, threads)
     job = PruneJob(
-        str(checkpoint),
-        str(out),
-        ratio,
-        multiple,
-        finetune,
-        str(data) if data else None,
-        dataset,
-        category,
-        device,
-        overwrite,
+        checkpoint=str(checkpoint),
+        out_dir=str(out),
+        ratio=ratio,
+        multiple=multiple,
+        finetune=finetune,
+        data=str(data) if data else None,
+        dataset=dataset,
+        category=category,
+        device=device,
+        overwrite=overwrite,
     )
     summary = prune_checkpoint(job, console)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -424,24 +414,24 @@ def export(
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, DATASETS)
     opts = ExportOptions(
-        checkpoint,
-        out,
-        int8,
-        fp16,
-        engine,
-        calib_data,
-        calib_dataset,
-        calib_category,
-        calib_count,
-        calib_method,
-        calib_pseudo,
-        max_drop,
-        int8_teacher,
-        int8_cpu,
-        BatchProfile.parse(batch),
-        dla_core,
-        parse_size(workspace),
-        guard_count,
+        checkpoint=checkpoint,
+        out=out,
+        int8=int8,
+        fp16=fp16,
+        engine=engine,
+        calib_data=calib_data,
+        calib_dataset=calib_dataset,
+        calib_category=calib_category,
+        calib_count=calib_count,
+        calib_method=calib_method,
+        calib_pseudo=calib_pseudo,
+        max_drop=max_drop,
+        int8_teacher=int8_teacher,
+        int8_cpu=int8_cpu,
+        batch=BatchProfile.parse(batch),
+        dla_core=dla_core,
+        workspace=parse_size(workspace),
+        guard_count=guard_count,
     ).validate()
     from rich.progress import track
 
@@ -476,7 +466,12 @@ def _build_engines(
     bundle = load_bundle(bundle_path)
     for precision in precisions:
         request = EngineRequest(
-            bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core
+            bundle=bundle.root,
+            precision=precision,
+            batch=batch,
+            image_size=bundle.model_config.image_size,
+            workspace=workspace,
+            dla_core=dla_core,
         )
         entry = build_engine(request, log=say)
         name, info = next(iter(entry.items()))
@@ -577,9 +572,9 @@ def run(
     from .bundle import load_bundle
     from .runtime.capture import Capture
     from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
-    from .runtime.select import create_backend, parse_workers
-    from .runtime.sinks import open_sink
-    from .runtime.sources import open_source, parse_uri
+    from .runtime.run import BackendRequest, open_run
+    from .runtime.select import parse_workers
+    from .runtime.sources import parse_uri
 
     checks.threshold("--threshold", threshold, optional=True)
     checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
@@ -593,37 +588,23 @@ def run(
     spec = parse_uri(source, input_width, input_height, input_fps, loop)  # checks those numbers
     loaded = load_bundle(bundle)
     checks.batch_for_bundle("--batch", batch, loaded.manifest)
-    # a wrong source or sink is reported before the model loads; CSI frames come at the input size
-    source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
-    sinks: list = []
-    try:
-        for uri in sink:
-            # a recording plays at the source's rate (25 fps when the source does not tell)
-            sinks.append(open_sink(uri, headless, fps=source_handle.fps or 25.0))
-        # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-        chosen = create_backend(
-            loaded,
-            backend,
-            precision,
-            max_batch=batch,
-            threads=threads,
-            log=say,
-            spin=not no_spin,
-            spin_between_runs=False,
-            workers=in_flight,
-        )
-    except BaseException:
-        for opened in sinks:
-            opened.close()
-        source_handle.close()
-        raise
+    # a wrong source or sink is reported before the model loads
+    request = BackendRequest(
+        backend=backend,
+        precision=precision,
+        max_batch=batch,
+        threads=threads,
+        spin=not no_spin,
+        workers=in_flight,
+    )
+    source_handle, sinks, chosen = open_run(loaded, spec, sink, headless, request, log=say)
     thr = loaded.threshold_for(chosen.file) if threshold is None else threshold
     say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.file})")
     config = RunConfig(
-        thr,
-        thr if pixel_threshold is None else pixel_threshold,
-        batch,
-        max_frames,
+        threshold=thr,
+        pixel_threshold=thr if pixel_threshold is None else pixel_threshold,
+        batch=batch,
+        max_frames=max_frames,
         stats_json=stats_json,
         extra={"source": source, "bundle": str(bundle)},
         workers=chosen.workers,
