@@ -54,7 +54,17 @@ def main() -> None:
                 checkpoint_every=args.steps,
             )
             out = work / "runs" / f"{category}-{len(rows)}"
-            train_category(TrainJob("mvtec", str(data), category, str(out), model, train), quiet)
+            train_category(
+                TrainJob(
+                    dataset="mvtec",
+                    root=str(data),
+                    category=category,
+                    out_dir=str(out),
+                    model=model,
+                    train=train,
+                ),
+                quiet,
+            )
             row = evaluate_checkpoint(out / "last.pt", console=quiet)["row"]
             rows.append(
                 {
@@ -64,7 +74,8 @@ def main() -> None:
                 }
             )
             print(
-                f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} {100 * row['p_auroc']:7.2f} "
+                f"{category:14s} {label:28s} {100 * row['i_auroc']:7.2f} "
+                f"{100 * row['p_auroc']:7.2f} "
                 f"{100 * row['pro_30']:7.2f}",
                 flush=True,
             )

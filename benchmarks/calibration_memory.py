@@ -2,7 +2,8 @@
 chunks (what dmgrd-edge export does) and in one pass (ONNX Runtime's default), each in its
 own process.
 
-    python benchmarks/calibration_memory.py --bundle BUNDLE --images LINE/washer/train/good --count 48
+    python benchmarks/calibration_memory.py --bundle BUNDLE \
+        --images LINE/washer/train/good --count 48
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main() -> None:
     print(f"{'collection':10s} {'images':>6s} {'peak RSS MiB':>13s} {'seconds':>8s}")
     for r in rows:
         print(
-            f"{'chunked' if r['chunked'] else 'one pass':10s} {r['images']:6d} {r['peak_rss_mib']:13.0f} "
+            f"{'chunked' if r['chunked'] else 'one pass':10s} {r['images']:6d} "
+            f"{r['peak_rss_mib']:13.0f} "
             f"{r['seconds']:8.1f}"
         )
     Path(args.out).write_text(

@@ -122,7 +122,13 @@ def train_run(
         steps=steps, warmup_steps=min(100, steps), threads=threads, **train_options
     )
     job = TrainJob(
-        "mvtec", str(dataset_root), category, str(out), model_cfg, train_cfg, overwrite=True
+        dataset="mvtec",
+        root=str(dataset_root),
+        category=category,
+        out_dir=str(out),
+        model=model_cfg,
+        train=train_cfg,
+        overwrite=True,
     )
     t0 = time.perf_counter()
     summary = train_category(job, console)
@@ -166,17 +172,20 @@ def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     from dmgrd_edge.bundle import load_bundle
 
     if not (bundle / "manifest.json").is_file():
-        export_bundle(ExportOptions(checkpoint, bundle, int8=True), log=lambda m: console.print(m))
+        export_bundle(
+            ExportOptions(checkpoint=checkpoint, out=bundle, int8=True),
+            log=lambda m: console.print(m),
+        )
     loaded = load_bundle(bundle)
     source = loaded.manifest["source"]
     result = {}
     for precision in ("fp32", "int8"):
-        backend = create_backend(loaded, "onnxruntime", precision, log=lambda _: None)
+        chosen = create_backend(loaded, "onnxruntime", precision, log=lambda _: None)
         acc = accuracy(
-            backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8
+            chosen.backend, loaded, Path(source["root"]), source["dataset"], source["category"], 8
         )
         result[precision] = {k: acc[k] for k in ("i_auroc", "p_auroc", "pro_30")}
-        result[f"{precision}_file"] = getattr(backend, "bundle_file", None)
+        result[f"{precision}_file"] = chosen.file
     return result
 
 

@@ -129,8 +129,8 @@ def accuracy_delta(checkpoint: Path, work: Path, args) -> dict:
     out = work / "bundle"
     manifest = export_bundle(
         ExportOptions(
-            checkpoint,
-            out,
+            checkpoint=checkpoint,
+            out=out,
             int8=True,
             calib_count=args.calib_count,
             calib_method="entropy",
@@ -218,7 +218,8 @@ def main() -> None:
     if args.checkpoint:
         delta = accuracy_delta(args.checkpoint, work, args)
     print(
-        f"{'backbone':18s} {'file':22s} {'threads':>7s} {'b1 ms':>7s} {'x fp32':>6s} {'b8 ms':>7s} {'x fp32':>6s} "
+        f"{'backbone':18s} {'file':22s} {'threads':>7s} {'b1 ms':>7s} {'x fp32':>6s} {'b8 ms':>7s} "
+        f"{'x fp32':>6s} "
         f"{'MB':>6s}"
     )
     for r in rows:
@@ -226,7 +227,8 @@ def main() -> None:
             for key, label, _ in FILES:
                 ratio = lambda b: "" if key == "fp32" else f"{t[f'{key}_vs_fp32_b{b}']:.2f}"  # noqa: E731
                 print(
-                    f"{r['backbone']:18s} {label:22s} {t['threads']:7d} {t[f'{key}_b1_ms']:7.1f} {ratio(1):>6s} "
+                    f"{r['backbone']:18s} {label:22s} {t['threads']:7d} {t[f'{key}_b1_ms']:7.1f} "
+                    f"{ratio(1):>6s} "
                     f"{t[f'{key}_b8_ms']:7.1f} {ratio(8):>6s} {r[f'{key}_mb']:6.1f}"
                 )
         print(

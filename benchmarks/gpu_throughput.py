@@ -151,13 +151,16 @@ def main():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     print(
-        f"{'backbone':18s} {'train img/s':>11s} {'w/ data':>8s} {'fp32 b1':>8s} {'fp32 b8':>8s} {'fp16 b1':>8s} {'fp16 b8':>8s}"
+        f"{'backbone':18s} {'train img/s':>11s} {'w/ data':>8s} {'fp32 b1':>8s} {'fp32 b8':>8s} "
+        f"{'fp16 b1':>8s} {'fp16 b8':>8s}"
     )
     for r in rows:
         print(
-            f"{r['backbone']:18s} {r['train_img_per_s_model_step']:11.1f} {r['train_img_per_s_with_data']:8.1f} "
+            f"{r['backbone']:18s} {r['train_img_per_s_model_step']:11.1f} "
+            f"{r['train_img_per_s_with_data']:8.1f} "
             f"{r['fp32_b1_ms_p50']:8.2f} {r['fp32_b8_ms_p50']:8.2f} "
-            f"{r.get('fp16_b1_ms_p50', float('nan')):8.2f} {r.get('fp16_b8_ms_p50', float('nan')):8.2f}"
+            f"{r.get('fp16_b1_ms_p50', float('nan')):8.2f} "
+            f"{r.get('fp16_b8_ms_p50', float('nan')):8.2f}"
         )
     record = {
         "benchmark": "gpu_throughput",

@@ -46,7 +46,7 @@ def main() -> None:
         size = bundle.preprocess.height
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         for precision in precisions:
-            backend = create_backend(
+            chosen = create_backend(
                 bundle,
                 "onnxruntime",
                 precision,
@@ -54,13 +54,14 @@ def main() -> None:
                 log=lambda *_: None,
                 workers=1,
             )
+            backend = chosen.backend
             for _ in range(5):
                 backend.infer(x)
             variants.append(
                 {
                     "name": name,
                     "precision": precision,
-                    "file": backend.bundle_file,
+                    "file": chosen.file,
                     "backend": backend,
                     "x": x,
                     "rounds_ms": [],
@@ -90,7 +91,8 @@ def main() -> None:
             }
         )
     print(
-        f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} {'x first':>8s}"
+        f"{'variant':32s} {'precision':9s} {'ms (median of rounds)':>22s} {'min-max':>13s} "
+        f"{'x first':>8s}"
     )
     for r in rows:
         print(

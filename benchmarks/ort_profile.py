@@ -28,7 +28,8 @@ from dmgrd_edge.runtime.device_info import device_info
 
 
 def part_of(node_name: str) -> str:
-    """'/msff/blocks.0/conv/Conv' -> 'msff'; nodes ONNX Runtime adds (layout changes) -> 'inserted'."""
+    """'/msff/blocks.0/conv/Conv' -> 'msff'; nodes ONNX Runtime adds (layout changes) ->
+    'inserted'."""
     if node_name.startswith("/") and "/" in node_name[1:]:
         return node_name.split("/")[1]
     return "inserted by onnxruntime"
@@ -111,7 +112,8 @@ def main() -> None:
     ]
     for r in results:
         print(
-            f"== {r['file']} (batch {r['batch']}, {r['kernel_ms_per_run']:.1f} ms of kernels per run, profiled)"
+            f"== {r['file']} (batch {r['batch']}, {r['kernel_ms_per_run']:.1f} ms of kernels per "
+            "run, profiled)"
         )
         print(f"{'operator':28s} {'%':>6s}    {'model part':24s} {'%':>6s}")
         ops, parts = list(r["percent_by_operator"].items()), list(r["percent_by_part"].items())

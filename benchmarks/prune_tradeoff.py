@@ -69,12 +69,12 @@ def main() -> None:
     config = ModelConfig.from_dict(payload["model_config"])
     train_category(
         TrainJob(
-            meta["dataset"],
-            data,
-            category,
-            str(work / "continued"),
-            config,
-            finetune,
+            dataset=meta["dataset"],
+            root=data,
+            category=category,
+            out_dir=str(work / "continued"),
+            model=config,
+            train=finetune,
             pretrained=False,
             init_from=str(args.checkpoint),
         )
@@ -85,9 +85,9 @@ def main() -> None:
         t0 = time.perf_counter()
         prune_checkpoint(
             PruneJob(
-                str(args.checkpoint),
-                str(work / f"pruned{ratio:g}"),
-                ratio,
+                checkpoint=str(args.checkpoint),
+                out_dir=str(work / f"pruned{ratio:g}"),
+                ratio=ratio,
                 finetune=finetune,
                 data=data,
                 category=category,
@@ -102,12 +102,15 @@ def main() -> None:
         model, _ = load_model(ckpt)
         bundle = work / f"bundle{i}"
         export_bundle(
-            ExportOptions(Path(ckpt), bundle, int8=True, calib_count=args.calib_count),
+            ExportOptions(
+                checkpoint=Path(ckpt), out=bundle, int8=True, calib_count=args.calib_count
+            ),
             log=lambda _: None,
         )
         row = {"variant": label, "trainable_params_m": trainable_parameter_count(model) / 1e6}
         for precision in ("fp32", "int8"):
-            # the command a user runs, in its own process: its memory figures are the runtime's alone
+            # the command a user runs, in its own process: its memory figures are the
+            # runtime's alone
             path = out / f"bench_{i}_{precision}.json"
             subprocess.run(
                 [
@@ -156,7 +159,8 @@ def main() -> None:
             }
         rows.append(row)
         print(
-            f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 {row['fp32']['ms_p50_b1']:.2f} ms "
+            f"{label:28s} params {row['trainable_params_m']:.2f} M | fp32 "
+            f"{row['fp32']['ms_p50_b1']:.2f} ms "
             f"PRO {100 * row['fp32']['pro_30']:.2f} | int8 {row['int8']['ms_p50_b1']:.2f} ms "
             f"PRO {100 * row['int8']['pro_30']:.2f}",
             flush=True,
@@ -172,7 +176,8 @@ def main() -> None:
             for p in ("fp32", "int8")
         }
         print(
-            f"{row['variant']:28s} {row['trainable_params_m']:8.2f} {row['fp32']['ms_p50_b1']:8.2f} "
+            f"{row['variant']:28s} {row['trainable_params_m']:8.2f} "
+            f"{row['fp32']['ms_p50_b1']:8.2f} "
             f"{row['int8']['ms_p50_b1']:8.2f} {acc['fp32']:>20s} {acc['int8']:>20s}"
         )
     summary = {

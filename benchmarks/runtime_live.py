@@ -35,12 +35,14 @@ from dmgrd_edge.report import redact_paths
 
 
 def stream_at(
-    bundle, backend, video: Path, rate: float, seconds: float, queue_size: int, events: Path
+    bundle, chosen, video: Path, rate: float, seconds: float, queue_size: int, events: Path
 ) -> dict:
-    threshold = bundle.threshold_for(backend.bundle_file)
-    config = RunConfig(threshold, threshold, status_every_s=1e9, workers=backend.workers)
+    threshold = bundle.threshold_for(chosen.file)
+    config = RunConfig(
+        threshold=threshold, pixel_threshold=threshold, status_every_s=1e9, workers=chosen.workers
+    )
     pipeline = Pipeline(
-        bundle, backend, [open_sink(str(events), headless=True)], config, log=lambda *_: None
+        bundle, chosen.backend, [open_sink(str(events), headless=True)], config, log=lambda *_: None
     )
     capture = Capture(
         open_source(parse_uri(str(video), fps=rate, loop=True)),
@@ -59,8 +61,8 @@ def stream_at(
     offered = s["frames"] + s["dropped"]
     return {
         "camera_fps": rate,
-        "workers": backend.workers,
-        "threads_per_call": backend.threads,
+        "workers": chosen.workers,
+        "threads_per_call": chosen.backend.threads,
         "decided_fps": s["frames"] / wall,
         "frames": s["frames"],
         "dropped": s["dropped"],
@@ -96,7 +98,7 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     points = []
     for workers in args.workers.split(","):
-        backend = create_backend(
+        chosen = create_backend(
             bundle,
             "onnxruntime",
             args.precision,
@@ -104,13 +106,14 @@ def main() -> None:
             spin_between_runs=False,
             workers=parse_workers(workers),
         )
+        backend = chosen.backend
         x = make_preprocess(bundle)(np.zeros((size, size, 3), np.uint8))[None]
         for _ in range(10):
             backend.infer(x)
         for rate in rates:
             point = stream_at(
                 bundle,
-                backend,
+                chosen,
                 video,
                 rate,
                 args.seconds,
@@ -120,13 +123,16 @@ def main() -> None:
             points.append({**point, "workers_option": workers})
             lat = point["latency_ms"]
             print(
-                f"workers {workers:>4s} camera {rate:6.1f} fps: decided {point['decided_fps']:6.1f} fps, dropped "
-                f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 {lat['p50']:.1f}/{lat['p90']:.1f}/"
+                f"workers {workers:>4s} camera {rate:6.1f} fps: decided "
+                f"{point['decided_fps']:6.1f} fps, dropped "
+                f"{100 * point['dropped_share']:5.1f} %, latency p50/p90/p99 "
+                f"{lat['p50']:.1f}/{lat['p90']:.1f}/"
                 f"{lat['p99']:.1f} ms",
                 flush=True,
             )
     print(
-        f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} {'p50 ms':>7s} {'p90 ms':>7s} "
+        f"\n{'workers':>8s} {'camera fps':>10s} {'decided fps':>11s} {'dropped %':>9s} "
+        f"{'p50 ms':>7s} {'p90 ms':>7s} "
         f"{'p99 ms':>7s} {'busy':>5s}"
     )
     for p in points:
@@ -142,7 +148,7 @@ def main() -> None:
         "seconds_per_point": args.seconds,
         "bundle": str(args.bundle),
         "image_size": size,
-        "backend": backend.describe(),
+        "backend": chosen.describe(),
         "device": device_info(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ class MemoryProbe:
         self.after, self.start, self.end = after, None, None
 
     def write(self, event, frame, overlay):
-        if event["frame"] == self.after:
+        if event.frame == self.after:
             self.start = rss_mib()
 
     def close(self):
@@ -128,7 +128,7 @@ def pipeline_cost(bundle, video: Path, size: int, workers: int, events: Path) ->
         bundle,
         ConstantBackend(size),
         [open_sink(str(events), headless=True)],
-        RunConfig(1.0, 1.0, status_every_s=1e9, workers=workers),
+        RunConfig(threshold=1.0, pixel_threshold=1.0, status_every_s=1e9, workers=workers),
         log=lambda *_: None,
     )
     capture = Capture(
@@ -198,10 +198,11 @@ def main() -> None:
     )
     decode = decode_ms(video)
     print(
-        f"wrote {video} ({args.frames} frames, {sum(truth)} defective) in {time.perf_counter() - t0:.0f} s"
+        f"wrote {video} ({args.frames} frames, {sum(truth)} defective) in "
+        f"{time.perf_counter() - t0:.0f} s"
     )
 
-    backend = create_backend(
+    chosen = create_backend(
         bundle,
         "onnxruntime",
         args.precision,
@@ -211,6 +212,7 @@ def main() -> None:
         spin_between_runs=bool(args.spin_between_runs),
         workers=parse_workers(args.workers),
     )
+    backend, workers = chosen.backend, chosen.workers
 
     x = np.repeat(
         make_preprocess(bundle)(make_image(category, 9, "video", 0, size)[0])[None], args.batch, 0
@@ -223,7 +225,7 @@ def main() -> None:
         for _ in range(10):
             backend.infer(x)
         cpu, t = time.process_time(), time.perf_counter()
-        rate = throughput(backend, x, backend.workers, max(1, runs // backend.workers))
+        rate = throughput(backend, x, workers, max(1, runs // workers))
         busy.append((time.process_time() - cpu) / (time.perf_counter() - t))
         return rate
 
@@ -242,17 +244,22 @@ def main() -> None:
         )
         bundle, calibration = calibrate(
             bundle,
-            backend.bundle_file,
+            chosen.file,
             scores,
             args.false_alarm_rate,
             "generated good frames, seed 8",
         )
         print(
-            f"threshold calibrated on {calibration['count']} good frames: {calibration['threshold']:.4f}"
+            f"threshold calibrated on {calibration['count']} good frames: "
+            f"{calibration['threshold']:.4f}"
         )
-    threshold = bundle.threshold_for(backend.bundle_file)
+    threshold = bundle.threshold_for(chosen.file)
     config = RunConfig(
-        threshold, threshold, batch=args.batch, status_every_s=30, workers=backend.workers
+        threshold=threshold,
+        pixel_threshold=threshold,
+        batch=args.batch,
+        status_every_s=30,
+        workers=workers,
     )
     streams, runs = [], []
     alone = [backend_fps_alone(args.backend_runs)]
@@ -290,7 +297,8 @@ def main() -> None:
         )
         runs.append((pipeline, decisions, probe))
         print(
-            f"stream {repeat + 1}/{args.repeats}: {fps:.1f} fps, backend alone {alone[-2]:.1f} / {alone[-1]:.1f}"
+            f"stream {repeat + 1}/{args.repeats}: {fps:.1f} fps, backend alone {alone[-2]:.1f} / "
+            f"{alone[-1]:.1f}"
             f" -> {streams[-1]['end_to_end_over_backend']:.3f}"
         )
     pipeline, decisions, probe = runs[0]
@@ -299,7 +307,7 @@ def main() -> None:
         int(np.argsort([r["end_to_end_over_backend"] for r in streams])[(len(streams) - 1) // 2])
     ]
     backend_fps = float(np.mean(alone))
-    overhead = pipeline_cost(bundle, video, size, backend.workers, work / "constant.jsonl")
+    overhead = pipeline_cost(bundle, video, size, workers, work / "constant.jsonl")
     # the CPU time one frame of inference takes when the backend runs alone, and the ratio the
     # stream could reach if the pipeline's own CPU time were shared without any loss
     backend_cpu_ms = 1000 * float(np.mean(busy)) / backend_fps
@@ -330,7 +338,7 @@ def main() -> None:
         "inference_ms": stages["inference"],
         "sinks_ms": stages["sinks"],
         "frame_latency_ms": stages["end_to_end"],
-        "workers": backend.workers,
+        "workers": workers,
         "threads_per_call": backend.threads,
         "cores_busy_stream": median["cores_busy"],
         "cores_busy_backend_alone": float(np.mean(busy)),
@@ -349,7 +357,7 @@ def main() -> None:
         "rss_end_mib": probe.end,
         "rss_growth_mib": (probe.end - probe.start) if probe.start else None,
         "dropped": max(p.summary["dropped"] for p, _, _ in runs),
-        "backend": backend.describe(),
+        "backend": chosen.describe(),
         "device": device_info(),
         "bundle": str(args.bundle),
         "category": category,

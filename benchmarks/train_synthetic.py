@@ -82,12 +82,12 @@ def main() -> None:
             t0 = time.time()
             summary = train_category(
                 TrainJob(
-                    "mvtec",
-                    str(data),
-                    category,
-                    str(run_dir),
-                    model_cfg,
-                    train_cfg,
+                    dataset="mvtec",
+                    root=str(data),
+                    category=category,
+                    out_dir=str(run_dir),
+                    model=model_cfg,
+                    train=train_cfg,
                     device=args.device,
                     overwrite=True,
                 ),
@@ -111,12 +111,16 @@ def main() -> None:
                     "ms_per_image": row["ms_per_image"],
                 }
             )
-    header = f"{'category':14s} {'variant':16s} {'I-AUC':>7s} {'P-AUC':>7s} {'PRO@0.3':>8s} {'img/s':>7s} {'train s':>8s}"
+    header = (
+        f"{'category':14s} {'variant':16s} {'I-AUC':>7s} {'P-AUC':>7s} {'PRO@0.3':>8s} "
+        f"{'img/s':>7s} {'train s':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['category']:14s} {r['variant']:16s} {100 * r['i_auroc']:7.2f} {100 * r['p_auroc']:7.2f} "
+            f"{r['category']:14s} {r['variant']:16s} {100 * r['i_auroc']:7.2f} "
+            f"{100 * r['p_auroc']:7.2f} "
             f"{100 * r['pro_30']:8.2f} {r['train_img_per_s']:7.2f} {r['train_seconds']:8.0f}"
         )
     record = {

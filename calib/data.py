@@ -15,15 +15,15 @@ import numpy as np
 
 from dmgrd_edge.config import PreprocessConfig
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, read_image
-from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.imageio import IMAGE_SUFFIXES
+from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import DataError
 
 MIN_RECOMMENDED = 100
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CalibrationData:
     calibration: np.ndarray  # uint8 (N, H, W, 3) at model size
     guard_images: np.ndarray  # uint8 (M, H, W, 3): held-out normals, then pseudo-anomalous copies
@@ -94,10 +94,8 @@ def collect(
             "INT8 ranges may not cover the line's variation"
         )
     read = progress or (lambda xs, _: xs)
-    calib = np.stack(
-        [resize_rgb(read_image(p), cfg) for p in read(calib_files, "calibration images")]
-    )
-    guard = np.stack([resize_rgb(read_image(p), cfg) for p in read(guard_files, "guard images")])
+    calib = read_frames(read(calib_files, "calibration images"), cfg)
+    guard = read_frames(read(guard_files, "guard images"), cfg)
     synth = AnomalySynthesizer(cfg.height, cfg.width)
     rng = np.random.default_rng([seed, 12])
     bad, masks = zip(*(synth(image, rng, calib) for image in guard))
@@ -112,7 +110,15 @@ def collect(
     labels = np.r_[np.zeros(len(guard), int), np.ones(len(guard), int)]
     guard_masks = np.concatenate([np.zeros(guard.shape[:3], bool), np.stack(masks)])
     where = f"{dataset}:{source}/{category}" if dataset else str(source)
-    return CalibrationData(calib, guard_images, labels, guard_masks, where, n_pseudo, warnings)
+    return CalibrationData(
+        calibration=calib,
+        guard_images=guard_images,
+        guard_labels=labels,
+        guard_masks=guard_masks,
+        source=where,
+        n_pseudo=n_pseudo,
+        warnings=warnings,
+    )
 
 
 class CalibrationReader:

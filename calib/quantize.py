@@ -28,6 +28,7 @@ import inspect
 import io
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -74,10 +75,23 @@ CPU_EXTRA_OPTIONS = {
     "ForceQuantizeNoInputCheck": True,
 }
 
-# target -> (operator types, activation type name, extra options)
+
+@dataclass(frozen=True, kw_only=True)
+class QuantPlan:
+    """How the graph for one INT8 target (dmgrd_edge/catalog.py INT8_TARGETS) is quantized."""
+
+    op_types: tuple[str, ...]
+    activation: str  # onnxruntime.quantization.QuantType name
+    extra_options: dict = field(default_factory=dict)
+
+
 PLANS = {
-    "tensorrt": (QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS),
-    "cpu": (CPU_OP_TYPES, "QUInt8", CPU_EXTRA_OPTIONS),
+    "tensorrt": QuantPlan(
+        op_types=tuple(QUANT_OP_TYPES), activation="QInt8", extra_options=TRT_EXTRA_OPTIONS
+    ),
+    "cpu": QuantPlan(
+        op_types=tuple(CPU_OP_TYPES), activation="QUInt8", extra_options=CPU_EXTRA_OPTIONS
+    ),
 }
 
 
@@ -110,6 +124,53 @@ def supports_range_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
+def _layout_exclusions(fp32_path: Path, op_types, exclude: list[str]) -> list[str]:
+    """``exclude`` plus every layout operator outside the sub-pixel interleaves (those get
+    Q/DQ only inside the up-sampling chains, see the module text)."""
+    if not any(op in op_types for op in LAYOUT_OPS):
+        return list(exclude)
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    inside = set(interleave_nodes(model))
+    return list(exclude) + [
+        n.name
+        for n in model.graph.node
+        if n.op_type in LAYOUT_OPS and n.name not in inside and n.name not in exclude
+    ]
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ONNX Runtime's quantizer logs advice on the root logger for every call and prints
+    histogram sizes; a failure becomes a QuantizationError."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except Exception as exc:
+        raise QuantizationError(
+            f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+            "try --calib-method minmax, or report the checkpoint",
+        ) from exc
+    finally:
+        root.setLevel(level)
+
+
+def _qdq_counts(int8_path: Path) -> dict[str, int]:
+    model = onnx.load(str(int8_path), load_external_data=False)
+    quantized = sorted(quantized_nodes(model))
+    if not quantized:
+        raise QuantizationError(
+            "INT8 quantization produced no quantized layer", "report the checkpoint"
+        )
+    return {
+        "quantize_linear": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+        "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
+        "quantized_layers": len(quantized),
+    }
+
+
 def quantize_qdq(
     fp32_path: Path,
     int8_path: Path,
@@ -123,68 +184,42 @@ def quantize_qdq(
     (target, method, excluded nodes, Q/DQ counts)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    op_types, activation, extra = PLANS[target]
-    extra = dict(extra)
-    if any(op in op_types for op in LAYOUT_OPS):
-        model = onnx.load(str(fp32_path), load_external_data=False)
-        inside = set(interleave_nodes(model))
-        exclude = list(exclude) + [
-            n.name
-            for n in model.graph.node
-            if n.op_type in LAYOUT_OPS and n.name not in inside and n.name not in exclude
-        ]
+    plan = PLANS[target]
+    extra = dict(plan.extra_options)
+    exclude = _layout_exclusions(fp32_path, plan.op_types, exclude)
     if reader is not None and callable(getattr(reader, "set_range", None)) and len(reader) > 0:
         # statistics are collected a few batches at a time and merged (ranges for min-max,
         # histograms for entropy/percentile); in one pass ONNX Runtime would hold every
         # intermediate tensor of every calibration image in memory at once
         extra["CalibStridedMinMax"] = calibration_stride(len(reader))
-
     kwargs = {}
     if cache_path is not None and supports_range_cache():
         kwargs["calibration_cache_path"] = str(cache_path)
     if reader is not None:
         reader.rewind()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs advice on the root logger for every call
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # and prints histogram sizes
-            quantize_static(
-                str(fp32_path),
-                str(int8_path),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                activation_type=getattr(QuantType, activation),
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                calibrate_method=_method(method),
-                extra_options=extra,
-                **kwargs,
-            )
-    except Exception as exc:
-        raise QuantizationError(
-            f"INT8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
-            "try --calib-method minmax, or report the checkpoint",
-        ) from exc
-    finally:
-        root.setLevel(level)
-    model = onnx.load(str(int8_path), load_external_data=False)
-    q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
-    quantized = sorted(quantized_nodes(model))
-    if not quantized:
-        raise QuantizationError(
-            "INT8 quantization produced no quantized layer", "report the checkpoint"
+    with _quiet_ort():
+        quantize_static(
+            str(fp32_path),
+            str(int8_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(plan.op_types),
+            per_channel=True,
+            activation_type=getattr(QuantType, plan.activation),
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=_method(method),
+            extra_options=extra,
+            **kwargs,
         )
+    counts = _qdq_counts(int8_path)
     return {
         "target": target,
-        "activations": activation.lower(),
+        "activations": plan.activation.lower(),
         "method": method,
-        "quantize_linear": q,
-        "dequantize_linear": dq,
-        "quantized_layers": len(quantized),
+        "quantize_linear": counts["quantize_linear"],
+        "dequantize_linear": counts["dequantize_linear"],
+        "quantized_layers": counts["quantized_layers"],
         "excluded_nodes": len(exclude),
         "range_cache": "calibration_cache_path" in kwargs,
     }

@@ -21,14 +21,13 @@ from typing import Any
 
 from . import checks
 from .atomic import atomic_write_bytes
+from .catalog import FILE_KINDS, PRECISIONS
 from .config import ModelConfig, PreprocessConfig
 from .errors import ConfigError, DmgrdError
 
 SCHEMA = "dmgrd-edge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
-FILE_KINDS = ("onnx", "engine", "timing_cache", "report")
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema": str,

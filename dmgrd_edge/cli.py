@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import checks
-from .errors import EXIT_IO, ConfigError, DmgrdError
+from .errors import ConfigError, DmgrdError, ExitCode
 
 app = typer.Typer(
     add_completion=False,
@@ -190,24 +190,27 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import LOSS_TERMS, MEMORY_READS, TrainConfig, model_config_from_options
+    from .config import MEMORY_READS, model_config_from_options, train_config_from_options
     from .data.datasets import resolve_categories
     from .errors import choose
     from .train.loop import TrainJob
     from .train.trainer import train_category
 
     checks.integer("--image-size", image_size, 32, note="a multiple of 32")
-    checks.integer("--steps", steps, 1)
-    checks.integer(
-        "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
+    train_cfg = train_config_from_options(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
+        texture_dir=texture_dir,
+        amp=not no_amp,
+        without_loss=tuple(without_loss),
     )
-    checks.number("--lr", lr, 0, lo_open=True)
-    checks.integer("--warmup-steps", warmup_steps, 0)
-    checks.integer("--seed", seed, 0)
     checks.integer("--memory-size", memory_size, 1)
-    checks.integer("--val-every", val_every, 1)
-    checks.integer("--checkpoint-every", checkpoint_every, 1)
-    checks.integer("--threads", threads, 0, note=checks.AUTO)
     checks.integer("--patch-bank-size", patch_bank_size, 16)
     choose("backbone", backbone, BACKBONE_NAMES)
     choose("dataset", dataset, DATASETS)
@@ -227,36 +230,21 @@ def train(
         map_scale=map_scale,
         fusion=fusion,
     )
-    for term in without_loss:
-        choose("--without-loss term", term, LOSS_TERMS)
     if (without_loss or fusion != "msff") and not model_cfg.use_memory:
         raise ConfigError(
             "--fusion and --without-loss change how the memory guides the student, and this "
             "model's student is not guided by the memory",
             "add --memory-read patch or --memory-read image, or drop those options",
         )
-    train_cfg = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=min(warmup_steps, steps),
-        seed=seed,
-        val_every=val_every,
-        checkpoint_every=checkpoint_every,
-        texture_dir=str(texture_dir) if texture_dir else None,
-        amp=not no_amp,
-        threads=threads,
-        **{f"{term}_weight": 0.0 for term in without_loss},
-    )
     summaries = []
     for name in resolve_categories(dataset, data, category):
         job = TrainJob(
-            dataset,
-            str(data),
-            name,
-            str(out / name.replace("/", "_")),
-            model_cfg,
-            train_cfg,
+            dataset=dataset,
+            root=str(data),
+            category=name,
+            out_dir=str(out / name.replace("/", "_")),
+            model=model_cfg,
+            train=train_cfg,
             pretrained=not random_teacher,
             teacher_weights=str(teacher_weights) if teacher_weights else None,
             device=device,
@@ -382,16 +370,16 @@ def prune(
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
         finetune = finetune_config(original, steps, lr, batch_size, threads)
     job = PruneJob(
-        str(checkpoint),
-        str(out),
-        ratio,
-        multiple,
-        finetune,
-        str(data) if data else None,
-        dataset,
-        category,
-        device,
-        overwrite,
+        checkpoint=str(checkpoint),
+        out_dir=str(out),
+        ratio=ratio,
+        multiple=multiple,
+        finetune=finetune,
+        data=str(data) if data else None,
+        dataset=dataset,
+        category=category,
+        device=device,
+        overwrite=overwrite,
     )
     summary = prune_checkpoint(job, console)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -452,28 +440,28 @@ def export(
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, DATASETS)
     opts = ExportOptions(
-        checkpoint,
-        out,
-        int8,
-        fp16,
-        engine,
-        calib_data,
-        calib_dataset,
-        calib_category,
-        calib_count,
-        calib_method,
-        calib_pseudo,
-        max_drop,
-        int8_teacher,
-        int8_cpu,
-        BatchProfile.parse(batch),
-        dla_core,
-        parse_size(workspace),
-        guard_count,
+        checkpoint=checkpoint,
+        out=out,
+        int8=int8,
+        fp16=fp16,
+        engine=engine,
+        calib_data=calib_data,
+        calib_dataset=calib_dataset,
+        calib_category=calib_category,
+        calib_count=calib_count,
+        calib_method=calib_method,
+        calib_pseudo=calib_pseudo,
+        max_drop=max_drop,
+        int8_teacher=int8_teacher,
+        int8_cpu=int8_cpu,
+        batch=BatchProfile.parse(batch),
+        dla_core=dla_core,
+        workspace=parse_size(workspace),
+        guard_count=guard_count,
     ).validate()
     from rich.progress import track
 
-    from .export.pipeline import export_bundle
+    from .export.pipeline import export_bundle, require_max_drop
 
     manifest = export_bundle(
         opts, log=say, progress=lambda xs, what: track(xs, description=what, console=console)
@@ -492,19 +480,7 @@ def export(
             indent=2,
         )
     )
-    guards = [manifest["guard"] or {}] + [
-        f["guard"] for f in manifest["files"].values() if "guard" in f
-    ]
-    if any(g.get("max_drop_met") is False for g in guards):
-        console.print(
-            f"[bold red]error:[/] INT8 misses --max-drop {max_drop}: see guard in "
-            f"{escape(str(out / 'manifest.json'))}"
-        )
-        console.print(
-            "  [bold]fix:[/] use more/better calibration images (--calib-count, --calib-pseudo), another "
-            "--calib-method, a larger --max-drop, or deploy model.onnx (fp32/fp16)"
-        )
-        raise SystemExit(3)
+    require_max_drop(manifest, out, max_drop)  # exit code 5 (ExitCode.INT8_MAX_DROP)
 
 
 def _build_engines(
@@ -516,7 +492,12 @@ def _build_engines(
     bundle = load_bundle(bundle_path)
     for precision in precisions:
         request = EngineRequest(
-            bundle.root, precision, batch, bundle.model_config.image_size, workspace, dla_core
+            bundle=bundle.root,
+            precision=precision,
+            batch=batch,
+            image_size=bundle.model_config.image_size,
+            workspace=workspace,
+            dla_core=dla_core,
         )
         entry = build_engine(request, log=say)
         name, info = next(iter(entry.items()))
@@ -647,9 +628,9 @@ def run(
     from .bundle import load_bundle
     from .runtime.capture import Capture
     from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
-    from .runtime.select import create_backend, parse_workers
-    from .runtime.sinks import open_sink
-    from .runtime.sources import open_source, parse_uri
+    from .runtime.run import BackendRequest, open_run
+    from .runtime.select import parse_workers
+    from .runtime.sources import parse_uri
 
     checks.threshold("--threshold", threshold, optional=True)
     checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
@@ -673,49 +654,36 @@ def run(
         from .runtime.metrics_server import LineMetrics
 
         served = LineMetrics(metrics, log=say).start()
-    # a wrong source or sink is reported before the model loads; CSI frames come at the input size
-    source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
-    sinks: list = []
-    try:
-        for uri in sink:
-            # a recording plays at the source's rate (25 fps when the source does not tell)
-            fps = getattr(source_handle, "fps", None) or 25.0
-            sinks.append(open_sink(uri, headless, fps=fps, camera=camera, log=say))
-        # ORT pool threads stop spinning when a run returns: the gap belongs to capture and sinks
-        chosen = create_backend(
-            loaded,
-            backend,
-            precision,
-            max_batch=batch,
-            threads=threads,
-            log=say,
-            spin=not no_spin,
-            spin_between_runs=False,
-            workers=in_flight,
-        )
-    except BaseException:
-        for opened in sinks:
-            opened.close()
-        source_handle.close()
-        raise
-    thr = loaded.threshold_for(chosen.bundle_file) if threshold is None else threshold
-    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.bundle_file})")
+    # a wrong source or sink is reported before the model loads
+    request = BackendRequest(
+        backend=backend,
+        precision=precision,
+        max_batch=batch,
+        threads=threads,
+        spin=not no_spin,
+        workers=in_flight,
+    )
+    source_handle, sinks, chosen = open_run(
+        loaded, spec, sink, headless, request, camera=camera, log=say
+    )
+    thr = loaded.threshold_for(chosen.file) if threshold is None else threshold
+    say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.file})")
     config = RunConfig(
-        thr,
-        thr if pixel_threshold is None else pixel_threshold,
-        batch,
-        max_frames,
+        threshold=thr,
+        pixel_threshold=thr if pixel_threshold is None else pixel_threshold,
+        batch=batch,
+        max_frames=max_frames,
         stats_json=stats_json,
         extra={"source": source, "bundle": str(bundle)},
         workers=chosen.workers,
     )
     capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
-    pipeline = Pipeline(loaded, chosen, sinks, config, log=say)
+    pipeline = Pipeline(loaded, chosen.backend, sinks, config, log=say)
     pipeline.install_signal_handlers()
     from .runtime.watch import watch_for_run
 
     watch = watch_for_run(
-        camera, loaded, str(bundle), chosen.bundle_file, thr, threshold is not None, spec,
+        camera, loaded, str(bundle), chosen.file, thr, threshold is not None, spec,
         source, sinks, log=say, ng_frames=ng_warn_frames, ng_rate=ng_warn_rate,
         drift_window=drift_window, drift_psi=drift_psi,
     )  # fmt: skip
@@ -822,7 +790,8 @@ def report(
         "many ms (per device), or say that none fits",
     ),
 ):
-    """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation (no torch)."""
+    """Latency/accuracy trade-off across bench results: table, Pareto front, recommendation
+    (no torch)."""
     from .tradeoff import budget_sentence, write_report
 
     checks.number("--max-drop", max_drop, 0, note="points of accuracy")
@@ -875,13 +844,15 @@ def calibrate_threshold(
     # CSI frames scaled to the input size, as in `run`
     source_handle = open_source(spec, (loaded.preprocess.width, loaded.preprocess.height))
     try:
-        scores = score_source(source_handle, chosen, make_preprocess(loaded), batch, max_frames)
+        scores = score_source(
+            source_handle, chosen.backend, make_preprocess(loaded), batch, max_frames
+        )
     finally:
         chosen.close()
-    before = loaded.threshold_for(chosen.bundle_file)
-    _, summary = calibrate(loaded, chosen.bundle_file, scores, false_alarm_rate, source, log=say)
+    before = loaded.threshold_for(chosen.file)
+    _, summary = calibrate(loaded, chosen.file, scores, false_alarm_rate, source, log=say)
     say(
-        f"{chosen.bundle_file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
+        f"{chosen.file}: threshold {before:.4f} -> {summary['threshold']:.4f} "
         f"({summary['count']} good frames, median {summary['p50']:.4f}, max {summary['max']:.4f})"
     )
     typer.echo(json.dumps(summary, indent=2))
@@ -900,8 +871,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="the checks as JSO
 
 
 def main() -> None:
-    """Entry point: usage errors exit 2 (typer), DmgrdError prints the problem and the fix
-    (exit 2), a lost source ends `run` with 3, a file that cannot be read or written with 4."""
+    """Entry point: DmgrdError prints the problem and the fix and exits with its kind's code;
+    every code is in dmgrd_edge/errors.py (ExitCode, MEANINGS) and the README."""
     try:
         app()
     except DmgrdError as exc:
@@ -918,12 +889,13 @@ def main() -> None:
             f"[bold red]error:[/] cannot read or write{escape(where)}: {reason}", soft_wrap=True
         )
         console.print(
-            "  [bold]fix:[/] check free disk space, permissions and that the path's device is mounted"
+            "  [bold]fix:[/] check free disk space, permissions and that the path's device "
+            "is mounted"
         )
-        sys.exit(EXIT_IO)
+        sys.exit(ExitCode.IO)
     except KeyboardInterrupt:
         console.print("interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class PreprocessConfig:
         return cls(**data)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The DM-GRD network's shape and inference rules.
 
@@ -237,7 +237,7 @@ def model_config_from_options(**options: Any) -> ModelConfig:
     return ModelConfig(**options)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation settings (defaults are the authors': Adam 0.005, batch 8, 5000 steps)."""
 
@@ -282,3 +282,46 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def train_config_from_options(
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    seed: int,
+    val_every: int,
+    checkpoint_every: int,
+    threads: int,
+    texture_dir: Any = None,
+    amp: bool = True,
+    without_loss: tuple[str, ...] = (),
+) -> TrainConfig:
+    """A TrainConfig from `train`'s options, each number checked under its option's name
+    (the warm-up is cut to the steps); the loss terms in ``without_loss`` get weight 0."""
+    checks.integer("--steps", steps, 1)
+    checks.integer(
+        "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
+    )
+    checks.number("--lr", lr, 0, lo_open=True)
+    checks.integer("--warmup-steps", warmup_steps, 0)
+    checks.integer("--seed", seed, 0)
+    checks.integer("--val-every", val_every, 1)
+    checks.integer("--checkpoint-every", checkpoint_every, 1)
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    for term in without_loss:
+        choose("--without-loss term", term, LOSS_TERMS)
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(warmup_steps, steps),
+        seed=seed,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
+        texture_dir=str(texture_dir) if texture_dir else None,
+        amp=amp,
+        threads=threads,
+        **{f"{term}_weight": 0.0 for term in without_loss},
+    )

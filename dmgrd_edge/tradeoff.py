@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError, choose
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Variant:
     name: str
     device: str
@@ -118,7 +118,9 @@ def load_result(path: Path) -> Variant:
         data.get("label") or f"{model.get('backbone', '?')}{pruned}"
     )  # `dmgrd-edge bench --label`
     return Variant(
-        name=f"{label} {backend.get('precision', '?')} ({file_name}, {backend.get('backend', '?')})",
+        name=(
+            f"{label} {backend.get('precision', '?')} ({file_name}, {backend.get('backend', '?')})"
+        ),
         device=_device_label(data.get("device", {}), backend),
         backbone=str(model.get("backbone", "?")),
         image_size=int(model.get("image_size", 0)),
@@ -226,9 +228,9 @@ def _pct(value: float | None) -> str:
 
 
 NOTES = (
-    "Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of repeated "
-    "runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies compare only within one "
-    "device."
+    "Latency: backend call on a preprocessed batch (dmgrd-edge bench), median (p50) and p99 of "
+    "repeated runs after warm-up. Accuracy: the bench's test set, numpy metrics. Latencies "
+    "compare only within one device."
 )
 COLUMNS = (
     "variant",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ CANDIDATES = 5000  # label spots considered per label, the nearest ones
 KEY_LINE_IN = 0.2  # height of one line of the key, inches
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Panel:
     device: str
     metric: str
@@ -320,25 +320,9 @@ class _NoRoom(Exception):
     pass
 
 
-def build_figure(
-    variants: list[Variant],
-    metrics: tuple[str, ...],
-    picks: dict,
-    budget_ms: float | None,
-    budget_picks: dict,
-    rec_text: str,
-    height_scale: float = 1.0,
-    numbered: bool = False,
-) -> tuple[Figure, list[Panel]]:
-    """The figure (not yet saved) and its panels, for tests to inspect. ``numbered``: label
-    the points with numbers and add a key per device."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no GUI, no global backend
-    from matplotlib.figure import Figure
-
-    from .tradeoff import METRICS, pareto_flags
-
-    devices = sorted({v.device for v in variants})
-    colours = _colours(variants)
+def _names_and_numbers(variants: list[Variant], devices: list[str]):
+    """The names of the points (without what every variant shares), the numbers they get
+    in a key (fastest first per device), and the shared prefix."""
     prefix = shared_prefix([short_label(v) for v in variants])
     names = {
         id(v): short_label(v)[len(prefix) :].strip() if prefix else short_label(v) for v in variants
@@ -347,6 +331,13 @@ def build_figure(
     for device in devices:
         mine = sorted((v for v in variants if v.device == device), key=lambda v: v.ms_b1_p50)
         numbers.update({id(v): k + 1 for k, v in enumerate(mine)})
+    return names, numbers, prefix
+
+
+def _make_figure(variants, devices, metrics, prefix: str, height_scale: float, numbered: bool):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no GUI, no global backend
+    from matplotlib.figure import Figure
+
     row_in = PANEL_IN[1] * height_scale
     if numbered:  # the key lists every variant of the device
         most = max(sum(v.device == d for v in variants) for d in devices)
@@ -367,34 +358,77 @@ def build_figure(
     if prefix:
         title += f"\nall variants: {prefix} (left out of the names)"
     fig.suptitle(title, fontsize=12)
+    return fig, axes
+
+
+def _label_panel(fig, entry, budget_ms, texts_of, colours) -> Panel:
+    """Labels of one drawn panel, placed in its final pixels."""
+    ax, device, metric, scored, xs, ys, front, on_front, markers, sizes = entry
+    points = ax.transData.transform(np.column_stack([xs, ys]))
+    front_line = points[on_front]
+    lines = [np.column_stack([front_line[:-1], front_line[1:]])]
+    frame = ax.get_window_extent()
+    if budget_ms is not None:
+        bx = ax.transData.transform([(budget_ms, 0)])[0, 0]
+        lines.append(np.array([[bx, frame.y0, bx, frame.y1]]))
+    first = sorted(range(len(scored)), key=lambda i: (not front[i], xs[i]))
+    labels, leaders = _place_labels(
+        fig,
+        ax,
+        [texts_of(v) for v in scored],
+        [colours[v.precision] for v in scored],
+        points,
+        sizes,
+        np.concatenate(lines),
+        first,
+    )
+    return Panel(
+        device=device,
+        metric=metric,
+        ax=ax,
+        variants=scored,
+        labels=labels,
+        leaders=leaders,
+        markers=markers,
+    )
+
+
+def build_figure(
+    variants: list[Variant],
+    metrics: tuple[str, ...],
+    picks: dict,
+    budget_ms: float | None,
+    budget_picks: dict,
+    rec_text: str,
+    height_scale: float = 1.0,
+    numbered: bool = False,
+) -> tuple[Figure, list[Panel]]:
+    """The figure (not yet saved) and its panels, for tests to inspect. ``numbered``: label
+    the points with numbers and add a key per device."""
+    from .tradeoff import METRICS, pareto_flags
+
+    devices = sorted({v.device for v in variants})
+    colours = _colours(variants)
+    names, numbers, prefix = _names_and_numbers(variants, devices)
+    fig, axes = _make_figure(variants, devices, metrics, prefix, height_scale, numbered)
+    marks = _Marks(
+        picks=picks,
+        budget_ms=budget_ms,
+        budget_picks=budget_picks,
+        metric_names=METRICS,
+        pareto_flags=pareto_flags,
+        zoom=numbered,
+    )
     todo = []
     for r, device in enumerate(devices):
         mine = [v for v in variants if v.device == device]
         for c, metric in enumerate(metrics):
-            entry = _draw_panel(
-                axes[r, c],
-                device,
-                metric,
-                mine,
-                colours,
-                picks,
-                budget_ms,
-                budget_picks,
-                METRICS,
-                pareto_flags,
-                numbered,
-            )
+            entry = _draw_panel(axes[r, c], device, metric, mine, colours, marks)
             if entry is not None:
                 todo.append(entry)
         if numbered:
-            _draw_key(
-                axes[r, -1],
-                device,
-                sorted(mine, key=lambda v: v.ms_b1_p50),
-                names,
-                numbers,
-                colours,
-            )
+            by_speed = sorted(mine, key=lambda v: v.ms_b1_p50)
+            _draw_key(axes[r, -1], device, by_speed, names, numbers, colours)
     fig.legend(
         handles=_legend(colours, rec_text, budget_ms),
         loc="outside lower center",
@@ -404,70 +438,81 @@ def build_figure(
     )
     fig.canvas.draw()  # fixes the layout; labels are placed in the panels' final pixels
     fig.set_layout_engine("none")
-    panels = []
-    for ax, device, metric, scored, xs, ys, front, on_front, markers, sizes in todo:
-        points = ax.transData.transform(np.column_stack([xs, ys]))
-        front_line = points[on_front]
-        lines = [np.column_stack([front_line[:-1], front_line[1:]])]
-        frame = ax.get_window_extent()
-        if budget_ms is not None:
-            bx = ax.transData.transform([(budget_ms, 0)])[0, 0]
-            lines.append(np.array([[bx, frame.y0, bx, frame.y1]]))
-        texts = [str(numbers[id(v)]) if numbered else names[id(v)] for v in scored]
-        first = sorted(range(len(scored)), key=lambda i: (not front[i], xs[i]))
-        labels, leaders = _place_labels(
-            fig,
-            ax,
-            texts,
-            [colours[v.precision] for v in scored],
-            points,
-            sizes,
-            np.concatenate(lines),
-            first,
+
+    def texts_of(v) -> str:
+        return str(numbers[id(v)]) if numbered else names[id(v)]
+
+    return fig, [_label_panel(fig, entry, budget_ms, texts_of, colours) for entry in todo]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Marks:
+    """What every panel marks: the recommended pick, the budget and its pick, the metric
+    names, the front rule, and whether the x axis zooms (numbered labels)."""
+
+    picks: dict
+    budget_ms: float | None
+    budget_picks: dict
+    metric_names: dict
+    pareto_flags: Callable
+    zoom: bool
+
+
+def _no_metric(ax, name: str) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        f"no {name} in these results\n(run bench with --data)",
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="tab:red",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mark_picks(ax, device, metric, scored, xs, ys, sizes, marks: _Marks) -> None:
+    """The star on the recommended variant, the budget line and the square on its pick."""
+    pick = marks.picks.get(device)
+    if pick in scored:
+        i = scored.index(pick)
+        ax.plot(xs[i], ys[i], "*", ms=STAR_PT, mfc="none", mec="black", mew=1.3, zorder=5)
+        sizes[i] = STAR_PT * 0.8  # the star's arms leave room between them
+    budget_ms = marks.budget_ms
+    if budget_ms is None:
+        return
+    ax.axvline(budget_ms, color="tab:red", ls="--", lw=1.1, zorder=1)
+    inside = marks.budget_picks.get(device)
+    if inside in scored:
+        i = scored.index(inside)
+        ax.plot(xs[i], ys[i], "s", ms=SQUARE_PT, mfc="none", mec="tab:red", mew=1.3, zorder=5)
+        sizes[i] = max(sizes[i], SQUARE_PT * 1.1)
+    else:
+        ax.set_title(
+            f"{device}: {marks.metric_names[metric]} vs latency; none within {budget_ms:g} ms",
+            fontsize=10.5,
         )
-        panels.append(Panel(device, metric, ax, scored, labels, leaders, markers))
-    return fig, panels
 
 
-def _draw_panel(
-    ax,
-    device,
-    metric,
-    mine,
-    colours,
-    picks,
-    budget_ms,
-    budget_picks,
-    metric_names,
-    pareto_flags,
-    zoom,
-):
+def _draw_panel(ax, device, metric, mine, colours, marks: _Marks):
     """Axes, points, front and marks of one panel; what label placement needs, or None
     for a panel without that metric."""
-    ax.set_title(f"{device}: {metric_names[metric]} vs latency", fontsize=10.5)
+    name = marks.metric_names[metric]
+    ax.set_title(f"{device}: {name} vs latency", fontsize=10.5)
     ax.set_xlabel("latency per image, batch 1, p50 (ms)", fontsize=10)
-    ax.set_ylabel(f"{metric_names[metric]} (%)", fontsize=10)
+    ax.set_ylabel(f"{name} (%)", fontsize=10)
     ax.tick_params(labelsize=9.5)
     ax.grid(True, color="0.9", lw=0.8)
     scored = [v for v in mine if getattr(v, metric) is not None]
     if not scored:
-        ax.text(
-            0.5,
-            0.5,
-            f"no {metric_names[metric]} in these results\n(run bench with --data)",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize=10,
-            color="tab:red",
-        )
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _no_metric(ax, name)
         return None
     xs = np.array([v.ms_b1_p50 for v in scored])
     ys = np.array([100 * getattr(v, metric) for v in scored])
-    front = pareto_flags(scored, metric)
-    ax.set_xlim(*_x_limits(xs, budget_ms, zoom))
+    front = marks.pareto_flags(scored, metric)
+    ax.set_xlim(*_x_limits(xs, marks.budget_ms, marks.zoom))
     lo, hi, ticks = _y_limits(ys)
     ax.set_ylim(lo, hi)
     ax.set_yticks(ticks)
@@ -488,23 +533,7 @@ def _draw_panel(
             mew=1.6,
         )
     sizes = np.full(len(scored), MARKER_PT)
-    pick = picks.get(device)
-    if pick in scored:
-        i = scored.index(pick)
-        ax.plot(xs[i], ys[i], "*", ms=STAR_PT, mfc="none", mec="black", mew=1.3, zorder=5)
-        sizes[i] = STAR_PT * 0.8  # the star's arms leave room between them
-    if budget_ms is not None:
-        ax.axvline(budget_ms, color="tab:red", ls="--", lw=1.1, zorder=1)
-        inside = budget_picks.get(device)
-        if inside in scored:
-            i = scored.index(inside)
-            ax.plot(xs[i], ys[i], "s", ms=SQUARE_PT, mfc="none", mec="tab:red", mew=1.3, zorder=5)
-            sizes[i] = max(sizes[i], SQUARE_PT * 1.1)
-        else:
-            ax.set_title(
-                f"{device}: {metric_names[metric]} vs latency; none within {budget_ms:g} ms",
-                fontsize=10.5,
-            )
+    _mark_picks(ax, device, metric, scored, xs, ys, sizes, marks)
     return ax, device, metric, scored, xs, ys, front, on_front, markers, sizes
 
 

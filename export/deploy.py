@@ -29,8 +29,9 @@ from torch import nn
 
 
 class SubPixelInterleave(nn.Module):
-    """[N, 4C, H, W] with channel (a*2+b)*C + c -> [N, C, 2H, 2W] with y[c, 2i+a, 2j+b] = x[(a*2+b)*C + c, i, j],
-    through channels-last (see the module text). Static H, W; any batch."""
+    """[N, 4C, H, W] with channel (a*2+b)*C + c -> [N, C, 2H, 2W] with
+    y[c, 2i+a, 2j+b] = x[(a*2+b)*C + c, i, j], through channels-last (see the module text).
+    Static H, W; any batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, c4, h, w = x.shape

@@ -127,7 +127,8 @@ def check_interface(proto: onnx.ModelProto, batch: BatchProfile, image_size: int
         )
     if [o.name for o in proto.graph.output] != OUTPUT_NAMES:
         raise ExportError(
-            f"exported graph has outputs {[o.name for o in proto.graph.output]}, expected {OUTPUT_NAMES}"
+            f"exported graph has outputs {[o.name for o in proto.graph.output]}, expected "
+            f"{OUTPUT_NAMES}"
         )
     dims = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
     expected = ["batch" if batch.dynamic else batch.min, 3, image_size, image_size]
@@ -177,7 +178,8 @@ def check_parity(
         if not (np.isfinite(ort_map).all() and np.isfinite(ort_score).all()):
             raise ExportError(
                 f"{onnx_path.name} produces non-finite values (overflow) on real images",
-                "this is a bug in the export's precision plan (export/precision.py); please report it",
+                "this is a bug in the export's precision plan (export/precision.py); "
+                "please report it",
             )
         ref = model(torch.from_numpy(chunk))
         ref_map, ref_score = ref.anomaly_map.numpy(), ref.score.numpy()
@@ -188,7 +190,8 @@ def check_parity(
     parity = Parity(rel, absolute, len(images))
     if rel > score_rtol or absolute > map_atol:
         raise ExportError(
-            f"ONNX output differs from PyTorch: score rel. error {rel:.2e} (limit {score_rtol:.0e}), "
+            f"ONNX output differs from PyTorch: score rel. error {rel:.2e} (limit "
+            f"{score_rtol:.0e}), "
             f"map abs. error {absolute:.2e} (limit {map_atol:.0e})",
             "this is a bug in the export; please report it with the checkpoint",
         )

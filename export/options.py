@@ -1,4 +1,5 @@
-"""Export options, validated as a whole before any work starts (one table of outputs)."""
+"""Export options, validated as a whole before any work starts; the files they ask for are
+entries of the catalog (dmgrd_edge/catalog.py)."""
 
 from __future__ import annotations
 
@@ -11,31 +12,6 @@ from dmgrd_edge.bundle import check_out
 from dmgrd_edge.errors import ConfigError, choose
 
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
-
-# output -> (file name, precision, what asks for it)
-OUTPUTS = {
-    "onnx-fp32": ("model.onnx", "fp32", "always"),
-    "onnx-int8": (
-        "model.int8.onnx",
-        "int8",
-        "--int8 (explicit Q/DQ for TensorRT: symmetric int8, per-channel weights)",
-    ),
-    "onnx-int8-cpu": (
-        "model.int8-cpu.onnx",
-        "int8",
-        "--int8 unless --no-int8-cpu (Q/DQ for ONNX Runtime's CPU provider: uint8 activations)",
-    ),
-    "onnx-fp16": (
-        "model.fp16.onnx",
-        "fp16",
-        "--fp16 (FP16-typed graph for strongly typed TensorRT 11)",
-    ),
-    "engine": (
-        "engines/model.<precision>.<gpu>.trt<version>.engine",
-        "as built",
-        "--engine (needs TensorRT)",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -78,7 +54,7 @@ def parse_size(text: str) -> int:
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportOptions:
     checkpoint: Path
     out: Path
@@ -146,6 +122,7 @@ class ExportOptions:
         return ["tensorrt"] + (["cpu"] if self.int8_cpu else []) if self.int8 else []
 
     def planned_outputs(self) -> list[str]:
+        """Catalog keys of the files this export writes."""
         names = ["onnx-fp32"]
         names += ["onnx-int8"] if self.int8 else []
         names += ["onnx-int8-cpu"] if self.int8 and self.int8_cpu else []

@@ -11,13 +11,14 @@ import datetime as dt
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
 
-from dmgrd_edge import __version__
+from dmgrd_edge import __version__, catalog
 from dmgrd_edge.bundle import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -27,10 +28,13 @@ from dmgrd_edge.bundle import (
     staging_dir,
 )
 from dmgrd_edge.data.preprocess import normalize
-from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.errors import ConfigError, GuardError
 
 from .graph_check import require_trt_compatible
-from .options import OUTPUTS, ExportOptions
+from .options import ExportOptions
+
+FP32_ONNX = catalog.by_key("onnx-fp32").name
+FP16_ONNX = catalog.by_key("onnx-fp16").name
 
 
 @contextlib.contextmanager
@@ -61,22 +65,17 @@ def _calibration_source(opts: ExportOptions, meta: dict) -> tuple[Path, str | No
     return Path(meta["root"]), meta["dataset"], meta["category"]
 
 
-def export_bundle(
-    opts: ExportOptions, log: Callable[[str], None] = print, progress=None
-) -> dict[str, Any]:
-    """Run the whole export; returns the manifest written."""
-    from dmgrd_edge.calib.data import collect
-    from dmgrd_edge.train.checkpoint import load_model
+@dataclass
+class _ModelFiles:
+    """What the export wrote into the staging folder, for the manifest."""
 
-    from .onnx_export import check_parity, torch_to_onnx
+    files: dict[str, dict]
+    parity: dict[str, Any]
+    calibration: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None
 
-    opts.validate()
-    for name in opts.planned_outputs():
-        file_name, precision, _ = OUTPUTS[name]
-        log(f"will write {file_name} ({precision})")
-    timings: dict[str, float] = {}
-    model, payload = load_model(opts.checkpoint)
-    meta, cfg = payload["metadata"], model.config
+
+def _check_checkpoint(opts: ExportOptions, cfg, meta: dict) -> None:
     if "score_stats" not in meta:
         from dmgrd_edge.train.checkpoint import CheckpointError
 
@@ -86,10 +85,17 @@ def export_bundle(
         )
     if opts.int8 and not cfg.uses_student and not opts.int8_teacher:
         raise ConfigError(
-            "the nearest-neighbour baseline's only layers to quantize for TensorRT are its teacher's",
-            "add --int8-teacher (the CPU form quantizes the teacher anyway), or export without --int8",
+            "the nearest-neighbour baseline's only layers to quantize for TensorRT are "
+            "its teacher's",
+            "add --int8-teacher (the CPU form quantizes the teacher anyway), "
+            "or export without --int8",
         )
-    pre = cfg.preprocess()
+
+
+def _collect(opts: ExportOptions, meta: dict, pre, timings: dict, log, progress):
+    """Calibration and guard images (calib/data.py), read through the shared preprocess."""
+    from dmgrd_edge.calib.data import collect
+
     source, dataset, category = _calibration_source(opts, meta)
     with step(log, "read calibration and guard images", timings):
         data = collect(
@@ -105,83 +111,112 @@ def export_bundle(
         )
     for warning in data.warnings:
         log(f"warning: {warning}")
+    return data
+
+
+def _write_model_files(opts, staging: Path, model, data, pre, threshold: float, timings, log):
+    """Every ONNX file of the plan into ``staging``, each checked, with its threshold."""
+    from .onnx_export import check_parity, torch_to_onnx
+
+    fp32_path = staging / FP32_ONNX
+    with step(log, "export fp32 ONNX", timings):
+        proto = torch_to_onnx(model, fp32_path, opts.batch, model.config.image_size)
+        graph = require_trt_compatible(proto, FP32_ONNX)
+    with step(log, "check ONNX Runtime vs PyTorch parity", timings):
+        parity = check_parity(model, fp32_path, normalize(data.guard_images, pre), opts.batch)
+    written = _ModelFiles(files={}, parity={"fp32_onnxruntime_vs_torch": parity.as_dict()})
+    written.files[FP32_ONNX] = file_entry(
+        fp32_path, "onnx", "fp32", opset=graph.opset, nodes=sum(graph.op_counts.values())
+    )
+    if opts.int8:
+        written.calibration, written.guard = _int8(
+            opts, staging, proto, data, pre, written.files, timings, log
+        )
+    if opts.fp16:
+        with step(log, "export FP16-typed ONNX", timings):
+            written.files[FP16_ONNX], written.parity["fp16_onnxruntime_vs_torch_fp32"] = _fp16(
+                staging, model, opts, normalize(data.guard_images, pre)
+            )
+    with step(log, "per-precision thresholds", timings):
+        _precision_thresholds(staging, written.files, data, pre, threshold, log)
+    return written
+
+
+def _io_shapes(opts: ExportOptions, size: int) -> dict[str, list]:
+    batch = "batch" if opts.batch.dynamic else opts.batch.min
+    return {
+        "inputs": [{"name": "image", "dtype": "float32", "shape": [batch, 3, size, size]}],
+        "outputs": [
+            {"name": "anomaly_map", "dtype": "float32", "shape": ["batch", 1, size, size]},
+            {"name": "score", "dtype": "float32", "shape": ["batch"]},
+        ],
+    }
+
+
+def _source_record(opts: ExportOptions, meta: dict, step_done: int) -> dict[str, Any]:
+    return {
+        "checkpoint": Path(opts.checkpoint).name,
+        "checkpoint_sha256": sha256_file(opts.checkpoint),
+        "dataset": meta.get("dataset"),
+        "root": meta.get("root"),
+        "category": meta.get("category"),
+        "step": step_done,
+        "teacher_weights": meta.get("teacher_weights"),
+        # a pruned checkpoint (dmgrd-edge prune): the cut, without the per-group widths
+        "pruning": (
+            {k: v for k, v in meta["pruning"].items() if k not in ("widths", "from")}
+            if meta.get("pruning")
+            else None
+        ),
+    }
+
+
+def _manifest(opts, model, payload, written: _ModelFiles, timings) -> dict[str, Any]:
+    cfg, meta = model.config, payload["metadata"]
+    shapes = _io_shapes(opts, cfg.image_size)
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": cfg.to_dict(),
+        "preprocess": cfg.preprocess().to_dict(),
+        "inputs": shapes["inputs"],
+        "outputs": shapes["outputs"],
+        "batch": {"min": opts.batch.min, "opt": opts.batch.opt, "max": opts.batch.max},
+        "threshold": float(meta["score_stats"]["threshold"]),
+        "score_stats": meta["score_stats"],
+        "files": written.files,
+        "versions": _versions(),
+        "source": _source_record(opts, meta, payload["step"]),
+        "parity": written.parity,
+        "calibration": written.calibration,
+        "guard": written.guard,
+        "export_seconds": timings,
+        "memory_bank_bytes": model.deployed_memory_bytes(),
+    }
+
+
+def export_bundle(
+    opts: ExportOptions, log: Callable[[str], None] = print, progress=None
+) -> dict[str, Any]:
+    """Run the whole export; returns the manifest written."""
+    from dmgrd_edge.train.checkpoint import load_model
+
+    opts.validate()
+    for name in opts.planned_outputs():
+        planned = catalog.by_key(name)
+        log(f"will write {planned.name} ({planned.precision or 'as built'})")
+    timings: dict[str, float] = {}
+    model, payload = load_model(opts.checkpoint)
+    meta, cfg = payload["metadata"], model.config
+    _check_checkpoint(opts, cfg, meta)
+    pre = cfg.preprocess()
+    data = _collect(opts, meta, pre, timings, log, progress)
     staging = staging_dir(opts.out)
     try:
-        files: dict[str, dict] = {}
-        fp32_path = staging / "model.onnx"
-        with step(log, "export fp32 ONNX", timings):
-            proto = torch_to_onnx(model, fp32_path, opts.batch, cfg.image_size)
-            graph = require_trt_compatible(proto, "model.onnx")
-        with step(log, "check ONNX Runtime vs PyTorch parity", timings):
-            parity = check_parity(model, fp32_path, normalize(data.guard_images, pre), opts.batch)
-        files["model.onnx"] = file_entry(
-            fp32_path, "onnx", "fp32", opset=graph.opset, nodes=sum(graph.op_counts.values())
-        )
-        calibration, guard = None, None
-        if opts.int8:
-            calibration, guard = _int8(opts, staging, proto, data, pre, files, timings, log)
-        parities = {"fp32_onnxruntime_vs_torch": parity.as_dict()}
-        if opts.fp16:
-            with step(log, "export FP16-typed ONNX", timings):
-                files["model.fp16.onnx"], parities["fp16_onnxruntime_vs_torch_fp32"] = _fp16(
-                    staging, model, opts, normalize(data.guard_images, pre)
-                )
-        with step(log, "per-precision thresholds", timings):
-            _precision_thresholds(
-                staging, files, data, pre, float(meta["score_stats"]["threshold"]), log
-            )
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": cfg.to_dict(),
-            "preprocess": pre.to_dict(),
-            "inputs": [
-                {
-                    "name": "image",
-                    "dtype": "float32",
-                    "shape": [
-                        "batch" if opts.batch.dynamic else opts.batch.min,
-                        3,
-                        cfg.image_size,
-                        cfg.image_size,
-                    ],
-                }
-            ],
-            "outputs": [
-                {
-                    "name": "anomaly_map",
-                    "dtype": "float32",
-                    "shape": ["batch", 1, cfg.image_size, cfg.image_size],
-                },
-                {"name": "score", "dtype": "float32", "shape": ["batch"]},
-            ],
-            "batch": {"min": opts.batch.min, "opt": opts.batch.opt, "max": opts.batch.max},
-            "threshold": float(meta["score_stats"]["threshold"]),
-            "score_stats": meta["score_stats"],
-            "files": files,
-            "versions": _versions(),
-            "source": {
-                "checkpoint": Path(opts.checkpoint).name,
-                "checkpoint_sha256": sha256_file(opts.checkpoint),
-                "dataset": meta.get("dataset"),
-                "root": meta.get("root"),
-                "category": meta.get("category"),
-                "step": payload["step"],
-                "teacher_weights": meta.get("teacher_weights"),
-                # a pruned checkpoint (dmgrd-edge prune): the cut, without the per-group widths
-                "pruning": (
-                    {k: v for k, v in meta["pruning"].items() if k not in ("widths", "from")}
-                    if meta.get("pruning")
-                    else None
-                ),
-            },
-            "parity": parities,
-            "calibration": calibration,
-            "guard": guard,
-            "export_seconds": timings,
-            "memory_bank_bytes": model.deployed_memory_bytes(),
-        }
+        threshold = float(meta["score_stats"]["threshold"])
+        written = _write_model_files(opts, staging, model, data, pre, threshold, timings, log)
+        manifest = _manifest(opts, model, payload, written, timings)
         out = commit_bundle(staging, opts.out, manifest)
         log(f"wrote bundle {out}")
         return manifest
@@ -197,8 +232,8 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
     from dmgrd_edge.calib.guard import run_onnx
 
     normals = data.guard_images[data.guard_labels == 0]
-    reference = np.median(run_onnx(staging / "model.onnx", normals, pre)[1])
-    files["model.onnx"].update(
+    reference = np.median(run_onnx(staging / FP32_ONNX, normals, pre)[1])
+    files[FP32_ONNX].update(
         threshold=base, threshold_rule="mean + 3 std of validation normal scores"
     )
     for name in [
@@ -208,20 +243,11 @@ def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, lo
         files[name].update(
             threshold=base + shift,
             score_shift_vs_fp32=shift,
-            threshold_rule=f"fp32 threshold + median score shift on {len(normals)} held-out normals",
+            threshold_rule=(
+                f"fp32 threshold + median score shift on {len(normals)} held-out normals"
+            ),
         )
         log(f"{name}: scores shifted by {shift:+.4f} vs fp32; threshold {base + shift:.4f}")
-
-
-# target -> (file name, ONNX Runtime / TensorRT consumer, graph must pass the TensorRT check)
-INT8_FILES = {
-    "tensorrt": (
-        OUTPUTS["onnx-int8"][0],
-        "TensorRT (and ONNX Runtime's CUDA/TensorRT providers)",
-        True,
-    ),
-    "cpu": (OUTPUTS["onnx-int8-cpu"][0], "ONNX Runtime CPU provider", False),
-}
 
 
 def _int8(opts, staging, proto, data, pre, files, timings, log):
@@ -230,7 +256,7 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
     from dmgrd_edge.calib.data import CalibrationReader
     from dmgrd_edge.calib.guard import run_onnx
 
-    fp32_path = staging / "model.onnx"
+    fp32_path = staging / FP32_ONNX
     reader = CalibrationReader(
         data.calibration, pre, batch_size=1 if opts.batch.dynamic else opts.batch.min
     )
@@ -240,10 +266,10 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
         quant, guard = result[target] = _int8_target(
             target, opts, staging, proto, data, pre, reader, reference, timings, log
         )
-        name = INT8_FILES[target][0]
+        name = catalog.int8_file(target).name
         extra = {
             "target": target,
-            "runs_on": INT8_FILES[target][1],
+            "runs_on": catalog.int8_file(target).consumer,
             "quantized_layers": quant["quantized_layers"],
         }
         if target != "tensorrt":
@@ -260,92 +286,107 @@ def _int8(opts, staging, proto, data, pre, files, timings, log):
     return calibration, guard
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Int8Job:
+    """One INT8 file to write and check: its target, paths, calibration reader, guard set
+    and the fp32 reference outputs on it."""
+
+    opts: ExportOptions
+    target: str
+    fp32_path: Path
+    int8_path: Path
+    reader: Any
+    data: Any
+    pre: Any
+    always_fp32: list[str]
+    cache: Path
+    reference: tuple
+    log: Callable[[str], None]
+    timings: dict
+
+    def quantize(self, kept_fp32: Sequence[str] = ()) -> dict:
+        from dmgrd_edge.calib.quantize import quantize_qdq
+
+        return quantize_qdq(
+            self.fp32_path,
+            self.int8_path,
+            self.reader,
+            self.opts.calib_method,
+            self.always_fp32 + list(kept_fp32),
+            self.cache,
+            self.target,
+        )
+
+    def guard(self) -> dict:
+        from dmgrd_edge.calib.guard import compare, run_onnx
+
+        data = self.data
+        return compare(
+            self.reference,
+            run_onnx(self.int8_path, data.guard_images, self.pre),
+            data.guard_labels,
+            data.guard_masks,
+        )
+
+
 def _int8_target(target, opts, staging, proto, data, pre, reader, reference, timings, log):
-    from dmgrd_edge.calib.guard import compare, run_onnx, within
-    from dmgrd_edge.calib.quantize import quantize_qdq
+    from dmgrd_edge.calib.guard import within
 
     from .onnx_export import int8_excluded_nodes
 
-    name, _, trt_check = INT8_FILES[target]
-    fp32_path, int8_path = staging / "model.onnx", staging / name
-    cache = staging / f".calibration-ranges.{target}.json"
-    always_fp32 = int8_excluded_nodes(proto, opts.int8_teacher or target == "cpu")
+    planned = catalog.int8_file(target)
+    name = planned.name
+    job = _Int8Job(
+        opts=opts,
+        target=target,
+        fp32_path=staging / FP32_ONNX,
+        int8_path=staging / name,
+        reader=reader,
+        data=data,
+        pre=pre,
+        always_fp32=int8_excluded_nodes(proto, opts.int8_teacher or target == "cpu"),
+        cache=staging / f".calibration-ranges.{target}.json",
+        reference=reference,
+        log=log,
+        timings=timings,
+    )
     with step(
         log,
         f"{name}: calibrate ({opts.calib_method}, {len(data.calibration)} images) and quantize",
         timings,
     ):
-        quant = quantize_qdq(
-            fp32_path, int8_path, reader, opts.calib_method, always_fp32, cache, target
-        )
-        if trt_check:
-            require_trt_compatible(str(int8_path), name)
+        quant = job.quantize()
+        if planned.trt_parsable:
+            require_trt_compatible(str(job.int8_path), name)
     with step(log, f"{name}: accuracy guard fp32 vs int8", timings):
-        guard = compare(
-            reference,
-            run_onnx(int8_path, data.guard_images, pre),
-            data.guard_labels,
-            data.guard_masks,
-        )
+        guard = job.guard()
     guard["kept_in_higher_precision"] = []
     if opts.max_drop is not None and not within(guard, opts.max_drop):
-        guard = _fit_drop(
-            opts,
-            target,
-            fp32_path,
-            int8_path,
-            reader,
-            data,
-            pre,
-            always_fp32,
-            cache,
-            reference,
-            log,
-            timings,
-        )
+        guard = _fit_drop(job)
     log(
-        f"{name} guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> {100 * guard['i_auroc_int8']:.2f}, "
+        f"{name} guard: I-AUC {100 * guard['i_auroc_fp32']:.2f} -> "
+        f"{100 * guard['i_auroc_int8']:.2f}, "
         f"PRO@0.3 {100 * guard['pro_30_fp32']:.2f} -> {100 * guard['pro_30_int8']:.2f}, "
         f"map cosine {guard['map_cosine_mean']:.4f}"
     )
-    cache.unlink(missing_ok=True)
+    job.cache.unlink(missing_ok=True)
     return quant, guard
 
 
-def _fit_drop(
-    opts,
-    target,
-    fp32_path,
-    int8_path,
-    reader,
-    data,
-    pre,
-    always_fp32,
-    cache,
-    reference,
-    log,
-    timings,
-):
+def _fit_drop(job: _Int8Job) -> dict:
     """Keep the most sensitive layers in fp32 (2, 4, 8, ...) until the drop fits. At least
     one layer stays int8: keeping every layer in fp32 is not an INT8 model."""
-    from dmgrd_edge.calib.guard import compare, layer_sensitivity, run_onnx, within
-    from dmgrd_edge.calib.quantize import quantize_qdq
+    from dmgrd_edge.calib.guard import layer_sensitivity, within
 
-    with step(log, f"{int8_path.name}: per-layer sensitivity", timings):
-        ranked = layer_sensitivity(fp32_path, int8_path, data.guard_images[:4], pre)
+    name, max_drop = job.int8_path.name, job.opts.max_drop
+    with step(job.log, f"{name}: per-layer sensitivity", job.timings):
+        ranked = layer_sensitivity(job.fp32_path, job.int8_path, job.data.guard_images[:4], job.pre)
     limit = max(1, len(ranked) - 1)
     keep, tries = min(2, limit), []
     while True:
         chosen = [r["node"] for r in ranked[:keep]]
-        quantize_qdq(
-            fp32_path, int8_path, reader, opts.calib_method, always_fp32 + chosen, cache, target
-        )
-        guard = compare(
-            reference,
-            run_onnx(int8_path, data.guard_images, pre),
-            data.guard_labels,
-            data.guard_masks,
-        )
+        job.quantize(chosen)
+        guard = job.guard()
         tries.append(
             {
                 "kept": keep,
@@ -353,22 +394,23 @@ def _fit_drop(
                 "pro_30_drop_points": guard["pro_30_drop_points"],
             }
         )
-        log(
-            f"{int8_path.name}: kept {keep} layer(s) in fp32: I-AUC drop {guard['i_auroc_drop_points']:.2f}, "
+        job.log(
+            f"{name}: kept {keep} layer(s) in fp32: I-AUC drop "
+            f"{guard['i_auroc_drop_points']:.2f}, "
             f"PRO@0.3 drop {guard['pro_30_drop_points']:.2f} points"
         )
-        if within(guard, opts.max_drop) or keep >= limit:
+        if within(guard, max_drop) or keep >= limit:
             break
         keep = min(2 * keep, limit)
     guard["kept_in_higher_precision"] = chosen
     guard["sensitivity_top"] = ranked[:10]
-    guard["max_drop_points"] = opts.max_drop
-    guard["max_drop_met"] = within(guard, opts.max_drop)
+    guard["max_drop_points"] = max_drop
+    guard["max_drop_met"] = within(guard, max_drop)
     guard["tries"] = tries
     if not guard["max_drop_met"]:
-        log(
-            f"warning: {int8_path.name}: the drop stays above {opts.max_drop} points with {keep} of {len(ranked)} "
-            "layers in fp32"
+        job.log(
+            f"warning: {name}: the drop stays above {max_drop} points with {keep} "
+            f"of {len(ranked)} layers in fp32"
         )
     return guard
 
@@ -377,11 +419,25 @@ def _fp16(staging: Path, model, opts: ExportOptions, images: np.ndarray) -> tupl
     """FP16-typed graph: exported from the mixed-precision module, compared with fp32 PyTorch."""
     from .onnx_export import check_parity, torch_to_onnx
 
-    path = staging / "model.fp16.onnx"
+    path = staging / FP16_ONNX
     proto = torch_to_onnx(model, path, opts.batch, model.config.image_size, fp16=True)
-    require_trt_compatible(proto, "model.fp16.onnx")
+    require_trt_compatible(proto, FP16_ONNX)
     parity = check_parity(model, path, images, opts.batch, score_rtol=1e-2, map_atol=5e-2)
     entry = file_entry(
         path, "onnx", "fp16", kept_fp32="memory selection, MSFF, bottleneck and scoring head"
     )
     return entry, parity.as_dict()
+
+
+def require_max_drop(manifest: dict[str, Any], out: Path, max_drop: float | None) -> None:
+    """GuardError (exit code 5) when an INT8 file of the written bundle misses ``--max-drop``;
+    the bundle stays, with each guard's figures in its manifest."""
+    guards = [manifest["guard"] or {}] + [
+        f["guard"] for f in manifest["files"].values() if "guard" in f
+    ]
+    if any(g.get("max_drop_met") is False for g in guards):
+        raise GuardError(
+            f"INT8 misses --max-drop {max_drop}: see guard in {Path(out) / 'manifest.json'}",
+            "use more/better calibration images (--calib-count, --calib-pseudo), another "
+            f"--calib-method, a larger --max-drop, or deploy {FP32_ONNX} (fp32/fp16)",
+        )

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import onnx
 
+from dmgrd_edge import catalog
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.device import EngineError, gpu_name, import_tensorrt, trt_version
 
 from .options import BatchProfile
 from .precision import keep_fp32
 from .typed_int8 import typed_int8
-
-ONNX_FOR_PRECISION = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 def trt_major(version: str) -> int:
@@ -48,7 +47,7 @@ def engine_file_name(
     return f"engines/model.{precision}{dla}.{slug(gpu)}.trt{trt_version}.engine"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EngineRequest:
     bundle: Path
     precision: str
@@ -62,7 +61,7 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
     """(ONNX file, whether the FP16 builder flag is needed)."""
     if request.precision == "fp16":
         if major >= 11:
-            path = request.bundle / "model.fp16.onnx"
+            path = request.bundle / catalog.engine_source("fp16").name
             if not path.is_file():
                 raise EngineError(
                     "TensorRT 11 builds FP16 only from an FP16-typed graph, and the "
@@ -70,8 +69,8 @@ def onnx_for(request: EngineRequest, major: int) -> tuple[Path, bool]:
                     "re-export with `dmgrd-edge export --fp16`",
                 )
             return path, False
-        return request.bundle / "model.onnx", True
-    path = request.bundle / ONNX_FOR_PRECISION[request.precision]
+        return request.bundle / catalog.engine_source("fp32").name, True
+    path = request.bundle / catalog.engine_source(request.precision).name
     if not path.is_file():
         raise EngineError(
             f"the bundle has no {path.name} for a {request.precision} engine",
@@ -94,22 +93,16 @@ def network_flags(trt, major: int, precision: str) -> tuple[int, bool]:
     return flags, strongly_typed
 
 
-def build_engine(request: EngineRequest, log=print) -> dict:
-    """Build, serialise and write an engine into the bundle; returns its manifest entry."""
-    trt = import_tensorrt()
-    version, major = trt.__version__, trt_major(trt.__version__)
-    gpu = gpu_name()
-    onnx_path, fp16_flag = onnx_for(request, major)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags, strongly_typed = network_flags(trt, major, request.precision)
+def _parse(trt, builder, logger, onnx_path: Path, flags: int, version: str, *, typed_graph, log):
+    """The parsed network; with ``typed_graph`` the INT8 graph is first rewritten so that it
+    states each region's precision (typed_int8.py: a strongly typed network has no layer
+    pins). Returns the network, its parser and the rewrite's summary (None without one)."""
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     typed = None
     with tempfile.TemporaryDirectory(prefix="dmgrd-typed-") as tmp:
         parse_path = onnx_path
-        if strongly_typed and request.precision == "int8":
-            # the graph states each region's precision (typed_int8.py): no layer pins exist
+        if typed_graph:
             model, typed = typed_int8(onnx.load(str(onnx_path)))
             parse_path = Path(tmp) / onnx_path.name
             onnx.save(model, str(parse_path))
@@ -124,30 +117,36 @@ def build_engine(request: EngineRequest, log=print) -> dict:
                 "re-export the bundle with this dmgrd-edge; the graph check should have caught "
                 "this",
             )
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
-    if not strongly_typed:
-        if request.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif fp16_flag:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if request.precision in ("int8", "fp16"):
-            pinned = pin_fp32_layers(trt, network)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, head)")
-    add_batch_profile(builder, config, request, version)
-    if request.dla_core is not None:
-        if builder.num_DLA_cores <= request.dla_core:
-            raise EngineError(
-                f"DLA core {request.dla_core} asked for, this device has "
-                f"{builder.num_DLA_cores} DLA cores",
-                "drop --dla-core or pick a core below that number",
-            )
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = request.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache_path = request.bundle / "engines" / f"timing.{slug(gpu)}.trt{version}.cache"
+    return network, parser, typed
+
+
+def _precision_flags(trt, config, network, precision: str, fp16_flag: bool, log) -> None:
+    """Builder flags of a weakly typed network: INT8 (with FP16 for the rest), FP16, and the
+    layers pinned to fp32 (export/precision.py)."""
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision in ("int8", "fp16"):
+        pinned = pin_fp32_layers(trt, network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log(f"{pinned} layers pinned to fp32 (memory selection, MSFF, bottleneck, head)")
+
+
+def _use_dla(trt, builder, config, dla_core: int) -> None:
+    if builder.num_DLA_cores <= dla_core:
+        raise EngineError(
+            f"DLA core {dla_core} asked for, this device has {builder.num_DLA_cores} DLA cores",
+            "drop --dla-core or pick a core below that number",
+        )
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _timing_cache(config, cache_path: Path, version: str) -> None:
+    """Start from the bundle's timing cache for this GPU and TensorRT, when there is one."""
     cached = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = config.create_timing_cache(cached)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -155,6 +154,36 @@ def build_engine(request: EngineRequest, log=print) -> dict:
             f"the timing cache {cache_path.name} does not match this device or TensorRT {version}",
             f"delete {cache_path} and build again",
         )
+
+
+def build_engine(request: EngineRequest, log=print) -> dict:
+    """Build, serialise and write an engine into the bundle; returns its manifest entry."""
+    trt = import_tensorrt()
+    version, major = trt.__version__, trt_major(trt.__version__)
+    gpu = gpu_name()
+    onnx_path, fp16_flag = onnx_for(request, major)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags, strongly_typed = network_flags(trt, major, request.precision)
+    network, _parser, typed = _parse(
+        trt,
+        builder,
+        logger,
+        onnx_path,
+        flags,
+        version,
+        typed_graph=strongly_typed and request.precision == "int8",
+        log=log,
+    )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace)
+    if not strongly_typed:
+        _precision_flags(trt, config, network, request.precision, fp16_flag, log)
+    add_batch_profile(builder, config, request, version)
+    if request.dla_core is not None:
+        _use_dla(trt, builder, config, request.dla_core)
+    cache_path = request.bundle / "engines" / f"timing.{slug(gpu)}.trt{version}.cache"
+    _timing_cache(config, cache_path, version)
     log(f"building {request.precision} engine with TensorRT {version} on {gpu} (takes minutes)")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)

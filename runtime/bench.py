@@ -14,8 +14,7 @@ import numpy as np
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import read_image, read_mask
-from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.data.preprocess import normalize, read_frames, read_masks
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
 
@@ -91,25 +90,21 @@ def throughput(backend, x: np.ndarray, workers: int, runs: int) -> float:
     return workers * runs * len(x) / (time.perf_counter() - t0)
 
 
+def test_batch(samples, cfg) -> np.ndarray:
+    """The backend's input for some test samples: their files through the shared preprocess."""
+    return normalize(read_frames([s.path for s in samples], cfg), cfg)
+
+
 def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: int) -> dict:
     cfg = bundle.preprocess
     index = index_category(dataset, root, category)
     maps, scores = [], []
     for i in range(0, len(index.test), batch):
         chunk = index.test[i : i + batch]
-        amap, score = backend.infer(
-            normalize(np.stack([resize_rgb(read_image(s.path), cfg) for s in chunk]), cfg)
-        )
+        amap, score = backend.infer(test_batch(chunk, cfg))
         maps.append(amap[:, 0])
         scores.append(score)
-    masks = np.stack(
-        [
-            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
-            if s.mask_path
-            else np.zeros((cfg.height, cfg.width), bool)
-            for s in index.test
-        ]
-    )
+    masks = read_masks([s.mask_path for s in index.test], cfg)
     labels = np.array([s.label for s in index.test])
     result = evaluate_all(labels, np.concatenate(scores), masks, np.concatenate(maps))
     result.update(dataset=dataset, category=category, n_test=int(len(labels)))
@@ -135,7 +130,7 @@ def run_bench(
     choice), so it is what `run` can reach without capture."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_path)
-    backend = create_backend(
+    chosen = create_backend(
         bundle,
         backend_name,
         precision,
@@ -147,7 +142,7 @@ def run_bench(
     try:
         startup_s = time.perf_counter() - started
         return _measure(
-            backend,
+            chosen,
             bundle,
             bundle_path,
             batches,
@@ -160,11 +155,11 @@ def run_bench(
             log,
         )
     finally:
-        backend.close()
+        chosen.close()
 
 
 def _measure(
-    backend,
+    chosen,
     bundle,
     bundle_path: Path,
     batches,
@@ -176,11 +171,12 @@ def _measure(
     startup_s: float,
     log,
 ) -> dict:
+    backend, workers = chosen.backend, chosen.workers
     low, high = getattr(backend, "batch_range", (1, None))  # a TensorRT engine's profile
     outside = [b for b in batches if b < low or (high is not None and b > high)]
     if outside:
         raise ConfigError(
-            f"{backend.describe()['file']} takes batches of {low} to {high}, not {outside}",
+            f"{chosen.file} takes batches of {low} to {high}, not {outside}",
             f"give --batch sizes from {low} to {high}, or rebuild "
             "the engine with a profile that covers them (build-engine --batch "
             "MIN:OPT:MAX)",
@@ -189,21 +185,20 @@ def _measure(
     rows = []
     for b in batches:
         row = latency(backend, b, size, warmup, runs)
-        if backend.workers > 1:
+        if workers > 1:
             row["images_per_s_one_call"] = row["images_per_s"]
             x = np.random.default_rng(0).normal(size=(b, 3, *size)).astype(np.float32)
-            row["images_per_s"] = throughput(
-                backend, x, backend.workers, max(1, runs // backend.workers)
-            )
-        row["workers"] = backend.workers
+            row["images_per_s"] = throughput(backend, x, workers, max(1, runs // workers))
+        row["workers"] = workers
         rows.append(row)
         log(
-            f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 {row['ms_p99']:.2f}, "
-            f"{row['images_per_s']:.1f} img/s ({backend.workers} in flight)"
+            f"batch {b}: p50 {row['ms_p50']:.2f} ms, p90 {row['ms_p90']:.2f}, p99 "
+            f"{row['ms_p99']:.2f}, "
+            f"{row['images_per_s']:.1f} img/s ({workers} in flight)"
         )
     result = {
         "bundle": str(bundle_path),
-        "backend": backend.describe(),
+        "backend": chosen.describe(),
         "startup_s": startup_s,
         "latency": rows,
         "peak_host_rss_mib": _peak_rss_mib(),
@@ -220,7 +215,8 @@ def _measure(
 
 def print_table(result: dict) -> str:
     lines = [
-        f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} {'in flight':>9s}"
+        f"{'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>8s} "
+        f"{'in flight':>9s}"
     ]
     for r in result["latency"]:
         lines.append(
@@ -234,7 +230,8 @@ def print_table(result: dict) -> str:
         a = result["accuracy"]
         lines.append(
             f"accuracy: I-AUC {100 * a.get('i_auroc', float('nan')):.2f} P-AUC "
-            f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 {100 * a.get('pro_30', float('nan')):.2f}"
+            f"{100 * a.get('p_auroc', float('nan')):.2f} PRO@0.3 "
+            f"{100 * a.get('pro_30', float('nan')):.2f}"
         )
     return "\n".join(lines)
 

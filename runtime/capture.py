@@ -20,7 +20,7 @@ import numpy as np
 
 from dmgrd_edge.errors import DmgrdError
 
-from .sources import SourceError, Status
+from .sources import Source, SourceError, Status
 
 log = logging.getLogger("dmgrd_edge.runtime")
 
@@ -49,7 +49,7 @@ END = object()
 class Capture(threading.Thread):
     def __init__(
         self,
-        source,
+        source: Source,
         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
         queue_size: int = 4,
         max_retries: int = 5,
@@ -140,10 +140,10 @@ class Capture(threading.Thread):
         consecutive_errors = 0
         try:
             while not self.stop_event.is_set():
-                source_dropped = getattr(self.source, "dropped", 0)
+                source_dropped = self.source.dropped
                 status, image = self.source.read()
                 # frames a camera-like source produced while capture was busy (PacedSource)
-                self.counters.dropped += getattr(self.source, "dropped", 0) - source_dropped
+                self.counters.dropped += self.source.dropped - source_dropped
                 if status is Status.OK:
                     consecutive_errors = 0
                     frame = self._frame(image)
@@ -160,7 +160,7 @@ class Capture(threading.Thread):
                         self.fatal_fix = "check the source's files; give one with readable frames"
                     break
                 else:
-                    if not getattr(self.source, "camera", self.live):
+                    if not self.source.camera:
                         self.counters.corrupt += (
                             1  # a corrupt image or frame in a file: skipped, counted
                         )

@@ -82,7 +82,7 @@ def _apply_camera(line, cam, cfg) -> None:
         )
         _record(line, cam.config.name, "refused", bundle=str(cfg.bundle), reason=exc.problem)
         return
-    file_name = group.backend.bundle_file
+    file_name = group.file
     same_model = (
         root == group.root
         and fresh.manifest["files"].get(file_name, {}).get("sha256")
@@ -114,7 +114,7 @@ def _apply_camera(line, cam, cfg) -> None:
     threshold = (
         cfg.threshold
         if cfg.threshold is not None
-        else fresh.threshold_for(group.backend.bundle_file)
+        else fresh.threshold_for(group.file)
     )
     pixel = threshold if cfg.pixel_threshold is None else cfg.pixel_threshold
     config = cam.pipeline.config
@@ -127,7 +127,7 @@ def _apply_camera(line, cam, cfg) -> None:
         what = "bundle" if moved else "threshold"
         log(
             f"[{cam.config.name}] changeover: {what} -> {group.root.name} "
-            f"({group.backend.bundle_file}), threshold {before:.4f} -> {threshold:.4f} "
+            f"({group.file}), threshold {before:.4f} -> {threshold:.4f} "
             f"in {ms:.0f} ms; frames already in a backend call are decided by the old one"
         )
         _record(

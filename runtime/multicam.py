@@ -103,6 +103,8 @@ class BundleGroup:
     bundle: object
     backend: object
     batch: int
+    file: str = ""  # the bundle file the backend runs
+    workers: int = 1  # backend calls in flight
     cameras: list[CameraRun] = field(default_factory=list)
     ready: threading.Condition = field(default_factory=threading.Condition)
     calls: int = 0
@@ -209,7 +211,7 @@ class Line:
         threads = cfg.threads
         if not threads and self._bundles > 1:  # the cores shared between the bundles
             threads = max(1, (os.cpu_count() or 1) // (self._bundles * (workers or 2)))
-        backend = _named(
+        chosen = _named(
             cam,
             "bundle",
             lambda: create_backend(
@@ -223,8 +225,10 @@ class Line:
                 workers=workers,
             ),
         )
-        self._opened.append(backend)
-        group = BundleGroup(root, loaded, backend, batch)
+        self._opened.append(chosen.backend)
+        group = BundleGroup(
+            root, loaded, chosen.backend, batch, file=chosen.file, workers=chosen.workers
+        )
         self.groups[root] = group
         return group
 
@@ -253,14 +257,14 @@ class Line:
             sinks.append(sink)
             self._opened.append(sink)
         override = cam.threshold is not None
-        thr = cam.threshold if override else loaded.threshold_for(backend.bundle_file)
+        thr = cam.threshold if override else loaded.threshold_for(group.file)
         run_config = RunConfig(
-            thr,
-            thr if cam.pixel_threshold is None else cam.pixel_threshold,
+            threshold=thr,
+            pixel_threshold=thr if cam.pixel_threshold is None else cam.pixel_threshold,
             batch=group.batch,
             status_every_s=self.config.status_every_s,
             extra={"camera": cam.name, "source": cam.source, "bundle": str(cam.bundle)},
-            workers=backend.workers,
+            workers=group.workers,
         )
         capture = Capture(source, None, cam.queue_size, cam.max_retries)
         capture.name = f"dmgrd-capture-{cam.name}"
@@ -271,7 +275,7 @@ class Line:
             cam.name,
             loaded,
             str(cam.bundle),
-            backend.bundle_file,
+            group.file,
             thr,
             override,
             spec,
@@ -404,7 +408,7 @@ class Line:
     def _start_group(self, group: BundleGroup) -> list[threading.Thread]:
         filed = threading.Condition()
         results: dict[int, object] = {}
-        state = {"issued": 0, "running": max(1, group.backend.workers)}
+        state = {"issued": 0, "running": max(1, group.workers)}
 
         def infer_loop() -> None:
             try:

@@ -41,5 +41,4 @@ class OnnxBackend(OnnxModel):
             "onnxruntime": ort.__version__,
             "fixed_batch": self.fixed_batch,
             "threads": self.threads,
-            "workers": getattr(self, "workers", 1),
         }

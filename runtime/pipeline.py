@@ -10,7 +10,6 @@ sinks are flushed and closed, statistics written.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import queue
 import signal
@@ -24,17 +23,19 @@ import numpy as np
 from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
-from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.preprocess import make_preprocess as core_make_preprocess
+from dmgrd_edge.errors import ExitCode
 
 from .capture import END, Capture
 from .decision import is_ng
+from .events import Event, Latency
 from .postprocess import draw, regions
 from .stats import Stats
 
-EXIT_OK, EXIT_SOURCE_LOST = 0, 3
+EXIT_OK, EXIT_SOURCE_LOST = ExitCode.OK, ExitCode.SOURCE_LOST
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     threshold: float
     pixel_threshold: float
@@ -51,12 +52,8 @@ class RunConfig:
 
 
 def make_preprocess(bundle: Bundle):
-    cfg = bundle.preprocess
-
-    def run(image: np.ndarray) -> np.ndarray:
-        return normalize(resize_rgb(image, cfg)[None], cfg)[0]
-
-    return run
+    """The capture thread's frame-to-tensor function for this bundle (the core's)."""
+    return core_make_preprocess(bundle.preprocess)
 
 
 class Pipeline:
@@ -117,18 +114,12 @@ class Pipeline:
             if self.needs_overlay:
                 overlay = draw(frame.image, amap, float(score), self.config.threshold, found)
             post_ms = 1000 * (time.perf_counter() - t0)
-            event = {
-                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                "frame": frame.index,
-                "score": round(float(score), 6),
-                "decision": "NG" if ng else "OK",
-                "regions": [r.as_dict() for r in found[:20]],
-                "latency_ms": {
-                    "preprocess": round(frame.preprocess_ms, 3),
-                    "inference": round(infer_ms / len(frames), 3),
-                    "postprocess": round(post_ms, 3),
-                },
-            }
+            latency = Latency(
+                preprocess=frame.preprocess_ms,
+                inference=infer_ms / len(frames),
+                postprocess=post_ms,
+            )
+            event = Event.judged(frame.index, float(score), ng, found, latency)
             t1 = time.perf_counter()
             for sink in self.sinks:
                 sink.write(event, frame.image, overlay)
@@ -199,53 +190,15 @@ class Pipeline:
         return self.config.max_frames - read
 
     def _run_threads(self, capture: Capture, workers: int) -> None:
-        read_lock, filed = threading.Lock(), threading.Condition()
-        results: dict[int, object] = {}  # batch number -> _infer's result or its exception
-        state = {"issued": 0, "read": 0, "ended": False, "running": workers}
+        flight = _InFlight(self, capture, workers)
         self._abort.clear()
-
-        def infer_loop() -> None:
-            try:
-                while not self.stop_event.is_set() and not self._abort.is_set():
-                    with read_lock:  # batches are numbered in the order their frames were read
-                        if state["ended"] or self._room(state["read"]) <= 0:
-                            return
-                        frames, state["ended"] = self._next_batch(capture)
-                        frames = frames[: max(0, self._room(state["read"]))]
-                        if not frames:
-                            continue
-                        number = state["issued"]
-                        state["issued"] += 1
-                        state["read"] += len(frames)
-                    try:
-                        result = self._infer(frames)
-                    except BaseException as exc:  # handed to the main thread, which raises it
-                        result = exc
-                    with filed:
-                        results[number] = result
-                        filed.notify_all()
-            finally:
-                with filed:
-                    state["running"] -= 1
-                    filed.notify_all()
-
-        threads = [
-            threading.Thread(target=infer_loop, name=f"dmgrd-infer-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
+        flight.start()
         expected = 0
         try:
             while True:
-                with filed:
-                    if expected not in results and (state["running"] or expected < state["issued"]):
-                        filed.wait(
-                            timeout=0.5
-                        )  # a result, a thread's end, or time for the status line
-                    result = results.pop(expected, None)
+                result = flight.wait_for(expected)
                 if result is None:
-                    if not state["running"] and expected >= state["issued"]:
+                    if flight.all_handed(expected):
                         return
                     self._status(capture)
                     continue
@@ -256,8 +209,7 @@ class Pipeline:
                 self._status(capture)
         finally:
             self._abort.set()  # no-op after a normal end; after an error the threads stop reading
-            for thread in threads:
-                thread.join(timeout=30)
+            flight.join()
 
     def _finish(self, capture: Capture) -> int:
         c = capture.counters
@@ -270,7 +222,7 @@ class Pipeline:
         summary = {
             **self.stats.summary(),
             **counters,
-            "backend": self.backend.describe(),
+            "backend": {**self.backend.describe(), "workers": self.config.workers},
             "threshold": self.config.threshold,
             "source_error": capture.fatal,
             "stopped_by_signal": self.stop_event.is_set(),
@@ -297,3 +249,77 @@ class Pipeline:
         if sinks:
             out["sinks"] = sinks
         return out
+
+class _InFlight:
+    """The inference threads of a run: each takes the next frames from the capture queue
+    itself (under a lock, so batches are numbered in the order their frames were read),
+    infers them and files the result (or its exception) under the batch's number for the
+    main thread, which handles them strictly in that order."""
+
+    def __init__(self, pipeline: Pipeline, capture: Capture, workers: int):
+        self.pipeline, self.capture = pipeline, capture
+        self.read_lock, self.filed = threading.Lock(), threading.Condition()
+        self.results: dict[int, object] = {}  # batch number -> _infer's result or its exception
+        self.issued, self.read, self.ended, self.running = 0, 0, False, workers
+        self.threads = [
+            threading.Thread(target=self._infer_loop, name=f"dmgrd-infer-{i}", daemon=True)
+            for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _take(self) -> tuple[int, list] | None:
+        """The next batch and its number; (-1, []) when no frame came this time; None when
+        nothing more will be read (the source ended, or --max-frames is reached)."""
+        pipeline = self.pipeline
+        with self.read_lock:
+            if self.ended or pipeline._room(self.read) <= 0:
+                return None
+            frames, self.ended = pipeline._next_batch(self.capture)
+            frames = frames[: max(0, pipeline._room(self.read))]
+            if not frames:
+                return -1, []
+            number = self.issued
+            self.issued += 1
+            self.read += len(frames)
+            return number, frames
+
+    def _infer_loop(self) -> None:
+        pipeline = self.pipeline
+        try:
+            while not pipeline.stop_event.is_set() and not pipeline._abort.is_set():
+                taken = self._take()
+                if taken is None:
+                    return
+                number, frames = taken
+                if not frames:
+                    continue
+                try:
+                    result = pipeline._infer(frames)
+                except BaseException as exc:  # handed to the main thread, which raises it
+                    result = exc
+                with self.filed:
+                    self.results[number] = result
+                    self.filed.notify_all()
+        finally:
+            with self.filed:
+                self.running -= 1
+                self.filed.notify_all()
+
+    def wait_for(self, number: int):
+        """Batch ``number``'s result, or None after a wait without it (a thread's end, or
+        time for the status line)."""
+        with self.filed:
+            if number not in self.results and (self.running or number < self.issued):
+                self.filed.wait(timeout=0.5)
+            return self.results.pop(number, None)
+
+    def all_handed(self, number: int) -> bool:
+        """No thread runs and every batch before ``number`` was handed over."""
+        return not self.running and number >= self.issued

@@ -12,14 +12,33 @@ TensorRT and the CUDA/TensorRT providers get one call at a time.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from dmgrd_edge.bundle import Bundle
+from dmgrd_edge.catalog import PRECISION_PREFERENCE
 from dmgrd_edge.errors import ConfigError, choose
 
-from .backend import BackendError
+from .backend import Backend, BackendError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("auto", "int8", "fp16", "fp32")
+PRECISIONS = ("auto", *PRECISION_PREFERENCE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """What `create_backend` chose: the backend, the bundle file it runs, its precision and
+    the number of calls to keep in flight."""
+
+    backend: Backend
+    file: str
+    precision: str
+    workers: int
+
+    def describe(self) -> dict:
+        return {**self.backend.describe(), "workers": self.workers}
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 def _engine_for(bundle: Bundle, precision: str):
@@ -27,7 +46,7 @@ def _engine_for(bundle: Bundle, precision: str):
 
     trt = import_tensorrt()
     gpu = gpu_name()
-    order = ("int8", "fp16", "fp32") if precision == "auto" else (precision,)
+    order = PRECISION_PREFERENCE if precision == "auto" else (precision,)
     engines = bundle.files(kind="engine")
     if not engines:
         raise BackendError(
@@ -76,8 +95,9 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
         other = next(iter(int8.values()))
         consumer = "TensorRT" if want == "cpu" else "the CPU provider"
         log(
-            f"note: {other} was quantized for {consumer}, not for this provider, and may run slowly here; "
-            f"re-export with --int8 (without --no-int8-cpu) to get the {want} form"
+            f"note: {other} was quantized for {consumer}, not for this provider, and may "
+            "run slowly here; re-export with --int8 (without --no-int8-cpu) to get the "
+            f"{want} form"
         )
         return other, "int8"
     files = bundle.files(kind="onnx", precision=precision)
@@ -119,9 +139,9 @@ def create_backend(
     spin: bool = True,
     spin_between_runs: bool = True,
     workers: int | None = 1,
-):
-    """The backend, with ``.bundle_file`` (the file it runs) and ``.workers`` (calls it takes
-    in flight; ``workers=None`` lets it choose, see the module text)."""
+) -> Selection:
+    """The backend for this bundle and what was chosen (``workers=None`` lets it choose the
+    calls in flight, see the module text)."""
     choose("backend", backend, BACKENDS)
     choose("precision", precision, PRECISIONS)
     if backend in ("auto", "tensorrt"):
@@ -132,23 +152,24 @@ def create_backend(
 
             if workers not in (None, 1):
                 raise ConfigError(
-                    f"the TensorRT backend takes one call at a time (one CUDA stream), not {workers}",
+                    "the TensorRT backend takes one call at a time (one CUDA stream), not "
+                    f"{workers}",
                     "use --workers 1 or auto, or --backend onnxruntime",
                 )
             size = (bundle.preprocess.height, bundle.preprocess.width)
             chosen = TensorRTBackend(
                 bundle.root / name, entry["precision"], max_batch, entry.get("dla_core"), size
             )
-            chosen.bundle_file, chosen.workers = name, 1
             log(f"backend: TensorRT {entry['trt_version']} engine {name}")
-            return chosen
+            return Selection(backend=chosen, file=name, precision=chosen.precision, workers=1)
         except ConfigError:
             raise  # a usable engine, a request it cannot take (--workers, --batch): no fall-back
         except Exception as exc:
             if backend == "tensorrt":
                 raise
             log(
-                f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); using ONNX Runtime"
+                f"backend: no usable TensorRT engine ({getattr(exc, 'problem', exc)}); "
+                "using ONNX Runtime"
             )
     import onnxruntime as ort
 
@@ -169,9 +190,9 @@ def create_backend(
         spin=spin,
         spin_between_runs=spin_between_runs,
     )
-    chosen.bundle_file, chosen.workers = name, workers
     log(
         f"backend: ONNX Runtime ({', '.join(chosen.providers)}) with {name}, "
-        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} thread{'s' if threads > 1 else ''}"
+        f"{workers} call{'s' if workers > 1 else ''} in flight x {threads} "
+        f"thread{'s' if threads > 1 else ''}"
     )
-    return chosen
+    return Selection(backend=chosen, file=name, precision=precision, workers=workers)

@@ -33,6 +33,7 @@ import numpy as np
 from dmgrd_edge.errors import DmgrdError
 
 from .avi import DEFAULT_MAX_BYTES, MjpegAviWriter, existing_parts
+from .events import Event
 from .sources import VIDEO_SUFFIXES
 
 
@@ -43,7 +44,7 @@ class SinkError(DmgrdError):
 class Sink(Protocol):
     needs_overlay: bool
 
-    def write(self, event: dict, frame: np.ndarray, overlay: np.ndarray | None) -> None: ...
+    def write(self, event: Event, frame: np.ndarray, overlay: np.ndarray | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -68,12 +69,12 @@ class JsonlSink:
         self.path, self.ng_only = path, ng_only
 
     def write(self, event, frame, overlay):
-        if self.ng_only and event["decision"] != "NG":
+        if self.ng_only and not event.ng:
             return
         # flushed to the kernel per line: a killed process loses nothing already written
         # (fsync per frame would cost ~1 ms and only protects against power loss)
         with _naming(self.path):
-            self.handle.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self.handle.write(event.to_json() + "\n")
             self.handle.flush()
 
     def warn(self, record: dict) -> None:
@@ -97,9 +98,9 @@ class VideoSink:
     def __init__(self, path: Path, fps: float, max_bytes: int = DEFAULT_MAX_BYTES):
         if path.suffix.lower() != ".avi":
             raise SinkError(
-                f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, which stays "
-                "readable up to the last frame when a run is killed or the power fails (an .mp4 "
-                "does not)",
+                f"cannot record {path.name}: the video sink writes Motion-JPEG .avi only, "
+                "which stays readable up to the last frame when a run is killed or the power "
+                "fails (an .mp4 does not)",
                 f"name it {path.with_suffix('.avi').name}; convert afterwards if needed, e.g. "
                 f"ffmpeg -i {path.with_suffix('.avi').name} {path.name}",
             )
@@ -132,10 +133,10 @@ class FolderSink:
         self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     def write(self, event, frame, overlay):
-        if event["decision"] != "NG":
+        if not event.ng:
             return
         image = overlay if overlay is not None else frame
-        name = f"{self.run}_frame{event['frame']:08d}_{event['score']:.4f}"
+        name = f"{self.run}_frame{event.frame:08d}_{event.score:.4f}"
         target, n = self.path / f"{name}.png", 0
         while target.exists():
             n += 1

@@ -12,8 +12,8 @@
 A file or folder given a frame rate (``--input-fps``) is replayed at that rate and treated
 like a camera (frames drop when inference falls behind); without one, no frame is dropped.
 
-Every source's ``read()`` tells OK, TIMEOUT, END (of stream) and ERROR apart. Frames are
-RGB uint8 (H, W, 3).
+Every source implements the `Source` protocol: ``read()`` tells OK, TIMEOUT, END (of
+stream) and ERROR apart, and frames are RGB uint8 (H, W, 3).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -66,6 +67,26 @@ class SourceSpec:
         replayed at ``fps`` (which then behaves like a camera: frames drop when inference is
         behind)."""
         return self.camera or self.fps is not None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the capture thread, the threshold calibration and the CLI use of a source."""
+
+    spec: SourceSpec
+    live: bool  # frames arrive on a clock the runtime does not control (they may drop)
+    camera: bool  # a device or stream: a failed read means it is failing (reconnect)
+    dropped: int  # frames the source itself skipped to keep up with its clock (so far)
+
+    @property
+    def fps(self) -> float | None:
+        """The frame rate asked for or reported; None when unknown."""
+
+    def read(self) -> tuple[Status, np.ndarray | None]: ...
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def parse_uri(
@@ -194,7 +215,8 @@ def csi_pipeline(spec: SourceSpec, frame_size: tuple[int, int] | None = None) ->
     w, h, fps = spec.width or 1920, spec.height or 1080, int(spec.fps or 30)
     scaled = f"width={frame_size[0]},height={frame_size[1]}," if frame_size else ""
     return (
-        f"nvarguscamerasrc sensor-id={spec.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
+        f"nvarguscamerasrc sensor-id={spec.location} ! "
+        f"video/x-raw(memory:NVMM),width={w},height={h},"
         f"framerate={fps}/1 ! nvvidconv ! video/x-raw,{scaled}format=BGRx ! videoconvert ! "
         "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1"
     )
@@ -202,6 +224,8 @@ def csi_pipeline(spec: SourceSpec, frame_size: tuple[int, int] | None = None) ->
 
 class VideoCaptureSource:
     """OpenCV VideoCapture for cameras, streams, GStreamer pipelines and files."""
+
+    dropped = 0  # OpenCV drops frames of a camera inside its buffer, unseen and uncounted
 
     def __init__(self, spec: SourceSpec, frame_size: tuple[int, int] | None = None):
         self.spec, self.frame_size = spec, frame_size
@@ -286,6 +310,7 @@ class ImageFolderSource:
     source would otherwise read the broken files forever)."""
 
     live = camera = False
+    dropped = 0
 
     def __init__(self, spec: SourceSpec):
         self.spec, self.fps = spec, spec.fps
@@ -350,7 +375,7 @@ class PacedSource:
 
     live, camera = True, False
 
-    def __init__(self, inner, fps: float, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, inner: Source, fps: float, clock=time.monotonic, sleep=time.sleep):
         self.inner, self.fps, self.period, self.clock, self.sleep = (
             inner,
             fps,
@@ -386,7 +411,7 @@ class PacedSource:
         self.inner.close()
 
 
-def open_source(spec: SourceSpec, frame_size: tuple[int, int] | None = None):
+def open_source(spec: SourceSpec, frame_size: tuple[int, int] | None = None) -> Source:
     """Factory keyed on the source kind. ``frame_size`` (the model's input, width and height)
     lets a CSI camera scale frames on the Jetson's converter (see csi_pipeline); other
     sources deliver frames at their own size."""

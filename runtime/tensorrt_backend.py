@@ -63,7 +63,17 @@ class TensorRTBackend:
         return f"rebuild it here: dmgrd-edge build-engine BUNDLE --precision {self.precision}"
 
     def _load(self, max_batch: int, image_size: tuple[int, int] | None) -> None:
-        trt, cuda, file = self.trt, self.cuda, self.path.name
+        self._deserialize()
+        self._check_io(image_size)
+        self._check_batch(max_batch)
+        self.max_batch = max_batch
+        self.context = self.engine.create_execution_context()
+        self.stream = self.cuda.Stream()
+        self._set_shape(max_batch)
+        self._allocate(max_batch)
+
+    def _deserialize(self) -> None:
+        trt, file = self.trt, self.path.name
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         if self.dla_core is not None:
             cores = self.runtime.num_DLA_cores
@@ -81,9 +91,12 @@ class TensorRTBackend:
                 "built by another TensorRT version or for another device",
                 self._rebuild(),
             )
-        engine = self.engine
+
+    def _check_io(self, image_size: tuple[int, int] | None) -> None:
+        """The engine's tensors are the model's, at the bundle's image size."""
+        engine, file = self.engine, self.path.name
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
         if inputs != ["image"] or not {"anomaly_map", "score"} <= set(names):
             raise BackendError(f"engine {file} has tensors {names}", "rebuild it from this bundle")
         shape = tuple(engine.get_tensor_shape("image"))
@@ -94,9 +107,14 @@ class TensorRTBackend:
                 f"bundle's model {image_size[0]}x{image_size[1]}",
                 self._rebuild(),
             )
-        low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape("image", 0))
+
+    def _check_batch(self, max_batch: int) -> None:
+        """The engine's profile covers ``max_batch`` (else the request, not the engine, is
+        wrong: a ConfigError naming the rebuild that would take it)."""
+        file = self.path.name
+        low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape("image", 0))
         self.batch_range = lo, hi = int(low[0]), int(high[0])
-        if not lo <= max_batch <= hi:  # the request does not fit, the engine is fine
+        if not lo <= max_batch <= hi:
             wider = f"{min(lo, max_batch)}:{max_batch}:{max(hi, max_batch)}"
             raise ConfigError(
                 f"engine {file} takes batches of {lo} to {hi} images (its "
@@ -105,11 +123,11 @@ class TensorRTBackend:
                 f"profile that covers {max_batch}: dmgrd-edge build-engine BUNDLE "
                 f"--precision {self.precision} --batch {wider}",
             )
-        self.max_batch = max_batch
         self.fixed_batch = lo if lo == hi else None
-        self.context = engine.create_execution_context()
-        self.stream = cuda.Stream()
-        self._set_shape(max_batch)
+
+    def _allocate(self, max_batch: int) -> None:
+        """Page-locked host and device buffers for every tensor at ``max_batch``."""
+        trt, cuda, file = self.trt, self.cuda, self.path.name
         expected = {
             "image": (max_batch, 3, self.height, self.width),
             "anomaly_map": (max_batch, 1, self.height, self.width),
@@ -123,7 +141,7 @@ class TensorRTBackend:
                     f"of {max_batch}, not {expected[name]}",
                     "rebuild it from this bundle",
                 )
-            dtype = trt.nptype(engine.get_tensor_dtype(name))
+            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             host = cuda.pagelocked_empty(int(np.prod(dims)), dtype)
             device = cuda.mem_alloc(host.nbytes)
             self.buffers[name] = (host, device, dims)

@@ -17,7 +17,7 @@ from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
 from .decision import allowed_false_alarms, threshold_for_rate
-from .sources import SourceError, Status, parse_uri
+from .sources import Source, SourceError, Status, parse_uri
 
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -30,7 +30,7 @@ def source_kind(source: str) -> str | None:
 
 
 def score_source(
-    source,
+    source: Source,
     backend,
     preprocess,
     batch: int = 8,
@@ -85,7 +85,8 @@ def calibrate(
     allowed = allowed_false_alarms(scores.size, false_alarm_rate)
     if allowed == 0:
         log(
-            f"warning: {scores.size} frames cannot resolve a false-alarm rate of {false_alarm_rate}; "
+            f"warning: {scores.size} frames cannot resolve a false-alarm rate of "
+            f"{false_alarm_rate}; "
             f"the threshold is their maximum (give >= {int(np.ceil(1 / false_alarm_rate))} frames)"
         )
     threshold = threshold_for_rate(scores, false_alarm_rate)

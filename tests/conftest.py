@@ -40,12 +40,12 @@ def trained_ckpt(tmp_path_factory, line_root) -> Path:
     # are trained in tests/test_memory_methods.py
     config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
     job = TrainJob(
-        "mvtec",
-        str(line_root),
-        "washer",
-        str(out),
-        config,
-        TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+        dataset="mvtec",
+        root=str(line_root),
+        category="washer",
+        out_dir=str(out),
+        model=config,
+        train=TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
     )
     train_category(job)
     return out / "last.pt"
@@ -59,7 +59,7 @@ def fp32_bundle(tmp_path_factory, trained_ckpt) -> Path:
 
     out = tmp_path_factory.mktemp("fp32") / "bundle"
     export_bundle(
-        ExportOptions(trained_ckpt, out, calib_count=4, batch=BatchProfile(1, 1, 4)),
+        ExportOptions(checkpoint=trained_ckpt, out=out, calib_count=4, batch=BatchProfile(1, 1, 4)),
         log=lambda _: None,
     )
     return out

@@ -23,7 +23,12 @@ def bundle(tmp_path_factory, trained_ckpt):
 
     out = tmp_path_factory.mktemp("bundle") / "washer"
     opts = ExportOptions(
-        trained_ckpt, out, int8=True, fp16=True, calib_count=8, batch=BatchProfile(1, 2, 4)
+        checkpoint=trained_ckpt,
+        out=out,
+        int8=True,
+        fp16=True,
+        calib_count=8,
+        batch=BatchProfile(1, 2, 4),
     )
     export_bundle(opts, log=lambda _: None)
     return out
@@ -227,20 +232,24 @@ def test_graph_check_names_offending_nodes():
 )
 def test_options_are_validated_before_work(trained_ckpt, tmp_path, kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
-        ExportOptions(trained_ckpt, tmp_path / "b", **kwargs).validate()
+        ExportOptions(checkpoint=trained_ckpt, out=tmp_path / "b", **kwargs).validate()
     assert not (tmp_path / "b").exists()
 
 
 def test_int8_targets_follow_the_options(trained_ckpt, tmp_path):
-    both = ExportOptions(trained_ckpt, tmp_path / "b", int8=True).validate()
+    both = ExportOptions(checkpoint=trained_ckpt, out=tmp_path / "b", int8=True).validate()
     assert both.int8_targets() == ["tensorrt", "cpu"]
     assert both.planned_outputs() == ["onnx-fp32", "onnx-int8", "onnx-int8-cpu"]
-    trt_only = ExportOptions(trained_ckpt, tmp_path / "b", int8=True, int8_cpu=False).validate()
+    trt_only = ExportOptions(
+        checkpoint=trained_ckpt, out=tmp_path / "b", int8=True, int8_cpu=False
+    ).validate()
     assert (
         trt_only.int8_targets() == ["tensorrt"]
         and "onnx-int8-cpu" not in trt_only.planned_outputs()
     )
-    assert ExportOptions(trained_ckpt, tmp_path / "b").validate().int8_targets() == []
+    assert (
+        ExportOptions(checkpoint=trained_ckpt, out=tmp_path / "b").validate().int8_targets() == []
+    )
 
 
 def test_batch_profile_and_sizes():

@@ -106,16 +106,19 @@ def test_the_check_fails_on_imports_against_the_order(tmp_path):
     """The checker itself, on made-up modules: every kind of import against the order is
     reported, with the reason, and the allowed ones are not."""
     files = {
-        "dmgrd_edge.runtime.sinks": "def f():\n    from dmgrd_edge.export.tensorrt_engine import x\n",
+        "dmgrd_edge.runtime.sinks": "def f():\n"
+        "    from dmgrd_edge.export.tensorrt_engine import x\n",
         "dmgrd_edge.calib.data": "from ..train import loop\n",
         "dmgrd_edge.metrics": "import dmgrd_edge.runtime.sinks\n",
         "dmgrd_edge.model.head": "from dmgrd_edge.train import losses\n",
-        "dmgrd_edge.runtime.bench": "import importlib\nimportlib.import_module('dmgrd_edge.calib')\n",
+        "dmgrd_edge.runtime.bench": "import importlib\n"
+        "importlib.import_module('dmgrd_edge.calib')\n",
         "dmgrd_edge.export.deploy": "from dmgrd_edge.train.loop import TrainJob\n"
         "from dmgrd_edge.runtime.select import create_backend\n",
         "dmgrd_edge.cli": "from .train.trainer import train_category\n"
         "def run():\n    from .runtime.select import create_backend\n",
-        "dmgrd_edge.train.prune": "from .loop import TrainJob\nfrom dmgrd_edge.model import DMGRD\n",
+        "dmgrd_edge.train.prune": "from .loop import TrainJob\n"
+        "from dmgrd_edge.model import DMGRD\n",
         "dmgrd_edge.export.pipeline": "from dmgrd_edge.calib.guard import run_onnx\n"
         "from dmgrd_edge.train.checkpoint import load_model\n"
         "from dmgrd_edge.runtime.onnx_backend import OnnxBackend\n",

@@ -111,7 +111,10 @@ def test_the_torch_block_refuses_torch():
 
 
 def test_cli_help_without_torch():
-    code = "import sys; sys.modules['torch'] = None\nsys.argv = ['dmgrd-edge', '--help']\nfrom dmgrd_edge.cli import main\nmain()"
+    code = (
+        "import sys; sys.modules['torch'] = None\nsys.argv = ['dmgrd-edge', '--help']\n"
+        "from dmgrd_edge.cli import main\nmain()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "eval" in result.stdout

@@ -23,12 +23,14 @@ def _train(line_root, out, steps=4, **options):
 
     cfg = model_config_from_options(image_size=64, memory_size=4, patch_bank_size=64, **options)
     job = TrainJob(
-        "mvtec",
-        str(line_root),
-        "washer",
-        str(out),
-        cfg,
-        TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+        dataset="mvtec",
+        root=str(line_root),
+        category="washer",
+        out_dir=str(out),
+        model=cfg,
+        train=TrainConfig(
+            steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2
+        ),
     )
     train_category(job)
     return out / "last.pt"
@@ -137,7 +139,7 @@ def test_knn_baseline_cannot_be_pruned(knn_ckpt, tmp_path):
     from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
 
     with pytest.raises(ConfigError, match="no channels to prune"):
-        prune_checkpoint(PruneJob(str(knn_ckpt), str(tmp_path / "p"), 0.5))
+        prune_checkpoint(PruneJob(checkpoint=str(knn_ckpt), out_dir=str(tmp_path / "p"), ratio=0.5))
     assert not (tmp_path / "p").exists()
 
 
@@ -191,7 +193,9 @@ def _export(ckpt, out, **kwargs):
     from dmgrd_edge.export.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
-    return export_bundle(ExportOptions(ckpt, out, calib_count=8, **kwargs), log=lambda _: None)
+    return export_bundle(
+        ExportOptions(checkpoint=ckpt, out=out, calib_count=8, **kwargs), log=lambda _: None
+    )
 
 
 def _torch_vs_onnx(ckpt, onnx_path):

@@ -112,7 +112,9 @@ def test_prune_finetune_export_end_to_end(tmp_path, trained_ckpt):
 
     out = tmp_path / "pruned"
     finetune = TrainConfig(steps=2, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2)
-    summary = prune_checkpoint(PruneJob(str(trained_ckpt), str(out), 0.5, finetune=finetune))
+    summary = prune_checkpoint(
+        PruneJob(checkpoint=str(trained_ckpt), out_dir=str(out), ratio=0.5, finetune=finetune)
+    )
     original, _ = load_model(trained_ckpt)
     pruned, payload = load_model(out / "last.pt")
     assert (out / "pruned.pt").is_file() and (out / "best.pt").is_file()
@@ -129,7 +131,11 @@ def test_prune_finetune_export_end_to_end(tmp_path, trained_ckpt):
     bundle = tmp_path / "bundle"
     manifest = export_bundle(
         ExportOptions(
-            out / "last.pt", bundle, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)
+            checkpoint=out / "last.pt",
+            out=bundle,
+            int8=True,
+            calib_count=8,
+            batch=BatchProfile(1, 1, 4),
         ),
         log=lambda _: None,
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dmgrd_edge.runtime.avi import MjpegAviWriter, segment_path
+from dmgrd_edge.runtime.events import Event, Latency
 from dmgrd_edge.runtime.sinks import FolderSink, SinkError, open_sink
 
 
@@ -35,7 +36,8 @@ def read_all(path) -> list[np.ndarray]:
 
 
 def avi_counts(path) -> tuple[int, int, int, int]:
-    """File size, and from the AVI header: RIFF size + 8, total frames (avih), stream length (strh)."""
+    """File size, and from the AVI header: RIFF size + 8, total frames (avih), stream length
+    (strh)."""
     data = path.read_bytes()
     riff = struct.unpack_from("<I", data, 4)[0] + 8
     total = struct.unpack_from("<I", data, data.index(b"avih") + 8 + 16)[0]
@@ -137,11 +139,13 @@ def test_video_sink_never_overwrites_and_refuses_mp4(tmp_path):
 
 
 def test_folder_sink_adds_and_never_replaces(tmp_path):
-    event = {"decision": "NG", "frame": 7, "score": 1.25}
+    latency = Latency(preprocess=1.0, inference=2.0, postprocess=0.5)
+    ng = Event.judged(7, 1.25, True, [], latency)
+    ok = Event.judged(8, 1.25, False, [], latency)
     for _ in range(2):  # two runs into the same folder, possibly within one second
         sink = FolderSink(tmp_path / "ng")
-        sink.write(event, frame(7), None)
-        sink.write({**event, "decision": "OK", "frame": 8}, frame(8), None)
+        sink.write(ng, frame(7), None)
+        sink.write(ok, frame(8), None)
         sink.close()
     names = sorted(p.name for p in (tmp_path / "ng").iterdir())
     assert len(names) == 2 and all(
@@ -155,7 +159,8 @@ import cv2
 import numpy as np
 from dmgrd_edge.runtime.avi import MjpegAviWriter
 {frame_source}
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+# writes past the limit fail with EFBIG, as on a full disk
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 writer = MjpegAviWriter({target!r}, fps=25)
 written = 0

@@ -162,7 +162,7 @@ def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, b
 
     frames = good_frames(tmp_path / "same", 5, same=True)
     loaded = load_bundle(bundle)
-    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None, workers=1)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None, workers=1).backend
     preprocess = make_preprocess(loaded)
     score = backend.infer(preprocess(read_image(frames / "000.png"))[None])[1][0]
     below = np.nextafter(score, np.float32(-np.inf))
@@ -173,7 +173,7 @@ def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, b
             loaded,
             backend,
             [open_sink(str(events), True)],
-            RunConfig(threshold, threshold, status_every_s=1e9),
+            RunConfig(threshold=threshold, pixel_threshold=threshold, status_every_s=1e9),
             log=lambda _: None,
         )
         assert pipeline.run(Capture(open_source(parse_uri(str(frames))), preprocess)) == 0
@@ -524,7 +524,7 @@ def test_calibration_on_a_camera_that_gives_no_frame_ends_with_an_error(tmp_path
     writer.write(np.zeros((64, 64, 3), np.uint8))
     writer.release()
     loaded = load_bundle(bundle)
-    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda _: None).backend
     camera = DeadCamera(parse_uri(str(video)))
     with pytest.raises(SourceError, match="no frame in 100 reads"):
         score_source(camera, backend, lambda image: image, max_frames=10)

@@ -16,6 +16,7 @@ from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.runtime.capture import END, Capture
 from dmgrd_edge.runtime.postprocess import regions
+from dmgrd_edge.runtime.events import Event, Latency
 from dmgrd_edge.runtime.sinks import SinkError, open_sink
 from dmgrd_edge.runtime.sources import (
     ImageFolderSource,
@@ -55,7 +56,9 @@ def bundle(tmp_path_factory, trained_ckpt):
 
     out = tmp_path_factory.mktemp("rb") / "bundle"
     export_bundle(
-        ExportOptions(trained_ckpt, out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)),
+        ExportOptions(
+            checkpoint=trained_ckpt, out=out, int8=True, calib_count=8, batch=BatchProfile(1, 1, 4)
+        ),
         log=lambda _: None,
     )
     return out
@@ -157,6 +160,43 @@ def test_video_file_source_reads_every_frame(video):
     assert len(frames) == len(truth) and frames[0].shape == (64, 64, 3)
 
 
+def test_every_source_implements_the_protocol(video, tmp_path):
+    """Each kind open_source makes has what the capture thread and the CLI read of it."""
+    from dmgrd_edge.runtime.sources import PacedSource, Source, open_source
+
+    path, _ = video
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    opened = [
+        open_source(parse_uri(str(path))),
+        open_source(parse_uri(str(tmp_path))),
+        open_source(parse_uri(str(path), fps=50)),
+        open_source(parse_uri(str(tmp_path), fps=50)),
+    ]
+    assert [type(s).__name__ for s in opened] == [
+        "VideoCaptureSource",
+        "ImageFolderSource",
+        "PacedSource",
+        "PacedSource",
+    ]
+    for source in opened:
+        assert isinstance(source, Source), type(source).__name__
+        assert source.dropped == 0 and not source.camera
+        assert source.live is isinstance(source, PacedSource)
+        if isinstance(source, PacedSource):
+            assert source.fps == 50
+        else:  # the rate the file reports (a video), or none (a folder)
+            assert source.fps is None or source.fps > 0
+        source.close()
+
+    class Incomplete:  # no camera, dropped, spec: not a source
+        live = False
+
+        def read(self):
+            return Status.END, None
+
+    assert not isinstance(Incomplete(), Source)
+
+
 def test_folder_skips_corrupt_files(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), i * 50, np.uint8))
@@ -235,9 +275,9 @@ def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     logs = []
     pipeline = Pipeline(
         loaded,
-        create_backend(loaded, "onnxruntime", log=logs.append),
+        create_backend(loaded, "onnxruntime", log=logs.append).backend,
         [],
-        RunConfig(loaded.threshold, loaded.threshold, status_every_s=0),
+        RunConfig(threshold=loaded.threshold, pixel_threshold=loaded.threshold, status_every_s=0),
         log=logs.append,
     )
     code = pipeline.run(capture)
@@ -254,7 +294,7 @@ class RecordingSink:
         self.events = []
 
     def write(self, event, frame, overlay):
-        self.events.append(event)
+        self.events.append(event.to_dict())  # the record as the JSONL sink writes it
 
     def close(self):
         pass
@@ -266,28 +306,29 @@ def _stream(bundle, path, workers, batch=1, max_frames=None):
     from dmgrd_edge.runtime.select import create_backend
 
     loaded = load_bundle(bundle)
-    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
+    chosen = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=workers)
     sink = RecordingSink()
     config = RunConfig(
-        loaded.threshold,
-        loaded.threshold,
+        threshold=loaded.threshold,
+        pixel_threshold=loaded.threshold,
         batch=batch,
         max_frames=max_frames,
         status_every_s=1e9,
-        workers=backend.workers,
+        workers=chosen.workers,
     )
-    pipeline = Pipeline(loaded, backend, [sink], config, log=lambda *_: None)
+    pipeline = Pipeline(loaded, chosen.backend, [sink], config, log=lambda *_: None)
     assert (
         pipeline.run(
             Capture(open_source(parse_uri(str(path))), make_preprocess(loaded), queue_size=8)
         )
         == 0
     )
-    return backend, sink.events, pipeline.summary
+    return chosen, sink.events, pipeline.summary
 
 
 def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
-    """Several inference calls at once: every frame, in order, with the scores of one call at a time."""
+    """Several inference calls at once: every frame, in order, with the scores of one call at
+    a time."""
     path, truth = video
     one, serial, _ = _stream(bundle, path, workers=1)
     three, overlapped, summary = _stream(bundle, path, workers=3, batch=2)
@@ -340,13 +381,14 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
         loaded,
         FailingBackend(),
         [sink],
-        RunConfig(1.0, 1.0, status_every_s=1e9, workers=2),
+        RunConfig(threshold=1.0, pixel_threshold=1.0, status_every_s=1e9, workers=2),
         log=lambda *_: None,
     )
     capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
     with pytest.raises(BackendError, match="device lost"):
         pipeline.run(capture)
-    # two calls run at once, so the fifth call may carry frame 3 or 4: the frames before it are written, in order
+    # two calls run at once, so the fifth call may carry frame 3 or 4: the frames before it are
+    # written, in order
     assert sink.closed and not capture.is_alive() and len(sink.events) in (3, 4)
     assert [e["frame"] for e in sink.events] == list(range(len(sink.events)))
 
@@ -396,8 +438,9 @@ def test_sink_uris(tmp_path):
     with pytest.raises(SinkError, match="unknown sink"):
         open_sink("kafka://topic", headless=True)
     sink = open_sink(f"jsonl://{tmp_path}/e.jsonl?ng_only=1", headless=True)
-    sink.write({"decision": "OK", "frame": 0, "score": 0.1}, None, None)
-    sink.write({"decision": "NG", "frame": 1, "score": 0.9}, None, None)
+    latency = Latency(preprocess=1.0, inference=2.0, postprocess=0.5)
+    sink.write(Event.judged(0, 0.1, False, [], latency), None, None)
+    sink.write(Event.judged(1, 0.9, True, [], latency), None, None)
     # flushed per line: readable before close
     assert [json.loads(l)["frame"] for l in (tmp_path / "e.jsonl").read_text().splitlines()] == [1]
     sink.close()
@@ -407,7 +450,8 @@ def _run_cli(*args, block_torch=True, **kwargs):
     prelude = "import sys; sys.modules['torch'] = None\n" if block_torch else ""
     code = (
         prelude
-        + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\nfrom dmgrd_edge.cli import main\nmain()"
+        + f"sys.argv = ['dmgrd-edge'] + {list(map(str, args))!r}\n"
+        + "from dmgrd_edge.cli import main\nmain()"
     )
     return subprocess.Popen(
         [sys.executable, "-c", "import sys\n" + code],
@@ -671,7 +715,10 @@ def test_onnx_file_choice_follows_the_provider(bundle):
 def test_jetson_release_and_power_mode_are_parsed():
     from dmgrd_edge.runtime.device_info import device_info, parse_l4t, parse_nvpmodel
 
-    line = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023\n"
+    line = (
+        "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+        "DATE: Tue Aug  1 2023\n"
+    )
     assert parse_l4t(line) == "R35.4.1"
     assert parse_l4t("# R36 (release), REVISION: 3.0, GCID: 1\nmore") == "R36.3.0"
     assert parse_l4t("# something else\n") == "something else"  # kept as written, not guessed
@@ -710,7 +757,8 @@ def test_a_file_replayed_at_a_frame_rate_behaves_like_a_camera(video):
     frames = [reference.read()[1] for _ in range(40)]
     got = [source.read()[1] for _ in range(3)]  # on time: frames 0, 1, 2, each 40 ms apart
     assert clock.now == pytest.approx(100.08)
-    clock.now += 0.13  # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
+    # capture busy until 100.21: frames 3 and 4 are gone, 5 (taken at 100.20) is the newest
+    clock.now += 0.13
     got.append(source.read()[1])
     assert source.dropped == 2 and clock.now == pytest.approx(100.21)
     assert [int(np.abs(g.astype(int) - frames[i]).sum()) for g, i in zip(got, [0, 1, 2, 5])] == [

@@ -32,14 +32,21 @@ def test_mismatched_engine_says_how_to_rebuild():
 def test_onnx_choice_per_precision_and_version(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"x")
     (tmp_path / "model.int8.onnx").write_bytes(b"x")
-    request = EngineRequest(tmp_path, "fp16", BatchProfile(1, 1, 1), 64)
+    request = EngineRequest(
+        bundle=tmp_path, precision="fp16", batch=BatchProfile(1, 1, 1), image_size=64
+    )
     assert onnx_for(request, 10) == (tmp_path / "model.onnx", True)  # FP16 flag on <= 10
     with pytest.raises(EngineError, match="--fp16"):
         onnx_for(request, 11)  # 11 needs the FP16-typed graph
     (tmp_path / "model.fp16.onnx").write_bytes(b"x")
     assert onnx_for(request, 11) == (tmp_path / "model.fp16.onnx", False)
     assert (
-        onnx_for(EngineRequest(tmp_path, "int8", BatchProfile(1, 1, 1), 64), 8)[0].name
+        onnx_for(
+            EngineRequest(
+                bundle=tmp_path, precision="int8", batch=BatchProfile(1, 1, 1), image_size=64
+            ),
+            8,
+        )[0].name
         == "model.int8.onnx"
     )
 
@@ -66,7 +73,9 @@ def test_build_int8_engine_and_register_it(trt_and_cuda, tmp_path, trained_ckpt)
 
     out = tmp_path / "bundle"
     export_bundle(
-        ExportOptions(trained_ckpt, out, int8=True, calib_count=4, batch=BatchProfile(1, 1, 2)),
+        ExportOptions(
+            checkpoint=trained_ckpt, out=out, int8=True, calib_count=4, batch=BatchProfile(1, 1, 2)
+        ),
         log=lambda _: None,
     )
     _build_engines(out, ["int8"], BatchProfile(1, 1, 2), 1 << 28, None)

@@ -33,8 +33,8 @@ def exported(tmp_path_factory, trained_ckpt):
     out = tmp_path_factory.mktemp("trt") / "bundle"
     export_bundle(
         ExportOptions(
-            trained_ckpt,
-            out,
+            checkpoint=trained_ckpt,
+            out=out,
             int8=True,
             fp16=True,
             calib_count=4,
@@ -61,7 +61,15 @@ def fake(request):
 
 def build(bundle, precision="int8", batch=BatchProfile(1, 1, 8), dla_core=None) -> tuple[str, dict]:
     entry = build_engine(
-        EngineRequest(bundle, precision, batch, SIZE, 1 << 28, dla_core), log=lambda _: None
+        EngineRequest(
+            bundle=bundle,
+            precision=precision,
+            batch=batch,
+            image_size=SIZE,
+            workspace=1 << 28,
+            dla_core=dla_core,
+        ),
+        log=lambda _: None,
     )
     return next(iter(entry.items()))
 
@@ -286,7 +294,9 @@ def test_backend_runs_batches_inside_the_profile_and_refuses_others(
                 create_backend(loaded, "tensorrt", precision, max_batch=batch, log=lambda _: None)
             assert "--batch" in info.value.fix and "build-engine" in info.value.fix
             continue
-        backend = create_backend(loaded, "tensorrt", precision, max_batch=batch, log=lambda _: None)
+        chosen = create_backend(loaded, "tensorrt", precision, max_batch=batch, log=lambda _: None)
+        backend = chosen.backend
+        assert chosen.file == loaded.files(kind="engine")[0] and chosen.workers == 1
         assert backend.describe()["batch_range"] == [profile.min, profile.max]
         for n in (batch, 1, batch + 3):  # full, short (padded to the minimum) and split calls
             x = images(n, seed=n)
@@ -350,7 +360,7 @@ def test_mismatched_engine_is_refused(bundle):
         with pytest.raises(BackendError, match="cannot load"):
             TensorRTBackend(bundle / name, "int8", 1)  # the plan itself is refused too
         notes = []
-        backend = create_backend(loaded, "auto", "int8", max_batch=1, log=notes.append)
+        backend = create_backend(loaded, "auto", "int8", max_batch=1, log=notes.append).backend
         assert backend.name == "onnxruntime" and "built with TensorRT 10.3.0" in notes[0]
     with installed("10.3.0", FakeGPU("NVIDIA GeForce RTX 4090", dla_cores=0)):
         with pytest.raises(
@@ -371,7 +381,7 @@ def test_dla_engine_runs_on_the_core_it_was_built_for(bundle, version):
         assert name.startswith("engines/model.int8.dla1.") and info["dla_core"] == 1
         backend = create_backend(
             register(bundle, name, info), "tensorrt", "int8", max_batch=1, log=lambda _: None
-        )
+        ).backend
         runtime = trt.fake.runtimes[-1]
         assert runtime.DLA_core == 1 and trt.fake.engines[-1]()._dla_core_in_use == 1
         backend.infer(images(1))

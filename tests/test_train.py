@@ -20,12 +20,14 @@ from dmgrd_edge.train.trainer import train_category
 def _job(root, out, steps, **kw):
     config = ModelConfig(image_size=64, memory_size=4, **PAPER_MODEL_FIELDS)
     return TrainJob(
-        "mvtec",
-        str(root),
-        "washer",
-        str(out),
-        config,
-        TrainConfig(steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2),
+        dataset="mvtec",
+        root=str(root),
+        category="washer",
+        out_dir=str(out),
+        model=config,
+        train=TrainConfig(
+            steps=steps, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2
+        ),
         **kw,
     )
 

@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.progress import track
 
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import read_image, read_mask, write_image
-from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.data.imageio import write_image
+from dmgrd_edge.data.preprocess import read_frames, read_masks
 from dmgrd_edge.metrics import evaluate_all
 from dmgrd_edge.viz import draw_contour, heat_overlay, put_label
 
 from .checkpoint import checkpoint_preprocess, load_model
-from .loop import pick_device
+from .loop import as_tensor, pick_device
 
 
 def _timed_forward(model, x: torch.Tensor, device) -> tuple[Any, float]:
@@ -29,6 +29,25 @@ def _timed_forward(model, x: torch.Tensor, device) -> tuple[Any, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return out, time.perf_counter() - t0
+
+
+def read_test_set(samples, cfg, console: Console, category: str) -> tuple[np.ndarray, np.ndarray]:
+    """Test images (uint8 at model size) and their masks (bool, empty for good images)."""
+    paths = [s.path for s in samples]
+    images = read_frames(track(paths, description=f"read {category}", console=console), cfg)
+    return images, read_masks([s.mask_path for s in samples], cfg)
+
+
+def _predict_timed(model, images: np.ndarray, cfg, device, batch_size: int):
+    """Maps, scores and the seconds spent in forward passes (after one warm-up pass)."""
+    maps, scores, seconds = [], [], 0.0
+    model(as_tensor(images[:1], cfg, device))  # warm-up
+    for i in range(0, len(images), batch_size):
+        out, dt = _timed_forward(model, as_tensor(images[i : i + batch_size], cfg, device), device)
+        seconds += dt
+        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
+        scores.append(out.score.float().cpu().numpy())
+    return np.concatenate(maps), np.concatenate(scores), seconds
 
 
 @torch.no_grad()
@@ -56,31 +75,9 @@ def evaluate_checkpoint(
         console.print(
             f"[yellow]warning:[/] {category} has no defective test images; only scores are reported"
         )
-    maps, scores, seconds = [], [], 0.0
-    images = np.stack(
-        [
-            resize_rgb(read_image(s.path), cfg)
-            for s in track(index.test, description=f"read {category}", console=console)
-        ]
-    )
-    model(torch.from_numpy(normalize(images[:1], cfg)).to(dev))  # warm-up
-    for i in range(0, len(images), batch_size):
-        out, dt = _timed_forward(
-            model, torch.from_numpy(normalize(images[i : i + batch_size], cfg)).to(dev), dev
-        )
-        seconds += dt
-        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
-        scores.append(out.score.float().cpu().numpy())
-    maps_np, scores_np = np.concatenate(maps), np.concatenate(scores)
+    images, masks = read_test_set(index.test, cfg, console, category)
     labels = np.array([s.label for s in index.test])
-    masks = np.stack(
-        [
-            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
-            if s.mask_path
-            else np.zeros((cfg.height, cfg.width), bool)
-            for s in index.test
-        ]
-    )
+    maps_np, scores_np, seconds = _predict_timed(model, images, cfg, dev, batch_size)
     row: dict[str, Any] = {"category": category, **evaluate_all(labels, scores_np, masks, maps_np)}
     row["ms_per_image"] = 1000 * seconds / len(images)
     row["n_test"] = int(len(images))

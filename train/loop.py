@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from dmgrd_edge.config import ModelConfig, PreprocessConfig, TrainConfig
-from dmgrd_edge.data.imageio import read_image
-from dmgrd_edge.data.preprocess import normalize, resize_rgb
+from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainJob:
     dataset: str
     root: str
@@ -56,8 +55,12 @@ def pick_device(name: str) -> torch.device:
 
 def load_images(paths, cfg: PreprocessConfig, progress: Callable | None = None) -> np.ndarray:
     """Read and resize images to the model size: uint8 (N, H, W, 3)."""
-    items = progress(paths) if progress else paths
-    return np.stack([resize_rgb(read_image(p), cfg) for p in items])
+    return read_frames(progress(paths) if progress else paths, cfg)
+
+
+def as_tensor(frames: np.ndarray, cfg: PreprocessConfig, device) -> torch.Tensor:
+    """uint8 frames at model size -> the model's normalised float32 NCHW input on `device`."""
+    return torch.from_numpy(normalize(frames, cfg)).to(device)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -107,7 +110,7 @@ def predict(model, images: np.ndarray, cfg: PreprocessConfig, device, batch_size
     model.eval()
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(normalize(images[i : i + batch_size], cfg)).to(device)
+        x = as_tensor(images[i : i + batch_size], cfg, device)
         out = model(x)
         maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
         scores.append(out.score.float().cpu().numpy())

@@ -45,7 +45,7 @@ def finetune_config(
     )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class PruneJob:
     checkpoint: str
     out_dir: str
@@ -59,21 +59,16 @@ class PruneJob:
     overwrite: bool = False
 
 
-def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+def _check_job(job: PruneJob) -> None:
     if not 0.0 < job.ratio < 1.0:
         raise ConfigError(
             f"--ratio must be between 0 and 1 (the share of channels removed), got {job.ratio}"
         )
     if job.multiple < 1:
         raise ConfigError(f"--multiple must be >= 1, got {job.multiple}")
-    model, payload = load_model(job.checkpoint)
-    if not model.config.uses_student:
-        raise ConfigError(
-            f"{job.checkpoint} is the nearest-neighbour baseline: it has no channels to prune",
-            "make its memory smaller instead (train --method knn --patch-bank-size N)",
-        )
-    metadata = dict(payload["metadata"])
+
+
+def _empty_out(job: PruneJob) -> Path:
     out = Path(job.out_dir)
     if out.exists() and any(out.iterdir()):
         if not job.overwrite:
@@ -83,7 +78,11 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
+
+def _cut(job: PruneJob, model, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Prune ``model`` in place; records the cut in ``metadata`` and returns it."""
     before = trainable_parameter_count(model)
     widths = prune(model, job.ratio, job.multiple)
     after = trainable_parameter_count(model)
@@ -100,11 +99,50 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
     step = {k: v for k, v in pruning.items() if k not in ("widths", "from")}
     metadata["pruning"] = {**pruning, "history": history + [step]}
     metadata.pop("history", None)  # the validation history of the unpruned run no longer applies
+    return pruning
+
+
+def _finetune_job(job: PruneJob, metadata: dict[str, Any], model, out: Path, cut: Path):
+    dataset = job.dataset or metadata.get("dataset")
+    root = job.data or metadata.get("root")
+    category = job.category or metadata.get("category")
+    if not (dataset and root and category):
+        raise DataError(
+            "the checkpoint does not say which data it was trained on",
+            "give --data, --dataset and --category for the fine-tune",
+        )
+    return TrainJob(
+        dataset=dataset,
+        root=str(root),
+        category=category,
+        out_dir=str(out),
+        model=model.config,
+        train=job.finetune,
+        pretrained=False,
+        device=job.device,
+        init_from=str(cut),
+    )
+
+
+def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    _check_job(job)
+    model, payload = load_model(job.checkpoint)
+    if not model.config.uses_student:
+        raise ConfigError(
+            f"{job.checkpoint} is the nearest-neighbour baseline: it has no channels to prune",
+            "make its memory smaller instead (train --method knn --patch-bank-size N)",
+        )
+    metadata = dict(payload["metadata"])
+    out = _empty_out(job)
+    pruning = _cut(job, model, metadata)
+    before, after = pruning["trainable_params_before"], pruning["trainable_params_after"]
     cut = out / "pruned.pt"
     save_checkpoint(cut, model, metadata)
     console.print(
-        f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
-        f"({100 * (1 - after / before):.0f} % fewer), {len(widths)} groups -> {cut}"
+        f"pruned {job.checkpoint}: trainable parameters {before / 1e6:.2f} M -> "
+        f"{after / 1e6:.2f} M ({100 * (1 - after / before):.0f} % fewer), "
+        f"{len(pruning['widths'])} groups -> {cut}"
     )
     summary: dict[str, Any] = {
         "pruned": str(cut),
@@ -116,24 +154,5 @@ def prune_checkpoint(job: PruneJob, console: Console | None = None) -> dict[str,
             "check it with `dmgrd-edge eval` before exporting[/]"
         )
         return summary
-    dataset = job.dataset or metadata.get("dataset")
-    root = job.data or metadata.get("root")
-    category = job.category or metadata.get("category")
-    if not (dataset and root and category):
-        raise DataError(
-            "the checkpoint does not say which data it was trained on",
-            "give --data, --dataset and --category for the fine-tune",
-        )
-    train_job = TrainJob(
-        dataset,
-        str(root),
-        category,
-        str(out),
-        model.config,
-        job.finetune,
-        pretrained=False,
-        device=job.device,
-        init_from=str(cut),
-    )
-    summary["finetune"] = train_category(train_job, console)
+    summary["finetune"] = train_category(_finetune_job(job, metadata, model, out, cut), console)
     return summary

@@ -14,21 +14,49 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, ConfigError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .loop import load_images, make_validation_set, pick_device, validate
+from .loop import as_tensor, load_images, make_validation_set, pick_device, validate
 from .trainer import split_train_val
 
 REBUILT_KEYS = ("patch_memory.", "head.map_weights")
+
+
+def _rebuilt_model(checkpoint: Path, payload: dict[str, Any], changes: dict[str, Any], dev):
+    """The checkpoint's model with ``changes`` to its config; the parts the change rebuilds
+    (REBUILT_KEYS) start fresh, every other weight must fit."""
+    config = dataclasses.replace(ModelConfig.from_dict(payload["model_config"]), **changes)
+    model = DMGRD(config, pretrained=False)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(REBUILT_KEYS)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in list(missing) + list(unexpected) if not k.startswith(REBUILT_KEYS)]
+    if wrong:
+        raise CheckpointError(f"{checkpoint} does not fit the rescored model: {wrong[:5]}")
+    return model.to(dev).eval()
+
+
+def _train_config(meta: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in meta.get("train_config", {}).items() if k in known})
+
+
+def _restore_patch_memory(model, payload, images, cfg, seed: int, dev, console) -> None:
+    """The checkpoint's patch memory when it has one of the model's size, else one filled
+    from ``images``."""
+    kept = {k: v for k, v in payload["state_dict"].items() if k.startswith("patch_memory.")}
+    trained_size = ModelConfig.from_dict(payload["model_config"]).patch_bank_size
+    if kept and trained_size == model.config.patch_bank_size:
+        model.patch_memory.load_state_dict({k[len("patch_memory.") :]: v for k, v in kept.items()})
+    else:
+        console.print(f"filling the patch memory from {len(images)} training images")
+        model.fill_patch_memory(as_tensor(images, cfg, dev), seed)
 
 
 def rescore_checkpoint(
@@ -48,7 +76,6 @@ def rescore_checkpoint(
             f"--out {out} already exists", "give a new file name, or remove that file first"
         )
     payload = read_checkpoint(checkpoint)
-    old = ModelConfig.from_dict(payload["model_config"])
     changes: dict[str, Any] = {"score_source": score_source}
     if memory_score_levels is not None:
         changes["memory_score_levels"] = memory_score_levels
@@ -56,44 +83,21 @@ def rescore_checkpoint(
         changes["map_scale"] = map_scale
     if patch_bank_size is not None:
         changes["patch_bank_size"] = patch_bank_size
-    config = dataclasses.replace(old, **changes)
     dev = pick_device(device)
-    model = DMGRD(config, pretrained=False)
-    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(REBUILT_KEYS)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    wrong = [k for k in list(missing) + list(unexpected) if not k.startswith(REBUILT_KEYS)]
-    if wrong:
-        raise CheckpointError(f"{checkpoint} does not fit the rescored model: {wrong[:5]}")
-    model = model.to(dev).eval()
+    model = _rebuilt_model(checkpoint, payload, changes, dev)
+    config = model.config
     meta = dict(payload["metadata"])
     meta.pop("map_stats", None)
-    tcfg = TrainConfig(
-        **{
-            k: v
-            for k, v in meta.get("train_config", {}).items()
-            if k in {f.name for f in dataclasses.fields(TrainConfig)}
-        }
-    )
+    tcfg = _train_config(meta)
     cfg = config.preprocess()
     index = index_category(meta["dataset"], meta["root"], meta["category"])
     images = load_images([s.path for s in index.train], cfg)
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     if config.uses_patch_memory:
-        kept = {k: v for k, v in payload["state_dict"].items() if k.startswith("patch_memory.")}
-        if kept and config.patch_bank_size == old.patch_bank_size:
-            model.patch_memory.load_state_dict(
-                {k[len("patch_memory.") :]: v for k, v in kept.items()}
-            )
-        else:
-            console.print(f"filling the patch memory from {len(train_idx)} training images")
-            model.fill_patch_memory(
-                torch.from_numpy(normalize(images[train_idx], cfg)).to(dev), tcfg.seed
-            )
+        _restore_patch_memory(model, payload, images[train_idx], cfg, tcfg.seed, dev, console)
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
-    means = model.calibrate_map_weights(
-        torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(dev)
-    )
+    means = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, dev))
     metrics = validate(model, val, cfg, dev)
     meta.update(
         score_stats=metrics["score_stats"],

@@ -24,7 +24,6 @@ from rich.progress import (
 
 from dmgrd_edge import __version__
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
@@ -32,6 +31,7 @@ from dmgrd_edge.model import DMGRD
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
+    as_tensor,
     TrainJob,
     load_images,
     lr_at,
@@ -134,13 +134,13 @@ def _fill_memory(
         idx = rng.choice(len(images), k, replace=replace)
         abnormal = np.stack([synth(images[i], rng, images)[0] for i in idx])
         model.fill_memory(
-            torch.from_numpy(normalize(images[idx], cfg)).to(device),
-            torch.from_numpy(normalize(abnormal, cfg)).to(device),
+            as_tensor(images[idx], cfg, device),
+            as_tensor(abnormal, cfg, device),
         )
         record.update(size=k, train_indices=idx.tolist())
     if job.model.uses_patch_memory:
         t0 = time.perf_counter()
-        model.fill_patch_memory(torch.from_numpy(normalize(images, cfg)).to(device), job.train.seed)
+        model.fill_patch_memory(as_tensor(images, cfg, device), job.train.seed)
         record["patch_memory"] = {
             "rows_per_level": job.model.patch_bank_size,
             "from_images": int(len(images)),
@@ -150,15 +150,9 @@ def _fill_memory(
     return record
 
 
-def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+def _read_split(job: TrainJob, index, console: Console) -> dict[str, Any]:
+    """Training images split into train and validation (with pseudo-anomalous copies)."""
     cfg, tcfg = job.model.preprocess(), job.train
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    device = pick_device(job.device)
-    index = index_category(job.dataset, job.root, job.category)
-    out, replaces = _prepare_out_dir(job)
-    console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
     with _progress(console) as bar:
         task = bar.add_task("loading", total=len(index.train), info="")
         images = load_images(
@@ -166,8 +160,18 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         )
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
-    train_images, val = images[train_idx], make_validation_set(images[val_idx], synth, tcfg.seed)
+    return {
+        "train": images[train_idx],
+        "val": make_validation_set(images[val_idx], synth, tcfg.seed),
+        "synth": synth,
+        "n_train": int(len(train_idx)),
+        "n_val_normal": int(len(val_idx)),
+    }
 
+
+def _build_model(job: TrainJob, device):
+    """The model (seeded), its optimizer (None for the memory-only baseline) and its steps."""
+    tcfg = job.train
     torch.manual_seed(tcfg.seed)
     # a model started from a checkpoint takes its teacher from there too
     model = DMGRD(job.model, job.pretrained and not job.init_from, job.teacher_weights).to(device)
@@ -177,17 +181,20 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     # the nearest-neighbour baseline has nothing to train: its memory is all there is
     steps = tcfg.steps if trainable else 0
     optimizer = torch.optim.Adam(trainable, lr=tcfg.lr, betas=(0.5, 0.999)) if trainable else None
-    start, history = 0, []
-    metadata: dict[str, Any] = {
+    return model, optimizer, steps
+
+
+def _metadata(job: TrainJob, model, data: dict[str, Any]) -> dict[str, Any]:
+    return {
         "dataset": job.dataset,
         "root": str(job.root),
         "category": job.category,
         "teacher_weights": model.teacher_source,
         "selection_rule": job.model.selection,
-        "train_config": tcfg.to_dict(),
-        "synthesis": synth.source_kind,
-        "n_train": int(len(train_idx)),
-        "n_val_normal": int(len(val_idx)),
+        "train_config": job.train.to_dict(),
+        "synthesis": data["synth"].source_kind,
+        "n_train": data["n_train"],
+        "n_val_normal": data["n_val_normal"],
         "versions": {
             "dmgrd_edge": __version__,
             "torch": str(torch.__version__),
@@ -195,15 +202,19 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         },
         "model_selection": "last checkpoint and best validation checkpoint; never the test set",
     }
+
+
+def _start_from(job: TrainJob, out: Path, model, optimizer, metadata, data, device, console):
+    """Step to start at and the metadata to continue: a resumed run's, a checkpoint's weights
+    (pruning's fine-tune, with that run's memory banks), or a fresh memory."""
     if job.resume:
         payload = read_checkpoint(out / "last.pt")
         model.load_state_dict(payload["state_dict"])
         if optimizer is not None:
             optimizer.load_state_dict(payload["optimizer"])
-        start, metadata = payload["step"], payload["metadata"]
-        history = metadata.get("history", [])
-        console.print(f"resuming at step {start}")
-    elif job.init_from:
+        console.print(f"resuming at step {payload['step']}")
+        return payload["step"], payload["metadata"]
+    if job.init_from:
         init = read_checkpoint(job.init_from)
         try:
             model.load_state_dict(init["state_dict"], strict=True)
@@ -218,104 +229,138 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             if key in init["metadata"]:
                 metadata[key] = init["metadata"][key]
         metadata["init_from"] = str(job.init_from)
-    else:
-        metadata["memory"] = _fill_memory(model, train_images, synth, job, device, console)
-    autocast, scaler = _autocast(device, tcfg.amp)
-    source = BatchSource(train_images, synth, tcfg)
-    best = max((h["val_mean"] for h in history), default=-1.0)
-    train_time, seen = 0.0, 0
+        return 0, metadata
+    metadata["memory"] = _fill_memory(model, data["train"], data["synth"], job, device, console)
+    return 0, metadata
 
-    def checkpoint(step: int) -> None:
-        nonlocal out, replaces
-        metadata["history"] = history
-        save_checkpoint(out / "last.pt", model, metadata, optimizer, step)
-        if replaces is not None:  # the new run has a checkpoint: now it may replace the old
-            out, replaces = _replace_run(out, replaces), None
 
-    def validation(done: int, loss: float, bar) -> None:
-        nonlocal best
-        weights = model.calibrate_map_weights(
-            torch.from_numpy(normalize(val[0][val[1] == 0], cfg)).to(device)
-        )
+class _Session:
+    """One training run's state between steps: checkpoints, validation, the optimizer step."""
+
+    def __init__(self, job, model, optimizer, metadata, val, device, out, replaces):
+        self.job, self.model, self.optimizer, self.metadata = job, model, optimizer, metadata
+        self.val, self.device, self.out, self.replaces = val, device, out, replaces
+        self.cfg, self.tcfg = job.model.preprocess(), job.train
+        self.history = metadata.get("history", [])
+        self.best = max((h["val_mean"] for h in self.history), default=-1.0)
+        self.autocast, self.scaler = _autocast(device, self.tcfg.amp)
+        self.train_time, self.seen = 0.0, 0
+
+    def checkpoint(self, step: int) -> None:
+        self.metadata["history"] = self.history
+        save_checkpoint(self.out / "last.pt", self.model, self.metadata, self.optimizer, step)
+        if self.replaces is not None:  # the new run has a checkpoint: now it may replace the old
+            self.out, self.replaces = _replace_run(self.out, self.replaces), None
+
+    def validation(self, done: int, loss: float, bar) -> None:
+        model, val = self.model, self.val
+        weights = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], self.cfg, self.device))
         if weights is not None:
-            metadata["map_stats"] = {
-                "scale": job.model.map_scale,
+            self.metadata["map_stats"] = {
+                "scale": self.job.model.map_scale,
                 "student": weights[0],
                 "memory": weights[1],
             }
-        metrics = validate(model, val, cfg, device)
+        metrics = validate(model, val, self.cfg, self.device)
         metrics.update(
             step=done,
             loss=loss,
             val_mean=(metrics.get("i_auroc", 0) + metrics.get("p_auroc", 0)) / 2,
         )
-        history.append(metrics)
+        self.history.append(metrics)
         bar.console.print(
             f"step {done}: val I-AUC {metrics.get('i_auroc', float('nan')):.4f} "
             f"P-AUC {metrics.get('p_auroc', float('nan')):.4f} "
             f"PRO@0.3 {metrics.get('pro_30', float('nan')):.4f}"
         )
-        metadata["score_stats"] = metrics["score_stats"]
-        if metrics["val_mean"] > best:
-            best = metrics["val_mean"]
-            metadata["history"] = history
-            save_checkpoint(out / "best.pt", model, metadata, None, done)
+        self.metadata["score_stats"] = metrics["score_stats"]
+        if metrics["val_mean"] > self.best:
+            self.best = metrics["val_mean"]
+            self.metadata["history"] = self.history
+            save_checkpoint(self.out / "best.pt", model, self.metadata, None, done)
 
+    def step(self, step: int, source: BatchSource):
+        """One optimizer step; returns the loss terms."""
+        t0 = time.perf_counter()
+        augmented, clean, _, is_anomalous = source.batch(step)
+        device, cfg = self.device, self.cfg
+        x_aug, x_clean = as_tensor(augmented, cfg, device), as_tensor(clean, cfg, device)
+        if device.type == "cuda" and self.tcfg.channels_last:
+            x_aug = x_aug.contiguous(memory_format=torch.channels_last)
+            x_clean = x_clean.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.tcfg)
+        self.model.train()
+        with self.autocast:
+            features = self.model.training_features(x_aug)
+            target = self.model.teacher_features(x_clean)
+            anomalous = torch.from_numpy(is_anomalous).to(device)
+            terms = dmgrd_loss(features, target, anomalous, self.tcfg.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(terms.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms.total.backward()
+            self.optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_time += time.perf_counter() - t0
+        self.seen += len(augmented)
+        return terms
+
+    def progress_info(self, terms) -> str:
+        return (
+            f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
+            f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} "
+            f"{self.seen / self.train_time:.1f} img/s"
+        )
+
+
+def _train_loop(session: _Session, source: BatchSource, start: int, steps: int, console):
+    tcfg = session.tcfg
     with _progress(console) as bar:
-        task = bar.add_task(f"train {job.category}", total=max(steps, 1), completed=start, info="")
+        task = bar.add_task(
+            f"train {session.job.category}", total=max(steps, 1), completed=start, info=""
+        )
         if not steps:
-            validation(0, 0.0, bar)
-            checkpoint(0)
+            session.validation(0, 0.0, bar)
+            session.checkpoint(0)
             bar.update(task, completed=1, info="memory only: nothing to train")
         for step in range(start, steps):
-            t0 = time.perf_counter()
-            augmented, clean, _, is_anomalous = source.batch(step)
-            x_aug = torch.from_numpy(normalize(augmented, cfg)).to(device)
-            x_clean = torch.from_numpy(normalize(clean, cfg)).to(device)
-            if device.type == "cuda" and tcfg.channels_last:
-                x_aug = x_aug.contiguous(memory_format=torch.channels_last)
-                x_clean = x_clean.contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, tcfg)
-            model.train()
-            with autocast:
-                features = model.training_features(x_aug)
-                target = model.teacher_features(x_clean)
-                terms = dmgrd_loss(
-                    features,
-                    target,
-                    torch.from_numpy(is_anomalous).to(device),
-                    tcfg.loss_weights,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(terms.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                terms.total.backward()
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - t0
-            seen += len(augmented)
+            terms = session.step(step, source)
             done = step + 1
-            info = (
-                f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
-                f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s"
-            )
-            bar.update(task, completed=done, info=info)
+            bar.update(task, completed=done, info=session.progress_info(terms))
             if done % tcfg.val_every == 0 or done == steps:
-                validation(done, float(terms.total.item()), bar)
+                session.validation(done, float(terms.total.item()), bar)
             if done % tcfg.checkpoint_every == 0 or done == steps:
-                checkpoint(done)
+                session.checkpoint(done)
+
+
+def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    if job.train.threads:
+        torch.set_num_threads(job.train.threads)
+    device = pick_device(job.device)
+    index = index_category(job.dataset, job.root, job.category)
+    out, replaces = _prepare_out_dir(job)
+    console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
+    data = _read_split(job, index, console)
+    model, optimizer, steps = _build_model(job, device)
+    metadata = _metadata(job, model, data)
+    start, metadata = _start_from(job, out, model, optimizer, metadata, data, device, console)
+    session = _Session(job, model, optimizer, metadata, data["val"], device, out, replaces)
+    _train_loop(
+        session, BatchSource(data["train"], data["synth"], job.train), start, steps, console
+    )
     summary = {
         "category": job.category,
-        "out": str(out),
+        "out": str(session.out),
         "steps": steps,
-        "train_img_per_s": seen / train_time if train_time else None,
-        "final_validation": history[-1] if history else None,
+        "train_img_per_s": session.seen / session.train_time if session.train_time else None,
+        "final_validation": session.history[-1] if session.history else None,
         "device": str(device),
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    (session.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,15 +1,27 @@
-"""THE preprocessing function. Training, calibration, evaluation and the runtime all call
-this one function with parameters taken from the checkpoint or bundle manifest."""
+"""THE frame-to-tensor function, in two halves with the parameters of the checkpoint or
+bundle manifest:
+
+- `model_frames` / `read_frames`: RGB uint8 image(s) of any size (or image files) -> uint8
+  (N, H, W, 3) at the model's size. Training and calibration stop here, because the
+  pseudo-anomaly synthesis works on these frames;
+- `normalize`: those frames -> float32 (N, 3, H, W), what the model takes.
+
+`preprocess` is the two in one call, `frame_to_tensor` the same for one frame (the runtime's
+capture thread). Training, calibration, evaluation, bench and the runtime all go through
+these functions; `tests/test_preprocess.py` feeds one image file through each of them and
+compares the tensors bit for bit."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 
 from ..config import PreprocessConfig
 from ..errors import DataError
+from .imageio import read_image, read_mask
 
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
@@ -43,14 +55,49 @@ def normalize(batch_hwc: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return out
 
 
-def preprocess(images: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
-    """RGB uint8 image(s) of any size -> normalised float32 NCHW at the model's size."""
+def model_frames(images: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
+    """RGB uint8 image(s) of any size -> uint8 (N, H, W, 3) at the model's size."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     if len(images) == 0:
         raise DataError("preprocess got no images")
-    resized = np.stack([resize_rgb(image, cfg) for image in images])
-    return normalize(resized, cfg)
+    return np.stack([resize_rgb(image, cfg) for image in images])
+
+
+def read_frames(paths: Iterable[str | Path], cfg: PreprocessConfig) -> np.ndarray:
+    """Image files -> uint8 (N, H, W, 3) at the model's size (read with `read_image`)."""
+    return model_frames([read_image(p) for p in paths], cfg)
+
+
+def read_masks(paths: Sequence[str | Path | None], cfg: PreprocessConfig) -> np.ndarray:
+    """Ground-truth masks at the model's size, bool (N, H, W); None (a good image) is empty."""
+    return np.stack(
+        [
+            resize_mask(read_mask(p), cfg.height, cfg.width)
+            if p
+            else np.zeros((cfg.height, cfg.width), bool)
+            for p in paths
+        ]
+    )
+
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
+    """RGB uint8 image(s) of any size -> normalised float32 NCHW at the model's size."""
+    return normalize(model_frames(images, cfg), cfg)
+
+
+def frame_to_tensor(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """One RGB uint8 frame of any size -> float32 (3, H, W)."""
+    return preprocess(image, cfg)[0]
+
+
+def make_preprocess(cfg: PreprocessConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """`frame_to_tensor` bound to one set of parameters (the runtime's capture thread)."""
+
+    def run(image: np.ndarray) -> np.ndarray:
+        return frame_to_tensor(image, cfg)
+
+    return run
 
 
 def denormalize(batch_nchw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

@@ -112,68 +112,90 @@ def _random_point(rng, part: np.ndarray, margin: int) -> tuple[int, int]:
     return int(xs[i] + margin), int(ys[i] + margin)
 
 
+def _scratch(rng, image, mask, part, background, x, y, scale):
+    points = [(x, y)]
+    for _ in range(3):
+        angle = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(15, 35) * scale
+        points.append(
+            (
+                int(points[-1][0] + length * np.cos(angle)),
+                int(points[-1][1] + length * np.sin(angle)),
+            )
+        )
+    cv2.polylines(mask, [np.array(points, np.int32)], False, 1, max(2, int(3 * scale)))
+    value = rng.choice([235.0, 20.0])
+    image[mask > 0] = 0.3 * image[mask > 0] + 0.7 * value
+    return mask
+
+
+def _spot(rng, image, mask, part, background, x, y, scale):
+    axes = (int(rng.uniform(6, 14) * scale), int(rng.uniform(5, 12) * scale))
+    cv2.ellipse(mask, (x, y), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2)[:, :, None]
+    stain = np.asarray(rng.choice([[60, 40, 20], [20, 20, 20], [90, 70, 30]]), np.float32)
+    image[:] = image * (1 - 0.8 * soft) + stain * 0.8 * soft
+    return mask
+
+
+def _missing(rng, image, mask, part, background, x, y, scale):
+    pts = np.array(
+        [
+            [x + rng.uniform(-1, 1) * 14 * scale, y + rng.uniform(-1, 1) * 14 * scale]
+            for _ in range(6)
+        ],
+        np.float32,
+    )
+    cv2.fillPoly(mask, [cv2.convexHull(pts).astype(np.int32)], 1)
+    hole = (mask > 0) & part
+    image[hole] = background[hole] * 0.25
+    return hole.astype(np.uint8)
+
+
+def _foreign(rng, image, mask, part, background, x, y, scale):
+    r = int(rng.uniform(5, 10) * scale)
+    pts = np.array(
+        [
+            [
+                x + r * np.cos(a) * rng.uniform(0.6, 1.3),
+                y + r * np.sin(a) * rng.uniform(0.6, 1.3),
+            ]
+            for a in np.linspace(0, 2 * np.pi, 7)[:-1]
+        ],
+        np.int32,
+    )
+    cv2.fillPoly(mask, [pts], 1)
+    colour = rng.uniform(0, 255, 3)
+    image[mask > 0] = colour + rng.normal(0, 10, (int(mask.sum()), 3))
+    return mask
+
+
+def _color(rng, image, mask, part, background, x, y, scale):
+    axes = (int(rng.uniform(14, 24) * scale), int(rng.uniform(10, 20) * scale))
+    cv2.ellipse(mask, (x, y), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    mask &= part.astype(np.uint8)
+    shift = np.asarray(rng.choice([[1.5, 0.7, 0.6], [0.6, 0.8, 1.5], [1.4, 1.3, 0.5]]), np.float32)
+    image[mask > 0] = image[mask > 0] * shift
+    return mask
+
+
+# defect kind -> painter: draws into ``image`` (float, in place) and returns the uint8 mask
+_PAINTERS = {
+    "scratch": _scratch,
+    "spot": _spot,
+    "missing": _missing,
+    "foreign": _foreign,
+    "color": _color,
+}
+
+
 def _add_defect(rng, image: np.ndarray, part: np.ndarray, kind: str, background: np.ndarray):
     size = image.shape[0]
     mask = np.zeros((size, size), np.uint8)
     x, y = _random_point(rng, part, size // 8)
-    scale = size / 256
-    if kind == "scratch":
-        points = [(x, y)]
-        for _ in range(3):
-            angle = rng.uniform(0, 2 * np.pi)
-            length = rng.uniform(15, 35) * scale
-            points.append(
-                (
-                    int(points[-1][0] + length * np.cos(angle)),
-                    int(points[-1][1] + length * np.sin(angle)),
-                )
-            )
-        cv2.polylines(mask, [np.array(points, np.int32)], False, 1, max(2, int(3 * scale)))
-        value = rng.choice([235.0, 20.0])
-        image[mask > 0] = 0.3 * image[mask > 0] + 0.7 * value
-    elif kind == "spot":
-        axes = (int(rng.uniform(6, 14) * scale), int(rng.uniform(5, 12) * scale))
-        cv2.ellipse(mask, (x, y), axes, rng.uniform(0, 180), 0, 360, 1, -1)
-        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2)[:, :, None]
-        stain = np.asarray(rng.choice([[60, 40, 20], [20, 20, 20], [90, 70, 30]]), np.float32)
-        image[:] = image * (1 - 0.8 * soft) + stain * 0.8 * soft
-    elif kind == "missing":
-        pts = np.array(
-            [
-                [x + rng.uniform(-1, 1) * 14 * scale, y + rng.uniform(-1, 1) * 14 * scale]
-                for _ in range(6)
-            ],
-            np.float32,
-        )
-        cv2.fillPoly(mask, [cv2.convexHull(pts).astype(np.int32)], 1)
-        hole = (mask > 0) & part
-        image[hole] = background[hole] * 0.25
-        mask = hole.astype(np.uint8)
-    elif kind == "foreign":
-        r = int(rng.uniform(5, 10) * scale)
-        pts = np.array(
-            [
-                [
-                    x + r * np.cos(a) * rng.uniform(0.6, 1.3),
-                    y + r * np.sin(a) * rng.uniform(0.6, 1.3),
-                ]
-                for a in np.linspace(0, 2 * np.pi, 7)[:-1]
-            ],
-            np.int32,
-        )
-        cv2.fillPoly(mask, [pts], 1)
-        colour = rng.uniform(0, 255, 3)
-        image[mask > 0] = colour + rng.normal(0, 10, (int(mask.sum()), 3))
-    elif kind == "color":
-        axes = (int(rng.uniform(14, 24) * scale), int(rng.uniform(10, 20) * scale))
-        cv2.ellipse(mask, (x, y), axes, rng.uniform(0, 180), 0, 360, 1, -1)
-        mask &= part.astype(np.uint8)
-        shift = np.asarray(
-            rng.choice([[1.5, 0.7, 0.6], [0.6, 0.8, 1.5], [1.4, 1.3, 0.5]]), np.float32
-        )
-        image[mask > 0] = image[mask > 0] * shift
-    else:
+    if kind not in _PAINTERS:
         raise ConfigError(f"unknown defect kind {kind!r}", f"choose one of {list(DEFECTS)}")
+    mask = _PAINTERS[kind](rng, image, mask, part, background, x, y, size / 256)
     return np.clip(image, 0, 255), mask > 0
 
 
