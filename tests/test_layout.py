@@ -16,6 +16,7 @@ STAGES = [
     "dmgrd_edge.runtime",
     "dmgrd_edge.model",
     "dmgrd_edge.data",
+    "dmgrd_edge.workflow",
 ]
 
 # beyond the core, calib and runtime: the engine builder and what it imports, so that
