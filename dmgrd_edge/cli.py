@@ -810,6 +810,23 @@ def sweep(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("dmgrd-demo"), help="folder for everything the demo makes"),
+    quick: bool = typer.Option(
+        False, "--quick", help="the same steps at a reduced size (64 px, a few steps; tests)"
+    ),
+    threads: int = typer.Option(0, help="torch and ONNX Runtime threads (0: default)"),
+    overwrite: bool = typer.Option(False, help="replace an earlier demo in --out"),
+):
+    """The whole toolkit on generated line data: train, export, stream, sweep, summary page."""
+    from .workflow.demo import console_summary, run_demo
+
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    summary = run_demo(out, "quick" if quick else "full", console, threads, overwrite)
+    typer.echo(console_summary(summary))
+
+
 @app.command("calibrate-threshold")
 def calibrate_threshold(
     bundle: Path = typer.Argument(..., help="bundle folder"),
