@@ -374,10 +374,11 @@ class Sweep:
             steps=steps,
             batch_size=c.batch_size,
             lr=c.lr,
+            # the train command's 100 warm-up steps, but at most a quarter of a short run
             warmup_steps=min(100, steps // 4),
             seed=c.seed,
-            val_every=steps,
-            checkpoint_every=max(1, min(250, steps // 4)),
+            val_every=steps,  # one validation, at the end (the threshold and score statistics)
+            checkpoint_every=max(1, min(250, steps // 4)),  # what a stopped sweep resumes from
             threads=c.threads,
         )
         resume = (out / "last.pt").is_file()
