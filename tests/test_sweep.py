@@ -205,6 +205,9 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path, line_root):
     assert 0.0 <= result["accuracy"]["i_auroc"] <= 1.0 and result["accuracy"]["n_test"] == 14
     assert result["sweep"]["checkpoint_eval"]["n_test"] == 14
     assert (out / result["sweep"]["bundle"] / "manifest.json").is_file()
+    seconds = result["sweep"]["seconds"]  # this run's stages: wall and CPU seconds
+    assert {"prune", "prune_cpu", "export", "bench", "bench_cpu"} <= set(seconds)
+    assert "train" not in seconds and seconds["bench_cpu"] > 0  # the bench process's CPU
     assert list((out / result["sweep"]["eval_dir"] / "overlays").rglob("*.png"))
     csv = (out / "report" / "report.csv").read_text().splitlines()
     assert len(csv) == 3  # header and the two variants

@@ -291,6 +291,12 @@ def check_sweep_folder(paths: Paths, config: SweepConfig) -> None:
         )
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that were waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """A bench process ends when the sweep does (a killed sweep leaves no bench running)."""
     try:
@@ -476,7 +482,7 @@ class Sweep:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)  # a result of a stopped bench is not this one's
         self.say(f"bench {v.id} (own process) -> {target}")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         with open(log, "wb") as handle:
             done = subprocess.run(
                 command,
@@ -484,7 +490,7 @@ class Sweep:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent if os.name == "posix" else None,
             )
-        self.seconds.setdefault(v.id, {})["bench"] = round(time.perf_counter() - started, 2)
+        self._record(v.id, "bench", started, cpu)
         if done.returncode:
             tail = log.read_text(errors="replace").strip().splitlines()[-6:]
             raise DmgrdError(
@@ -498,10 +504,17 @@ class Sweep:
         return result
 
     def _timed(self, key: str, stage: str, work: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         value = work()
-        self.seconds.setdefault(key, {})[stage] = round(time.perf_counter() - started, 2)
+        self._record(key, stage, started, cpu)
         return value
+
+    def _record(self, key: str, stage: str, started: float, cpu: float) -> None:
+        """Wall seconds of a stage, and the CPU seconds it used (this process and the ones it
+        waited for): on a shared CPU the first grows with the load, the second hardly."""
+        record = self.seconds.setdefault(key, {})
+        record[stage] = round(time.perf_counter() - started, 2)
+        record[f"{stage}_cpu"] = round(_cpu_seconds() - cpu, 2)
 
     # -- the matrix ---------------------------------------------------------------------------
 
