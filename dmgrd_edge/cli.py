@@ -805,6 +805,80 @@ def report(
     say("wrote " + ", ".join(str(p) for p in result["paths"].values()))
 
 
+@app.command()
+def sweep(
+    data: Path = typer.Option(..., help="dataset root"),
+    category: str = typer.Option(..., help="the one category every variant is trained on"),
+    dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
+    out: Path = typer.Option(Path("sweep"), help="sweep folder (run it again to continue)"),
+    backbones: str = typer.Option("efficientnet_lite0", help="comma list of backbones"),
+    models: str = typer.Option(
+        "default", help="comma list of model variants: default, knn, no-memory, paper"
+    ),
+    ratios: str = typer.Option("0", help="comma list of pruning ratios (0: not pruned)"),
+    precisions: str = typer.Option("fp32,int8", help="comma list of fp32, int8"),
+    image_size: int = typer.Option(256, help="square input size, multiple of 32"),
+    steps: int = typer.Option(300, help="training steps per backbone and model variant"),
+    batch_size: int = typer.Option(8),
+    prune_steps: int = typer.Option(100, help="fine-tune steps after each cut"),
+    calib_count: int = typer.Option(100, help="INT8 calibration images"),
+    bench_batches: str = typer.Option("1,4,8", help="batch sizes bench measures"),
+    runs: int = typer.Option(30, help="bench runs per batch size"),
+    workers: str = typer.Option("auto", help="bench: calls in flight for throughput"),
+    threads: int = typer.Option(0, help="torch and ONNX Runtime threads (0: default)"),
+    device: str = typer.Option("auto", help="training device: auto, cpu, cuda or cuda:N"),
+    metric: str = typer.Option("pro_30", help="report's accuracy axis: pro_30, i_auroc, p_auroc"),
+    max_drop: float = typer.Option(1.0, help="report: fastest variant within this many points"),
+    budget_ms: Optional[float] = typer.Option(None, help="report: best variant within X ms"),
+):
+    """Train, prune, export, evaluate and bench a matrix of variants, then report (resumable)."""
+    from .workflow.sweep import SweepConfig, run_sweep, split_list
+
+    config = SweepConfig(
+        str(data),
+        category,
+        str(out),
+        dataset,
+        split_list("--backbones", backbones),
+        split_list("--models", models),
+        split_list("--ratios", ratios, float),
+        split_list("--precisions", precisions),
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        prune_steps=prune_steps,
+        calib_count=calib_count,
+        bench_batches=split_list("--bench-batches", bench_batches, int),
+        bench_runs=runs,
+        workers=workers,
+        threads=threads,
+        device=device,
+        metric=metric,
+        max_drop=max_drop,
+        budget_ms=budget_ms,
+    )
+    summary = run_sweep(config, console)
+    typer.echo((Path(summary["report"]["md"])).read_text())
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("dmgrd-demo"), help="folder for everything the demo makes"),
+    quick: bool = typer.Option(
+        False, "--quick", help="the same steps at a reduced size (64 px, a few steps; tests)"
+    ),
+    threads: int = typer.Option(0, help="torch and ONNX Runtime threads (0: default)"),
+    overwrite: bool = typer.Option(False, help="replace an earlier demo in --out"),
+):
+    """The whole toolkit on generated line data: train, export, stream, sweep, summary page."""
+    from .workflow.demo import console_summary, run_demo
+
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+    summary = run_demo(out, "quick" if quick else "full", console, threads, overwrite)
+    typer.echo(console_summary(summary))
+
+
 @app.command("calibrate-threshold")
 def calibrate_threshold(
     bundle: Path = typer.Argument(..., help="bundle folder"),

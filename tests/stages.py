@@ -22,6 +22,7 @@ PACKAGES = (
     "dmgrd_edge.calib",
     "dmgrd_edge.export",
     "dmgrd_edge.runtime",
+    "dmgrd_edge.workflow",
 )
 
 # a module's stage: the longest of these prefixes it starts with
@@ -32,6 +33,7 @@ STAGE_PREFIXES = {
     "dmgrd_edge.calib": "calib",
     "dmgrd_edge.export": "export",
     "dmgrd_edge.runtime": "runtime",
+    "dmgrd_edge.workflow": "workflow",
 }
 
 

@@ -2,6 +2,8 @@
 
     core <- model <- train        core <- calib        core <- runtime
     export <- model, train (checkpoint loading only), calib, runtime (the backends only)
+    workflow <- every stage (sweep and demo run them one after another); nothing imports
+                workflow but the CLI
 
 The core (dmgrd_edge's top-level modules and dmgrd_edge.data) imports no stage, except the
 CLI, which wires the commands and may import any stage inside its command functions only.
@@ -24,6 +26,7 @@ ALLOWED = {
     "calib": {"core", "calib"},
     "runtime": {"core", "runtime"},
     "export": {"core", "model", "train", "calib", "runtime", "export"},
+    "workflow": {"core", "model", "train", "calib", "runtime", "export", "workflow"},
 }
 # (stage, stage it imports) -> the only modules of the second it may import
 ONLY = {
@@ -87,6 +90,7 @@ def test_every_stage_has_its_modules():
         ("dmgrd_edge.runtime.select", "runtime"),
         ("dmgrd_edge.model.dmgrd", "model"),
         ("dmgrd_edge.data.synthesis", "data"),
+        ("dmgrd_edge.workflow.sweep", "workflow"),
     ]:
         assert sources[name].path.parent.name == folder
 
@@ -141,6 +145,32 @@ def test_the_check_fails_on_imports_against_the_order(tmp_path):
     assert found[0].endswith(": runtime may not import export")
     assert found[5].endswith(": export may import only ['dmgrd_edge.train.checkpoint'] of train")
     assert found[7].endswith(": at module level, not inside a command function")
+
+
+def test_only_the_cli_imports_the_workflows(tmp_path):
+    """The workflows sit on top: a stage importing one is reported, the CLI's lazy import
+    and a workflow's imports of the stages are not."""
+    files = {
+        "dmgrd_edge.export.pipeline": "from dmgrd_edge.workflow.sweep import Sweep\n",
+        "dmgrd_edge.train.trainer": "def f():\n    import dmgrd_edge.workflow.sweep\n",
+        "dmgrd_edge.report": "from .workflow import sweep\n",
+        "dmgrd_edge.cli": "def sweep():\n    from .workflow.sweep import run_sweep\n",
+        "dmgrd_edge.workflow.sweep": "from dmgrd_edge.train.prune import PruneJob\n"
+        "from dmgrd_edge.export.pipeline import export_bundle\n"
+        "from dmgrd_edge.runtime.select import parse_workers\n",
+        "dmgrd_edge.workflow": "",
+        "dmgrd_edge.train.prune": "",
+        "dmgrd_edge.runtime.select": "",
+    }
+    sources = {name: Source(name, tmp_path / f"{name}.py", False) for name in files}
+    found = violations(sources, files)
+    assert found == [
+        "dmgrd_edge.export.pipeline:1 imports dmgrd_edge.workflow.sweep: "
+        "export may not import workflow",
+        "dmgrd_edge.train.trainer:2 imports dmgrd_edge.workflow.sweep: "
+        "train may not import workflow",
+        "dmgrd_edge.report:1 imports dmgrd_edge.workflow.sweep: core may not import workflow",
+    ]
 
 
 def test_the_map_covers_every_package_of_the_distribution():

@@ -16,6 +16,7 @@ STAGES = [
     "dmgrd_edge.runtime",
     "dmgrd_edge.model",
     "dmgrd_edge.data",
+    "dmgrd_edge.workflow",
 ]
 
 # beyond the core, calib and runtime: the engine builder and what it imports, so that
@@ -27,6 +28,13 @@ EXPORT_TORCH_FREE = [
     "dmgrd_edge.export.precision",
     "dmgrd_edge.export.graph_check",
     "dmgrd_edge.export.typed_int8",
+]
+# the workflows import the stages that need torch inside their functions only, so that
+# `dmgrd-edge sweep --help` and `demo --help` work where torch is not installed
+WORKFLOW_TORCH_FREE = [
+    "dmgrd_edge.workflow",
+    "dmgrd_edge.workflow.sweep",
+    "dmgrd_edge.workflow.demo",
 ]
 
 # imports each module named in NAMES with every import of torch refused, and prints a JSON
@@ -64,7 +72,7 @@ def torch_free_modules() -> list[str]:
     """Every module of the core (all of dmgrd_edge but dmgrd_edge.model), calib and runtime,
     found from the installed packages, and the engine builder's."""
     names = [n for n in installed_sources() if stage_of(n) in ("core", "calib", "runtime")]
-    return sorted(names) + EXPORT_TORCH_FREE
+    return sorted(names) + EXPORT_TORCH_FREE + WORKFLOW_TORCH_FREE
 
 
 def imports_without_torch(names: list[str]) -> dict[str, str]:
