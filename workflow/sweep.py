@@ -38,7 +38,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dmgrd_edge import checks
+from dmgrd_edge import catalog, checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.errors import ConfigError, DataError, DmgrdError, choose
 
@@ -390,12 +390,12 @@ class Sweep:
         resume = (out / "last.pt").is_file()
         self.say(f"{'resume' if resume else 'train'} {base.run} ({steps} steps) -> {out}")
         job = TrainJob(
-            c.dataset,
-            c.data,
-            c.category,
-            str(out),
-            model,
-            train,
+            dataset=c.dataset,
+            root=c.data,
+            category=c.category,
+            out_dir=str(out),
+            model=model,
+            train=train,
             device=c.device,
             resume=resume,
             overwrite=not resume,
@@ -413,9 +413,9 @@ class Sweep:
         c = self.config
         original = read_checkpoint(trained)["metadata"].get("train_config", {})
         job = PruneJob(
-            str(trained),
-            str(out),
-            v.ratio,
+            checkpoint=str(trained),
+            out_dir=str(out),
+            ratio=v.ratio,
             finetune=finetune_config(original, c.prune_steps, c.prune_lr, threads=c.threads),
             device=c.device,
             overwrite=True,  # what is there is a stopped fine-tune: start it again
@@ -451,13 +451,13 @@ class Sweep:
         int8 = "int8" in self.config.precisions
         manifest = read_json(bundle / "manifest.json")
         if isinstance(manifest, dict) and (
-            not int8 or "model.int8-cpu.onnx" in manifest.get("files", {})
+            not int8 or catalog.by_key("onnx-int8-cpu").name in manifest.get("files", {})
         ):
             return bundle
         c = self.config
         opts = ExportOptions(
-            checkpoint,
-            bundle,
+            checkpoint=checkpoint,
+            out=bundle,
             int8=int8,
             calib_count=c.calib_count,
             guard_count=c.guard_count,
