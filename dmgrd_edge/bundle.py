@@ -205,7 +205,7 @@ class Bundle:
                 f"{self.root} has no file {name!r}",
                 f"files in this bundle: {sorted(self.manifest['files'])}",
             )
-        return self.root / name
+        return inside(self.root, name)
 
     def files(self, kind: str | None = None, precision: str | None = None) -> list[str]:
         return [
@@ -217,7 +217,7 @@ class Bundle:
 
     def verify(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else list(self.manifest["files"]):
-            entry, path = self.manifest["files"][name], self.root / name
+            entry, path = self.manifest["files"][name], inside(self.root, name)
             if not path.is_file():
                 raise BundleError(
                     f"bundle file missing: {path}", "re-export the bundle or copy it again whole"
@@ -235,13 +235,34 @@ class Bundle:
                 )
 
 
+def inside(root: Path, name: str) -> Path:
+    """``root / name`` if it is a file of the bundle itself, with no symbolic link on the way
+    from ``root`` (a link lets a file from outside the bundle pass for one of its files,
+    whatever its hash) and not resolving outside ``root``; a BundleError otherwise."""
+    path = root / name
+    fix = "copy the bundle with the files themselves (cp -rL, rsync -L) or re-export it"
+    for part in (path, *path.parents):
+        if part == root:
+            break
+        if part.is_symlink():
+            raise BundleError(
+                f"bundle file {path}: {part} is a symbolic link (to {os.readlink(part)}); "
+                "refused even if the hash matches, since a link can put a file from outside "
+                "the bundle in its place",
+                fix,
+            )
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"bundle file {path} resolves outside the bundle folder {root}", fix)
+    return path
+
+
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     root = Path(root)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
+    if not (root / MANIFEST).is_file():
         raise BundleError(
             f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`"
         )
+    manifest_path = inside(root, MANIFEST)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a 5000-digit number, too deep

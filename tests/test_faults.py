@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_reliability import cli, refused
 
 from dmgrd_edge import bundle as bundle_module
 from dmgrd_edge.bundle import (
@@ -160,3 +161,64 @@ def test_without_an_atomic_swap_the_old_bundle_is_kept_with_a_clear_error(
     finally:
         release_staging(staging)
     assert load_bundle(out).manifest["created"] == "old" and siblings(out) == []
+
+
+# links in a bundle ----------------------------------------------------------------------
+
+
+def _link_model(root: Path, outside: Path) -> None:
+    shutil.copyfile(root / "model.onnx", outside / "model.onnx")
+    (root / "model.onnx").unlink()
+    (root / "model.onnx").symlink_to(outside / "model.onnx")
+
+
+def _link_manifest(root: Path, outside: Path) -> None:
+    shutil.copyfile(root / MANIFEST, outside / MANIFEST)
+    (root / MANIFEST).unlink()
+    (root / MANIFEST).symlink_to(outside / MANIFEST)
+
+
+def _link_folder(root: Path, outside: Path) -> None:
+    """The model in a subfolder that is a link to a folder outside the bundle."""
+    (outside / "models").mkdir()
+    shutil.move(root / "model.onnx", outside / "models" / "model.onnx")
+    (root / "models").symlink_to(outside / "models", target_is_directory=True)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"]["models/model.onnx"] = manifest["files"].pop("model.onnx")
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _link_inside(root: Path, outside: Path) -> None:
+    """Even a link to a file inside the bundle: a bundle is a folder of files."""
+    (root / "model.onnx").rename(root / "real.onnx")
+    (root / "model.onnx").symlink_to("real.onnx")
+
+
+@pytest.mark.fault("symbolic link in a bundle (hash matching)")
+@pytest.mark.parametrize("make", [_link_model, _link_manifest, _link_folder, _link_inside])
+def test_a_linked_model_file_or_manifest_is_refused_even_when_its_hash_matches(
+    tmp_path, bundle, make
+):
+    root = shutil.copytree(bundle, tmp_path / "b")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    make(root, outside)
+    with pytest.raises(BundleError, match="symbolic link") as exc:
+        load_bundle(root)
+    assert "cp -rL" in exc.value.fix
+    with pytest.raises(BundleError, match="symbolic link"):  # the runtime's own reads too
+        loaded = load_bundle(root, verify=False)
+        for name in loaded.manifest["files"]:
+            loaded.path(name)
+
+
+@pytest.mark.fault("symbolic link in a bundle (hash matching)")
+def test_run_refuses_a_bundle_whose_model_is_a_link_out_of_it(tmp_path, bundle):
+    root = shutil.copytree(bundle, tmp_path / "b")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _link_model(root, outside)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    result = cli("run", root, "--source", frames, "--headless")
+    refused(result, "symbolic link", "model.onnx")
