@@ -222,3 +222,117 @@ def test_run_refuses_a_bundle_whose_model_is_a_link_out_of_it(tmp_path, bundle):
     frames.mkdir()
     result = cli("run", root, "--source", frames, "--headless")
     refused(result, "symbolic link", "model.onnx")
+
+
+# decode limits ----------------------------------------------------------------------------
+
+
+def huge_png(path: Path, width: int = 25_000, height: int = 25_000) -> Path:
+    """A valid 1-bit PNG of one colour, written row by row: about 80 KB on disk, 625 MB as
+    8-bit grey and 1.9 GB as RGB once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory) -> Path:
+    return huge_png(tmp_path_factory.mktemp("huge") / "huge.png")
+
+
+READ_HUGE = """
+import resource, sys
+from dmgrd_edge.errors import DataError
+from dmgrd_edge.data.imageio import read_image, read_mask
+for read in (read_image, read_mask):
+    try:
+        read(sys.argv[1])
+        print("decoded")
+    except DataError as exc:
+        print("refused:", exc.problem)
+print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.fault("image above the decode limit (small file, huge size)")
+def test_a_small_png_of_huge_size_is_refused_before_decoding(huge):
+    import zlib
+
+    assert huge.stat().st_size < 1_000_000
+    data = huge.read_bytes()
+    assert data[12:16] == b"IHDR" and data[16:24] == (25_000).to_bytes(4, "big") * 2
+    assert len(zlib.decompress(data[41:-12])) == 25_000 * (1 + 3125)  # every row is there
+    result = subprocess.run(
+        [sys.executable, "-c", READ_HUGE, str(huge)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in lines[:2]] == ["refused", "refused"], lines
+    assert "25000 x 25000" in lines[0] and "decode limit" in lines[0]
+    maxrss_mib = int(lines[2].split()[1]) / 1024
+    assert maxrss_mib < 400, maxrss_mib  # decoding it takes 625 MB at the least
+
+
+@pytest.mark.fault("image above the decode limit (small file, huge size)")
+def test_training_calibration_and_evaluation_loaders_refuse_it(huge, tmp_path):
+    from dmgrd_edge.train.loop import load_images
+
+    from dmgrd_edge.config import PreprocessConfig
+    from dmgrd_edge.errors import DataError
+
+    with pytest.raises(DataError, match="decode limit"):
+        load_images([huge], PreprocessConfig())
+
+
+@pytest.mark.fault("image above the decode limit (small file, huge size)")
+def test_run_on_a_folder_of_huge_images_ends_with_a_source_error(bundle, huge, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copyfile(huge, frames / "a.png")
+    result = cli("run", bundle, "--source", frames, "--headless")
+    err = " ".join(result.stderr.split())
+    assert result.returncode == 3, err
+    assert "decode limit" in err and "Traceback" not in err, err
+
+
+@pytest.mark.fault("image above the decode limit (small file, huge size)")
+def test_the_decode_limit_is_configurable_and_checked(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+    from dmgrd_edge.runtime.sources import SourceError, VideoCaptureSource, parse_uri
+
+    from dmgrd_edge.data.imageio import MAX_PIXELS_ENV, read_image
+    from dmgrd_edge.errors import ConfigError, DataError
+
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.zeros((64, 48, 3), np.uint8))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (48, 64))
+    writer.write(np.zeros((64, 48, 3), np.uint8))
+    writer.release()
+    assert read_image(path).shape == (64, 48, 3)
+    VideoCaptureSource(parse_uri(str(video))).close()
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(64 * 48 - 1))
+    with pytest.raises(DataError, match="48 x 64 = 3072 pixels"):
+        read_image(path)
+    with pytest.raises(SourceError, match="decode limit"):  # from the container's header
+        VideoCaptureSource(parse_uri(str(video)))
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ConfigError, match=MAX_PIXELS_ENV):
+        read_image(path)
