@@ -14,7 +14,7 @@ import numpy as np
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import read_image, read_mask
+from dmgrd_edge.data.imageio import read_image, read_mask_of
 from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
@@ -104,7 +104,7 @@ def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: in
         scores.append(score)
     masks = np.stack(
         [
-            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
+            resize_mask(read_mask_of(s.mask_path, s.path), cfg.height, cfg.width)
             if s.mask_path
             else np.zeros((cfg.height, cfg.width), bool)
             for s in index.test

@@ -336,3 +336,43 @@ def test_the_decode_limit_is_configurable_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(ConfigError, match=MAX_PIXELS_ENV):
         read_image(path)
+
+
+# masks of the wrong size --------------------------------------------------------------------
+
+
+def _dataset_with_a_wrong_mask(line_root: Path, to: Path) -> tuple[Path, Path, Path]:
+    import cv2
+
+    root = shutil.copytree(line_root, to)
+    mask = sorted((root / "washer" / "ground_truth").rglob("*_mask.png"))[0]
+    image = root / "washer" / "test" / mask.parent.name / (mask.name.replace("_mask", ""))
+    assert image.is_file()
+    small = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(mask), cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2)))
+    return root, mask, image
+
+
+@pytest.mark.fault("mask of another size than its image")
+def test_a_mask_whose_size_differs_from_its_image_is_refused_naming_both(line_root, tmp_path):
+    from dmgrd_edge.data.imageio import read_mask_of
+    from dmgrd_edge.errors import DataError
+
+    _, mask, image = _dataset_with_a_wrong_mask(line_root, tmp_path / "data")
+    with pytest.raises(DataError) as exc:
+        read_mask_of(mask, image)
+    assert str(mask) in exc.value.problem and str(image) in exc.value.problem
+    assert "32 x 32" in exc.value.problem and "64 x 64" in exc.value.problem
+
+
+@pytest.mark.fault("mask of another size than its image")
+def test_eval_and_bench_refuse_a_mask_of_another_size(line_root, trained_ckpt, bundle, tmp_path):
+    root, mask, image = _dataset_with_a_wrong_mask(line_root, tmp_path / "data")
+    result = cli("eval", trained_ckpt, "--data", root, "--out", tmp_path / "ev", torch=True)
+    refused(result, str(mask), str(image))
+    assert not (tmp_path / "ev" / "report.json").exists()
+    out = tmp_path / "bench.json"
+    result = cli("bench", bundle, "--data", root, "--category", "washer", "--out", out)
+    err = " ".join(result.stderr.split())
+    assert result.returncode == 2 and str(mask) in err and "Traceback" not in err, err
+    assert not out.exists()

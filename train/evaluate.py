@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import track
 
 from dmgrd_edge.data.datasets import index_category
-from dmgrd_edge.data.imageio import read_image, read_mask, write_image
+from dmgrd_edge.data.imageio import read_image, read_mask_of, write_image
 from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
 from dmgrd_edge.metrics import evaluate_all
 from dmgrd_edge.viz import draw_contour, heat_overlay, put_label
@@ -75,7 +75,7 @@ def evaluate_checkpoint(
     labels = np.array([s.label for s in index.test])
     masks = np.stack(
         [
-            resize_mask(read_mask(s.mask_path), cfg.height, cfg.width)
+            resize_mask(read_mask_of(s.mask_path, s.path), cfg.height, cfg.width)
             if s.mask_path
             else np.zeros((cfg.height, cfg.width), bool)
             for s in index.test

@@ -58,32 +58,36 @@ def check_pixels(what: str, width: int, height: int) -> None:
         )
 
 
-def _check_header_size(path: Path, data: bytes) -> None:
+def _header_size(path: Path, data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding it; None where the format's
+    header is not read here."""
     from PIL import Image
 
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":  # its first chunk
-        check_pixels(
-            str(path), int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        )
-        return
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
-                width, height = header.size
+                return header.size
         except Image.DecompressionBombError:
             # Pillow's own bound (2 x Image.MAX_IMAGE_PIXELS): beyond ours unless raised above
             bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
             if bound and bound < max_pixels():
-                return  # the check after decoding decides
+                return None  # the check after decoding decides
             raise DataError(
                 f"{path} has more than {bound} pixels by its header, more than the decode "
                 f"limit of {max_pixels()}: refused without decoding it",
                 f"use a smaller image (the limit is set with {MAX_PIXELS_ENV})",
             ) from None
         except Exception:  # a header Pillow does not read: the check after decoding decides
-            return
-    check_pixels(str(path), width, height)
+            return None
+
+
+def _check_header_size(path: Path, data: bytes) -> None:
+    size = _header_size(path, data)
+    if size is not None:
+        check_pixels(str(path), *size)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -159,6 +163,34 @@ def read_mask(path: str | Path) -> np.ndarray:
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     return mask > 0
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header where the format allows."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}", "check the dataset root and layout") from None
+    size = _header_size(path, data)
+    if size is None:
+        image = _decode(path, cv2.IMREAD_UNCHANGED)
+        size = image.shape[1], image.shape[0]
+    return size
+
+
+def read_mask_of(mask_path: str | Path, image_path: str | Path) -> np.ndarray:
+    """The mask of an image, which must have the image's size: a mask of another size is
+    another image's (or a resized copy) and would mark the wrong pixels if stretched."""
+    mask = read_mask(mask_path)
+    width, height = image_size(image_path)
+    if mask.shape != (height, width):
+        raise DataError(
+            f"the mask {mask_path} is {mask.shape[1]} x {mask.shape[0]} pixels but its image "
+            f"{image_path} is {width} x {height}",
+            "give each image its own mask at the same size (masks are not resized to fit)",
+        )
+    return mask
 
 
 def write_image(path: str | Path, rgb: np.ndarray) -> None:
