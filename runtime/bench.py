@@ -16,7 +16,7 @@ from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image, read_mask_of
 from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
-from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.errors import ConfigError, DataError
 from dmgrd_edge.metrics import evaluate_all
 
 from .device_info import device_info
@@ -94,6 +94,11 @@ def throughput(backend, x: np.ndarray, workers: int, runs: int) -> float:
 def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: int) -> dict:
     cfg = bundle.preprocess
     index = index_category(dataset, root, category)
+    if not index.test:
+        raise DataError(
+            f"{category} has no test images in {root} (dataset layout {dataset})",
+            "give --data a dataset with a test split, or leave --data out",
+        )
     maps, scores = [], []
     for i in range(0, len(index.test), batch):
         chunk = index.test[i : i + batch]

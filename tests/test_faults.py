@@ -5,6 +5,7 @@ metadata and bench/eval JSON. Real files, real subprocesses killed with SIGKILL.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -13,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_reliability import cli, refused
+from hypothesis import given
+from hypothesis import strategies as st
+from test_reliability import PROPERTY, cli, mutated, refused
 
 from dmgrd_edge import bundle as bundle_module
 from dmgrd_edge.bundle import (
@@ -25,6 +28,7 @@ from dmgrd_edge.bundle import (
     release_staging,
     staging_dir,
 )
+from dmgrd_edge.schema import checkpoint_meta
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +380,178 @@ def test_eval_and_bench_refuse_a_mask_of_another_size(line_root, trained_ckpt, b
     err = " ".join(result.stderr.split())
     assert result.returncode == 2 and str(mask) in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+# typed checkpoint metadata and bench JSON ---------------------------------------------------
+
+BENCH = (
+    Path(__file__).parent.parent / "benchmarks" / "results" / "tradeoff" / "bench_lite0_int8.json"
+)
+
+
+def _checkpoint(trained_ckpt: Path, to: Path, edit) -> Path:
+    import torch
+
+    payload = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    edit(payload)
+    torch.save(payload, to)
+    return to
+
+
+CHECKPOINT_EDITS = {
+    "no model_config": (lambda p: p.pop("model_config"), "lacks the field 'model_config'"),
+    "no metadata": (lambda p: p.pop("metadata"), "lacks the field 'metadata'"),
+    "string format version": (lambda p: p.update(format_version="1"), "format_version"),
+    "bool format version": (lambda p: p.update(format_version=True), "format_version"),
+    "metadata a list": (lambda p: p.update(metadata=[]), "must be an object"),
+    "threshold text": (
+        lambda p: p["metadata"]["score_stats"].update(threshold="0.5"),
+        "score_stats.threshold",
+    ),
+    "threshold NaN": (
+        lambda p: p["metadata"]["score_stats"].update(threshold=float("nan")),
+        "score_stats.threshold",
+    ),
+    "negative std": (lambda p: p["metadata"]["score_stats"].update(std=-1.0), "std"),
+    "category a number": (lambda p: p["metadata"].update(category=3), "metadata.category"),
+    "negative step": (lambda p: p.update(step=-2), "step"),
+    "model_config wrong": (
+        lambda p: p["model_config"].update(image_size="big"),
+        "model_config",
+    ),
+}
+
+
+@pytest.mark.fault("checkpoint with damaged or mistyped fields")
+@pytest.mark.parametrize("edit", list(CHECKPOINT_EDITS))
+def test_a_damaged_checkpoint_is_refused_with_the_field(trained_ckpt, tmp_path, edit):
+    from dmgrd_edge.train.checkpoint import read_checkpoint
+
+    from dmgrd_edge.errors import CheckpointError
+
+    change, needle = CHECKPOINT_EDITS[edit]
+    path = _checkpoint(trained_ckpt, tmp_path / "last.pt", change)
+    with pytest.raises(CheckpointError) as exc:
+        read_checkpoint(path)
+    assert needle in exc.value.problem and exc.value.fix, exc.value.problem
+
+
+@pytest.mark.fault("checkpoint with damaged or mistyped fields")
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_eval_and_export_of_a_checkpoint_without_model_config_end_cleanly(
+    trained_ckpt, tmp_path, command
+):
+    path = _checkpoint(trained_ckpt, tmp_path / "last.pt", lambda p: p.pop("model_config"))
+    args = ["--out", tmp_path / "out"]
+    refused(cli(command, path, *args, torch=True), "model_config")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.fault("eval or bench on an empty test split")
+def test_eval_on_an_empty_test_split_ends_with_a_clear_error(line_root, trained_ckpt, tmp_path):
+    root = shutil.copytree(line_root, tmp_path / "data")
+    for image in (root / "washer" / "test").rglob("*.png"):
+        image.unlink()
+    result = cli("eval", trained_ckpt, "--data", root, "--out", tmp_path / "ev", torch=True)
+    refused(result, "no test images")
+
+
+BENCH_EDITS = {
+    "latency a dict": (lambda d: d.update(latency={"batch": 1}), "latency"),
+    "batch text": (lambda d: d["latency"][0].update(batch="1"), "latency[0].batch"),
+    "p50 NaN": (lambda d: d["latency"][0].update(ms_p50=float("nan")), "ms_p50"),
+    "p50 missing": (lambda d: d["latency"][0].pop("ms_p50"), "ms_p50"),
+    "throughput 0": (lambda d: d["latency"][0].update(images_per_s=0), "images_per_s"),
+    "accuracy a list": (lambda d: d.update(accuracy=[0.9]), "accuracy"),
+    "AUROC above 1": (lambda d: d.update(accuracy={"i_auroc": 2.0}), "i_auroc"),
+    "backend a string": (lambda d: d.update(backend="onnxruntime"), "backend"),
+    "providers text": (lambda d: d["backend"].update(providers="CPU"), "providers"),
+    "device a list": (lambda d: d.update(device=[]), "device"),
+    "power mode a number": (
+        lambda d: d.update(device={"jetson": {"nvpmodel": 7}}),
+        "nvpmodel",
+    ),
+    "image size text": (lambda d: d["model"].update(image_size="256"), "image_size"),
+    "rss text": (lambda d: d.update(peak_host_rss_mib="12"), "peak_host_rss_mib"),
+    "label a number": (lambda d: d.update(label=5), "label"),
+    "pruning ratio text": (lambda d: d.update(pruning={"ratio": "half"}), "ratio"),
+}
+
+
+@pytest.mark.fault("bench JSON with mistyped fields (report)")
+@pytest.mark.parametrize("edit", list(BENCH_EDITS))
+def test_a_type_mangled_bench_result_is_refused_with_the_field(tmp_path, edit):
+    from dmgrd_edge.errors import DataError
+    from dmgrd_edge.tradeoff import load_result
+
+    change, needle = BENCH_EDITS[edit]
+    data = json.loads(BENCH.read_text())
+    load_result(BENCH)  # the real one reads
+    change(data)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as exc:
+        load_result(path)
+    assert needle in exc.value.problem and exc.value.fix, exc.value.problem
+
+
+@pytest.mark.fault("bench JSON with mistyped fields (report)")
+def test_report_on_a_type_mangled_bench_result_exits_cleanly(tmp_path):
+    data = json.loads(BENCH.read_text())
+    data["latency"][0]["ms_p50"] = "fast"
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    refused(cli("report", BENCH, path, "--out", tmp_path / "rep"), "ms_p50")
+    assert not (tmp_path / "rep").exists()
+
+
+# properties: any checkpoint metadata or bench JSON reads or is refused cleanly -----------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_fields(trained_ckpt) -> dict:
+    """The checkpoint's fields other than the tensors, as plain data."""
+    import torch
+
+    payload = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    payload.pop("optimizer", None)
+    payload["state_dict"] = {}
+    return json.loads(json.dumps(payload))
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_edit_of_a_checkpoints_fields_reads_or_is_refused_cleanly(checkpoint_fields, data):
+    from dmgrd_edge.errors import CheckpointError
+    from dmgrd_edge.schema import checkpoint_payload
+
+    edited = data.draw(mutated(checkpoint_fields))
+    try:
+        checkpoint_payload(edited, "last.pt", "dmgrd-edge-checkpoint", 1)
+    except CheckpointError as exc:
+        assert exc.problem and exc.fix
+        return
+    meta = checkpoint_meta(edited["metadata"])
+    assert isinstance(meta.dataset, str) and isinstance(meta.category, str)
+    if meta.score_stats is not None:
+        assert math.isfinite(meta.score_stats.threshold) and meta.score_stats.std >= 0
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_edit_of_a_bench_result_reads_or_is_refused_cleanly(tmp_path_factory, data):
+    from dmgrd_edge.errors import DataError
+    from dmgrd_edge.tradeoff import load_result, mark_pareto, recommend, to_csv, to_markdown
+
+    edited = data.draw(mutated(json.loads(BENCH.read_text())))
+    path = tmp_path_factory.mktemp("bench", numbered=True) / "bench.json"
+    path.write_text(json.dumps(edited))
+    try:
+        variant = load_result(path)
+    except DataError as exc:
+        assert exc.problem and exc.fix
+        return
+    assert math.isfinite(variant.ms_b1_p50) and variant.best_images_per_s > 0
+    mark_pareto([variant], "pro_30")  # the report is made from it
+    to_markdown([variant], recommend([variant], "pro_30", 1.0), "pro_30", 1.0)
+    to_csv([variant])

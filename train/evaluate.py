@@ -14,6 +14,7 @@ from rich.progress import track
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image, read_mask_of, write_image
 from dmgrd_edge.data.preprocess import normalize, resize_mask, resize_rgb
+from dmgrd_edge.errors import DataError
 from dmgrd_edge.metrics import evaluate_all
 from dmgrd_edge.viz import draw_contour, heat_overlay, put_label
 
@@ -52,6 +53,11 @@ def evaluate_checkpoint(
     category = category or meta["category"]
     cfg = checkpoint_preprocess(payload)
     index = index_category(dataset, root, category)
+    if not index.test:
+        raise DataError(
+            f"{category} has no test images in {root} (dataset layout {dataset})",
+            "give --data a dataset with a test split (see `dmgrd-edge eval --help`)",
+        )
     if not any(s.label for s in index.test):
         console.print(
             f"[yellow]warning:[/] {category} has no defective test images; only scores are reported"
