@@ -15,6 +15,7 @@ is ever overwritten.
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import struct
@@ -91,7 +92,9 @@ class _Segment:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(self.fd, _header(width, height, fps))
         self.end, self.frames, self.biggest = _MOVI_DATA, 0, 0
-        self.index: list[tuple[int, int]] = []  # (offset from the 'movi' fourcc, length)
+        # (offset from the 'movi' fourcc, length) of each frame, flat: 8 bytes a frame (a list
+        # of tuples took about 130, 13 MiB in a 100,000-frame soak)
+        self.index = array.array("I")
 
     def _put(self, offset: int, value: int) -> None:
         os.pwrite(self.fd, struct.pack("<I", value), offset)
@@ -100,7 +103,7 @@ class _Segment:
         chunk = b"00dc" + struct.pack("<I", len(jpeg)) + jpeg + (b"\0" if len(jpeg) % 2 else b"")
         if os.pwrite(self.fd, chunk, self.end) != len(chunk):
             raise OSError(errno.ENOSPC, "short write: no room for the frame", str(self.path))
-        self.index.append((self.end - (_MOVI_DATA - 4), len(jpeg)))
+        self.index.extend((self.end - (_MOVI_DATA - 4), len(jpeg)))
         self.end += len(chunk)
         self.frames += 1
         # the chunk is in the file before the header counts it: a kill between the two leaves
@@ -119,7 +122,7 @@ class _Segment:
         try:
             entries = b"".join(
                 struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length)
-                for offset, length in self.index
+                for offset, length in zip(self.index[::2], self.index[1::2])
             )
             index = b"idx1" + struct.pack("<I", len(entries)) + entries
             if os.pwrite(self.fd, index, self.end) == len(index):

@@ -519,6 +519,7 @@ def checkpoint_fields(trained_ckpt) -> dict:
     return json.loads(json.dumps(payload))
 
 
+@pytest.mark.fault("property: any checkpoint field edit")
 @PROPERTY
 @given(data=st.data())
 def test_any_edit_of_a_checkpoints_fields_reads_or_is_refused_cleanly(checkpoint_fields, data):
@@ -537,6 +538,7 @@ def test_any_edit_of_a_checkpoints_fields_reads_or_is_refused_cleanly(checkpoint
         assert math.isfinite(meta.score_stats.threshold) and meta.score_stats.std >= 0
 
 
+@pytest.mark.fault("property: any bench JSON edit")
 @PROPERTY
 @given(data=st.data())
 def test_any_edit_of_a_bench_result_reads_or_is_refused_cleanly(tmp_path_factory, data):
@@ -555,3 +557,33 @@ def test_any_edit_of_a_bench_result_reads_or_is_refused_cleanly(tmp_path_factory
     mark_pareto([variant], "pro_30")  # the report is made from it
     to_markdown([variant], recommend([variant], "pro_30", 1.0), "pro_30", 1.0)
     to_csv([variant])
+
+
+# memory over a shift ---------------------------------------------------------------------
+
+
+@pytest.mark.fault("memory that grows with the frames of a shift")
+def test_a_long_recording_keeps_a_few_bytes_per_frame_for_its_index(tmp_path):
+    """The AVI index of a segment (up to 1 GiB, ~700,000 frames of 64 px) stays in memory
+    until the close: 8 bytes a frame, where a list of tuples took about 130."""
+    import tracemalloc
+
+    import cv2
+    import numpy as np
+    from dmgrd_edge.runtime.avi import _Segment
+
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    segment = _Segment(tmp_path / "a.avi", 8, 8, 25.0)
+    frames = 20_000
+    tracemalloc.start()
+    try:
+        for _ in range(frames):
+            segment.write(jpeg.tobytes())
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        segment.close()
+    assert held / frames < 20, held / frames
+    cap = cv2.VideoCapture(str(tmp_path / "a.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    cap.release()
