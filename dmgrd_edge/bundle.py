@@ -471,6 +471,11 @@ def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> P
                 "export to a new --out and move the old bundle away yourself, or remove the old "
                 "one first; the old bundle is unchanged",
             ) from None
+        except OSError as exc:  # e.g. --out is a mount point (EBUSY, EXDEV)
+            raise BundleError(
+                f"cannot swap the bundle at {out} with the new one: {exc.strerror}",
+                "export to a new --out in a folder you can write; the old bundle is unchanged",
+            ) from None
         _reached(3)
         _fsync_dir(out.parent)
         old = sorted(staging.iterdir())

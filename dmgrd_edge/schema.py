@@ -119,11 +119,12 @@ def checkpoint_meta(value: Any, where: str = "metadata") -> CheckpointMeta:
             student=m.number("student"),
             memory=m.number("memory"),
         )
-    if (p := r.child("pruning", optional=True)) is not None and "ratio" in p.data:
-        p.number("ratio", 0, 1, hi_open=True)
-    for key in ("history", "widths"):
-        if key in r.data and not isinstance(r.data[key], list):
-            raise r.fail(f"{where}.{key} must be a list, got {type(r.data[key]).__name__}")
+    if (p := r.child("pruning", optional=True)) is not None:
+        p.number("ratio", 0, 1, hi_open=True, optional=True)
+        if not isinstance(p.data.get("history", []), list):
+            raise r.fail(f"{where}.pruning.history must be a list")
+    if "history" in r.data and not isinstance(r.data["history"], list):
+        raise r.fail(f"{where}.history must be a list, got {type(r.data['history']).__name__}")
     if "train_config" in r.data:
         r.child("train_config")
     return CheckpointMeta(
