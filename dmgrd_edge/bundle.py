@@ -3,21 +3,32 @@
 Torch-free: the runtime on the Jetson reads bundles with this module. The manifest is
 schema-versioned and validated on load; every file it lists carries its size and sha256,
 so a modified or truncated file is detected before anything runs. Writes are atomic:
-files are staged in a sibling temporary directory that replaces the bundle by rename.
+files are staged in a sibling folder that is swapped with the old bundle in one step
+(``commit_bundle``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock, no clean-up of killed exports' folders
+    fcntl = None
 
 from . import checks
 from .atomic import atomic_write_bytes
@@ -193,7 +204,7 @@ class Bundle:
                 f"{self.root} has no file {name!r}",
                 f"files in this bundle: {sorted(self.manifest['files'])}",
             )
-        return self.root / name
+        return inside(self.root, name)
 
     def files(self, kind: str | None = None, precision: str | None = None) -> list[str]:
         return [
@@ -205,7 +216,7 @@ class Bundle:
 
     def verify(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else list(self.manifest["files"]):
-            entry, path = self.manifest["files"][name], self.root / name
+            entry, path = self.manifest["files"][name], inside(self.root, name)
             if not path.is_file():
                 raise BundleError(
                     f"bundle file missing: {path}", "re-export the bundle or copy it again whole"
@@ -223,13 +234,34 @@ class Bundle:
                 )
 
 
+def inside(root: Path, name: str) -> Path:
+    """``root / name`` if it is a file of the bundle itself, with no symbolic link on the way
+    from ``root`` (a link lets a file from outside the bundle pass for one of its files,
+    whatever its hash) and not resolving outside ``root``; a BundleError otherwise."""
+    path = root / name
+    fix = "copy the bundle with the files themselves (cp -rL, rsync -L) or re-export it"
+    for part in (path, *path.parents):
+        if part == root:
+            break
+        if part.is_symlink():
+            raise BundleError(
+                f"bundle file {path}: {part} is a symbolic link (to {os.readlink(part)}); "
+                "refused even if the hash matches, since a link can put a file from outside "
+                "the bundle in its place",
+                fix,
+            )
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"bundle file {path} resolves outside the bundle folder {root}", fix)
+    return path
+
+
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     root = Path(root)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
+    if not (root / MANIFEST).is_file():
         raise BundleError(
             f"no {MANIFEST} in {root}", "give the folder written by `dmgrd-edge export`"
         )
+    manifest_path = inside(root, MANIFEST)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a 5000-digit number, too deep
@@ -247,13 +279,150 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+# Assembling a bundle: a sibling folder ``.NAME.staging-XXXX`` beside ``--out``, with a lock
+# file ``.NAME.staging-XXXX.lock`` that the exporting process holds (flock) until it is done.
+# A folder whose lock file nobody holds was left by a killed run and is removed by the next
+# export; a folder without such a lock file is not provably ours and is left alone.
+_HELD: dict[Path, int] = {}  # staging folder -> open, locked descriptor of its lock file
+_LOCK = ".lock"
+
+
 def staging_dir(out: str | Path) -> Path:
-    """A fresh sibling directory of ``out`` to assemble a bundle in."""
+    """A fresh sibling folder of ``out`` to assemble a bundle in, locked by this process
+    until ``release_staging``. Staging folders of killed runs are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    path.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
-    return path
+    clean_stale_staging(out)
+    while True:
+        fd, lock = tempfile.mkstemp(prefix=f".{out.name}.staging-", suffix=_LOCK, dir=out.parent)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except (BlockingIOError, FileNotFoundError):  # another export is clearing it
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+        os.write(fd, f"{os.getpid()}\n".encode())
+        path = Path(lock[: -len(_LOCK)])
+        try:
+            path.mkdir(0o755)
+        except FileExistsError:
+            os.close(fd)
+            Path(lock).unlink(missing_ok=True)
+            continue
+        path.chmod(0o755)  # a bundle is meant to be copied and shared, whatever the umask
+        _HELD[path] = fd
+        return path
+
+
+def release_staging(path: Path) -> None:
+    """Remove a staging folder of this process (after a commit it holds the old bundle)."""
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _HELD.pop(Path(path), None)
+    if fd is not None:
+        Path(f"{path}{_LOCK}").unlink(missing_ok=True)
+        os.close(fd)
+
+
+def clean_stale_staging(out: str | Path) -> list[Path]:
+    """Remove the staging folders beside ``out`` that killed exports left: those whose lock
+    file exists and is held by no process. Returns the folders removed."""
+    out = Path(out)
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
+    pattern = f".{glob.escape(out.name)}.staging-*{_LOCK}"
+    for lock in sorted(out.parent.glob(pattern)):
+        folder = lock.with_name(lock.name[: -len(_LOCK)])
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its export is running
+            try:
+                if os.stat(lock, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                    continue  # removed and made again since we opened it
+            except FileNotFoundError:
+                continue
+            try:
+                mode = os.lstat(folder).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not stat.S_ISDIR(mode):
+                continue  # something else has the name: not ours to remove
+            if mode is not None:
+                shutil.rmtree(folder)
+            os.unlink(lock)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+# The steps of a commit, in order. A test kills the process at each of them (SIGKILL, set by
+# the environment variable below) and checks that --out holds a whole bundle every time.
+COMMIT_STEPS = (
+    "before the manifest is written",
+    "manifest written",
+    "new bundle verified",
+    "new bundle in place",
+    "half of the old bundle removed",  # only when there was an old bundle
+    "old bundle removed",
+)
+KILL_AT_STEP_ENV = "DMGRD_EDGE_TEST_KILL_AT_COMMIT_STEP"
+
+
+def _reached(step: int) -> None:
+    if os.environ.get(KILL_AT_STEP_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+class ExchangeUnsupported(OSError):
+    """The OS or file system cannot swap two paths in one step."""
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap ``a`` and ``b`` in one atomic step: Linux ``renameat2(RENAME_EXCHANGE)``
+    (Linux 3.15+, glibc 2.28+; ext4, XFS, Btrfs, tmpfs, overlayfs among others)."""
+    if not sys.platform.startswith("linux"):
+        raise ExchangeUnsupported(errno.ENOSYS, f"{sys.platform} has no renameat2")
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:
+        raise ExchangeUnsupported(errno.ENOSYS, "the C library has no renameat2") from None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        kind = ExchangeUnsupported if code in (errno.EINVAL, errno.ENOSYS) else OSError
+        kind = ExchangeUnsupported if code == errno.EOPNOTSUPP else kind
+        raise kind(code, os.strerror(code), str(a), None, str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_out(out: str | Path) -> Path:
@@ -279,23 +448,48 @@ def check_out(out: str | Path) -> Path:
 
 
 def commit_bundle(staging: Path, out: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write the manifest into ``staging`` and move it to ``out``, replacing any old bundle
-    only once the new one is complete."""
+    """Write the manifest into ``staging`` and put it at ``out``. An old bundle there is
+    swapped with the new one in one step (``exchange``), so ``out`` holds a whole bundle,
+    the old or the new, at every instant; afterwards ``staging`` holds the old one, which is
+    removed. Where the file system cannot swap, an old bundle is not replaced (an error)."""
     out = check_out(out)
     validate_manifest(manifest)
+    _reached(0)
     write_json_atomic(staging / MANIFEST, manifest)
+    _reached(1)
     Bundle(staging, manifest).verify()
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "bundle")
+    _reached(2)
+    if os.path.lexists(out):
         try:
-            os.replace(staging, out)
-        except BaseException:
-            os.replace(old / "bundle", out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+            exchange(staging, out)
+        except ExchangeUnsupported as exc:
+            raise BundleError(
+                f"cannot replace the bundle at {out} in one step: this system or file system "
+                f"cannot swap two folders (renameat2 RENAME_EXCHANGE: {exc.strerror}), and two "
+                "renames would leave no bundle there if stopped between them",
+                "export to a new --out and move the old bundle away yourself, or remove the old "
+                "one first; the old bundle is unchanged",
+            ) from None
+        except OSError as exc:  # e.g. --out is a mount point (EBUSY, EXDEV)
+            raise BundleError(
+                f"cannot swap the bundle at {out} with the new one: {exc.strerror}",
+                "export to a new --out in a folder you can write; the old bundle is unchanged",
+            ) from None
+        _reached(3)
+        _fsync_dir(out.parent)
+        old = sorted(staging.iterdir())
+        for entry in old[: len(old) // 2]:  # the old bundle, now in staging
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        _reached(4)
+        shutil.rmtree(staging, ignore_errors=True)
     else:
-        os.replace(staging, out)
+        os.rename(staging, out)
+        _reached(3)
+        _fsync_dir(out.parent)
+    _reached(5)
     return out
 
 

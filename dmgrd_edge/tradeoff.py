@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes, check_target
 from .errors import ConfigError, DataError, choose
+from .schema import bench_result
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
 
@@ -101,41 +102,35 @@ def load_result(path: Path) -> Variant:
             f"{path} is not a dmgrd-edge bench result (needs 'latency', 'backend' and 'model')",
             "give files written by dmgrd-edge bench BUNDLE --out FILE",
         )
-    rows = data["latency"]
-    first = min(rows, key=lambda r: r["batch"])
-    best = max(rows, key=lambda r: r["images_per_s"])
-    accuracy = data.get("accuracy") or {}
-    backend = data["backend"]
-    model = data["model"]
+    result = bench_result(data, str(path))
+    first = min(result.latency, key=lambda r: r.batch)
+    best = max(result.latency, key=lambda r: r.images_per_s)
+    backend, model = result.backend, result.model
     file_name = str(backend.get("file", "?"))
-    pruning = data.get("pruning") or {}
     pruned = (
-        f" pruned {100 * float(pruning['ratio']):.0f}%"
-        if pruning.get("ratio")
+        f" pruned {100 * result.pruning_ratio:.0f}%"
+        if result.pruning_ratio
         else (" pruned" if model.get("pruned_widths") else "")
     )
-    label = (
-        data.get("label") or f"{model.get('backbone', '?')}{pruned}"
-    )  # `dmgrd-edge bench --label`
+    label = result.label or f"{model.get('backbone', '?')}{pruned}"  # `dmgrd-edge bench --label`
+    kind, precision = backend.get("backend", "?"), backend.get("precision", "?")
     return Variant(
-        name=(
-            f"{label} {backend.get('precision', '?')} ({file_name}, {backend.get('backend', '?')})"
-        ),
-        device=_device_label(data.get("device", {}), backend),
+        name=f"{label} {precision} ({file_name}, {kind})",
+        device=_device_label(result.device, backend),
         backbone=str(model.get("backbone", "?")),
         image_size=int(model.get("image_size", 0)),
         file=file_name,
         precision=str(backend.get("precision", "?")),
         backend=str(backend.get("backend", "?")),
-        ms_b1_p50=float(first["ms_p50"]),
-        ms_b1_p99=float(first["ms_p99"]),
-        best_images_per_s=float(best["images_per_s"]),
-        best_batch=int(best["batch"]),
-        peak_host_rss_mib=float(data.get("peak_host_rss_mib", float("nan"))),
-        startup_s=float(data.get("startup_s", float("nan"))),
-        i_auroc=accuracy.get("i_auroc"),
-        p_auroc=accuracy.get("p_auroc"),
-        pro_30=accuracy.get("pro_30"),
+        ms_b1_p50=first.ms_p50,
+        ms_b1_p99=first.ms_p99,
+        best_images_per_s=best.images_per_s,
+        best_batch=best.batch,
+        peak_host_rss_mib=result.peak_host_rss_mib,
+        startup_s=result.startup_s,
+        i_auroc=result.accuracy.get("i_auroc"),
+        p_auroc=result.accuracy.get("p_auroc"),
+        pro_30=result.accuracy.get("pro_30"),
         source=Path(path).name,
         label=label,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from dmgrd_edge.bundle import (
     SCHEMA_VERSION,
     commit_bundle,
     file_entry,
+    release_staging,
     sha256_file,
     staging_dir,
 )
@@ -221,8 +221,7 @@ def export_bundle(
         log(f"wrote bundle {out}")
         return manifest
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        release_staging(staging)
 
 
 def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, log) -> None:

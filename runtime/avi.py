@@ -18,7 +18,9 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -28,6 +30,7 @@ _RIFF_SIZE, _AVIH_FLAGS, _AVIH_FRAMES, _AVIH_BUFFER = 4, 44, 48, 60
 _STRH_LENGTH, _STRH_BUFFER, _MOVI_SIZE = 140, 144, 216
 _MOVI_DATA = 224  # first chunk; the 'movi' fourcc (the index's reference point) sits at 220
 _HAS_INDEX, _KEYFRAME = 0x10, 0x10
+_ENTRY = struct.Struct("<4sIII")  # one idx1 entry: chunk id, flags, offset, length
 DEFAULT_MAX_BYTES = 1 << 30
 
 
@@ -91,7 +94,13 @@ class _Segment:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(self.fd, _header(width, height, fps))
         self.end, self.frames, self.biggest = _MOVI_DATA, 0, 0
-        self.index: list[tuple[int, int]] = []  # (offset from the 'movi' fourcc, length)
+        # the idx1 entries, 16 bytes a frame, go to an unlinked file beside the recording, not
+        # to memory (a list of tuples took about 124 bytes a frame: 12 MiB in a 100,000-frame
+        # soak); if it cannot be written (a full disk) the recording goes on without an index
+        try:
+            self.index: IO[bytes] | None = tempfile.TemporaryFile(dir=path.parent)
+        except OSError:
+            self.index = None
 
     def _put(self, offset: int, value: int) -> None:
         os.pwrite(self.fd, struct.pack("<I", value), offset)
@@ -100,7 +109,13 @@ class _Segment:
         chunk = b"00dc" + struct.pack("<I", len(jpeg)) + jpeg + (b"\0" if len(jpeg) % 2 else b"")
         if os.pwrite(self.fd, chunk, self.end) != len(chunk):
             raise OSError(errno.ENOSPC, "short write: no room for the frame", str(self.path))
-        self.index.append((self.end - (_MOVI_DATA - 4), len(jpeg)))
+        if self.index is not None:
+            try:
+                self.index.write(
+                    _ENTRY.pack(b"00dc", _KEYFRAME, self.end - (_MOVI_DATA - 4), len(jpeg))
+                )
+            except OSError:
+                self._drop_index()
         self.end += len(chunk)
         self.frames += 1
         # the chunk is in the file before the header counts it: a kill between the two leaves
@@ -114,20 +129,39 @@ class _Segment:
         self._put(_STRH_LENGTH, self.frames)
         self._put(_RIFF_SIZE, self.end - 8)
 
+    def _drop_index(self) -> None:
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+
     def close(self) -> None:
         """Add the index; if that fails (a full disk), the file stays the complete AVI it was."""
         try:
-            entries = b"".join(
-                struct.pack("<4sIII", b"00dc", _KEYFRAME, offset, length)
-                for offset, length in self.index
-            )
-            index = b"idx1" + struct.pack("<I", len(entries)) + entries
-            if os.pwrite(self.fd, index, self.end) == len(index):
-                self._put(_AVIH_FLAGS, _HAS_INDEX)
-                self._put(_RIFF_SIZE, self.end + len(index) - 8)
+            if self.index is not None:
+                try:
+                    self._write_index(self.index)
+                except OSError:
+                    pass  # no room for the index: the file without it is the AVI it was
             os.fsync(self.fd)
         finally:
+            self._drop_index()
             os.close(self.fd)
+
+    def _write_index(self, index: IO[bytes]) -> None:
+        """Copy the entries after the last frame, then let the header count them."""
+        index.flush()
+        size = index.tell()
+        index.seek(0)
+        at = self.end + 8
+        if os.pwrite(self.fd, b"idx1" + struct.pack("<I", size), self.end) != 8:
+            return
+        while block := index.read(1 << 20):
+            if os.pwrite(self.fd, block, at) != len(block):
+                return
+            at += len(block)
+        if at == self.end + 8 + size:
+            self._put(_AVIH_FLAGS, _HAS_INDEX)
+            self._put(_RIFF_SIZE, at - 8)
 
 
 def segment_path(path: Path, number: int) -> Path:

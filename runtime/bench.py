@@ -15,7 +15,7 @@ from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize, read_frames, read_masks
-from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.errors import ConfigError, DataError
 from dmgrd_edge.metrics import evaluate_all
 
 from .device_info import device_info
@@ -111,13 +111,18 @@ def test_batch(samples, cfg) -> np.ndarray:
 def accuracy(backend, bundle, root: Path, dataset: str, category: str, batch: int) -> dict:
     cfg = bundle.preprocess
     index = index_category(dataset, root, category)
+    if not index.test:
+        raise DataError(
+            f"{category} has no test images in {root} (dataset layout {dataset})",
+            "give --data a dataset with a test split, or leave --data out",
+        )
     maps, scores = [], []
     for i in range(0, len(index.test), batch):
         chunk = index.test[i : i + batch]
         amap, score = backend.infer(test_batch(chunk, cfg))
         maps.append(amap[:, 0])
         scores.append(score)
-    masks = read_masks([s.mask_path for s in index.test], cfg)
+    masks = read_masks(index.test, cfg)
     labels = np.array([s.label for s in index.test])
     result = evaluate_all(labels, np.concatenate(scores), masks, np.concatenate(maps))
     result.update(dataset=dataset, category=category, n_test=int(len(labels)))

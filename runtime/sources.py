@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from dmgrd_edge import checks
-from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, to_rgb8
+from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, check_pixels, max_pixels, to_rgb8
 from dmgrd_edge.errors import DataError, DmgrdError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".h264", ".h265")
@@ -270,6 +270,14 @@ class VideoCaptureSource:
                 f"cannot open {spec.kind} source {spec.location!r}",
                 "check the device/URL and that nothing else holds the camera",
             )
+        width, height = (
+            int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT)
+        )
+        try:  # the size the container or stream reports, before a frame is decoded
+            check_pixels(f"{spec.kind} source {spec.location!r}: its frame", width, height)
+        except DataError as exc:
+            cap.release()
+            raise SourceError(exc.problem, exc.fix) from None
         self.cap = cap
 
     def read(self) -> tuple[Status, np.ndarray | None]:
@@ -281,9 +289,15 @@ class VideoCaptureSource:
                 self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 ok, frame = self.cap.read()
                 if ok and frame is not None:
-                    return Status.OK, to_rgb8(frame)
+                    return self._checked(frame)
             # a file ends (replayed at a rate or not); a camera that returns nothing has failed
             return (Status.ERROR if self.spec.camera else Status.END), None
+        return self._checked(frame)
+
+    def _checked(self, frame: np.ndarray) -> tuple[Status, np.ndarray | None]:
+        """A frame above the decode limit (a stream that changed its size) is not judged."""
+        if frame.shape[0] * frame.shape[1] > max_pixels():
+            return Status.ERROR, None
         return Status.OK, to_rgb8(frame)
 
     @property

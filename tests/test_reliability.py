@@ -71,6 +71,7 @@ def good_frames(folder: Path, count: int, same: bool = False) -> Path:
 # 1. thresholds that cannot decide ------------------------------------------------------
 
 
+@pytest.mark.fault("threshold that is NaN or infinite")
 @pytest.mark.parametrize(
     "option, value",
     [
@@ -87,6 +88,7 @@ def test_run_refuses_a_threshold_that_is_not_a_finite_number(tmp_path, bundle, o
     )
 
 
+@pytest.mark.fault("threshold that is NaN or infinite")
 @pytest.mark.parametrize("where", ["bundle", "file"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(
@@ -111,6 +113,7 @@ def test_a_manifest_threshold_that_is_not_a_finite_number_is_refused(
 # 2. preprocessing parameters that cannot normalise -------------------------------------
 
 
+@pytest.mark.fault("preprocess values that cannot normalise")
 @pytest.mark.parametrize(
     "field, value, needle",
     [
@@ -136,6 +139,7 @@ def test_manifest_preprocess_values_are_refused_on_load(tmp_path, bundle, field,
     assert needle in caught.value.problem and caught.value.fix
 
 
+@pytest.mark.fault("preprocess values that cannot normalise")
 def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
     copy = copy_bundle(
         bundle, tmp_path / "b", lambda m: m["preprocess"].__setitem__("std", [0, 0, 0])
@@ -151,6 +155,7 @@ def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
 # 3. the decision rule and the calibration share one rule -------------------------------
 
 
+@pytest.mark.fault("decision rule and calibration disagree")
 def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, bundle):
     from dmgrd_edge.runtime.capture import Capture
     from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
@@ -181,6 +186,7 @@ def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, b
     assert decisions == {"at": ["OK"] * 5, "below": ["NG"] * 5}
 
 
+@pytest.mark.fault("decision rule and calibration disagree")
 @pytest.mark.parametrize("same", [True, False], ids=["identical", "distinct"])
 def test_calibrated_threshold_flags_no_more_good_frames_than_the_rate(tmp_path, bundle, same):
     """12 good frames at a false-alarm rate of 0.1 allow floor(1.2) = 1 NG frame, and none
@@ -206,6 +212,7 @@ def test_calibrated_threshold_flags_no_more_good_frames_than_the_rate(tmp_path, 
         assert len({e["score"] for e in lines}) == 12 and ng == 1
 
 
+@pytest.mark.fault("decision rule and calibration disagree")
 def test_the_rule_is_strictly_greater_and_a_nan_score_is_ng():
     from dmgrd_edge.runtime.decision import is_ng, threshold_for_rate
 
@@ -250,6 +257,7 @@ def _not_regular(tmp_path: Path, kind: str) -> tuple[Path, object]:
 KINDS = ["symlink", "dangling-symlink", "folder", "fifo", "device"]
 
 
+@pytest.mark.fault("write target that is not a regular file")
 @pytest.mark.parametrize("kind", KINDS)
 def test_atomic_write_refuses_anything_but_a_regular_file(tmp_path, kind):
     from dmgrd_edge.atomic import atomic_write_bytes
@@ -265,6 +273,7 @@ def test_atomic_write_refuses_anything_but_a_regular_file(tmp_path, kind):
     assert (tmp_path / "plain.json").read_bytes() == b"2"
 
 
+@pytest.mark.fault("write target that is not a regular file")
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
 def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(
     tmp_path, bundle, kind
@@ -279,6 +288,7 @@ def test_run_refuses_a_stats_json_that_is_not_a_regular_file_before_it_starts(
     assert unchanged()
 
 
+@pytest.mark.fault("write target that is not a regular file")
 def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bundle):
     path, unchanged = _not_regular(tmp_path, "symlink")
     refused(
@@ -303,6 +313,7 @@ def test_bench_and_report_refuse_outputs_that_are_not_regular_files(tmp_path, bu
 # 5. export --out that is a file --------------------------------------------------------
 
 
+@pytest.mark.fault("write target that is not a regular file")
 def test_export_refuses_an_out_that_is_a_file(tmp_path, trained_ckpt):
     out = tmp_path / "bundle"
     out.write_text("not a bundle: my notes")
@@ -346,6 +357,7 @@ RUN_CASES = [
 ]
 
 
+@pytest.mark.fault("command-line number out of range")
 @pytest.mark.parametrize("args, option, needle", RUN_CASES)
 def test_run_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, args, option, needle):
     frames = good_frames(tmp_path / "good", 1)
@@ -354,6 +366,7 @@ def test_run_numbers_are_range_checked_before_work(tmp_path, bundle, capsys, arg
     assert "backend:" not in err
 
 
+@pytest.mark.fault("command-line number out of range")
 @pytest.mark.parametrize(
     "args, option, needle",
     [
@@ -424,6 +437,7 @@ def test_other_numbers_are_range_checked_before_work(
 # error messages are printed as they are ---------------------------------------------
 
 
+@pytest.mark.fault("command-line number out of range")
 def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle, capsys):
     """A problem naming a glob like [/x] (console markup syntax) is printed as it is."""
     code, err = run_main(["run", bundle, "--source", tmp_path / "[/x]*.png", "--headless"], capsys)
@@ -433,6 +447,7 @@ def test_messages_are_printed_as_they_are_not_as_console_markup(tmp_path, bundle
 # 7. latency statistics in bounded memory -----------------------------------------------
 
 
+@pytest.mark.fault("unbounded latency statistics")
 def test_latency_statistics_keep_bounded_memory_and_numpy_close_quantiles():
     import tracemalloc
 
@@ -486,6 +501,7 @@ def corrupt_pngs(folder: Path, count: int = 3) -> Path:
     return folder
 
 
+@pytest.mark.fault("source without a readable frame")
 @pytest.mark.parametrize("loop", [False, True], ids=["once", "loop"])
 def test_a_source_whose_every_file_is_corrupt_ends_with_an_error(tmp_path, bundle, loop):
     frames = corrupt_pngs(tmp_path / "bad")
@@ -508,6 +524,7 @@ def test_a_source_whose_every_file_is_corrupt_ends_with_an_error(tmp_path, bundl
     assert summary["frames"] == 0 and summary["corrupt"] == 3 and summary["source_error"]
 
 
+@pytest.mark.fault("source without a readable frame")
 def test_calibration_on_a_camera_that_gives_no_frame_ends_with_an_error(tmp_path, bundle):
     """A camera that stopped sending frames ends the calibration, it is not waited for
     for ever (a real video file presented as a camera whose every read fails)."""
@@ -608,6 +625,7 @@ def use_bundle(loaded) -> None:
     assert tensor.shape == (3, pre.height, pre.width) and np.isfinite(tensor).all()
 
 
+@pytest.mark.fault("property: any manifest edit")
 @PROPERTY
 @given(data=st.data())
 def test_any_edit_of_a_manifest_loads_or_is_refused_cleanly(fuzz_bundle, data):
@@ -622,6 +640,7 @@ def test_any_edit_of_a_manifest_loads_or_is_refused_cleanly(fuzz_bundle, data):
     use_bundle(loaded)
 
 
+@pytest.mark.fault("property: any manifest file bytes")
 @PROPERTY
 @given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
 @example(b"1" * 5000)  # an integer longer than Python converts from text
@@ -648,6 +667,7 @@ URIS = st.one_of(
 SIZES = st.none() | st.integers(-3, 10_000)
 
 
+@pytest.mark.fault("property: any source URI")
 @PROPERTY
 @given(uri=URIS, width=SIZES, height=SIZES, fps=st.none() | st.floats(), loop=st.booleans())
 @example(uri="a" * 300 + ".png", width=None, height=None, fps=None, loop=False)  # too long a name

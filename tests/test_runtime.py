@@ -133,6 +133,9 @@ def test_csi_pipeline_scales_on_the_converter_before_the_cpu_converts(monkeypatc
         def isOpened(self):
             return True
 
+        def get(self, prop):  # the frame size is checked at open (a stream before it starts: 0)
+            return 0.0
+
         def release(self):
             pass
 

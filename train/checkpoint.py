@@ -15,6 +15,7 @@ import torch
 from dmgrd_edge.atomic import atomic_write
 from dmgrd_edge.config import ModelConfig, PreprocessConfig
 from dmgrd_edge.errors import CheckpointError
+from dmgrd_edge.schema import checkpoint_payload
 
 FORMAT = "dmgrd-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -52,14 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}",
             "the file is truncated or not a dmgrd-edge checkpoint; retrain or re-copy it",
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dmgrd-edge checkpoint")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {payload['format_version']}",
-            f"this dmgrd-edge reads up to {FORMAT_VERSION}; upgrade dmgrd-edge",
-        )
-    return payload
+    return checkpoint_payload(payload, str(path), FORMAT, FORMAT_VERSION)
 
 
 def load_model(path: str | Path, device: str = "cpu"):

@@ -14,6 +14,7 @@ from rich.progress import track
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import write_image
 from dmgrd_edge.data.preprocess import read_frames, read_masks
+from dmgrd_edge.errors import DataError
 from dmgrd_edge.metrics import evaluate_all
 from dmgrd_edge.viz import draw_contour, heat_overlay, put_label
 
@@ -35,7 +36,7 @@ def read_test_set(samples, cfg, console: Console, category: str) -> tuple[np.nda
     """Test images (uint8 at model size) and their masks (bool, empty for good images)."""
     paths = [s.path for s in samples]
     images = read_frames(track(paths, description=f"read {category}", console=console), cfg)
-    return images, read_masks([s.mask_path for s in samples], cfg)
+    return images, read_masks(samples, cfg)
 
 
 def _predict_timed(model, images: np.ndarray, cfg, device, batch_size: int):
@@ -71,6 +72,11 @@ def evaluate_checkpoint(
     category = category or meta["category"]
     cfg = checkpoint_preprocess(payload)
     index = index_category(dataset, root, category)
+    if not index.test:
+        raise DataError(
+            f"{category} has no test images in {root} (dataset layout {dataset})",
+            "give --data a dataset with a test split (see `dmgrd-edge eval --help`)",
+        )
     if not any(s.label for s in index.test):
         console.print(
             f"[yellow]warning:[/] {category} has no defective test images; only scores are reported"

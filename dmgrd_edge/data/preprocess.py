@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import PreprocessConfig
 from ..errors import DataError
-from .imageio import read_image, read_mask
+from .imageio import read_image, read_mask_of
 
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
@@ -69,14 +69,16 @@ def read_frames(paths: Iterable[str | Path], cfg: PreprocessConfig) -> np.ndarra
     return model_frames([read_image(p) for p in paths], cfg)
 
 
-def read_masks(paths: Sequence[str | Path | None], cfg: PreprocessConfig) -> np.ndarray:
-    """Ground-truth masks at the model's size, bool (N, H, W); None (a good image) is empty."""
+def read_masks(samples: Sequence, cfg: PreprocessConfig) -> np.ndarray:
+    """Ground-truth masks of dataset samples (``.path``, ``.mask_path``) at the model's size,
+    bool (N, H, W); a sample without a mask (a good image) is empty. A mask must have its
+    image's size (imageio.read_mask_of)."""
     return np.stack(
         [
-            resize_mask(read_mask(p), cfg.height, cfg.width)
-            if p
+            resize_mask(read_mask_of(s.mask_path, s.path), cfg.height, cfg.width)
+            if s.mask_path
             else np.zeros((cfg.height, cfg.width), bool)
-            for p in paths
+            for s in samples
         ]
     )
 
