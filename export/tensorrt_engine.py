@@ -93,11 +93,10 @@ def network_flags(trt, major: int, precision: str) -> tuple[int, bool]:
     return flags, strongly_typed
 
 
-def _parse(trt, builder, logger, onnx_path: Path, flags: int, version: str, *, typed_graph, log):
-    """The parsed network; with ``typed_graph`` the INT8 graph is first rewritten so that it
-    states each region's precision (typed_int8.py: a strongly typed network has no layer
-    pins). Returns the network, its parser and the rewrite's summary (None without one)."""
-    network = builder.create_network(flags)
+def _parse(trt, network, logger, onnx_path: Path, version: str, *, typed_graph, log):
+    """Parses the ONNX file into ``network``; with ``typed_graph`` the INT8 graph is first
+    rewritten so that it states each region's precision (typed_int8.py: a strongly typed
+    network has no layer pins). Returns the parser and the rewrite's summary (None without)."""
     parser = trt.OnnxParser(network, logger)
     typed = None
     with tempfile.TemporaryDirectory(prefix="dmgrd-typed-") as tmp:
@@ -117,7 +116,7 @@ def _parse(trt, builder, logger, onnx_path: Path, flags: int, version: str, *, t
                 "re-export the bundle with this dmgrd-edge; the graph check should have caught "
                 "this",
             )
-    return network, parser, typed
+    return parser, typed
 
 
 def _precision_flags(trt, config, network, precision: str, fp16_flag: bool, log) -> None:
@@ -165,12 +164,12 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags, strongly_typed = network_flags(trt, major, request.precision)
-    network, _parser, typed = _parse(
+    network = builder.create_network(flags)
+    _parser, typed = _parse(
         trt,
-        builder,
+        network,
         logger,
         onnx_path,
-        flags,
         version,
         typed_graph=strongly_typed and request.precision == "int8",
         log=log,

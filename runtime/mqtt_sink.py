@@ -302,7 +302,7 @@ class MqttSink:
                 "camera": self.options.camera,
                 "frame": event_field(event, "frame"),
                 "time": event_field(event, "time"),
-                "score": event_field(event, "score"),
+                "score": round(float(event_field(event, "score")), 6),  # as in the JSONL
                 "decision": decision,
             }
         )

@@ -130,8 +130,8 @@ def bundle(tmp_path_factory, trained_ckpt):
 
     out = tmp_path_factory.mktemp("jetson") / "bundle"
     options = ExportOptions(
-        trained_ckpt,
-        out,
+        checkpoint=trained_ckpt,
+        out=out,
         int8=True,
         fp16=True,
         calib_count=4,

@@ -202,10 +202,14 @@ def test_prometheus_endpoint_serves_per_camera_figures(videos, fp32_bundle):
     from dmgrd_edge.runtime.watch import watch_for_run
 
     loaded = load_bundle(fp32_bundle)
-    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=1)
+    backend = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=1).backend
     spec = parse_uri(str(videos["a"]))
     pipeline = Pipeline(
-        loaded, backend, [], RunConfig(0.0, 0.0, status_every_s=1e9), log=lambda *_: None
+        loaded,
+        backend,
+        [],
+        RunConfig(threshold=0.0, pixel_threshold=0.0, status_every_s=1e9),
+        log=lambda *_: None,
     )
     watch = watch_for_run(
         "cam1", loaded, "B", "model.onnx", 0.0, True, spec, str(videos["a"]), [],
@@ -368,6 +372,8 @@ class LostCamera:
     """A camera whose reads fail and whose reopen fails too: given up after the retries."""
 
     live = camera = True
+    dropped = 0
+    fps = None
 
     def read(self):
         return Status.ERROR, None

@@ -31,8 +31,8 @@ def exported(tmp_path_factory, trained_ckpt):
     out = tmp_path_factory.mktemp("typed") / "bundle"
     export_bundle(
         ExportOptions(
-            trained_ckpt,
-            out,
+            checkpoint=trained_ckpt,
+            out=out,
             int8=True,
             calib_count=4,
             guard_count=4,
