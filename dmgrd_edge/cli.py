@@ -190,9 +190,8 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
 ):
     """Train one DM-GRD model per category on defect-free images."""
-    from .config import MEMORY_READS, model_config_from_options, train_config_from_options
+    from .config import model_config_from_options, train_config_from_options
     from .data.datasets import resolve_categories
-    from .errors import choose
     from .train.loop import TrainJob
     from .train.trainer import train_category
 
@@ -210,12 +209,7 @@ def train(
         amp=not no_amp,
         without_loss=tuple(without_loss),
     )
-    checks.integer("--memory-size", memory_size, 1)
-    checks.integer("--patch-bank-size", patch_bank_size, 16)
-    choose("backbone", backbone, BACKBONE_NAMES)
-    choose("dataset", dataset, DATASETS)
-    if memory_read is not None:
-        choose("memory read", memory_read, ("none",) + MEMORY_READS)
+    _check_model_options(memory_size, patch_bank_size, backbone, dataset, memory_read)
     model_cfg = model_config_from_options(
         backbone=backbone,
         image_size=image_size,
@@ -230,12 +224,7 @@ def train(
         map_scale=map_scale,
         fusion=fusion,
     )
-    if (without_loss or fusion != "msff") and not model_cfg.use_memory:
-        raise ConfigError(
-            "--fusion and --without-loss change how the memory guides the student, and this "
-            "model's student is not guided by the memory",
-            "add --memory-read patch or --memory-read image, or drop those options",
-        )
+    _refuse_memory_options_without_memory(model_cfg, without_loss, fusion)
     summaries = []
     for name in resolve_categories(dataset, data, category):
         job = TrainJob(
@@ -253,6 +242,30 @@ def train(
         )
         summaries.append(train_category(job, console))
     typer.echo(json.dumps(summaries, indent=2))
+
+
+def _check_model_options(
+    memory_size: int, patch_bank_size: int, backbone: str, dataset: str, memory_read
+) -> None:
+    from .config import MEMORY_READS
+    from .errors import choose
+
+    checks.integer("--memory-size", memory_size, 1)
+    checks.integer("--patch-bank-size", patch_bank_size, 16)
+    choose("backbone", backbone, BACKBONE_NAMES)
+    choose("dataset", dataset, DATASETS)
+    if memory_read is not None:
+        choose("memory read", memory_read, ("none",) + MEMORY_READS)
+
+
+def _refuse_memory_options_without_memory(model_cfg, without_loss: list[str], fusion: str):
+    """--fusion and --without-loss only act on a student that the memory guides."""
+    if (without_loss or fusion != "msff") and not model_cfg.use_memory:
+        raise ConfigError(
+            "--fusion and --without-loss change how the memory guides the student, and this "
+            "model's student is not guided by the memory",
+            "add --memory-read patch or --memory-read image, or drop those options",
+        )
 
 
 @app.command("eval")
@@ -612,48 +625,25 @@ def run(
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
     if config is not None:
-        from .runtime.line_config import refuse_with_config
-        from .runtime.multicam import run_line
-
-        refuse_with_config(locals(), run)
-        code = run_line(config, log=say, stats_json=stats_json, max_frames=max_frames)
-        if code:
-            raise SystemExit(code)
+        _run_line(locals(), config, stats_json, max_frames)
         return
     if bundle is None or source is None:
         raise ConfigError(
             "run needs a BUNDLE and --source, or --config", "e.g. run BUNDLE --source line.mp4"
         )
-    from .atomic import check_target
     from .bundle import load_bundle
-    from .runtime.capture import Capture
-    from .runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from .runtime.pipeline import RunConfig
     from .runtime.run import BackendRequest, open_run
     from .runtime.select import parse_workers
     from .runtime.sources import parse_uri
 
-    checks.threshold("--threshold", threshold, optional=True)
-    checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
-    checks.integer("--max-frames", max_frames, 1, optional=True)
-    checks.integer("--queue-size", queue_size, 1)
-    checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
-    checks.integer("--threads", threads, 0, note=checks.AUTO)
-    checks.number("--ng-warn-rate", ng_warn_rate, 0, 1)
-    checks.integer("--ng-warn-frames", ng_warn_frames, 1)
-    if drift_window:
-        checks.integer("--drift-window", drift_window, 20, note="0: off")
-    checks.number("--drift-psi", drift_psi, 0, lo_open=True)
-    if stats_json is not None:
-        check_target(stats_json)  # refused before the run, not at its end
+    _check_stream_options(threshold, pixel_threshold, max_frames, queue_size, max_retries, threads)
+    _check_watch_options(ng_warn_rate, ng_warn_frames, drift_window, drift_psi, stats_json)
     in_flight = parse_workers(workers)
     spec = parse_uri(source, input_width, input_height, input_fps, loop)  # checks those numbers
     loaded = load_bundle(bundle)
     checks.batch_for_bundle("--batch", batch, loaded.manifest)
-    served = None  # a port that is taken is reported before anything opens (daemon thread)
-    if metrics is not None:
-        from .runtime.metrics_server import LineMetrics
-
-        served = LineMetrics(metrics, log=say).start()
+    served = _serve_metrics(metrics)
     # a wrong source or sink is reported before the model loads
     request = BackendRequest(
         backend=backend,
@@ -668,7 +658,7 @@ def run(
     )
     thr = loaded.threshold_for(chosen.file) if threshold is None else threshold
     say(f"threshold {thr:.4f} ({'--threshold' if threshold is not None else chosen.file})")
-    config = RunConfig(
+    run_config = RunConfig(
         threshold=thr,
         pixel_threshold=thr if pixel_threshold is None else pixel_threshold,
         batch=batch,
@@ -677,9 +667,9 @@ def run(
         extra={"source": source, "bundle": str(bundle)},
         workers=chosen.workers,
     )
-    capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
-    pipeline = Pipeline(loaded, chosen.backend, sinks, config, log=say)
-    pipeline.install_signal_handlers()
+    pipeline, capture = _single_pipeline(
+        loaded, chosen, source_handle, sinks, run_config, queue_size, max_retries
+    )
     from .runtime.watch import watch_for_run
 
     watch = watch_for_run(
@@ -688,18 +678,81 @@ def run(
         drift_window=drift_window, drift_psi=drift_psi,
     )  # fmt: skip
     pipeline.monitors.append(watch)
+    code = _stream(pipeline, capture, watch, chosen, served, camera)
+    if code:
+        raise SystemExit(code)
+
+
+def _run_line(given: dict, config: Path, stats_json: Optional[Path], max_frames) -> None:
+    """`run --config`: the cameras and bundles of a line configuration in one process; a
+    single-source option given with it is refused first."""
+    from .runtime.line_config import refuse_with_config
+    from .runtime.multicam import run_line
+
+    refuse_with_config(given, run)
+    code = run_line(config, log=say, stats_json=stats_json, max_frames=max_frames)
+    if code:
+        raise SystemExit(code)
+
+
+def _check_stream_options(
+    threshold, pixel_threshold, max_frames, queue_size: int, max_retries: int, threads: int
+) -> None:
+    checks.threshold("--threshold", threshold, optional=True)
+    checks.threshold("--pixel-threshold", pixel_threshold, optional=True)
+    checks.integer("--max-frames", max_frames, 1, optional=True)
+    checks.integer("--queue-size", queue_size, 1)
+    checks.integer("--max-retries", max_retries, 0, note="0: give up when the source is first lost")
+    checks.integer("--threads", threads, 0, note=checks.AUTO)
+
+
+def _check_watch_options(
+    ng_warn_rate: float, ng_warn_frames: int, drift_window: int, drift_psi: float, stats_json
+) -> None:
+    from .atomic import check_target
+
+    checks.number("--ng-warn-rate", ng_warn_rate, 0, 1)
+    checks.integer("--ng-warn-frames", ng_warn_frames, 1)
+    if drift_window:
+        checks.integer("--drift-window", drift_window, 20, note="0: off")
+    checks.number("--drift-psi", drift_psi, 0, lo_open=True)
+    if stats_json is not None:
+        check_target(stats_json)  # refused before the run, not at its end
+
+
+def _serve_metrics(metrics: Optional[str]):
+    """The Prometheus endpoint, started (None without --metrics): a port that is taken is
+    reported before anything opens (it serves from a daemon thread)."""
+    if metrics is None:
+        return None
+    from .runtime.metrics_server import LineMetrics
+
+    return LineMetrics(metrics, log=say).start()
+
+
+def _single_pipeline(loaded, chosen, source_handle, sinks, run_config, queue_size, max_retries):
+    """The capture of the source and the pipeline from it through the backend to the sinks."""
+    from .runtime.capture import Capture
+    from .runtime.pipeline import Pipeline, make_preprocess
+
+    capture = Capture(source_handle, make_preprocess(loaded), queue_size, max_retries)
+    pipeline = Pipeline(loaded, chosen.backend, sinks, run_config, log=say)
+    pipeline.install_signal_handlers()
+    return pipeline, capture
+
+
+def _stream(pipeline, capture, watch, chosen, served, camera: str) -> int:
+    """The run's exit code; the backend and the metrics endpoint are closed however it ends."""
     if served is not None:
         from .runtime.metrics_server import CameraView
 
         served.add(CameraView(camera, pipeline, capture, watch))
     try:
-        code = pipeline.run(capture)
+        return pipeline.run(capture)
     finally:
         chosen.close()  # TensorRT: buffers, context and engine freed before the CUDA context goes
         if served is not None:
             served.close()
-    if code:
-        raise SystemExit(code)
 
 
 @app.command()

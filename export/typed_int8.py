@@ -89,33 +89,26 @@ def _fp32_scales(initializers: dict[str, onnx.TensorProto]) -> set[str]:
     return small
 
 
-def typed_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """(the rewritten model, a summary: nodes per region, casts added)."""
-    if _opset(model) < QDQ_OPSET:
-        model = version_converter.convert_version(model, QDQ_OPSET)
-    model = shape_inference.infer_shapes(model)
-    graph = model.graph
-    dtype = {
-        v.name: v.type.tensor_type.elem_type
-        for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-    }
-    initializers = {init.name: init for init in graph.initializer}
-    dtype.update({name: init.data_type for name, init in initializers.items()})
-    nodes = list(graph.node)
-    half = _regions(nodes, _fp32_scales(initializers))
-    converted: dict[tuple[str, int], str] = {}
-    new_initializers: list[onnx.TensorProto] = []
-    new_nodes: list[onnx.NodeProto] = []
-    casts = 0
+class _Rewrite:
+    """The new nodes and initializers of the typed graph, and the tensor types as they are
+    rewritten: each float tensor converted at most once per target type."""
 
-    def convert(name: str, to: int) -> str:
-        nonlocal casts
+    def __init__(self, dtype: dict[str, int], initializers: dict[str, onnx.TensorProto]):
+        self.dtype = dtype
+        self.initializers = initializers
+        self.converted: dict[tuple[str, int], str] = {}
+        self.new_initializers: list[onnx.TensorProto] = []
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.casts = 0
+
+    def convert(self, name: str, to: int) -> str:
+        """The name of ``name`` in type ``to``: a converted initializer or a Cast node."""
         key = (name, to)
-        if key in converted:
-            return converted[key]
+        if key in self.converted:
+            return self.converted[key]
         suffix = "_fp16" if to == HALF else "_fp32"
-        if name in initializers:
-            values = numpy_helper.to_array(initializers[name])
+        if name in self.initializers:
+            values = numpy_helper.to_array(self.initializers[name])
             if to == HALF and values.size and float(np.abs(values).max()) > FP16_MAX:
                 raise TypedGraphError(
                     f"initializer {name} holds values beyond fp16's range for an fp16 region",
@@ -123,18 +116,20 @@ def typed_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                 )
             target = np.float16 if to == HALF else np.float32
             tensor = numpy_helper.from_array(values.astype(target), name + suffix)
-            new_initializers.append(tensor)
+            self.new_initializers.append(tensor)
         else:
             cast = helper.make_node(
                 "Cast", [name], [name + suffix], name=name + "/Cast" + suffix, to=to
             )
-            new_nodes.append(cast)
-            casts += 1
-        dtype[name + suffix] = to
-        converted[key] = name + suffix
+            self.new_nodes.append(cast)
+            self.casts += 1
+        self.dtype[name + suffix] = to
+        self.converted[key] = name + suffix
         return name + suffix
 
-    for node, fp16 in zip(nodes, half):
+    def add(self, node: onnx.NodeProto, fp16: bool) -> None:
+        """The node with its float inputs in its region's type (after the casts they need)."""
+        dtype = self.dtype
         fixed = FIXED_FLOAT_INPUTS.get(node.op_type, set())
         for index, name in enumerate(node.input):
             current = dtype.get(name)
@@ -142,29 +137,45 @@ def typed_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                 continue
             want = HALF if fp16 and index not in fixed else FLOAT
             if current != want:
-                node.input[index] = convert(name, want)
+                node.input[index] = self.convert(name, want)
         if fp16 and node.op_type not in ATTRIBUTE_TYPED:
             for name in node.output:
                 if dtype.get(name) == FLOAT:
                     dtype[name] = HALF
-        new_nodes.append(node)
+        self.new_nodes.append(node)
 
-    outputs = {o.name for o in graph.output}
-    for name in outputs:
-        if dtype.get(name) == HALF:  # produced in an fp16 region: hand it out as fp32
-            inner = name + "_fp16_out"
-            for node in new_nodes:
-                node.output[:] = [inner if o == name else o for o in node.output]
-                node.input[:] = [inner if i == name else i for i in node.input]
-            new_nodes.append(
-                helper.make_node("Cast", [inner], [name], name=name + "/Cast", to=FLOAT)
-            )
-            casts += 1
+    def fp32_outputs(self, outputs: set[str]) -> None:
+        """Graph outputs produced in an fp16 region are handed out through a cast to fp32."""
+        for name in outputs:
+            if self.dtype.get(name) == HALF:
+                inner = name + "_fp16_out"
+                for node in self.new_nodes:
+                    node.output[:] = [inner if o == name else o for o in node.output]
+                    node.input[:] = [inner if i == name else i for i in node.input]
+                self.new_nodes.append(
+                    helper.make_node("Cast", [inner], [name], name=name + "/Cast", to=FLOAT)
+                )
+                self.casts += 1
 
-    used = {name for node in new_nodes for name in node.input}
-    kept = [i for i in list(graph.initializer) + new_initializers if i.name in used]
+
+def _tensor_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """The element type of each value, graph input and output, and initializer."""
+    dtype = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+    }
+    dtype.update({init.name: init.data_type for init in graph.initializer})
+    return dtype
+
+
+def _replace_graph(model: onnx.ModelProto, rewrite: _Rewrite) -> onnx.ModelProto:
+    """The graph's nodes and (used) initializers replaced by the rewrite's, shapes inferred
+    again and the model checked."""
+    graph = model.graph
+    used = {name for node in rewrite.new_nodes for name in node.input}
+    kept = [i for i in list(graph.initializer) + rewrite.new_initializers if i.name in used]
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(rewrite.new_nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.value_info[:]
@@ -176,10 +187,27 @@ def typed_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             f"the INT8 graph with fp16 regions does not check: {str(exc)[:300]}",
             "this is a bug in the export; build with --precision fp16 meanwhile",
         ) from exc
+    return model
+
+
+def typed_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """(the rewritten model, a summary: nodes per region, casts added)."""
+    if _opset(model) < QDQ_OPSET:
+        model = version_converter.convert_version(model, QDQ_OPSET)
+    model = shape_inference.infer_shapes(model)
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    nodes = list(graph.node)
+    half = _regions(nodes, _fp32_scales(initializers))
+    rewrite = _Rewrite(_tensor_types(graph), initializers)
+    for node, fp16 in zip(nodes, half):
+        rewrite.add(node, fp16)
+    rewrite.fp32_outputs({o.name for o in graph.output})
+    model = _replace_graph(model, rewrite)
     summary = {
         "fp16_nodes": sum(half),
         "fp32_nodes": len(half) - sum(half),
-        "casts": casts,
+        "casts": rewrite.casts,
         "opset": _opset(model),
     }
     return model, summary

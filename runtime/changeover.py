@@ -69,18 +69,13 @@ def apply_reload(line) -> None:
 
 
 def _apply_camera(line, cam, cfg) -> None:
-    log = line.log
     root = cfg.bundle.resolve()
     group = cam.group
     started = time.perf_counter()
     try:
         fresh = load_bundle(root)  # verifies every file's hash
     except DmgrdError as exc:
-        log(
-            f"[{cam.config.name}] changeover to {cfg.bundle} refused: {exc.problem}; "
-            f"{group.root.name} keeps running"
-        )
-        _record(line, cam.config.name, "refused", bundle=str(cfg.bundle), reason=exc.problem)
+        _refuse_bundle(line, cam, cfg, group, exc.problem)
         return
     file_name = group.file
     same_model = (
@@ -89,43 +84,57 @@ def _apply_camera(line, cam, cfg) -> None:
         == group.bundle.manifest["files"][file_name]["sha256"]
     )
     if not same_model:
-        target = line.groups.get(root)
-        stale = None  # the folder's backend that cannot take the camera
-        if target is group or (target is not None and target.threads and not target.alive):
-            stale = target  # a new model file in the same folder, or a bundle whose threads ended
-        if target is None or stale is not None:
-            try:
-                target = line._group(root, cfg)  # loads, verifies, makes the backend
-            except DmgrdError as exc:
-                if stale is not None:
-                    line.groups[root] = stale
-                log(
-                    f"[{cam.config.name}] changeover to {cfg.bundle} refused: {exc.problem}; "
-                    f"{group.root.name} keeps running"
-                )
-                _record(
-                    line, cam.config.name, "refused", bundle=str(cfg.bundle), reason=exc.problem
-                )
-                return
-            if stale is not None and stale is not group:
-                line.retired.append(stale)
+        target = _target_group(line, cam, cfg, root, group)
+        if target is None:
+            return
         line.switch(cam, target)
         group = target
-    threshold = (
-        cfg.threshold
-        if cfg.threshold is not None
-        else fresh.threshold_for(group.file)
+    _apply_thresholds(line, cam, cfg, fresh, group, moved=not same_model, started=started)
+
+
+def _refuse_bundle(line, cam, cfg, group, problem: str) -> None:
+    """The camera keeps running on its group's bundle: the reason logged and recorded."""
+    line.log(
+        f"[{cam.config.name}] changeover to {cfg.bundle} refused: {problem}; "
+        f"{group.root.name} keeps running"
     )
+    _record(line, cam.config.name, "refused", bundle=str(cfg.bundle), reason=problem)
+
+
+def _target_group(line, cam, cfg, root, group):
+    """The group that runs the bundle in ``root``: the folder's running one, or a new one
+    where there is none or it cannot take the camera; None when that one cannot be made (the
+    changeover is refused and the folder keeps its group)."""
+    target = line.groups.get(root)
+    stale = None  # the folder's backend that cannot take the camera
+    if target is group or (target is not None and target.threads and not target.alive):
+        stale = target  # a new model file in the same folder, or a bundle whose threads ended
+    if target is None or stale is not None:
+        try:
+            target = line._group(root, cfg)  # loads, verifies, makes the backend
+        except DmgrdError as exc:
+            if stale is not None:
+                line.groups[root] = stale
+            _refuse_bundle(line, cam, cfg, group, exc.problem)
+            return None
+        if stale is not None and stale is not group:
+            line.retired.append(stale)
+    return target
+
+
+def _apply_thresholds(line, cam, cfg, fresh, group, *, moved: bool, started: float) -> None:
+    """The camera's thresholds from its configuration (or the bundle's calibration), logged
+    and recorded when they or the bundle changed."""
+    threshold = cfg.threshold if cfg.threshold is not None else fresh.threshold_for(group.file)
     pixel = threshold if cfg.pixel_threshold is None else cfg.pixel_threshold
     config = cam.pipeline.config
-    moved = not same_model
     if moved or threshold != config.threshold or pixel != config.pixel_threshold:
         before = config.threshold
         config.threshold, config.pixel_threshold = threshold, pixel
         cam.config = cfg
         ms = 1000 * (time.perf_counter() - started)
         what = "bundle" if moved else "threshold"
-        log(
+        line.log(
             f"[{cam.config.name}] changeover: {what} -> {group.root.name} "
             f"({group.file}), threshold {before:.4f} -> {threshold:.4f} "
             f"in {ms:.0f} ms; frames already in a backend call are decided by the old one"

@@ -100,14 +100,7 @@ def _check_number(path, key, value, check):
 
 def load_line_config(path: Path) -> LineConfig:
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"line configuration not found: {path}", "check the --config path")
-    try:
-        data = tomllib.loads(text.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", "fix the syntax at that line")
+    data = _read_toml(path)
     unknown = sorted(set(data) - {"line", "camera"})
     if unknown:
         raise _refuse(
@@ -129,6 +122,31 @@ def load_line_config(path: Path) -> LineConfig:
             "add at least one [[camera]] table with name, source and bundle",
         )
     _typed(path, "camera", cameras, (list,), "an array of tables ([[camera]])")
+    options = _line_options(path, line)
+    parsed, names = [], set()
+    for i, table in enumerate(cameras):
+        parsed.append(_camera(path, i, table))
+        if parsed[-1].name in names:
+            raise _refuse(
+                path, f"camera[{i}].name", f"{parsed[-1].name!r} is used twice", "give unique names"
+            )
+        names.add(parsed[-1].name)
+    return LineConfig(path, tuple(parsed), **options)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"line configuration not found: {path}", "check the --config path")
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", "fix the syntax at that line")
+
+
+def _line_options(path: Path, line: dict) -> dict:
+    """The [line] table's values, checked, as LineConfig keywords."""
     options = {}
     for key in ("backend", "precision", "metrics"):
         if key in line:
@@ -155,15 +173,7 @@ def load_line_config(path: Path) -> LineConfig:
                 lambda v: checks.number("status_every_s", v, 0, lo_open=True),
             )
         )
-    parsed, names = [], set()
-    for i, table in enumerate(cameras):
-        parsed.append(_camera(path, i, table))
-        if parsed[-1].name in names:
-            raise _refuse(
-                path, f"camera[{i}].name", f"{parsed[-1].name!r} is used twice", "give unique names"
-            )
-        names.add(parsed[-1].name)
-    return LineConfig(path, tuple(parsed), **options)
+    return options
 
 
 def _camera(path: Path, i: int, table) -> CameraConfig:

@@ -101,66 +101,87 @@ class LineMetrics:
         return []
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        def counter(name, doc, labels=("camera",)):
-            return CounterMetricFamily(name, doc, labels=list(labels))
-
-        def gauge(name, doc, labels=("camera",)):
-            return GaugeMetricFamily(name, doc, labels=list(labels))
-
-        frames = counter("dmgrd_frames", "decided frames")
-        ng = counter("dmgrd_ng", "frames decided NG")
-        ng_rate = gauge("dmgrd_ng_rate", "share of decided frames that were NG")
-        fps = gauge("dmgrd_fps", "decided frames per second")
-        latency = gauge(
-            "dmgrd_latency_ms", "latency quantiles per stage", ("camera", "stage", "quantile")
-        )
-        capture = {
-            key: counter(f"dmgrd_{key}", f"capture: {key}")
-            for key in ("captured", "dropped", "corrupt", "reconnects")
-        }
-        sink_dropped = counter(
-            "dmgrd_sink_dropped", "messages a sink's full buffer dropped", ("camera", "sink")
-        )
-        sink_unsent = gauge("dmgrd_sink_unsent", "messages waiting in a sink", ("camera", "sink"))
-        threshold = gauge("dmgrd_threshold", "decision threshold in use")
-        fits = gauge("dmgrd_threshold_fits_source", "1 if calibrated on frames of this source kind")
-        drift = gauge("dmgrd_drift_psi", "PSI of the recent scores against the reference")
-        drifting = gauge("dmgrd_drift_warning", "1 while the drift watch warns")
-        warnings = counter("dmgrd_warnings", "warnings raised", ("camera", "kind"))
-        lost = gauge("dmgrd_source_lost", "1 once the camera was given up")
+        families = _families()
         for view in self.cameras:
-            name, stats = view.name, view.pipeline.stats
-            frames.add_metric([name], stats.frames)
-            ng.add_metric([name], stats.ng)
-            ng_rate.add_metric([name], stats.ng / stats.frames if stats.frames else 0.0)
-            fps.add_metric([name], stats.fps)
-            for stage, sketch in list(stats.sketches.items()):
-                if sketch.count:
-                    for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES)):
-                        latency.add_metric([name, stage, str(q)], value)
-            c = view.capture.counters
-            for key, family in capture.items():
-                family.add_metric([name], getattr(c, key))
-            for sink in view.pipeline.sinks:
-                if hasattr(sink, "stats"):
-                    s = sink.stats()
-                    sink_dropped.add_metric([name, sink.name], s["dropped"])
-                    sink_unsent.add_metric([name, sink.name], s["unsent"])
-            threshold.add_metric([name], view.pipeline.config.threshold)
-            lost.add_metric([name], 1.0 if view.capture.fatal else 0.0)
-            watch = view.watch
-            if watch is not None:
-                fits.add_metric([name], 1.0 if watch.origin.fits_source else 0.0)
-                kinds = {}
-                for record in list(watch.alerts.raised):
-                    kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
-                for kind in dict.fromkeys(("implausible_ng_rate", "score_drift", *kinds)):
-                    warnings.add_metric([name, kind], kinds.get(kind, 0))
-                if watch.drift is not None:
-                    value = watch.drift.value
-                    drift.add_metric([name], value if math.isfinite(value) else math.nan)
-                    drifting.add_metric([name], 1.0 if watch.drift.active else 0.0)
-        yield from (frames, ng, ng_rate, fps, latency, *capture.values())
-        yield from (sink_dropped, sink_unsent, threshold, fits, drift, drifting, warnings, lost)
+            _add_camera(families, view)
+            if view.watch is not None:
+                _add_watch(families, view.name, view.watch)
+        yield from families.values()
+
+
+CAPTURE_COUNTERS = ("captured", "dropped", "corrupt", "reconnects")
+
+
+def _families() -> dict:
+    """The metric families, empty, in the order the endpoint lists them."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def counter(name, doc, labels=("camera",)):
+        return CounterMetricFamily(name, doc, labels=list(labels))
+
+    def gauge(name, doc, labels=("camera",)):
+        return GaugeMetricFamily(name, doc, labels=list(labels))
+
+    families = {
+        "frames": counter("dmgrd_frames", "decided frames"),
+        "ng": counter("dmgrd_ng", "frames decided NG"),
+        "ng_rate": gauge("dmgrd_ng_rate", "share of decided frames that were NG"),
+        "fps": gauge("dmgrd_fps", "decided frames per second"),
+        "latency": gauge(
+            "dmgrd_latency_ms", "latency quantiles per stage", ("camera", "stage", "quantile")
+        ),
+    }
+    for key in CAPTURE_COUNTERS:
+        families[key] = counter(f"dmgrd_{key}", f"capture: {key}")
+    families["sink_dropped"] = counter(
+        "dmgrd_sink_dropped", "messages a sink's full buffer dropped", ("camera", "sink")
+    )
+    families["sink_unsent"] = gauge(
+        "dmgrd_sink_unsent", "messages waiting in a sink", ("camera", "sink")
+    )
+    families["threshold"] = gauge("dmgrd_threshold", "decision threshold in use")
+    families["fits"] = gauge(
+        "dmgrd_threshold_fits_source", "1 if calibrated on frames of this source kind"
+    )
+    families["drift"] = gauge("dmgrd_drift_psi", "PSI of the recent scores against the reference")
+    families["drifting"] = gauge("dmgrd_drift_warning", "1 while the drift watch warns")
+    families["warnings"] = counter("dmgrd_warnings", "warnings raised", ("camera", "kind"))
+    families["lost"] = gauge("dmgrd_source_lost", "1 once the camera was given up")
+    return families
+
+
+def _add_camera(families: dict, view: CameraView) -> None:
+    """One camera's statistics, capture counters, sink buffers and threshold."""
+    name, stats = view.name, view.pipeline.stats
+    families["frames"].add_metric([name], stats.frames)
+    families["ng"].add_metric([name], stats.ng)
+    families["ng_rate"].add_metric([name], stats.ng / stats.frames if stats.frames else 0.0)
+    families["fps"].add_metric([name], stats.fps)
+    for stage, sketch in list(stats.sketches.items()):
+        if sketch.count:
+            for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES)):
+                families["latency"].add_metric([name, stage, str(q)], value)
+    c = view.capture.counters
+    for key in CAPTURE_COUNTERS:
+        families[key].add_metric([name], getattr(c, key))
+    for sink in view.pipeline.sinks:
+        if hasattr(sink, "stats"):
+            s = sink.stats()
+            families["sink_dropped"].add_metric([name, sink.name], s["dropped"])
+            families["sink_unsent"].add_metric([name, sink.name], s["unsent"])
+    families["threshold"].add_metric([name], view.pipeline.config.threshold)
+    families["lost"].add_metric([name], 1.0 if view.capture.fatal else 0.0)
+
+
+def _add_watch(families: dict, name: str, watch) -> None:
+    """One camera's threshold origin, warnings per kind and drift."""
+    families["fits"].add_metric([name], 1.0 if watch.origin.fits_source else 0.0)
+    kinds = {}
+    for record in list(watch.alerts.raised):
+        kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
+    for kind in dict.fromkeys(("implausible_ng_rate", "score_drift", *kinds)):
+        families["warnings"].add_metric([name, kind], kinds.get(kind, 0))
+    if watch.drift is not None:
+        value = watch.drift.value
+        families["drift"].add_metric([name], value if math.isfinite(value) else math.nan)
+        families["drifting"].add_metric([name], 1.0 if watch.drift.active else 0.0)

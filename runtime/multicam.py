@@ -235,27 +235,7 @@ class Line:
     def _camera(self, cam: CameraConfig, group: BundleGroup) -> None:
         say = lambda m, n=cam.name: self.log(f"[{n}] {m}")  # noqa: E731
         loaded, backend = group.bundle, group.backend
-        spec = _named(
-            cam,
-            "source",
-            lambda: parse_uri(
-                cam.source, cam.input_width, cam.input_height, cam.input_fps, cam.loop
-            ),
-        )
-        source = _named(
-            cam,
-            "source",
-            lambda: open_source(spec, (loaded.preprocess.width, loaded.preprocess.height)),
-        )
-        self._opened.append(source)
-        sinks = []
-        for uri in cam.sinks:
-            fps = getattr(source, "fps", None) or 25.0
-            sink = _named(
-                cam, "sinks", lambda u=uri: open_sink(u, True, fps=fps, camera=cam.name, log=say)
-            )
-            sinks.append(sink)
-            self._opened.append(sink)
+        spec, source, sinks = self._open_source_and_sinks(cam, loaded, say)
         override = cam.threshold is not None
         thr = cam.threshold if override else loaded.threshold_for(group.file)
         run_config = RunConfig(
@@ -297,6 +277,32 @@ class Line:
             from .metrics_server import CameraView
 
             self.metrics.add(CameraView(cam.name, pipeline, capture, watch))
+
+    def _open_source_and_sinks(self, cam: CameraConfig, loaded, say):
+        """The camera's source spec, its source (frames at the model's input size) and its
+        sinks (a recording plays at the source's rate), each kept for closing."""
+        spec = _named(
+            cam,
+            "source",
+            lambda: parse_uri(
+                cam.source, cam.input_width, cam.input_height, cam.input_fps, cam.loop
+            ),
+        )
+        source = _named(
+            cam,
+            "source",
+            lambda: open_source(spec, (loaded.preprocess.width, loaded.preprocess.height)),
+        )
+        self._opened.append(source)
+        sinks = []
+        for uri in cam.sinks:
+            fps = getattr(source, "fps", None) or 25.0
+            sink = _named(
+                cam, "sinks", lambda u=uri: open_sink(u, True, fps=fps, camera=cam.name, log=say)
+            )
+            sinks.append(sink)
+            self._opened.append(sink)
+        return spec, source, sinks
 
     def _close_opened(self) -> None:
         for thing in reversed(self._opened):
@@ -406,69 +412,7 @@ class Line:
             self.retired.append(old)
 
     def _start_group(self, group: BundleGroup) -> list[threading.Thread]:
-        filed = threading.Condition()
-        results: dict[int, object] = {}
-        state = {"issued": 0, "running": max(1, group.workers)}
-
-        def infer_loop() -> None:
-            try:
-                while True:
-                    with group.ready:
-                        while True:
-                            if self.stop_event.is_set():
-                                return
-                            taken = group.gather()
-                            if taken:
-                                break
-                            if all(c.done for c in group.cameras):
-                                return  # (no cameras left: all moved to another bundle)
-                            group.ready.wait(timeout=0.2)
-                        number = state["issued"]
-                        state["issued"] += 1
-                    try:
-                        batch = np.stack([_tensor(frame, group) for _, frame in taken])
-                        t0 = time.perf_counter()
-                        maps, scores = group.backend.infer(batch)
-                        result = (taken, maps, scores, 1000 * (time.perf_counter() - t0))
-                    except BaseException as exc:  # handed to the handler, which reports it
-                        result = exc
-                    with filed:
-                        results[number] = result
-                        filed.notify_all()
-            finally:
-                with filed:
-                    state["running"] -= 1
-                    filed.notify_all()
-
-        def handle_loop() -> None:
-            expected = 0
-            while True:
-                with filed:
-                    while expected not in results and (
-                        state["running"] or expected < state["issued"]
-                    ):
-                        filed.wait(timeout=0.5)
-                        for cam in group.cameras:
-                            cam.pipeline._status(cam.capture)
-                    result = results.pop(expected, None)
-                if result is None:
-                    return
-                expected += 1
-                if isinstance(result, BaseException):
-                    self.errors.append(result)
-                    self.stop_event.set()
-                    return
-                self._dispatch(group, *result)
-
-        workers = [
-            threading.Thread(target=infer_loop, name=f"dmgrd-infer-{group.root.name}-{i}")
-            for i in range(state["running"])
-        ]
-        handler = threading.Thread(target=handle_loop, name=f"dmgrd-handle-{group.root.name}")
-        for t in (*workers, handler):
-            t.daemon = True
-            t.start()
-        return [*workers, handler]
+        return _GroupThreads(self, group).start()
 
     def _dispatch(self, group, taken, maps, scores, call_ms) -> None:
         group.calls += 1
@@ -503,6 +447,91 @@ class Line:
             "stopped_by_signal": self.stop_event.is_set(),
         }
         return code
+
+
+class _GroupThreads:
+    """One bundle's threads: ``workers`` inference loops that gather frames from the group's
+    cameras and call the backend, numbering the calls, and one handler that takes the
+    results in that order (so each camera's frames stay in order) and dispatches them."""
+
+    def __init__(self, line: Line, group: BundleGroup):
+        self.line = line
+        self.group = group
+        self.filed = threading.Condition()
+        self.results: dict[int, object] = {}
+        self.issued = 0
+        self.running = max(1, group.workers)
+
+    def start(self) -> list[threading.Thread]:
+        name = self.group.root.name
+        workers = [
+            threading.Thread(target=self.infer_loop, name=f"dmgrd-infer-{name}-{i}")
+            for i in range(self.running)
+        ]
+        handler = threading.Thread(target=self.handle_loop, name=f"dmgrd-handle-{name}")
+        for t in (*workers, handler):
+            t.daemon = True
+            t.start()
+        return [*workers, handler]
+
+    def _take(self):
+        """(the call's number, the frames gathered for it); None once the line stops or
+        every camera of the group is done (or none is left: all moved to another bundle)."""
+        group = self.group
+        with group.ready:
+            while True:
+                if self.line.stop_event.is_set():
+                    return None
+                taken = group.gather()
+                if taken:
+                    break
+                if all(c.done for c in group.cameras):
+                    return None
+                group.ready.wait(timeout=0.2)
+            number = self.issued
+            self.issued += 1
+        return number, taken
+
+    def _infer(self, taken):
+        """(frames, maps, scores, call ms), or the exception the call raised."""
+        try:
+            batch = np.stack([_tensor(frame, self.group) for _, frame in taken])
+            t0 = time.perf_counter()
+            maps, scores = self.group.backend.infer(batch)
+            return (taken, maps, scores, 1000 * (time.perf_counter() - t0))
+        except BaseException as exc:  # handed to the handler, which reports it
+            return exc
+
+    def infer_loop(self) -> None:
+        try:
+            while (call := self._take()) is not None:
+                number, taken = call
+                result = self._infer(taken)
+                with self.filed:
+                    self.results[number] = result
+                    self.filed.notify_all()
+        finally:
+            with self.filed:
+                self.running -= 1
+                self.filed.notify_all()
+
+    def handle_loop(self) -> None:
+        expected = 0
+        while True:
+            with self.filed:
+                while expected not in self.results and (self.running or expected < self.issued):
+                    self.filed.wait(timeout=0.5)
+                    for cam in self.group.cameras:
+                        cam.pipeline._status(cam.capture)
+                result = self.results.pop(expected, None)
+            if result is None:
+                return
+            expected += 1
+            if isinstance(result, BaseException):
+                self.line.errors.append(result)
+                self.line.stop_event.set()
+                return
+            self.line._dispatch(self.group, *result)
 
 
 def _tensor(frame, group: BundleGroup):

@@ -135,7 +135,13 @@ def bundle(exported, tmp_path):
 def test_strongly_typed_builds_parse_the_typed_graph_and_pin_nothing(bundle, version):
     with installed(version) as (trt, _):
         entry = build_engine(
-            EngineRequest(bundle, "int8", BatchProfile(1, 1, 4), SIZE, 1 << 28),
+            EngineRequest(
+                bundle=bundle,
+                precision="int8",
+                batch=BatchProfile(1, 1, 4),
+                image_size=SIZE,
+                workspace=1 << 28,
+            ),
             log=lambda _: None,
         )
         ((name, info),) = entry.items()
@@ -154,7 +160,13 @@ def test_strongly_typed_builds_parse_the_typed_graph_and_pin_nothing(bundle, ver
 def test_tensorrt_8_6_builds_the_untyped_graph(bundle):
     with installed("8.6.2.3") as (trt, _):
         entry = build_engine(
-            EngineRequest(bundle, "int8", BatchProfile(1, 1, 4), SIZE, 1 << 28),
+            EngineRequest(
+                bundle=bundle,
+                precision="int8",
+                batch=BatchProfile(1, 1, 4),
+                image_size=SIZE,
+                workspace=1 << 28,
+            ),
             log=lambda _: None,
         )
         ((name, info),) = entry.items()
