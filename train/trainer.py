@@ -23,12 +23,14 @@ from rich.progress import (
 )
 
 from dmgrd_edge import __version__
+from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
 
+from . import distributed
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
@@ -152,12 +154,13 @@ def _fill_memory(
 
 def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
+    ctx = distributed.current()  # one process, or one rank of several (train/distributed.py)
     cfg, tcfg = job.model.preprocess(), job.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    device = pick_device(job.device)
+    device = ctx.device(pick_device(job.device), tcfg.threads)
     index = index_category(job.dataset, job.root, job.category)
-    out, replaces = _prepare_out_dir(job)
+    out, replaces = _prepare_out_dir(job) if ctx.is_main else (Path(job.out_dir), None)
     console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
     with _progress(console) as bar:
         task = bar.add_task("loading", total=len(index.train), info="")
@@ -173,6 +176,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     model = DMGRD(job.model, job.pretrained and not job.init_from, job.teacher_weights).to(device)
     if device.type == "cuda" and tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = ctx.prepare_model(model)
     trainable = model.trainable_parameters()
     # the nearest-neighbour baseline has nothing to train: its memory is all there is
     steps = tcfg.steps if trainable else 0
@@ -195,7 +199,9 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         },
         "model_selection": "last checkpoint and best validation checkpoint; never the test set",
     }
-    if job.resume:
+    if not ctx.is_main:
+        pass  # rank 0 reads the checkpoint or fills the memory; share_start hands it over
+    elif job.resume:
         payload = read_checkpoint(out / "last.pt")
         model.load_state_dict(payload["state_dict"])
         if optimizer is not None:
@@ -220,8 +226,11 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         metadata["init_from"] = str(job.init_from)
     else:
         metadata["memory"] = _fill_memory(model, train_images, synth, job, device, console)
+    start, metadata, history = ctx.share_start(model, optimizer, start, metadata, history)
+    metadata["processes"] = ctx.world_size
     autocast, scaler = _autocast(device, tcfg.amp)
-    source = BatchSource(train_images, synth, tcfg)
+    source = ctx.batch_source(BatchSource(train_images, synth, tcfg))
+    forward = ctx.forward(model) if steps else None
     best = max((h["val_mean"] for h in history), default=-1.0)
     train_time, seen = 0.0, 0
 
@@ -263,7 +272,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
 
     with _progress(console) as bar:
         task = bar.add_task(f"train {job.category}", total=max(steps, 1), completed=start, info="")
-        if not steps:
+        if not steps and ctx.is_main:
             validation(0, 0.0, bar)
             checkpoint(0)
             bar.update(task, completed=1, info="memory only: nothing to train")
@@ -279,14 +288,12 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
                 group["lr"] = lr_at(step, tcfg)
             model.train()
             with autocast:
-                features = model.training_features(x_aug)
-                target = model.teacher_features(x_clean)
-                terms = dmgrd_loss(
-                    features,
-                    target,
-                    torch.from_numpy(is_anomalous).to(device),
-                    tcfg.loss_weights,
+                features, target = forward(x_aug, x_clean)
+                # under DDP: the whole batch's features, gathered from all ranks
+                features, target, anomalous = ctx.gather(
+                    features, target, torch.from_numpy(is_anomalous).to(device)
                 )
+                terms = dmgrd_loss(features, target, anomalous, tcfg.loss_weights)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(terms.total).backward()
@@ -298,16 +305,16 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time += time.perf_counter() - t0
-            seen += len(augmented)
+            seen += len(augmented) * ctx.world_size
             done = step + 1
             info = (
                 f"loss {terms.total.item():.4f} kd {terms.kd.item():.4f} ot {terms.ot.item():.3f} "
                 f"con {terms.con.item():.3f} tri {terms.triplet.item():.3f} {seen / train_time:.1f} img/s"
             )
             bar.update(task, completed=done, info=info)
-            if done % tcfg.val_every == 0 or done == steps:
+            if ctx.is_main and (done % tcfg.val_every == 0 or done == steps):
                 validation(done, float(terms.total.item()), bar)
-            if done % tcfg.checkpoint_every == 0 or done == steps:
+            if ctx.is_main and (done % tcfg.checkpoint_every == 0 or done == steps):
                 checkpoint(done)
     summary = {
         "category": job.category,
@@ -316,6 +323,9 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         "train_img_per_s": seen / train_time if train_time else None,
         "final_validation": history[-1] if history else None,
         "device": str(device),
+        "processes": ctx.world_size,
+        "job_digest": job.digest(),
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.is_main:  # complete or absent: a runner takes it as the job's result
+        atomic_write_bytes(out / "train_summary.json", json.dumps(summary, indent=2).encode())
     return summary
