@@ -61,6 +61,17 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
         make_runner(ray="auto", devices=2)
 
 
+def test_ray_without_a_cluster_names_the_fix(tmp_path, line_root, monkeypatch):
+    ray = pytest.importorskip(
+        "ray", reason="Ray is not installed: pip install -e '.[cluster]' to run this test"
+    )
+    assert not ray.is_initialized()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="ray start --head"):
+        RayRunner("auto").run([_job(line_root, tmp_path)])
+    assert not (tmp_path / "washer").exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip(

@@ -91,6 +91,8 @@ class Runner:
     def run(self, jobs: Sequence[TrainJob], console: Console | None = None) -> list[dict]:
         """Train ``jobs``; their summaries in job order."""
         console = console or Console(stderr=True)
+        if not current().is_main:  # under torchrun every rank runs this; rank 0 speaks
+            console = Console(quiet=True)
         return self.run_tasks(train_tasks(jobs, console), console)
 
     @staticmethod
