@@ -194,7 +194,7 @@ def train(
     ray: Optional[str] = typer.Option(
         None,
         help="each category as a task on a Ray cluster: auto, local or the head's address "
-        "(pip install dmgrd-edge[cluster]); OUT must be a path every node sees",
+        "(needs the package's cluster extra: Ray); OUT must be a path every node sees",
     ),
     ray_cpus: float = typer.Option(1.0, help="CPUs each Ray task holds (its torch threads)"),
     ray_gpus: float = typer.Option(0.0, help="GPUs each Ray task holds (1: one GPU per model)"),
