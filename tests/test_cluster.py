@@ -1,7 +1,7 @@
 """Runners: one job after another here, or as tasks of a local Ray instance (2 CPUs).
 
-The Ray test needs the `cluster` extra (`pip install -e ".[cluster]"`); without Ray it is
-skipped and says so. Finished jobs are not run again; the Ray tasks give the same results
+The Ray tests need Ray (in the `dev` and `cluster` extras); without it they are skipped and
+say so. Finished jobs are not run again; the Ray tasks give the same results
 as the local runner for the same seeds (both on 1 torch thread per job).
 """
 
