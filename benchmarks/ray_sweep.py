@@ -1,4 +1,4 @@
-"""A sweep of 4 variants (2 categories x 2 backbones) through the local runner (one after
+"""A sweep of 4 variants (2 categories x 2 model forms) through the local runner (one after
 another) and through a local Ray instance (2 tasks at once, 1 CPU each); wall time and the
 metrics of each variant, which must be the same with the same seeds. Prints a table, writes
 JSON. Needs the `cluster` extra (pip install -e ".[cluster]").
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dmgrd_edge.config import ModelConfig, TrainConfig
+from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
 from dmgrd_edge.report import redact_paths
 from dmgrd_edge.train.loop import TrainJob
@@ -45,7 +45,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="dmgrd-sweep-"))
     categories = ["washer", "woven_fabric"]
-    backbones = ["efficientnet_lite0", "efficientnet_lite1"]
+    forms = {"default": {}, "paper": PAPER_MODEL_FIELDS}  # the paper's memory-guided student
     data = generate_line_data(work / "line", categories, 24, 4, 2, args.image_size, 0)
 
     def jobs(where: str) -> list[TrainJob]:
@@ -54,8 +54,8 @@ def main() -> None:
                 "mvtec",
                 str(data),
                 category,
-                str(work / where / backbone / category),
-                ModelConfig(image_size=args.image_size, backbone=backbone),
+                str(work / where / form / category),
+                ModelConfig(image_size=args.image_size, memory_size=8, **fields),
                 TrainConfig(
                     steps=args.steps,
                     batch_size=4,
@@ -66,7 +66,7 @@ def main() -> None:
                 ),
                 device="cpu",
             )
-            for backbone in backbones
+            for form, fields in forms.items()
             for category in categories
         ]
 
@@ -87,10 +87,11 @@ def main() -> None:
 
     rows = []
     for job, a, b in zip(jobs("x"), local, remote):
+        form = "paper" if job.model.memory_read == "image" else "default"
         va, vb = a["final_validation"], b["final_validation"]
         rows.append(
             {
-                "variant": f"{job.model.backbone}/{job.category}",
+                "variant": f"{form}/{job.category}",
                 "i_auroc": va["i_auroc"],
                 "p_auroc": va["p_auroc"],
                 "pro_30": va["pro_30"],
