@@ -188,12 +188,24 @@ def train(
     threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
     resume: bool = typer.Option(False, help="continue from OUT/<category>/last.pt"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+    devices: int = typer.Option(
+        1, help="processes for each model (DDP): N GPUs, or N CPU processes with gloo"
+    ),
+    ray: Optional[str] = typer.Option(
+        None,
+        help="each category as a task on a Ray cluster: auto, local or the head's address "
+        "(needs the package's cluster extra: Ray); OUT must be a path every node sees",
+    ),
+    ray_cpus: float = typer.Option(1.0, help="CPUs each Ray task holds (its torch threads)"),
+    ray_gpus: float = typer.Option(0.0, help="GPUs each Ray task holds (1: one GPU per model)"),
 ):
-    """Train one DM-GRD model per category on defect-free images."""
+    """Train one DM-GRD model per category on defect-free images. Categories whose run
+    finished before (a complete train_summary.json of the same settings) are not run again."""
     from .config import model_config_from_options, train_config_from_options
     from .data.datasets import resolve_categories
+    from .train.distributed import session
     from .train.loop import TrainJob
-    from .train.trainer import train_category
+    from .train.runners import make_runner
 
     checks.integer("--image-size", image_size, 32, note="a multiple of 32")
     train_cfg = train_config_from_options(
@@ -210,6 +222,7 @@ def train(
         without_loss=tuple(without_loss),
     )
     _check_model_options(memory_size, patch_bank_size, backbone, dataset, memory_read)
+    checks.integer("--devices", devices, 1)
     model_cfg = model_config_from_options(
         backbone=backbone,
         image_size=image_size,
@@ -225,9 +238,8 @@ def train(
         fusion=fusion,
     )
     _refuse_memory_options_without_memory(model_cfg, without_loss, fusion)
-    summaries = []
-    for name in resolve_categories(dataset, data, category):
-        job = TrainJob(
+    jobs = [
+        TrainJob(
             dataset=dataset,
             root=str(data),
             category=name,
@@ -240,8 +252,13 @@ def train(
             resume=resume,
             overwrite=overwrite,
         )
-        summaries.append(train_category(job, console))
-    typer.echo(json.dumps(summaries, indent=2))
+        for name in resolve_categories(dataset, data, category)
+    ]
+    with session(device) as ctx:  # a process group when started by torchrun
+        runner = make_runner(ray, devices, device, ray_cpus, ray_gpus)
+        summaries = runner.run(jobs, console)
+    if ctx.is_main:
+        typer.echo(json.dumps(summaries, indent=2))
 
 
 def _check_model_options(

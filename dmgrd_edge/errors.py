@@ -46,6 +46,9 @@ class DmgrdError(Exception):
         self.fix = fix
         super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
 
+    def __reduce__(self):  # pickled whole (problem and fix) across processes and Ray tasks
+        return type(self), (self.problem, self.fix)
+
 
 class DataError(DmgrdError):
     """Missing, empty or unreadable dataset files."""

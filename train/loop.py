@@ -7,8 +7,11 @@ seeded with (seed, s), so a resumed run sees exactly the data the uninterrupted 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +40,24 @@ class TrainJob:
     init_from: str | None = (
         None  # start from this checkpoint's weights and memory (fine-tuning a pruned model)
     )
+
+    def digest(self) -> str:
+        """What makes this run the run it is: data, category, model and training settings.
+        Not where it reads or writes, nor on how many threads or processes it runs; a summary
+        with the same digest is the result of this job (so a runner need not run it again)."""
+        train = {k: v for k, v in self.train.to_dict().items() if k != "threads"}
+        if train["texture_dir"]:
+            train["texture_dir"] = Path(train["texture_dir"]).name
+        fields = {
+            "dataset": self.dataset,
+            "category": self.category,
+            "model": self.model.to_dict(),
+            "train": train,
+            "pretrained": self.pretrained,
+            "teacher_weights": Path(self.teacher_weights).name if self.teacher_weights else None,
+            "init_from": Path(self.init_from).name if self.init_from else None,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pick_device(name: str) -> torch.device:

@@ -23,11 +23,13 @@ from rich.progress import (
 )
 
 from dmgrd_edge import __version__
+from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.model import DMGRD
 
+from . import distributed
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
@@ -177,6 +179,7 @@ def _build_model(job: TrainJob, device):
     model = DMGRD(job.model, job.pretrained and not job.init_from, job.teacher_weights).to(device)
     if device.type == "cuda" and tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = distributed.current().prepare_model(model)
     trainable = model.trainable_parameters()
     # the nearest-neighbour baseline has nothing to train: its memory is all there is
     steps = tcfg.steps if trainable else 0
@@ -206,7 +209,23 @@ def _metadata(job: TrainJob, model, data: dict[str, Any]) -> dict[str, Any]:
 
 def _start_from(job: TrainJob, out: Path, model, optimizer, metadata, data, device, console):
     """Step to start at and the metadata to continue: a resumed run's, a checkpoint's weights
-    (pruning's fine-tune, with that run's memory banks), or a fresh memory."""
+    (pruning's fine-tune, with that run's memory banks), or a fresh memory. Under DDP rank 0
+    does this and every rank takes its result (train/distributed.py)."""
+    ctx = distributed.current()
+    start = 0
+    if ctx.is_main:
+        start, metadata = _start_on_main(
+            job, out, model, optimizer, metadata, data, device, console
+        )
+    start, metadata, history = ctx.share_start(
+        model, optimizer, start, metadata, metadata.get("history", [])
+    )
+    metadata["history"] = history
+    metadata["processes"] = ctx.world_size
+    return start, metadata
+
+
+def _start_on_main(job: TrainJob, out: Path, model, optimizer, metadata, data, device, console):
     if job.resume:
         payload = read_checkpoint(out / "last.pt")
         model.load_state_dict(payload["state_dict"])
@@ -245,6 +264,8 @@ class _Session:
         self.best = max((h["val_mean"] for h in self.history), default=-1.0)
         self.autocast, self.scaler = _autocast(device, self.tcfg.amp)
         self.train_time, self.seen = 0.0, 0
+        self.ctx = distributed.current()
+        self.forward = self.ctx.forward(model) if optimizer is not None else None
 
     def checkpoint(self, step: int) -> None:
         self.metadata["history"] = self.history
@@ -292,9 +313,11 @@ class _Session:
             group["lr"] = lr_at(step, self.tcfg)
         self.model.train()
         with self.autocast:
-            features = self.model.training_features(x_aug)
-            target = self.model.teacher_features(x_clean)
-            anomalous = torch.from_numpy(is_anomalous).to(device)
+            features, target = self.forward(x_aug, x_clean)
+            # under DDP: the whole batch's features, gathered from all ranks
+            features, target, anomalous = self.ctx.gather(
+                features, target, torch.from_numpy(is_anomalous).to(device)
+            )
             terms = dmgrd_loss(features, target, anomalous, self.tcfg.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -307,7 +330,7 @@ class _Session:
         if device.type == "cuda":
             torch.cuda.synchronize()
         self.train_time += time.perf_counter() - t0
-        self.seen += len(augmented)
+        self.seen += len(augmented) * self.ctx.world_size
         return terms
 
     def progress_info(self, terms) -> str:
@@ -324,7 +347,8 @@ def _train_loop(session: _Session, source: BatchSource, start: int, steps: int, 
         task = bar.add_task(
             f"train {session.job.category}", total=max(steps, 1), completed=start, info=""
         )
-        if not steps:
+        main = session.ctx.is_main
+        if not steps and main:
             session.validation(0, 0.0, bar)
             session.checkpoint(0)
             bar.update(task, completed=1, info="memory only: nothing to train")
@@ -332,28 +356,28 @@ def _train_loop(session: _Session, source: BatchSource, start: int, steps: int, 
             terms = session.step(step, source)
             done = step + 1
             bar.update(task, completed=done, info=session.progress_info(terms))
-            if done % tcfg.val_every == 0 or done == steps:
+            if main and (done % tcfg.val_every == 0 or done == steps):
                 session.validation(done, float(terms.total.item()), bar)
-            if done % tcfg.checkpoint_every == 0 or done == steps:
+            if main and (done % tcfg.checkpoint_every == 0 or done == steps):
                 session.checkpoint(done)
 
 
 def train_category(job: TrainJob, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
+    ctx = distributed.current()  # one process, or one rank of several (train/distributed.py)
     if job.train.threads:
         torch.set_num_threads(job.train.threads)
-    device = pick_device(job.device)
+    device = ctx.device(pick_device(job.device), job.train.threads)
     index = index_category(job.dataset, job.root, job.category)
-    out, replaces = _prepare_out_dir(job)
+    out, replaces = _prepare_out_dir(job) if ctx.is_main else (Path(job.out_dir), None)
     console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
     data = _read_split(job, index, console)
     model, optimizer, steps = _build_model(job, device)
     metadata = _metadata(job, model, data)
     start, metadata = _start_from(job, out, model, optimizer, metadata, data, device, console)
     session = _Session(job, model, optimizer, metadata, data["val"], device, out, replaces)
-    _train_loop(
-        session, BatchSource(data["train"], data["synth"], job.train), start, steps, console
-    )
+    source = ctx.batch_source(BatchSource(data["train"], data["synth"], job.train))
+    _train_loop(session, source, start, steps, console)
     summary = {
         "category": job.category,
         "out": str(session.out),
@@ -361,6 +385,10 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         "train_img_per_s": session.seen / session.train_time if session.train_time else None,
         "final_validation": session.history[-1] if session.history else None,
         "device": str(device),
+        "processes": ctx.world_size,
+        "job_digest": job.digest(),
     }
-    (session.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.is_main:  # complete or absent: a runner takes it as the job's result
+        summary_json = json.dumps(summary, indent=2).encode()
+        atomic_write_bytes(session.out / "train_summary.json", summary_json)
     return summary
