@@ -19,22 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmgrd_edge.runtime.device_info import cpu_model
+from dmgrd_edge.train.checkpoint import read_checkpoint
+from dmgrd_edge.train.distributed import launch
+from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
 from dmgrd_edge.report import redact_paths
-from dmgrd_edge.train.checkpoint import read_checkpoint
-from dmgrd_edge.train.distributed import launch
-from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.trainer import train_category
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:
@@ -103,7 +97,7 @@ def main() -> None:
         "command": "python benchmarks/ddp_throughput.py "
         f"--image-size {args.image_size} --steps {args.steps} --batch-size {args.batch_size} "
         f"--runs {args.runs}",
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "shared": True},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "shared": True},
         "model": "default (efficientnet_lite0, patch memory in the score)",
         "backend": "gloo",
         "rows": rows,

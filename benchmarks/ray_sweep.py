@@ -18,20 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmgrd_edge.runtime.device_info import cpu_model
+from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.train.runners import LocalRunner, RayRunner
 from rich.console import Console
 
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
 from dmgrd_edge.report import redact_paths
-from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.runners import LocalRunner, RayRunner
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:
@@ -119,7 +113,7 @@ def main() -> None:
         "benchmark": "ray_sweep",
         "command": f"python benchmarks/ray_sweep.py --image-size {args.image_size} "
         f"--steps {args.steps} --cpus {args.cpus}",
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "shared": True},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "shared": True},
         "ray_version": ray.__version__,
         "wall_s": {
             "local": round(local_wall, 1),
