@@ -35,11 +35,9 @@ from dmgrd_edge.errors import ConfigError
 from .sinks import SinkError
 
 
-def event_field(event: Any, name: str, default=None):
-    """A field of a frame event, whether it is a mapping or a record with attributes."""
-    if isinstance(event, dict):
-        return event.get(name, default)
-    return getattr(event, name, default)
+def event_record(event: Any) -> dict:
+    """A frame event as the JSONL line has it (runtime/events.py), or a mapping as given."""
+    return event if isinstance(event, dict) else event.to_dict()
 
 
 @dataclass(frozen=True)
@@ -294,16 +292,13 @@ class MqttSink:
             self._cond.notify_all()
 
     def write(self, event, frame, overlay) -> None:
-        decision = event_field(event, "decision")
-        if self.options.ng_only and decision != "NG":
+        record = event_record(event)
+        if self.options.ng_only and record["decision"] != "NG":
             return
         self._enqueue(
             {
                 "camera": self.options.camera,
-                "frame": event_field(event, "frame"),
-                "time": event_field(event, "time"),
-                "score": round(float(event_field(event, "score")), 6),  # as in the JSONL
-                "decision": decision,
+                **{key: record[key] for key in ("frame", "time", "score", "decision")},
             }
         )
 

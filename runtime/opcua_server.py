@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from dmgrd_edge.errors import ConfigError
 
-from .mqtt_sink import event_field
+from .mqtt_sink import event_record
 from .sinks import SinkError
 
 NAMESPACE = "urn:dmgrd-edge:line"
@@ -195,7 +195,8 @@ class OpcUaSink:
         self.frames = self.ok = self.ng = self.sequence = 0
 
     def write(self, event, frame, overlay) -> None:
-        decision = event_field(event, "decision")
+        record = event_record(event)
+        decision = record["decision"]
         self.frames += 1
         self.ng += decision == "NG"
         self.ok += decision == "OK"
@@ -204,9 +205,9 @@ class OpcUaSink:
             self.camera,
             {
                 "LastDecision": decision,
-                "LastScore": float(event_field(event, "score")),
-                "LastFrame": int(event_field(event, "frame")),
-                "LastTime": str(event_field(event, "time")),
+                "LastScore": float(record["score"]),
+                "LastFrame": int(record["frame"]),
+                "LastTime": str(record["time"]),
                 "Frames": self.frames,
                 "OK": self.ok,
                 "NG": self.ng,
