@@ -390,3 +390,15 @@ def test_memory_path_ablations_need_a_memory_guided_student(line_root, tmp_path)
     )
     assert result.returncode != 0 and "'con', 'ot', 'triplet'" in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_rescore_refuses_a_bank_size_out_of_range_before_reading(tmp_path):
+    out = tmp_path / "new.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "dmgrd_edge.cli", "rescore", str(tmp_path / "missing.pt")]
+        + ["--out", str(out), "--patch-bank-size", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "--patch-bank-size" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
