@@ -109,6 +109,7 @@ class ConstantBackend:
     itself costs per frame (decode, preprocess, queues, post-processing, sinks)."""
 
     name, precision, calls_from_any_thread = "constant", "fp32", True
+    batch_range = (1, None)
 
     def __init__(self, size: int):
         self.size = size

@@ -7,7 +7,7 @@ here."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -16,12 +16,15 @@ from dmgrd_edge.inference import BackendError, check_batch, run_in_chunks
 __all__ = ["Backend", "BackendError", "check_batch", "run_in_chunks"]
 
 
+@runtime_checkable
 class Backend(Protocol):
     name: str
     precision: str
-    calls_from_any_thread: (
-        bool  # True: the pipeline may call infer from its inference threads, several at once
-    )
+    # True: the pipeline may call infer from its inference threads, several at once
+    calls_from_any_thread: bool
+    # (smallest, largest) batch one call measures as it is, None: no upper bound. `bench`
+    # refuses batch sizes outside it (a padded or split call would be timed as another size)
+    batch_range: tuple[int, int | None]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -190,7 +190,7 @@ def _measure(
     log,
 ) -> dict:
     backend, workers = chosen.backend, chosen.workers
-    low, high = getattr(backend, "batch_range", (1, None))  # a TensorRT engine's profile
+    low, high = backend.batch_range  # e.g. a TensorRT engine's optimization profile
     outside = [b for b in batches if b < low or (high is not None and b > high)]
     if outside:
         raise ConfigError(

@@ -11,9 +11,9 @@ from dmgrd_edge.inference import OnnxModel
 
 class OnnxBackend(OnnxModel):
     name = "onnxruntime"
-    calls_from_any_thread = (
-        True  # InferenceSession.run is thread-safe and needs no per-thread context
-    )
+    calls_from_any_thread = True  # InferenceSession.run is thread-safe, no per-thread context
+    # any batch: a graph exported with a fixed batch pads and splits (inference.run_in_chunks)
+    batch_range = (1, None)
 
     def __init__(
         self,

@@ -163,7 +163,7 @@ class Pipeline:
         capture.start()
         self._last_status = time.monotonic()
         try:
-            if getattr(self.backend, "calls_from_any_thread", False):
+            if self.backend.calls_from_any_thread:
                 self._run_threads(capture, max(1, self.config.workers))
             else:
                 self._run_here(capture)

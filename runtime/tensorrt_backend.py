@@ -28,6 +28,7 @@ class TensorRTBackend:
     # the CUDA context (the device's primary context, made current by pycuda.autoprimaryctx)
     # is current in the thread that created the backend only
     calls_from_any_thread = False
+    batch_range: tuple[int, int]  # the engine's optimization profile, read at load
 
     def __init__(
         self,

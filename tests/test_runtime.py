@@ -347,6 +347,30 @@ def test_calls_in_flight_keep_frame_order_and_results(video, bundle):
     assert [e["frame"] for e in limited] == list(range(7)) and summary["frames"] == 7
 
 
+def test_every_backend_declares_the_batches_it_takes(bundle):
+    """``batch_range`` is part of the Backend protocol, read by bench from every backend (the
+    TensorRT one: tests/test_tensorrt_fake.py); a class without it is not a Backend."""
+    import typing
+
+    from dmgrd_edge.runtime.backend import Backend
+    from dmgrd_edge.runtime.onnx_backend import OnnxBackend
+
+    assert "batch_range" in typing.get_type_hints(Backend)
+    backend = OnnxBackend(bundle / "model.onnx")
+    assert isinstance(backend, Backend) and backend.batch_range == (1, None)
+
+    class Undeclared:
+        name, precision, calls_from_any_thread = "undeclared", "fp32", True
+
+        def infer(self, batch): ...
+
+        def describe(self): ...
+
+        def close(self): ...
+
+    assert not isinstance(Undeclared(), Backend)
+
+
 def test_inference_error_in_a_worker_stops_the_run(video, bundle):
     """An exception in an inference thread ends the run with that error; sinks are closed and
     capture stops; nothing hangs."""
@@ -358,6 +382,7 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
 
     class FailingBackend:
         name, precision, calls_from_any_thread = "failing", "fp32", True
+        batch_range = (1, None)
 
         def __init__(self):
             self.calls, self.lock = 0, threading.Lock()

@@ -18,7 +18,7 @@ from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.export.options import BatchProfile
 from dmgrd_edge.export.precision import keep_fp32
 from dmgrd_edge.export.tensorrt_engine import EngineError, EngineRequest, build_engine
-from dmgrd_edge.runtime.backend import BackendError
+from dmgrd_edge.runtime.backend import Backend, BackendError
 from fakes import VERSIONS, FakeGPU, fake_tensorrt, installed  # tests/fakes
 
 SIZE = 64
@@ -298,6 +298,7 @@ def test_backend_runs_batches_inside_the_profile_and_refuses_others(
         backend = chosen.backend
         assert chosen.file == loaded.files(kind="engine")[0] and chosen.workers == 1
         assert backend.describe()["batch_range"] == [profile.min, profile.max]
+        assert isinstance(backend, Backend) and backend.batch_range == (profile.min, profile.max)
         for n in (batch, 1, batch + 3):  # full, short (padded to the minimum) and split calls
             x = images(n, seed=n)
             amap, score = backend.infer(x)
