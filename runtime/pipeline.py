@@ -250,6 +250,7 @@ class Pipeline:
             out["sinks"] = sinks
         return out
 
+
 class _InFlight:
     """The inference threads of a run: each takes the next frames from the capture queue
     itself (under a lock, so batches are numbered in the order their frames were read),

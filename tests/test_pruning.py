@@ -12,15 +12,8 @@ import torch
 
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.model import DMGRD
-from dmgrd_edge.model.pruning import (
-    Group,
-    ProductGroup,
-    ReducePair,
-    find_groups,
-    kept_width,
-    prune,
-    trainable_parameter_count,
-)
+from dmgrd_edge.model.channels import Group, ProductGroup, ReducePair
+from dmgrd_edge.model.pruning import find_groups, kept_width, prune, trainable_parameter_count
 
 
 def silence_half(model) -> None:

@@ -138,3 +138,28 @@ def test_declared_groups_prune_as_the_reference_finder(backbone, form):
     # a model rebuilt from the widths alone has the pruned shapes and takes the weights strictly
     rebuilt = DMGRD(dataclasses.replace(model.config, pruned_widths=widths), pretrained=False)
     rebuilt.load_state_dict(ours, strict=True)
+
+
+def test_only_declared_blocks_are_pruned():
+    """The pruner knows no block by name: a Chain declares its groups, the same layers in a
+    plain nn.Sequential declare none and are left as they are."""
+    from dmgrd_edge.model.blocks import Chain
+
+    def layers():
+        return [nn.Conv2d(4, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1)]
+
+    model = nn.ModuleDict({"declared": Chain(*layers()), "plain": nn.Sequential(*layers())})
+    assert [g.name for g in find_groups(model)] == ["declared.0"]
+    assert prune(model, 0.5, multiple=8) == {"declared.0": 8}
+    assert model["declared"][0].out_channels == 8 and model["plain"][0].out_channels == 16
+
+
+def test_the_model_does_not_import_the_pruner():
+    """The model rebuilds pruned shapes through the blocks' declarations (channels.py)."""
+    from stages import imports_of, installed_sources
+
+    sources = installed_sources()
+    for name, source in sources.items():
+        if name.startswith("dmgrd_edge.model.") and name != "dmgrd_edge.model.pruning":
+            targets = {i.target for i in imports_of(source, set(sources))}
+            assert "dmgrd_edge.model.pruning" not in targets, name

@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from torch import nn
 
+from .channels import ChannelGroup, chain_groups
+
+
+class Chain(nn.Sequential):
+    """Layers run one after another that declare their channel groups (model/channels.py):
+    each conv -> BatchNorm -> activation [-> depthwise conv -> BatchNorm -> activation] ->
+    conv run inside them."""
+
+    def channel_groups(self, name: str) -> list[ChannelGroup]:
+        return chain_groups(self, name)
+
 
 def conv_bn(
     c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
@@ -26,7 +37,7 @@ class Residual(nn.Module):
         self, body: list[nn.Module], shortcut: list[nn.Module] | None, act: nn.Module | None
     ):
         super().__init__()
-        self.body = nn.Sequential(*body)
+        self.body = Chain(*body)
         self.shortcut = nn.Sequential(*shortcut) if shortcut else nn.Identity()
         self.act = act or nn.Identity()
 
@@ -86,4 +97,4 @@ def inverted_residual(
     body += conv_bn(mid, c_out, 1)
     if mode == "same" and c_in == c_out:
         return Residual(body, None, None)
-    return nn.Sequential(*body)
+    return Chain(*body)

@@ -1,16 +1,46 @@
 """Channel groups: channels inside a block that can be removed without changing the shape of
-anything the block hands on (the pruner's unit, dmgrd_edge/model/pruning.py), and how a
-group is ranked and cut. The code that slices convolutions and BatchNorms lives here, beside
-the blocks, so that a model rebuilds a pruned shape (``apply_widths``) without the pruner.
+anything the block hands on, how each group is ranked and how it is cut.
+
+A block that has such channels declares them (``Prunable``): ``channel_groups(name)`` lists
+its groups, named after the block's path in the model. ``Chain`` (model/blocks.py: the
+residual and inverted-residual bodies, OCBE's strided levels) declares each
+conv -> BatchNorm -> activation [-> depthwise conv -> BatchNorm -> activation] -> conv run
+of its layers; MSFF's ``FusionBlock`` declares its ``conv * attention`` product and its
+``reduce -> refine`` pair. The pruner (model/pruning.py) ranks and cuts what the blocks
+declare; ``apply_widths`` gives a freshly built model a pruned model's shapes, so the model
+rebuilds a pruned checkpoint without the pruner.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+@runtime_checkable
+class ChannelGroup(Protocol):
+    """Channels between a producer and its consumers, removable together."""
+
+    name: str  # "<block path>.<what>": pruned widths are stored under it
+
+    @property
+    def width(self) -> int: ...
+
+    def importance(self) -> torch.Tensor: ...  # one value per channel, larger: more important
+
+    def shrink(self, keep: torch.Tensor) -> None: ...  # keep these channels (sorted), in place
+
+
+@runtime_checkable
+class Prunable(Protocol):
+    """A block that declares the channel groups inside it."""
+
+    def channel_groups(self, name: str) -> list[ChannelGroup]: ...  # name: the block's path
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -169,3 +199,63 @@ def _norm_like(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
         )
     new.num_batches_tracked.data.copy_(old.num_batches_tracked)
     return new.train(old.training)
+
+
+def chain_groups(seq: nn.Sequential, name: str) -> list[Group]:
+    """The groups of a chain of layers: every producer conv followed by BatchNorm and an
+    activation [then a depthwise conv, BatchNorm, activation] and then a consumer conv."""
+    groups = []
+    for i in range(len(seq)):
+        found = _match(seq, i)
+        if found:
+            groups.append(Group(f"{name}.{i}", seq, i, *found))
+    return groups
+
+
+def _match(seq: nn.Sequential, i: int) -> tuple[tuple[int, ...], int | None, int] | None:
+    """(norm indices, depthwise index, consumer index) of a group whose producer is seq[i]."""
+    layers = list(seq)
+
+    def at(j: int, kind) -> bool:
+        return j < len(layers) and isinstance(layers[j], kind)
+
+    if not (_is_conv(layers[i]) and at(i + 1, nn.BatchNorm2d) and at(i + 2, ACTIVATIONS)):
+        return None
+    if (
+        i + 3 < len(layers)
+        and _is_depthwise(layers[i + 3])
+        and at(i + 4, nn.BatchNorm2d)
+        and at(i + 5, ACTIVATIONS)
+        and i + 6 < len(layers)
+        and _is_conv(layers[i + 6])
+    ):
+        return (i + 1, i + 4), i + 3, i + 6
+    if i + 3 < len(layers) and _is_conv(layers[i + 3]):
+        return (i + 1,), None, i + 3
+    return None
+
+
+def declared_groups(model: nn.Module) -> list[ChannelGroup]:
+    """Every group the model's blocks declare, in module order (the teacher declares none)."""
+    return [
+        group
+        for path, module in model.named_modules()
+        if isinstance(module, Prunable)
+        for group in module.channel_groups(path)
+    ]
+
+
+def cut(group: ChannelGroup, keep) -> None:
+    """Keep only channels ``keep`` of the group, in place."""
+    group.shrink(torch.as_tensor(keep, dtype=torch.long).sort().values)
+
+
+def apply_widths(model: nn.Module, widths: dict[str, int]) -> None:
+    """Give a freshly built model the shapes of a pruned one (weights come from its state dict)."""
+    groups = {g.name: g for g in declared_groups(model)}
+    unknown = sorted(set(widths) - set(groups))
+    if unknown:
+        raise ValueError(f"pruned widths name groups this model does not have: {unknown[:5]}")
+    for name, width in widths.items():
+        if width < groups[name].width:
+            cut(groups[name], torch.arange(width))

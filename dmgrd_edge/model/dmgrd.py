@@ -21,11 +21,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbones import create_teacher
+from .channels import apply_widths
 from .head import AnomalyMapHead
 from .memory import MemoryBank
 from .msff import MSFF, LinearFusion
 from .patch_memory import PatchMemory
-from .pruning import apply_widths
 from .student import OCBE, StudentDecoder
 
 

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .channels import ChannelGroup, ProductGroup, ReducePair
+
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -24,7 +26,7 @@ class NonLocal(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.BatchNorm2d(channels))
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
-        # after pruning (model/pruning.py): the input channels the block still outputs
+        # after pruning (model/channels.py): the input channels the block still outputs
         self.register_buffer("keep", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +56,11 @@ class FusionBlock(nn.Module):
 
     def forward(self, x):
         return self.refine(self.reduce(self.conv(x) * self.attention(x)))
+
+    def channel_groups(self, name: str) -> list[ChannelGroup]:
+        """The product's channels (read by ``reduce``), then ``reduce``'s (read by ``refine``);
+        the pair is ranked after the product is cut, as ``reduce``'s inputs then are."""
+        return [ProductGroup(f"{name}.product", self), ReducePair(f"{name}.reduce", self)]
 
 
 class SpatialAttention(nn.Module):

@@ -3,9 +3,11 @@
 Only channels *inside* a block are removed, so every tensor the rest of the model sees (the
 memory-fused features, the embedding, the student features compared with the teacher's, the
 anomaly map) keeps its shape. The teacher, the memory banks and the map head are never
-touched. Three kinds of group:
+touched. The pruner walks the model's modules and takes the channel groups each block
+declares about itself (``Prunable.channel_groups``, model/channels.py); it knows no block
+by name. Three kinds of group are declared:
 
-- a chain inside one ``nn.Sequential`` (the residual and inverted-residual blocks, OCBE)::
+- a ``Chain`` of layers (the residual and inverted-residual blocks, OCBE's levels)::
 
       producer conv (1x1, 3x3 or 2x2 transposed) -> BatchNorm -> activation
           [-> depthwise conv -> BatchNorm -> activation] -> consumer conv
@@ -29,61 +31,14 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
-from .channels import Group, ProductGroup, ReducePair, _is_conv, _is_depthwise
-
-ACTIVATIONS = (nn.ReLU, nn.ReLU6)
-SCOPES = ("msff", "bottleneck", "student")
+from .channels import ChannelGroup, cut, declared_groups
 
 
-def _match(seq: nn.Sequential, i: int) -> tuple[tuple[int, ...], int | None, int] | None:
-    """(norm indices, depthwise index, consumer index) of a group whose producer is seq[i]."""
-    layers = list(seq)
-
-    def at(j: int, kind) -> bool:
-        return j < len(layers) and isinstance(layers[j], kind)
-
-    if not (_is_conv(layers[i]) and at(i + 1, nn.BatchNorm2d) and at(i + 2, ACTIVATIONS)):
-        return None
-    if (
-        i + 3 < len(layers)
-        and _is_depthwise(layers[i + 3])
-        and at(i + 4, nn.BatchNorm2d)
-        and at(i + 5, ACTIVATIONS)
-        and i + 6 < len(layers)
-        and _is_conv(layers[i + 6])
-    ):
-        return (i + 1, i + 4), i + 3, i + 6
-    if i + 3 < len(layers) and _is_conv(layers[i + 3]):
-        return (i + 1,), None, i + 3
-    return None
-
-
-def find_groups(model: nn.Module) -> list:
-    groups: list = []
-    for scope in SCOPES:
-        root = getattr(model, scope, None)
-        if root is None:
-            continue
-        for path, module in root.named_modules(prefix=scope):
-            if isinstance(module, nn.Sequential):
-                for i in range(len(module)):
-                    found = _match(module, i)
-                    if found:
-                        groups.append(Group(f"{path}.{i}", module, i, *found))
-            elif all(
-                hasattr(module, a) for a in ("conv", "attention", "reduce", "refine")
-            ):  # MSFF FusionBlock
-                groups.append(ProductGroup(f"{path}.product", module))
-                groups.append(ReducePair(f"{path}.reduce", module))
-    return groups
-
-
-def shrink(group, keep) -> None:
-    """Keep only channels ``keep`` of the group, in place."""
-    group.shrink(torch.as_tensor(keep, dtype=torch.long).sort().values)
+def find_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The channel groups the model's blocks declare (model/channels.py), in module order."""
+    return declared_groups(model)
 
 
 def kept_width(width: int, ratio: float, multiple: int) -> int:
@@ -102,26 +57,11 @@ def prune(model: nn.Module, ratio: float, multiple: int = 8) -> dict[str, int]:
     for group in find_groups(model):
         width = kept_width(group.width, ratio, multiple)
         if width < group.width:
-            shrink(group, group.importance().argsort(descending=True)[:width])
+            cut(group, group.importance().argsort(descending=True)[:width])
         widths[group.name] = width
     return widths
 
 
-def apply_widths(model: nn.Module, widths: dict[str, int]) -> None:
-    """Give a freshly built model the shapes of a pruned one (weights come from its state dict)."""
-    groups = {g.name: g for g in find_groups(model)}
-    unknown = sorted(set(widths) - set(groups))
-    if unknown:
-        raise ValueError(f"pruned widths name groups this model does not have: {unknown[:5]}")
-    for name, width in widths.items():
-        if width < groups[name].width:
-            shrink(groups[name], torch.arange(width))
-
-
 def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(
-        p.numel()
-        for scope in SCOPES
-        if getattr(model, scope, None) is not None
-        for p in getattr(model, scope).parameters()
-    )
+    """Parameters outside the frozen teacher (the memory banks are buffers, not counted)."""
+    return sum(p.numel() for p in model.trainable_parameters())

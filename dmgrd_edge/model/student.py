@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec
-from .blocks import basic_block, bottleneck_block, conv_bn, inverted_residual
+from .blocks import Chain, basic_block, bottleneck_block, conv_bn, inverted_residual
 
 # family -> (embedding channels, decoder blocks per stage (deepest first), bottleneck width factor)
 FAMILY = {
@@ -43,8 +43,8 @@ class OCBE(nn.Module):
         c1, c2, c3 = spec.channels
         embed = FAMILY[spec.family][0]
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
-        self.level1 = nn.Sequential(*conv_bn(c1, c2, 3, 2), relu(), *conv_bn(c2, c3, 3, 2), relu())
-        self.level2 = nn.Sequential(*conv_bn(c2, c3, 3, 2), relu())
+        self.level1 = Chain(*conv_bn(c1, c2, 3, 2), relu(), *conv_bn(c2, c3, 3, 2), relu())
+        self.level2 = Chain(*conv_bn(c2, c3, 3, 2), relu())
         blocks = [_block(spec, 3 * c3, embed, "down")] + [
             _block(spec, embed, embed, "same") for _ in range(2)
         ]
