@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import checks
+from .config import SynthesisConfig
 from .errors import ConfigError, DmgrdError, ExitCode
 from .registry import LAYOUTS, TEACHERS
 
@@ -36,6 +37,7 @@ def say(message: object) -> None:
 # the choices of --backbone and --dataset are the registries' (checked when a command runs)
 BACKBONE_NAMES = ", ".join(TEACHERS)
 DATASET_NAMES = ", ".join(LAYOUTS)
+SYNTHESIS_DEFAULTS = SynthesisConfig().describe()
 
 
 @app.command("generate-data")
@@ -170,6 +172,14 @@ def train(
     texture_dir: Optional[Path] = typer.Option(
         None, help="texture images for pseudo-anomalies (e.g. DTD)"
     ),
+    synthesis: list[str] = typer.Option(
+        [],
+        "--synthesis",
+        metavar="KEY=VALUE",
+        help="pseudo-anomaly synthesis setting, repeatable; keys and defaults: "
+        f"{SYNTHESIS_DEFAULTS} (beta: the blend's transparency range LOW,HIGH); "
+        "stored in the checkpoint, and --resume goes on with the run's",
+    ),
     teacher_weights: Optional[Path] = typer.Option(
         None, help="ImageNet weights file for the teacher"
     ),
@@ -213,6 +223,7 @@ def train(
         texture_dir=texture_dir,
         amp=not no_amp,
         without_loss=tuple(without_loss),
+        synthesis=tuple(synthesis),
     )
     _check_model_options(memory_size, patch_bank_size, backbone, dataset, memory_read)
     checks.integer("--devices", devices, 1)

@@ -237,6 +237,86 @@ def model_config_from_options(**options: Any) -> ModelConfig:
     return ModelConfig(**options)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SynthesisConfig:
+    """How pseudo-anomalies are made (dmgrd_edge/data/synthesis.py): the blend's transparency
+    beta ~ U(beta_range), the chance of the Fourier amplitude mix, and the chance that the
+    source is another training image instead of a procedural texture (no texture folder).
+    Stored in the checkpoint with the training settings; a checkpoint without it was made
+    with these defaults."""
+
+    beta_range: tuple[float, float] = (0.1, 0.5)
+    fourier_probability: float = 0.5
+    other_image_probability: float = 0.2
+
+    def __post_init__(self):
+        beta = self.beta_range
+        if not isinstance(beta, (list, tuple)) or len(beta) != 2:
+            raise ConfigError(
+                f"synthesis beta_range must be two numbers LOW,HIGH, got {beta!r}",
+                "e.g. --synthesis beta_range=0.1,0.5",
+            )
+        for value in beta:
+            checks.number("synthesis beta_range", value, 0, 1, note="the blend's transparency")
+        if beta[0] > beta[1]:
+            raise ConfigError(
+                f"synthesis beta_range {list(beta)} has LOW above HIGH", "give LOW,HIGH"
+            )
+        object.__setattr__(self, "beta_range", (float(beta[0]), float(beta[1])))
+        for name in ("fourier_probability", "other_image_probability"):
+            checks.number(f"synthesis {name}", getattr(self, name), 0, 1, note="a probability")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SynthesisConfig:
+        """The settings a checkpoint stored; None (a checkpoint from before they were
+        stored): the defaults, which is what such a checkpoint was trained with."""
+        if data is None:
+            return cls()
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"synthesis config has unknown fields {sorted(unknown)}",
+                "the checkpoint was written by a newer dmgrd-edge; upgrade",
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_options(cls, items: list[str] | tuple[str, ...]) -> SynthesisConfig:
+        """From `train --synthesis KEY=VALUE` (repeatable); a range is LOW,HIGH."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise ConfigError(
+                    f"bad --synthesis {item!r}",
+                    f"give KEY=VALUE with KEY one of {sorted(known)}, e.g. "
+                    "--synthesis beta_range=0.2,0.6",
+                )
+            try:
+                parts = [float(v) for v in text.split(",")]
+            except ValueError:
+                raise ConfigError(f"bad --synthesis {item!r}: not a number", "e.g. 0.5") from None
+            ranged = isinstance(known[key].default, tuple)
+            if len(parts) != (2 if ranged else 1):
+                raise ConfigError(
+                    f"bad --synthesis {item!r}",
+                    f"{key} takes {'LOW,HIGH' if ranged else 'one number'}",
+                )
+            values[key] = tuple(parts) if ranged else parts[0]
+        return cls(**values)
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in self.to_dict().items()
+        )
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation settings (defaults are the authors': Adam 0.005, batch 8, 5000 steps)."""
@@ -260,8 +340,14 @@ class TrainConfig:
     ot_weight: float = 0.2
     con_weight: float = 0.02
     triplet_weight: float = 0.1
+    synthesis: SynthesisConfig = dataclasses.field(default_factory=SynthesisConfig)
 
     def __post_init__(self):
+        if not isinstance(self.synthesis, SynthesisConfig):
+            raise ConfigError(
+                f"train synthesis must be a SynthesisConfig, got {type(self.synthesis).__name__}",
+                "build it with SynthesisConfig(...) or TrainConfig.from_dict",
+            )
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 2:
@@ -283,6 +369,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The settings a checkpoint stored (``metadata.train_config``). Fields this version
+        does not know are left out; a checkpoint without ``synthesis`` gets the defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["synthesis"] = SynthesisConfig.from_dict(values.get("synthesis"))
+        return cls(**values)
+
 
 def train_config_from_options(
     *,
@@ -297,9 +392,11 @@ def train_config_from_options(
     texture_dir: Any = None,
     amp: bool = True,
     without_loss: tuple[str, ...] = (),
+    synthesis: tuple[str, ...] = (),
 ) -> TrainConfig:
     """A TrainConfig from `train`'s options, each number checked under its option's name
-    (the warm-up is cut to the steps); the loss terms in ``without_loss`` get weight 0."""
+    (the warm-up is cut to the steps); the loss terms in ``without_loss`` get weight 0;
+    ``synthesis`` holds `--synthesis KEY=VALUE` items (SynthesisConfig.from_options)."""
     checks.integer("--steps", steps, 1)
     checks.integer(
         "--batch-size", batch_size, 2, note="each batch holds normal and pseudo-anomalous images"
@@ -323,5 +420,6 @@ def train_config_from_options(
         texture_dir=str(texture_dir) if texture_dir else None,
         amp=amp,
         threads=threads,
+        synthesis=SynthesisConfig.from_options(synthesis),
         **{f"{term}_weight": 0.0 for term in without_loss},
     )

@@ -97,6 +97,8 @@ def test_every_teacher_has_a_network_and_the_listing_needs_no_torch():
         "import sys; sys.modules['torch'] = None\nsys.argv = ['dmgrd-edge', 'backbones']\n"
         "from dmgrd_edge.cli import main\nmain()"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == list(registry.TEACHERS)

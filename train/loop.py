@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dmgrd_edge.config import ModelConfig, PreprocessConfig, TrainConfig
+from dmgrd_edge.config import ModelConfig, PreprocessConfig, SynthesisConfig, TrainConfig
 from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
@@ -46,6 +46,8 @@ class TrainJob:
         Not where it reads or writes, nor on how many threads or processes it runs; a summary
         with the same digest is the result of this job (so a runner need not run it again)."""
         train = {k: v for k, v in self.train.to_dict().items() if k != "threads"}
+        if self.train.synthesis == SynthesisConfig():  # the digest runs had before it was a field
+            del train["synthesis"]
         if train["texture_dir"]:
             train["texture_dir"] = Path(train["texture_dir"]).name
         fields = {

@@ -29,9 +29,9 @@ def finetune_config(
     original: dict[str, Any], steps: int, lr: float, batch_size: int | None = None, threads: int = 0
 ) -> TrainConfig:
     """The fine-tune's settings: the original run's (from its checkpoint's ``train_config``,
-    so the same validation split and synthesis) with a shorter schedule and a lower rate."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in original.items() if k in known})
+    so the same validation split and pseudo-anomaly synthesis, SynthesisConfig included)
+    with a shorter schedule and a lower rate."""
+    base = TrainConfig.from_dict(original)
     return dataclasses.replace(
         base,
         steps=steps,

@@ -43,8 +43,8 @@ def _rebuilt_model(checkpoint: Path, payload: dict[str, Any], changes: dict[str,
 
 
 def _train_config(meta: dict[str, Any]) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in meta.get("train_config", {}).items() if k in known})
+    """The run's settings: its validation split, seed and synthesis (defaults when absent)."""
+    return TrainConfig.from_dict(meta.get("train_config", {}))
 
 
 def _restore_patch_memory(model, payload, images, cfg, seed: int, dev, console) -> None:
@@ -95,7 +95,7 @@ def rescore_checkpoint(
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
     if config.uses_patch_memory:
         _restore_patch_memory(model, payload, images[train_idx], cfg, tcfg.seed, dev, console)
-    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
+    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir, tcfg.synthesis)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
     means = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, dev))
     metrics = validate(model, val, cfg, dev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import shutil
@@ -24,17 +25,18 @@ from rich.progress import (
 
 from dmgrd_edge import __version__
 from dmgrd_edge.atomic import atomic_write_bytes
+from dmgrd_edge.config import SynthesisConfig
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
-from dmgrd_edge.errors import CheckpointError, DataError
+from dmgrd_edge.errors import CheckpointError, ConfigError, DataError
 from dmgrd_edge.model import DMGRD
 
 from . import distributed
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
-    as_tensor,
     TrainJob,
+    as_tensor,
     load_images,
     lr_at,
     make_validation_set,
@@ -152,6 +154,27 @@ def _fill_memory(
     return record
 
 
+def _resumed_synthesis(job: TrainJob, console: Console) -> TrainJob:
+    """A resumed run goes on with the pseudo-anomaly synthesis it was trained with (its
+    last.pt's; the defaults for a checkpoint from before they were stored). Settings asked
+    for that differ from the defaults and from the run's are refused."""
+    path = Path(job.out_dir) / "last.pt"
+    stored = distributed.current().agree(
+        lambda: read_checkpoint(path)["metadata"].get("train_config", {}).get("synthesis")
+    )
+    trained, asked = SynthesisConfig.from_dict(stored), job.train.synthesis
+    if asked == trained:
+        return job
+    if asked != SynthesisConfig():
+        raise ConfigError(
+            f"{path} was trained with the synthesis {trained.describe()}, not {asked.describe()}",
+            "resume with the same --synthesis settings (or none: the run's are used), or start "
+            "a new run with --overwrite",
+        )
+    console.print(f"resuming with the run's synthesis settings: {trained.describe()}")
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, synthesis=trained))
+
+
 def _read_split(job: TrainJob, index, console: Console) -> dict[str, Any]:
     """Training images split into train and validation (with pseudo-anomalous copies)."""
     cfg, tcfg = job.model.preprocess(), job.train
@@ -161,7 +184,7 @@ def _read_split(job: TrainJob, index, console: Console) -> dict[str, Any]:
             [s.path for s in index.train], cfg, lambda xs: (bar.advance(task) or x for x in xs)
         )
     train_idx, val_idx = split_train_val(len(images), tcfg.val_fraction, tcfg.seed)
-    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir)
+    synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir, tcfg.synthesis)
     return {
         "train": images[train_idx],
         "val": make_validation_set(images[val_idx], synth, tcfg.seed),
@@ -371,6 +394,8 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
     index = index_category(job.dataset, job.root, job.category)
     out, replaces = _prepare_out_dir(job) if ctx.is_main else (Path(job.out_dir), None)
     console.print(f"[bold]{index.summary()}[/] -> {replaces or out} on {device}")
+    digest = job.digest()  # of the job as asked for: what a runner compares the summary with
+    job = _resumed_synthesis(job, console) if job.resume else job
     data = _read_split(job, index, console)
     model, optimizer, steps = _build_model(job, device)
     metadata = _metadata(job, model, data)
@@ -386,7 +411,7 @@ def train_category(job: TrainJob, console: Console | None = None) -> dict[str, A
         "final_validation": session.history[-1] if session.history else None,
         "device": str(device),
         "processes": ctx.world_size,
-        "job_digest": job.digest(),
+        "job_digest": digest,
     }
     if ctx.is_main:  # complete or absent: a runner takes it as the job's result
         summary_json = json.dumps(summary, indent=2).encode()

@@ -7,16 +7,19 @@ folder (e.g. DTD) when given, otherwise a procedural texture or another training
 The source is mixed into the image's Fourier amplitude (image phase kept, a central
 low-frequency square of the amplitude mixed with weight lambda ~ U(0, 1)), then blended
 under the mask with transparency beta: x(1-M) + (1-beta) A M + beta x M.
+The numbers (beta's range, the chances of the Fourier mix and of another training image)
+are ``SynthesisConfig`` (dmgrd_edge/config.py), set with `train --synthesis KEY=VALUE` and
+stored in the checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from dmgrd_edge.config import SynthesisConfig
 from dmgrd_edge.data.imageio import IMAGE_SUFFIXES, read_image
 from dmgrd_edge.errors import DataError
 
@@ -108,13 +111,6 @@ def fourier_amplitude_mix(
     amp_img = np.fft.ifftshift(amp_img, axes=(0, 1))
     mixed = np.fft.ifft2(amp_img * np.exp(1j * phase), axes=(0, 1)).real
     return np.clip(mixed, 0, 255)
-
-
-@dataclass
-class SynthesisConfig:
-    beta_range: tuple[float, float] = (0.1, 0.5)
-    fourier_probability: float = 0.5
-    other_image_probability: float = 0.2
 
 
 class AnomalySynthesizer:
