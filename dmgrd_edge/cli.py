@@ -431,7 +431,10 @@ def export(
     ),
     fp16: bool = typer.Option(False, "--fp16", help="also write an FP16-typed model (TensorRT 11)"),
     engine: bool = typer.Option(
-        False, "--engine", help="build a TensorRT engine now (needs TensorRT)"
+        False,
+        "--engine",
+        help="also build the TensorRT engine of the lowest precision written, into the bundle "
+        "(needs TensorRT and a CUDA device, checked before anything is written)",
     ),
     calib_data: Optional[Path] = typer.Option(
         None, help="dataset root or image folder (default: the training data)"
@@ -500,14 +503,6 @@ def export(
     manifest = export_bundle(
         opts, log=say, progress=lambda xs, what: track(xs, description=what, console=console)
     )
-    if engine:
-        _build_engines(
-            out,
-            ["int8"] if int8 else ["fp16"] if fp16 else ["fp32"],
-            opts.batch,
-            opts.workspace,
-            dla_core,
-        )
     typer.echo(
         json.dumps(
             {"bundle": str(out), "files": sorted(manifest["files"]), "guard": manifest["guard"]},
@@ -515,37 +510,6 @@ def export(
         )
     )
     require_max_drop(manifest, out, max_drop)  # exit code 5 (ExitCode.INT8_MAX_DROP)
-
-
-def _build_engines(
-    bundle_path: Path, precisions: list[str], batch, workspace: int, dla_core
-) -> None:
-    from .bundle import add_files, load_bundle
-    from .export.tensorrt_engine import EngineRequest, build_engine
-
-    bundle = load_bundle(bundle_path)
-    for precision in precisions:
-        request = EngineRequest(
-            bundle=bundle.root,
-            precision=precision,
-            batch=batch,
-            image_size=bundle.model_config.image_size,
-            workspace=workspace,
-            dla_core=dla_core,
-        )
-        entry = build_engine(request, log=say)
-        name, info = next(iter(entry.items()))
-        from .bundle import file_entry
-
-        info.update(
-            {
-                k: v
-                for k, v in file_entry(bundle.root / name, "engine", precision).items()
-                if k in ("bytes", "sha256")
-            }
-        )
-        bundle = add_files(bundle, {name: info})
-        say(f"engine written: {bundle.root / name}")
 
 
 @app.command("build-engine")
@@ -571,7 +535,19 @@ def build_engine_cmd(
         raise ConfigError(
             "DLA needs a fixed batch and int8 or fp16", "use --batch 1 --precision int8"
         )
-    _build_engines(bundle, [precision], profile, parse_size(workspace), dla_core)
+    from .bundle import add_files
+    from .export.tensorrt_engine import build_engines
+
+    entries = build_engines(
+        loaded.root,
+        [precision],
+        profile,
+        loaded.model_config.image_size,
+        parse_size(workspace),
+        dla_core,
+        say,
+    )
+    add_files(loaded, entries)
 
 
 @app.command()

@@ -121,6 +121,11 @@ class ExportOptions:
         ONNX Runtime CPU provider unless --no-int8-cpu."""
         return ["tensorrt"] + (["cpu"] if self.int8_cpu else []) if self.int8 else []
 
+    @property
+    def engine_precision(self) -> str:
+        """The precision of the engine ``--engine`` builds: the lowest the bundle has."""
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
     def planned_outputs(self) -> list[str]:
         """Catalog keys of the files this export writes."""
         names = ["onnx-fp32"]

@@ -1,4 +1,5 @@
-"""`dmgrd-edge export`: checkpoint -> bundle (fp32 ONNX, INT8 Q/DQ ONNX, FP16 ONNX, engine).
+"""`dmgrd-edge export`: checkpoint -> bundle (fp32 ONNX, INT8 Q/DQ ONNX, FP16 ONNX, and with
+``engine=True`` the TensorRT engine, built here in the bundle being staged).
 
 Each step is timed and logged, checks the file it wrote, and the bundle appears only
 when complete (staged in a sibling folder, then renamed over the old one).
@@ -203,6 +204,10 @@ def export_bundle(
     from dmgrd_edge.train.checkpoint import load_model
 
     opts.validate()
+    if opts.engine:  # refused now, not after the ONNX files are made
+        from .tensorrt_engine import require_builder
+
+        log(f"TensorRT engines are built on {require_builder()}")
     for name in opts.planned_outputs():
         planned = catalog.by_key(name)
         log(f"will write {planned.name} ({planned.precision or 'as built'})")
@@ -216,12 +221,31 @@ def export_bundle(
     try:
         threshold = float(meta["score_stats"]["threshold"])
         written = _write_model_files(opts, staging, model, data, pre, threshold, timings, log)
+        if opts.engine:
+            written.files.update(_engines(opts, staging, cfg.image_size, timings, log))
         manifest = _manifest(opts, model, payload, written, timings)
         out = commit_bundle(staging, opts.out, manifest)
         log(f"wrote bundle {out}")
         return manifest
     finally:
         release_staging(staging)
+
+
+def _engines(opts: ExportOptions, staging: Path, image_size: int, timings, log) -> dict:
+    """The TensorRT engine of ``--engine``, built in the staging folder: it is committed with
+    the rest of the bundle, or nothing is."""
+    from .tensorrt_engine import build_engines
+
+    with step(log, f"build the {opts.engine_precision} TensorRT engine", timings):
+        return build_engines(
+            staging,
+            [opts.engine_precision],
+            opts.batch,
+            image_size,
+            opts.workspace,
+            opts.dla_core,
+            log,
+        )
 
 
 def _precision_thresholds(staging: Path, files: dict, data, pre, base: float, log) -> None:

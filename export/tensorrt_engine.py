@@ -25,6 +25,7 @@ import onnx
 
 from dmgrd_edge import catalog
 from dmgrd_edge.atomic import atomic_write_bytes
+from dmgrd_edge.bundle import file_entry
 from dmgrd_edge.device import EngineError, gpu_name, import_tensorrt, trt_version
 
 from .options import BatchProfile
@@ -208,6 +209,42 @@ def build_engine(request: EngineRequest, log=print) -> dict:
             "build_seconds": time.perf_counter() - started,
         }
     }
+
+
+def require_builder() -> str:
+    """TensorRT (8.6 or newer), pycuda and a CUDA device are here, or an EngineError saying
+    what is missing; returns the device's name. Asked first, before any file is written."""
+    import_tensorrt()
+    return gpu_name()
+
+
+def build_engines(
+    root: Path,
+    precisions: list[str],
+    batch: BatchProfile,
+    image_size: int,
+    workspace: int = 1 << 30,
+    dla_core: int | None = None,
+    log=print,
+) -> dict[str, dict]:
+    """Engines of ``precisions`` built from the ONNX files in the bundle folder ``root``
+    (a committed bundle, or the export's staging folder) and written there; returns their
+    manifest entries, size and sha256 included."""
+    entries = {}
+    for precision in precisions:
+        request = EngineRequest(
+            bundle=Path(root),
+            precision=precision,
+            batch=batch,
+            image_size=image_size,
+            workspace=workspace,
+            dla_core=dla_core,
+        )
+        ((name, info),) = build_engine(request, log=log).items()
+        written = file_entry(Path(root) / name, "engine", precision)
+        entries[name] = {**info, "bytes": written["bytes"], "sha256": written["sha256"]}
+        log(f"engine written: {Path(root) / name}")
+    return entries
 
 
 def add_batch_profile(builder, config, request: EngineRequest, version: str) -> None:

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from dmgrd_edge.calib.quantize import interleave_nodes
-from dmgrd_edge.bundle import BundleError, load_bundle
-from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.export.graph_check import GraphCheckError, check_graph, require_trt_compatible
 from dmgrd_edge.export.options import BatchProfile, ExportOptions, parse_size
+
+from dmgrd_edge.bundle import BundleError, load_bundle
+from dmgrd_edge.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -270,25 +270,32 @@ def _cli(*args):
 
 
 def test_reexport_replaces_atomically_and_engine_needs_tensorrt(tmp_path, trained_ckpt):
+    """A second export replaces the bundle; one that asks for an engine where TensorRT is
+    missing is refused before anything is written: the old bundle stays as it was."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bundle"
     first = _cli("export", trained_ckpt, "--out", out, "--calib-count", "4", "--batch", "2")
     assert first.returncode == 0, first.stderr
     old_created = json.loads((out / "manifest.json").read_text())["created"]
+    again = _cli("export", trained_ckpt, "--out", out, "--calib-count", "4", "--batch", "2")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "manifest.json").read_text())["created"] >= old_created
     try:
         import tensorrt  # noqa: F401
 
         pytest.skip("TensorRT is installed: the missing-TensorRT path cannot be shown here")
     except ImportError:
         pass
-    second = _cli("export", trained_ckpt, "--out", out, "--engine", "--batch", "2")
+    files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = _cli("export", trained_ckpt, "--out", out, "--engine", "--batch", "4")
     assert second.returncode == 2
     assert "TensorRT is not installed" in second.stderr and "build-engine" in second.stderr
-    bundle = load_bundle(out)  # the rest of the bundle is still written, complete and valid
-    assert (
-        bundle.manifest["inputs"][0]["shape"][0] == 2 and "model.onnx" in bundle.manifest["files"]
-    )
-    assert bundle.manifest["created"] >= old_created
+    assert "export fp32 ONNX" not in second.stderr  # refused before the work
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    fresh = tmp_path / "fresh"
+    third = _cli("export", trained_ckpt, "--out", fresh, "--engine")
+    assert third.returncode == 2 and not fresh.exists()
     engine = _cli("build-engine", out)
     assert engine.returncode == 2 and "TensorRT is not installed" in engine.stderr
 

@@ -13,13 +13,13 @@ import weakref
 import numpy as np
 import onnx
 import pytest
-
-from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.export.options import BatchProfile
 from dmgrd_edge.export.precision import keep_fp32
 from dmgrd_edge.export.tensorrt_engine import EngineError, EngineRequest, build_engine
 from dmgrd_edge.runtime.backend import Backend, BackendError
 from fakes import VERSIONS, FakeGPU, fake_tensorrt, installed  # tests/fakes
+
+from dmgrd_edge.errors import ConfigError
 
 SIZE = 64
 
@@ -244,9 +244,10 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
     build and at run; without pycuda there is no second way that could disagree."""
     import sys
 
-    from dmgrd_edge import device
     from dmgrd_edge.runtime import device_info
     from dmgrd_edge.runtime.select import _engine_for
+
+    from dmgrd_edge import device
 
     board = tmp_path / "model"
     board.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
@@ -498,6 +499,38 @@ def test_cli_build_engine_bench_and_report(fake, bundle, tmp_path):
     result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert "## Orin" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_export_builds_the_engine_inside_the_bundle(trained_ckpt, tmp_path):
+    """export_bundle(engine=True) builds the engine itself, in the bundle it stages: the
+    committed bundle lists it with its hash; a build that fails leaves no bundle at --out."""
+    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.export.pipeline import export_bundle
+
+    from dmgrd_edge.bundle import load_bundle
+
+    def options(out, **changes):
+        values = dict(engine=True, int8=True, int8_cpu=False, calib_count=4, guard_count=4)
+        values.update(batch=BatchProfile(1, 2, 4), workspace=1 << 28)
+        return ExportOptions(checkpoint=trained_ckpt, out=out, **{**values, **changes})
+
+    out = tmp_path / "bundle"
+    with installed("10.3.0") as (trt, cuda):
+        manifest = export_bundle(options(out), log=lambda _: None)
+        name = f"engines/model.int8.orin.trt{trt.__version__}.engine"
+        assert [n for n, e in manifest["files"].items() if e["kind"] == "engine"] == [name]
+        loaded = load_bundle(out)  # every file's size and sha256 checked, the engine's too
+        assert loaded.manifest["files"][name]["onnx"] == "model.int8.onnx"
+        assert [shape[0] for shape in plan(out, name)["profiles"][0]["image"]] == [1, 2, 4]
+        assert trt.fake.errors == []
+        assert "build the int8 TensorRT engine" in manifest["export_seconds"]
+        refused = tmp_path / "refused"
+        with pytest.raises(EngineError, match="DLA core 5 asked for"):
+            # a DLA core the device lacks: the build fails after the ONNX files were made
+            export_bundle(
+                options(refused, dla_core=5, batch=BatchProfile(1, 1, 1)), log=lambda _: None
+            )
+        assert not refused.exists() and not [p for p in tmp_path.iterdir() if p.name[0] == "."]
 
 
 def test_bench_refuses_batches_below_the_profile(bundle):
