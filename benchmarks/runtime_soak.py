@@ -37,7 +37,7 @@ def make_bundle(work: Path) -> Path:
     """A tiny bundle, as the test suite makes it (tests/conftest.py)."""
     from dmgrd_edge.config import ModelConfig, TrainConfig
     from dmgrd_edge.data.synthetic import generate_line_data
-    from dmgrd_edge.export.options import BatchProfile, ExportOptions
+    from dmgrd_edge.options import BatchProfile, ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
     from dmgrd_edge.train.loop import TrainJob
     from dmgrd_edge.train.trainer import train_category

@@ -30,16 +30,17 @@ from rich.console import Console
 
 from dmgrd_edge.data.synthetic import generate_line_data
 from dmgrd_edge.report import redact_paths
-from dmgrd_edge.workflow.sweep import Sweep, SweepConfig
+from dmgrd_edge.workflow.sweep import Sweep
+from dmgrd_edge.options import SweepConfig
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def config(args, work: Path, steps: int, prune_steps: int) -> SweepConfig:
     return SweepConfig(
-        str(work / "line"),
-        "washer",
-        str(work / f"sweep-{steps}-{prune_steps}"),
+        data=str(work / "line"),
+        category="washer",
+        out=str(work / f"sweep-{steps}-{prune_steps}"),
         backbones=BACKBONES,
         models=("default",),
         ratios=(0.0, 0.5),

@@ -1,23 +1,38 @@
 """`dmgrd-edge` command line: a thin layer over the Python API.
 
 Torch is imported only inside the commands that need it, so `dmgrd-edge --help` and the
-runtime commands work on a machine without torch.
+runtime commands work on a machine without torch. An option that sets a field of one of
+the stages' dataclasses (dmgrd_edge/config.py, dmgrd_edge/options.py) takes its default from
+that field (``field_option``), so each default is written once; the choices of --backbone and
+--dataset are the registries' (dmgrd_edge/registry.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from . import checks
-from .config import SynthesisConfig
+from .config import ModelConfig, SynthesisConfig, TrainConfig
 from .errors import ConfigError, DmgrdError, ExitCode
+from .options import (
+    BackendRequest,
+    BatchProfile,
+    ExportOptions,
+    RunConfig,
+    SweepConfig,
+    format_size,
+    parse_size,
+    parse_workers,
+    split_list,
+)
 from .registry import LAYOUTS, TEACHERS
 
 app = typer.Typer(
@@ -32,6 +47,52 @@ def say(message: object) -> None:
     """A line to stderr as it is: file names, globs and URIs may hold [brackets], which
     console markup would take for styles (or fail on)."""
     console.print(message, markup=False)
+
+
+class FieldSource(NamedTuple):
+    """Where an option's default comes from: a dataclass field, possibly negated (a --no-X
+    flag) and written the command line's way (``shown``)."""
+
+    cls: type
+    name: str
+    negated: bool = False
+    shown: Callable[[Any], Any] | None = None
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of the dataclass field (its factory called)."""
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_option(
+    cls: type, name: str, *decls: str, negated: bool = False, shown=None, **kwargs: Any
+):
+    """A typer option whose default is the field ``name`` of dataclass ``cls`` (``negated``:
+    a --no-X flag, off when the field is on; ``shown``: the value as the command line writes
+    it, e.g. a batch profile as 1:1:8). The option keeps its source (``.field``), which
+    tests/test_cli_defaults.py reads when it walks the commands."""
+    value = field_default(cls, name)
+    value = not value if negated else value
+    option = typer.Option(shown(value) if shown else value, *decls, **kwargs)
+    option.field = FieldSource(cls, name, negated, shown)
+    return option
+
+
+def _comma(values) -> str:
+    """A tuple field as a comma list option: (0.0, 0.5) -> '0,0.5'."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _auto(value) -> str:
+    """None (chosen with the backend) as the command line's 'auto'."""
+    return "auto" if value is None else str(value)
 
 
 # the choices of --backbone and --dataset are the registries' (checked when a command runs)
@@ -127,25 +188,29 @@ def train(
     dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
     category: str = typer.Option("all", help="category, comma list, or 'all' (one model each)"),
     out: Path = typer.Option(Path("runs"), help="output folder (one subfolder per category)"),
-    backbone: str = typer.Option("efficientnet_lite0", help=f"one of {BACKBONE_NAMES}"),
-    image_size: int = typer.Option(256, help="square input size, multiple of 32"),
-    steps: int = typer.Option(5000),
-    batch_size: int = typer.Option(8),
-    lr: float = typer.Option(0.005),
-    warmup_steps: int = typer.Option(100),
-    seed: int = typer.Option(111),
-    memory_size: int = typer.Option(30, help="K, images per memory bank"),
-    selection: str = typer.Option(
-        "nearest", help="memory selection: nearest (intended) or authors"
+    backbone: str = field_option(ModelConfig, "backbone", help=f"one of {BACKBONE_NAMES}"),
+    image_size: int = field_option(
+        ModelConfig, "image_size", help="square input size, multiple of 32"
+    ),
+    steps: int = field_option(TrainConfig, "steps"),
+    batch_size: int = field_option(TrainConfig, "batch_size"),
+    lr: float = field_option(TrainConfig, "lr"),
+    warmup_steps: int = field_option(TrainConfig, "warmup_steps"),
+    seed: int = field_option(TrainConfig, "seed"),
+    memory_size: int = field_option(ModelConfig, "memory_size", help="K, images per memory bank"),
+    selection: str = field_option(
+        ModelConfig, "selection", help="memory selection: nearest (intended) or authors"
     ),
     no_memory: bool = typer.Option(
         False,
         "--no-memory",
         help="ablation: plain reverse distillation (no memory in the student nor in the score)",
     ),
-    score_mode: str = typer.Option("topk_mean", help="topk_mean (authors, top-100) or max (RD)"),
-    method: str = typer.Option(
-        "dmgrd", help="dmgrd, or knn: the training-free nearest-neighbour baseline"
+    score_mode: str = field_option(
+        ModelConfig, "score_mode", help="topk_mean (authors, top-100) or max (RD)"
+    ),
+    method: str = field_option(
+        ModelConfig, "method", help="dmgrd, or knn: the training-free nearest-neighbour baseline"
     ),
     memory_read: Optional[str] = typer.Option(
         None,
@@ -156,21 +221,25 @@ def train(
     score_source: Optional[str] = typer.Option(
         None, help="student, memory (nearest-patch distance) or combined"
     ),
-    patch_bank_size: int = typer.Option(2048, help="rows per level of the patch memory (coreset)"),
+    patch_bank_size: int = field_option(
+        ModelConfig, "patch_bank_size", help="rows per level of the patch memory (coreset)"
+    ),
     map_scale: Optional[str] = typer.Option(
         None,
         help="combined score: each map divided by its mean, p99 or std on the validation normals",
     ),
-    fusion: str = typer.Option(
-        "msff", help="fusion of the memory-guided features: msff (the paper) or linear (ablation)"
+    fusion: str = field_option(
+        ModelConfig,
+        "fusion",
+        help="fusion of the memory-guided features: msff (the paper) or linear (ablation)",
     ),
     without_loss: list[str] = typer.Option(
         [],
         "--without-loss",
         help="ablation: train without this memory-path loss term (ot, con or triplet); repeatable",
     ),
-    texture_dir: Optional[Path] = typer.Option(
-        None, help="texture images for pseudo-anomalies (e.g. DTD)"
+    texture_dir: Optional[Path] = field_option(
+        TrainConfig, "texture_dir", help="texture images for pseudo-anomalies (e.g. DTD)"
     ),
     synthesis: list[str] = typer.Option(
         [],
@@ -184,11 +253,13 @@ def train(
         None, help="ImageNet weights file for the teacher"
     ),
     random_teacher: bool = typer.Option(False, help="random teacher weights (tests only)"),
-    val_every: int = typer.Option(250),
-    checkpoint_every: int = typer.Option(250),
+    val_every: int = field_option(TrainConfig, "val_every"),
+    checkpoint_every: int = field_option(TrainConfig, "checkpoint_every"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
-    no_amp: bool = typer.Option(False, "--no-amp", help="disable mixed precision on CUDA"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
+    no_amp: bool = field_option(
+        TrainConfig, "amp", "--no-amp", negated=True, help="disable mixed precision on CUDA"
+    ),
+    threads: int = field_option(TrainConfig, "threads", help="torch CPU threads (0: default)"),
     resume: bool = typer.Option(False, help="continue from OUT/<category>/last.pt"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
     devices: int = typer.Option(
@@ -329,9 +400,13 @@ def evaluate(
 def rescore(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint"),
     out: Path = typer.Option(..., "--out", help="new checkpoint file to write"),
-    score_source: str = typer.Option("combined", help="student, memory or combined"),
-    map_scale: str = typer.Option(
-        "mean", help="combined: each map divided by its mean, p99 or std on the validation normals"
+    score_source: str = field_option(
+        ModelConfig, "score_source", help="student, memory or combined"
+    ),
+    map_scale: str = field_option(
+        ModelConfig,
+        "map_scale",
+        help="combined: each map divided by its mean, p99 or std on the validation normals",
     ),
     patch_bank_size: Optional[int] = typer.Option(
         None, help="rows per level of the patch memory, refilled from the training images"
@@ -423,56 +498,81 @@ def prune(
 def export(
     checkpoint: Path = typer.Argument(..., help="trained checkpoint (last.pt or best.pt)"),
     out: Path = typer.Option(..., "--out", help="bundle folder to write (replaced atomically)"),
-    int8: bool = typer.Option(
-        False,
+    int8: bool = field_option(
+        ExportOptions,
+        "int8",
         "--int8",
         help="also write the INT8 Q/DQ models (calibrated): one for "
         "TensorRT, one for ONNX Runtime on CPU",
     ),
-    fp16: bool = typer.Option(False, "--fp16", help="also write an FP16-typed model (TensorRT 11)"),
-    engine: bool = typer.Option(
-        False,
+    fp16: bool = field_option(
+        ExportOptions, "fp16", "--fp16", help="also write an FP16-typed model (TensorRT 11)"
+    ),
+    engine: bool = field_option(
+        ExportOptions,
+        "engine",
         "--engine",
         help="also build the TensorRT engine of the lowest precision written, into the bundle "
         "(needs TensorRT and a CUDA device, checked before anything is written)",
     ),
-    calib_data: Optional[Path] = typer.Option(
-        None, help="dataset root or image folder (default: the training data)"
+    calib_data: Optional[Path] = field_option(
+        ExportOptions,
+        "calib_data",
+        help="dataset root or image folder (default: the training data)",
     ),
-    calib_dataset: Optional[str] = typer.Option(
-        None, help=f"layout of --calib-data: {DATASET_NAMES}; omit for a plain image folder"
+    calib_dataset: Optional[str] = field_option(
+        ExportOptions,
+        "calib_dataset",
+        help=f"layout of --calib-data: {DATASET_NAMES}; omit for a plain image folder",
     ),
-    calib_category: Optional[str] = typer.Option(None, help="category inside --calib-data"),
-    calib_count: int = typer.Option(300, help="calibration images (all training images if fewer)"),
-    calib_method: str = typer.Option("entropy", help="entropy, minmax or percentile"),
-    calib_pseudo: bool = typer.Option(
-        False, help="add pseudo-anomalous images to the calibration set"
+    calib_category: Optional[str] = field_option(
+        ExportOptions, "calib_category", help="category inside --calib-data"
     ),
-    max_drop: Optional[float] = typer.Option(
-        None,
+    calib_count: int = field_option(
+        ExportOptions, "calib_count", help="calibration images (all training images if fewer)"
+    ),
+    calib_method: str = field_option(
+        ExportOptions, "calib_method", help="entropy, minmax or percentile"
+    ),
+    calib_pseudo: bool = field_option(
+        ExportOptions, "calib_pseudo", help="add pseudo-anomalous images to the calibration set"
+    ),
+    max_drop: Optional[float] = field_option(
+        ExportOptions,
+        "max_drop",
         help="accuracy budget in points (I-AUC and PRO@0.3); keeps "
         "the most sensitive layers in fp32 until it fits",
     ),
-    int8_teacher: bool = typer.Option(
-        False,
+    int8_teacher: bool = field_option(
+        ExportOptions,
+        "int8_teacher",
         help="quantize the teacher too (faster; its noise shows up as "
         "anomaly: check the guard); TensorRT file only",
     ),
-    int8_cpu: bool = typer.Option(
-        True,
+    int8_cpu: bool = field_option(
+        ExportOptions,
+        "int8_cpu",
         help="with --int8, also write model.int8-cpu.onnx (uint8 activations, "
         "the form ONNX Runtime's CPU provider runs as integer kernels)",
     ),
-    batch: str = typer.Option("1:1:8", help="fixed batch N or profile MIN:OPT:MAX"),
-    dla_core: Optional[int] = typer.Option(
-        None, help="build for this DLA core (Jetson; fixed batch)"
+    batch: str = field_option(
+        ExportOptions, "batch", shown=str, help="fixed batch N or profile MIN:OPT:MAX"
     ),
-    workspace: str = typer.Option("1G", help="TensorRT builder workspace, e.g. 512M, 2G"),
-    guard_count: int = typer.Option(40, help="held-out images for the fp32/int8 accuracy guard"),
+    dla_core: Optional[int] = field_option(
+        ExportOptions, "dla_core", help="build for this DLA core (Jetson; fixed batch)"
+    ),
+    workspace: str = field_option(
+        ExportOptions,
+        "workspace",
+        shown=format_size,
+        help="TensorRT builder workspace, e.g. 512M, 2G",
+    ),
+    guard_count: int = field_option(
+        ExportOptions, "guard_count", help="held-out images for the fp32/int8 accuracy guard"
+    ),
 ):
     """Turn a checkpoint into a deployment bundle (ONNX with frozen memory banks, INT8, engine)."""
     from .errors import choose
-    from .export.options import BatchProfile, ExportOptions, parse_size
 
     if calib_dataset is not None:
         choose("calibration dataset layout", calib_dataset, LAYOUTS)
@@ -519,13 +619,14 @@ def build_engine_cmd(
     batch: Optional[str] = typer.Option(
         None, help="fixed N or MIN:OPT:MAX (default: the bundle's)"
     ),
-    dla_core: Optional[int] = typer.Option(None, help="DLA core (fixed batch, int8/fp16)"),
-    workspace: str = typer.Option("1G"),
+    dla_core: Optional[int] = field_option(
+        ExportOptions, "dla_core", help="DLA core (fixed batch, int8/fp16)"
+    ),
+    workspace: str = field_option(ExportOptions, "workspace", shown=format_size),
 ):
     """Build a TensorRT engine for this device from a bundle (runs without torch)."""
     from .bundle import load_bundle
     from .errors import choose
-    from .export.options import BatchProfile, parse_size
 
     checks.integer("--dla-core", dla_core, 0, optional=True)
     choose("precision", precision, ("int8", "fp16", "fp32"))
@@ -563,17 +664,17 @@ def run(
         help="display://, out.avi, events.jsonl[?ng_only=1], folder://DIR, "
         "mqtt://host:port/topic[?qos=1] (repeat)",
     ),
-    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
-    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    backend: str = field_option(BackendRequest, "backend", help="auto, tensorrt or onnxruntime"),
+    precision: str = field_option(BackendRequest, "precision", help="auto, int8, fp16 or fp32"),
     threshold: Optional[float] = typer.Option(None, help="image threshold (default: the bundle's)"),
     pixel_threshold: Optional[float] = typer.Option(
         None, help="region threshold on the map (default: threshold)"
     ),
-    batch: int = typer.Option(1, help="frames per inference call"),
+    batch: int = field_option(RunConfig, "batch", help="frames per inference call"),
     headless: bool = typer.Option(False, help="no window"),
-    max_frames: Optional[int] = typer.Option(None, help="stop after N frames"),
-    stats_json: Optional[Path] = typer.Option(
-        None, help="write latency statistics here at the end"
+    max_frames: Optional[int] = field_option(RunConfig, "max_frames", help="stop after N frames"),
+    stats_json: Optional[Path] = field_option(
+        RunConfig, "stats_json", help="write latency statistics here at the end"
     ),
     input_width: Optional[int] = typer.Option(None, help="camera capture width (V4L2, CSI, RTSP)"),
     input_height: Optional[int] = typer.Option(
@@ -592,15 +693,21 @@ def run(
     max_retries: int = typer.Option(
         5, help="reconnect attempts for a live source before giving up"
     ),
-    threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
-    workers: str = typer.Option(
-        "auto",
+    threads: int = field_option(
+        BackendRequest, "threads", help="ONNX Runtime threads per call (0: cores / workers)"
+    ),
+    workers: str = field_option(
+        BackendRequest,
+        "workers",
+        shown=_auto,
         help="inference calls in flight: auto (2 on ONNX Runtime's CPU provider with "
         ">= 2 cores, else 1) or N; 1 gives the lowest latency per frame",
     ),
-    no_spin: bool = typer.Option(
-        False,
+    no_spin: bool = field_option(
+        BackendRequest,
+        "spin",
         "--no-spin",
+        negated=True,
         help="ONNX Runtime pool threads sleep when idle (leaves CPU "
         "to capture on small machines; lowers the backend's own rate)",
     ),
@@ -629,9 +736,7 @@ def run(
             "run needs a BUNDLE and --source, or --config", "e.g. run BUNDLE --source line.mp4"
         )
     from .bundle import load_bundle
-    from .runtime.pipeline import RunConfig
-    from .runtime.run import BackendRequest, open_run
-    from .runtime.select import parse_workers
+    from .runtime.run import open_run
     from .runtime.sources import parse_uri
 
     _check_stream_options(threshold, pixel_threshold, max_frames, queue_size, max_retries, threads)
@@ -755,8 +860,8 @@ def _stream(pipeline, capture, watch, chosen, served, camera: str) -> int:
 @app.command()
 def bench(
     bundle: Path = typer.Argument(..., help="bundle folder"),
-    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime"),
-    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    backend: str = field_option(BackendRequest, "backend", help="auto, tensorrt or onnxruntime"),
+    precision: str = field_option(BackendRequest, "precision", help="auto, int8, fp16 or fp32"),
     batch: Optional[str] = typer.Option(
         None, help="comma list of batch sizes (default: 1,4,8 up to the bundle's largest batch)"
     ),
@@ -765,9 +870,13 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
     dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
-    threads: int = typer.Option(0, help="ONNX Runtime threads per call (0: cores / workers)"),
-    workers: str = typer.Option(
-        "auto",
+    threads: int = field_option(
+        BackendRequest, "threads", help="ONNX Runtime threads per call (0: cores / workers)"
+    ),
+    workers: str = field_option(
+        BackendRequest,
+        "workers",
+        shown=_auto,
         help="calls in flight for the throughput figure, as in `run` (auto or N); "
         "latency is always one call at a time",
     ),
@@ -783,7 +892,6 @@ def bench(
     from .bundle import load_bundle
     from .errors import choose
     from .runtime.bench import print_table, run_bench, write_json
-    from .runtime.select import parse_workers
 
     checks.integer("--warmup", warmup, 0)
     checks.integer("--runs", runs, 1)
@@ -859,42 +967,71 @@ def report(
 def sweep(
     data: Path = typer.Option(..., help="dataset root"),
     category: str = typer.Option(..., help="the one category every variant is trained on"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
-    out: Path = typer.Option(Path("sweep"), help="sweep folder (run it again to continue)"),
-    backbones: str = typer.Option(
-        "efficientnet_lite0", help=f"comma list of backbones: {BACKBONE_NAMES}"
+    dataset: str = field_option(SweepConfig, "dataset", help=f"layout: {DATASET_NAMES}"),
+    out: Path = field_option(
+        SweepConfig, "out", shown=Path, help="sweep folder (run it again to continue)"
     ),
-    models: str = typer.Option(
-        "default", help="comma list of model variants: default, knn, no-memory, paper"
+    backbones: str = field_option(
+        SweepConfig, "backbones", shown=_comma, help=f"comma list of backbones: {BACKBONE_NAMES}"
     ),
-    ratios: str = typer.Option("0", help="comma list of pruning ratios (0: not pruned)"),
-    precisions: str = typer.Option("fp32,int8", help="comma list of fp32, int8"),
-    image_size: int = typer.Option(256, help="square input size, multiple of 32"),
-    steps: int = typer.Option(300, help="training steps per backbone and model variant"),
-    batch_size: int = typer.Option(8),
-    prune_steps: int = typer.Option(100, help="fine-tune steps after each cut"),
-    calib_count: int = typer.Option(100, help="INT8 calibration images"),
-    bench_batches: str = typer.Option("1,4,8", help="batch sizes bench measures"),
-    runs: int = typer.Option(30, help="bench runs per batch size"),
-    workers: str = typer.Option("auto", help="bench: calls in flight for throughput"),
-    threads: int = typer.Option(0, help="torch and ONNX Runtime threads (0: default)"),
-    device: str = typer.Option("auto", help="training device: auto, cpu, cuda or cuda:N"),
-    metric: str = typer.Option("pro_30", help="report's accuracy axis: pro_30, i_auroc, p_auroc"),
-    max_drop: float = typer.Option(1.0, help="report: fastest variant within this many points"),
-    budget_ms: Optional[float] = typer.Option(None, help="report: best variant within X ms"),
+    models: str = field_option(
+        SweepConfig,
+        "models",
+        shown=_comma,
+        help="comma list of model variants: default, knn, no-memory, paper",
+    ),
+    ratios: str = field_option(
+        SweepConfig, "ratios", shown=_comma, help="comma list of pruning ratios (0: not pruned)"
+    ),
+    precisions: str = field_option(
+        SweepConfig, "precisions", shown=_comma, help="comma list of fp32, int8"
+    ),
+    image_size: int = field_option(
+        SweepConfig, "image_size", help="square input size, multiple of 32"
+    ),
+    steps: int = field_option(
+        SweepConfig, "steps", help="training steps per backbone and model variant"
+    ),
+    batch_size: int = field_option(SweepConfig, "batch_size"),
+    prune_steps: int = field_option(
+        SweepConfig, "prune_steps", help="fine-tune steps after each cut"
+    ),
+    calib_count: int = field_option(SweepConfig, "calib_count", help="INT8 calibration images"),
+    bench_batches: str = field_option(
+        SweepConfig, "bench_batches", shown=_comma, help="batch sizes bench measures"
+    ),
+    runs: int = field_option(SweepConfig, "bench_runs", help="bench runs per batch size"),
+    workers: str = field_option(
+        SweepConfig, "workers", help="bench: calls in flight for throughput"
+    ),
+    threads: int = field_option(
+        SweepConfig, "threads", help="torch and ONNX Runtime threads (0: default)"
+    ),
+    device: str = field_option(
+        SweepConfig, "device", help="training device: auto, cpu, cuda or cuda:N"
+    ),
+    metric: str = field_option(
+        SweepConfig, "metric", help="report's accuracy axis: pro_30, i_auroc, p_auroc"
+    ),
+    max_drop: float = field_option(
+        SweepConfig, "max_drop", help="report: fastest variant within this many points"
+    ),
+    budget_ms: Optional[float] = field_option(
+        SweepConfig, "budget_ms", help="report: best variant within X ms"
+    ),
 ):
     """Train, prune, export, evaluate and bench a matrix of variants, then report (resumable)."""
-    from .workflow.sweep import SweepConfig, run_sweep, split_list
+    from .workflow.sweep import run_sweep
 
     config = SweepConfig(
-        str(data),
-        category,
-        str(out),
-        dataset,
-        split_list("--backbones", backbones),
-        split_list("--models", models),
-        split_list("--ratios", ratios, float),
-        split_list("--precisions", precisions),
+        data=str(data),
+        category=category,
+        out=str(out),
+        dataset=dataset,
+        backbones=split_list("--backbones", backbones),
+        models=split_list("--models", models),
+        ratios=split_list("--ratios", ratios, float),
+        precisions=split_list("--precisions", precisions),
         image_size=image_size,
         steps=steps,
         batch_size=batch_size,
@@ -938,10 +1075,12 @@ def calibrate_threshold(
         ..., help="known-good frames: image folder/glob, video file, or a camera URI"
     ),
     false_alarm_rate: float = typer.Option(0.001, help="wanted share of good frames flagged NG"),
-    backend: str = typer.Option(
-        "auto", help="the backend the line will run: auto, tensorrt or onnxruntime"
+    backend: str = field_option(
+        BackendRequest,
+        "backend",
+        help="the backend the line will run: auto, tensorrt or onnxruntime",
     ),
-    precision: str = typer.Option("auto", help="auto, int8, fp16 or fp32"),
+    precision: str = field_option(BackendRequest, "precision", help="auto, int8, fp16 or fp32"),
     max_frames: Optional[int] = typer.Option(
         None, help="stop after N frames (needed for live sources)"
     ),

@@ -22,7 +22,7 @@ import torch
 from dmgrd_edge.errors import DmgrdError
 from dmgrd_edge.model.dmgrd import DMGRD, AnomalyOutput
 
-from .options import BatchProfile
+from dmgrd_edge.options import BatchProfile
 from .precision import int8_excluded
 
 OPSET = 17

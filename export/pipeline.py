@@ -32,7 +32,7 @@ from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.errors import ConfigError, GuardError
 
 from .graph_check import require_trt_compatible
-from .options import ExportOptions
+from dmgrd_edge.options import ExportOptions
 
 FP32_ONNX = catalog.by_key("onnx-fp32").name
 FP16_ONNX = catalog.by_key("onnx-fp16").name

@@ -37,8 +37,10 @@ from dmgrd_edge.errors import DmgrdError
 
 from .capture import END, Capture
 from .line_config import CameraConfig, LineConfig, load_line_config
-from .pipeline import EXIT_OK, EXIT_SOURCE_LOST, Pipeline, RunConfig, make_preprocess
-from .select import create_backend, parse_workers
+from .pipeline import EXIT_OK, EXIT_SOURCE_LOST, Pipeline, make_preprocess
+from dmgrd_edge.options import RunConfig
+from .select import create_backend
+from dmgrd_edge.options import parse_workers
 from .sinks import open_sink
 from .sources import open_source, parse_uri
 from .watch import watch_for_run

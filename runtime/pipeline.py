@@ -15,16 +15,14 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from dmgrd_edge import checks
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.data.preprocess import make_preprocess as core_make_preprocess
 from dmgrd_edge.errors import ExitCode
+from dmgrd_edge.options import RunConfig
 
 from .capture import END, Capture
 from .decision import is_ng
@@ -33,22 +31,6 @@ from .postprocess import draw, regions
 from .stats import Stats
 
 EXIT_OK, EXIT_SOURCE_LOST = ExitCode.OK, ExitCode.SOURCE_LOST
-
-
-@dataclass(kw_only=True)
-class RunConfig:
-    threshold: float
-    pixel_threshold: float
-    batch: int = 1
-    max_frames: int | None = None
-    status_every_s: float = 5.0
-    stats_json: Path | None = None
-    extra: dict = field(default_factory=dict)
-    workers: int = 1  # batches in flight
-
-    def __post_init__(self):
-        checks.threshold("threshold", self.threshold)
-        checks.threshold("pixel threshold", self.pixel_threshold)
 
 
 def make_preprocess(bundle: Bundle):

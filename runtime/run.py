@@ -3,27 +3,15 @@ source or sink before the model loads, and closes what it opened when a later st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from dmgrd_edge.bundle import Bundle
+from dmgrd_edge.options import BackendRequest
 
 from .select import Selection, create_backend
 from .sinks import Sink, open_sink
 from .sources import Source, SourceSpec, open_source
 
 DEFAULT_RECORDING_FPS = 25.0  # a recording's rate when the source does not tell its own
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackendRequest:
-    """The backend options of `run` (see runtime/select.py create_backend)."""
-
-    backend: str = "auto"
-    precision: str = "auto"
-    max_batch: int = 1
-    threads: int = 0
-    spin: bool = True
-    workers: int | None = None
 
 
 def open_run(

@@ -109,21 +109,6 @@ def onnx_file_for(bundle: Bundle, precision: str, accelerated: bool, log=print) 
     return files[0], precision
 
 
-def parse_workers(text: str | int | None) -> int | None:
-    """``auto``/None -> None (decided with the backend), else an int >= 1."""
-    if text is None or text == "auto":
-        return None
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1:
-        raise ConfigError(
-            f"bad --workers {text!r}", "give auto or a number of calls in flight >= 1"
-        )
-    return value
-
-
 def auto_workers(accelerated: bool, cores: int | None = None) -> int:
     cores = cores or os.cpu_count() or 1
     return 2 if not accelerated and cores >= 2 else 1

@@ -54,7 +54,7 @@ def trained_ckpt(tmp_path_factory, line_root) -> Path:
 @pytest.fixture(scope="session")
 def fp32_bundle(tmp_path_factory, trained_ckpt) -> Path:
     """A bundle of the tiny checkpoint: model.onnx only, batches 1 to 4 (runtime tests)."""
-    from dmgrd_edge.export.options import BatchProfile, ExportOptions
+    from dmgrd_edge.options import BatchProfile, ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("fp32") / "bundle"

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from dmgrd_edge.calib.quantize import interleave_nodes
 from dmgrd_edge.export.graph_check import GraphCheckError, check_graph, require_trt_compatible
-from dmgrd_edge.export.options import BatchProfile, ExportOptions, parse_size
+from dmgrd_edge.options import BatchProfile, ExportOptions, parse_size
 
 from dmgrd_edge.bundle import BundleError, load_bundle
 from dmgrd_edge.errors import ConfigError

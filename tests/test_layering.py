@@ -100,7 +100,7 @@ def test_the_scan_sees_lazy_and_relative_imports():
     package-import-a-module."""
     found = all_imports(installed_sources())
     assert ("dmgrd_edge.export.pipeline", "dmgrd_edge.calib.guard", True) in found
-    assert ("dmgrd_edge.export.pipeline", "dmgrd_edge.export.options", False) in found
+    assert ("dmgrd_edge.export.pipeline", "dmgrd_edge.export.graph_check", False) in found
     assert ("dmgrd_edge.cli", "dmgrd_edge.train.runners", True) in found
     assert ("dmgrd_edge.train.checkpoint", "dmgrd_edge.model", True) in found
     assert ("dmgrd_edge.runtime.select", "dmgrd_edge.device", True) in found

@@ -24,7 +24,6 @@ STAGES = [
 EXPORT_TORCH_FREE = [
     "dmgrd_edge.export",
     "dmgrd_edge.export.tensorrt_engine",
-    "dmgrd_edge.export.options",
     "dmgrd_edge.export.precision",
     "dmgrd_edge.export.graph_check",
     "dmgrd_edge.export.typed_int8",
@@ -96,6 +95,8 @@ def test_core_is_torch_free():
     names = torch_free_modules()
     assert {
         "dmgrd_edge.cli",
+        "dmgrd_edge.options",
+        "dmgrd_edge.registry",
         "dmgrd_edge.data.synthesis",
         "dmgrd_edge.device",
         "dmgrd_edge.inference",

@@ -196,7 +196,8 @@ def test_prometheus_endpoint_serves_per_camera_figures(videos, fp32_bundle):
     from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.runtime.capture import Capture
     from dmgrd_edge.runtime.metrics_server import CameraView, LineMetrics
-    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.pipeline import Pipeline, make_preprocess
+    from dmgrd_edge.options import RunConfig
     from dmgrd_edge.runtime.select import create_backend
     from dmgrd_edge.runtime.sources import open_source, parse_uri
     from dmgrd_edge.runtime.watch import watch_for_run

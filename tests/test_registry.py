@@ -64,7 +64,7 @@ def _train(*args: str):
 
 
 def test_a_registered_teacher_is_a_valid_choice(tiny_teacher, tmp_path):
-    from dmgrd_edge.workflow.sweep import SweepConfig
+    from dmgrd_edge.options import SweepConfig
 
     refused = _train("--backbone", "not_registered")
     assert isinstance(refused.exception, ConfigError)
@@ -73,7 +73,7 @@ def test_a_registered_teacher_is_a_valid_choice(tiny_teacher, tmp_path):
     taken = _train("--backbone", "tiny_teacher")  # past the check, stopped by the data
     assert isinstance(taken.exception, DataError), taken.output
     assert "dataset root not found" in taken.exception.problem
-    SweepConfig(str(tmp_path), "c", str(tmp_path / "s"), backbones=("tiny_teacher",)).validate()
+    SweepConfig(data=str(tmp_path), category="c", backbones=("tiny_teacher",)).validate()
     listing = CliRunner().invoke(app, ["backbones"])
     assert "tiny_teacher" in listing.output and "channels=(8, 16, 32)" in listing.output
 

@@ -51,7 +51,7 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, trained_ckpt):
-    from dmgrd_edge.export.options import BatchProfile, ExportOptions
+    from dmgrd_edge.options import BatchProfile, ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("rb") / "bundle"
@@ -261,7 +261,8 @@ class FlakyCamera(VideoCaptureSource):
 
 def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     from dmgrd_edge.bundle import load_bundle
-    from dmgrd_edge.runtime.pipeline import EXIT_SOURCE_LOST, Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.pipeline import EXIT_SOURCE_LOST, Pipeline, make_preprocess
+    from dmgrd_edge.options import RunConfig
     from dmgrd_edge.runtime.select import create_backend
 
     path, _ = video
@@ -305,7 +306,8 @@ class RecordingSink:
 
 def _stream(bundle, path, workers, batch=1, max_frames=None):
     from dmgrd_edge.bundle import load_bundle
-    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.pipeline import Pipeline, make_preprocess
+    from dmgrd_edge.options import RunConfig
     from dmgrd_edge.runtime.select import create_backend
 
     loaded = load_bundle(bundle)
@@ -378,7 +380,8 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
 
     from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.runtime.backend import BackendError
-    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.pipeline import Pipeline, make_preprocess
+    from dmgrd_edge.options import RunConfig
 
     class FailingBackend:
         name, precision, calls_from_any_thread = "failing", "fp32", True
@@ -435,7 +438,8 @@ def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
 
 
 def test_workers_option():
-    from dmgrd_edge.runtime.select import auto_workers, parse_workers
+    from dmgrd_edge.runtime.select import auto_workers
+    from dmgrd_edge.options import parse_workers
 
     assert parse_workers("auto") is None and parse_workers(None) is None and parse_workers("3") == 3
     for bad in ("0", "-1", "two"):

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 
 from dmgrd_edge.errors import ConfigError, DataError
-from dmgrd_edge.workflow.sweep import (
-    Paths,
-    SweepConfig,
-    Variant,
-    check_sweep_folder,
-    finished_result,
-    plan,
-    split_list,
-)
+from dmgrd_edge.options import SweepConfig, split_list
+from dmgrd_edge.workflow.sweep import Paths, Variant, check_sweep_folder, finished_result, plan
 
 
 def tiny(data: Path, out: Path, **changes) -> SweepConfig:
-    return SweepConfig(str(data), "washer", str(out), **changes)
+    return SweepConfig(data=str(data), category="washer", out=str(out), **changes)
 
 
 def test_plan_orders_the_matrix_and_leaves_out_pruned_knn(tmp_path):

@@ -5,7 +5,7 @@ and is skipped cleanly without them."""
 import pytest
 
 from dmgrd_edge.device import EngineError, check_engine_matches
-from dmgrd_edge.export.options import BatchProfile
+from dmgrd_edge.options import BatchProfile
 from dmgrd_edge.export.tensorrt_engine import EngineRequest, engine_file_name, onnx_for, slug
 
 
@@ -68,7 +68,7 @@ def trt_and_cuda():
 def test_build_int8_engine_and_register_it(trt_and_cuda, tmp_path, trained_ckpt):
     from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.cli import _build_engines
-    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path / "bundle"

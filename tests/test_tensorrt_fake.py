@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 import onnx
 import pytest
-from dmgrd_edge.export.options import BatchProfile
+from dmgrd_edge.options import BatchProfile
 from dmgrd_edge.export.precision import keep_fp32
 from dmgrd_edge.export.tensorrt_engine import EngineError, EngineRequest, build_engine
 from dmgrd_edge.runtime.backend import Backend, BackendError
@@ -27,7 +27,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_ckpt):
     """fp32, INT8 (TensorRT form) and FP16-typed graphs of the tiny model, batch 1:1:8."""
-    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("trt") / "bundle"
@@ -504,7 +504,7 @@ def test_cli_build_engine_bench_and_report(fake, bundle, tmp_path):
 def test_export_builds_the_engine_inside_the_bundle(trained_ckpt, tmp_path):
     """export_bundle(engine=True) builds the engine itself, in the bundle it stages: the
     committed bundle lists it with its hash; a build that fails leaves no bundle at --out."""
-    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     from dmgrd_edge.bundle import load_bundle

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from dmgrd_edge.export.options import BatchProfile
+from dmgrd_edge.options import BatchProfile
 from dmgrd_edge.export.precision import FP32_IN_FP16, in_fp16_region
 from dmgrd_edge.export.tensorrt_engine import EngineRequest, build_engine
 from dmgrd_edge.export.typed_int8 import typed_int8
@@ -25,7 +25,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_ckpt):
-    from dmgrd_edge.export.options import ExportOptions
+    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("typed") / "bundle"

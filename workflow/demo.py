@@ -38,7 +38,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.errors import DataError, DmgrdError
 
-from .sweep import SweepConfig, Sweep, Variant, _die_with_parent
+from .sweep import Sweep, Variant, _die_with_parent
+from dmgrd_edge.options import SweepConfig
 
 CATEGORY = "washer"
 MARKER = "demo.json"
@@ -257,9 +258,9 @@ class Demo:
     def sweep_config(self, line: Path) -> SweepConfig:
         s = self.size
         return SweepConfig(
-            str(line),
-            CATEGORY,
-            str(self.out / "sweep"),
+            data=str(line),
+            category=CATEGORY,
+            out=str(self.out / "sweep"),
             backbones=("efficientnet_lite0",),
             models=("default",),
             ratios=(0.0, 0.5),

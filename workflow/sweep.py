@@ -38,132 +38,12 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dmgrd_edge import catalog, checks
+from dmgrd_edge import catalog
 from dmgrd_edge.atomic import atomic_write_bytes
-from dmgrd_edge.errors import ConfigError, DataError, DmgrdError, choose
+from dmgrd_edge.errors import ConfigError, DataError, DmgrdError
+from dmgrd_edge.options import SETTING_FIELDS, SWEEP_MODELS, SweepConfig
 
-# model variant -> (model_config_from_options arguments, what it is)
-MODELS: dict[str, tuple[dict[str, Any], str]] = {
-    "default": ({}, "the default model: RD's student, the memory's patch distance in the score"),
-    "knn": ({"method": "knn"}, "the training-free nearest-neighbour baseline (--method knn)"),
-    "no-memory": ({"use_memory": False}, "plain reverse distillation (--no-memory)"),
-    "paper": (
-        {"memory_read": "image", "score_source": "student"},
-        "the paper's memory-guided student (--memory-read image --score-source student)",
-    ),
-}
-PRECISIONS = ("fp32", "int8")
 RESULT_KEYS = ("latency", "backend", "model", "sweep")
-
-# the settings a finished stage was made with; a sweep folder holds one set of them
-SETTING_FIELDS = (
-    "data",
-    "dataset",
-    "category",
-    "image_size",
-    "steps",
-    "batch_size",
-    "lr",
-    "prune_steps",
-    "prune_lr",
-    "memory_size",
-    "seed",
-    "calib_count",
-    "guard_count",
-    "bench_batches",
-    "bench_runs",
-    "bench_warmup",
-    "workers",
-    "device",
-)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    data: str
-    category: str
-    out: str
-    dataset: str = "mvtec"
-    backbones: tuple[str, ...] = ("efficientnet_lite0",)
-    models: tuple[str, ...] = ("default",)
-    ratios: tuple[float, ...] = (0.0,)
-    precisions: tuple[str, ...] = PRECISIONS
-    image_size: int = 256
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 0.005
-    prune_steps: int = 100
-    prune_lr: float = 0.001
-    memory_size: int = 30
-    seed: int = 111
-    calib_count: int = 100
-    guard_count: int = 40
-    bench_batches: tuple[int, ...] = (1, 4, 8)
-    bench_runs: int = 30
-    bench_warmup: int = 5
-    workers: str = "auto"
-    threads: int = 0
-    device: str = "auto"
-    metric: str = "pro_30"
-    max_drop: float = 1.0
-    budget_ms: float | None = None
-
-    def validate(self) -> "SweepConfig":
-        from dmgrd_edge.registry import LAYOUTS, TEACHERS
-        from dmgrd_edge.tradeoff import METRICS
-
-        choose("dataset", self.dataset, LAYOUTS)
-        choose("metric", self.metric, tuple(METRICS))
-        for name, values in (
-            ("--backbones", self.backbones),
-            ("--models", self.models),
-            ("--ratios", self.ratios),
-            ("--precisions", self.precisions),
-            ("--bench-batches", self.bench_batches),
-        ):
-            if not values:
-                raise ConfigError(f"{name} is empty", "give a comma list with at least one value")
-            if len(set(values)) != len(values):
-                raise ConfigError(f"{name} names a value twice: {list(values)}")
-        for backbone in self.backbones:
-            choose("backbone", backbone, TEACHERS)
-        for model in self.models:
-            choose("model variant", model, MODELS)
-        for precision in self.precisions:
-            choose("precision", precision, PRECISIONS)
-        for ratio in self.ratios:
-            checks.number("--ratios", ratio, 0, 1, hi_open=True, note="0: not pruned")
-        for batch in self.bench_batches:
-            checks.integer("--bench-batches", batch, 1, 8, note="the exported batch range is 1-8")
-        checks.integer("--image-size", self.image_size, 32, note="a multiple of 32")
-        if self.image_size % 32:
-            raise ConfigError(
-                f"--image-size must be a multiple of 32, got {self.image_size}", "e.g. 256"
-            )
-        checks.integer("--steps", self.steps, 1)
-        checks.integer("--batch-size", self.batch_size, 2)
-        checks.number("--lr", self.lr, 0, lo_open=True)
-        checks.integer("--prune-steps", self.prune_steps, 1, note="the fine-tune after the cut")
-        checks.number("--prune-lr", self.prune_lr, 0, lo_open=True)
-        checks.integer("--memory-size", self.memory_size, 1)
-        checks.integer("--seed", self.seed, 0)
-        checks.integer("--calib-count", self.calib_count, 1)
-        checks.integer("--guard-count", self.guard_count, 4)
-        checks.integer("--runs", self.bench_runs, 1)
-        checks.integer("--warmup", self.bench_warmup, 0)
-        checks.integer("--threads", self.threads, 0, note=checks.AUTO)
-        checks.number("--max-drop", self.max_drop, 0, note="points of accuracy")
-        checks.number("--budget-ms", self.budget_ms, 0, lo_open=True, optional=True)
-        from dmgrd_edge.runtime.select import parse_workers
-
-        parse_workers(self.workers)
-        return self
-
-    def settings(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in SETTING_FIELDS}
-        values["data"] = str(Path(self.data).resolve())
-        values["bench_batches"] = list(self.bench_batches)
-        return values
 
 
 @dataclass(frozen=True)
@@ -373,7 +253,7 @@ class Sweep:
             backbone=v.backbone,
             image_size=c.image_size,
             memory_size=c.memory_size,
-            **MODELS[v.model][0],
+            **SWEEP_MODELS[v.model][0],
         )
         steps = c.steps
         train = TrainConfig(
@@ -444,7 +324,7 @@ class Sweep:
         return result
 
     def export(self, v: Variant, checkpoint: Path) -> Path:
-        from dmgrd_edge.export.options import ExportOptions
+        from dmgrd_edge.options import ExportOptions
         from dmgrd_edge.export.pipeline import export_bundle
 
         bundle = self.paths.bundle(v)
@@ -606,7 +486,7 @@ class Sweep:
             "id": v.id,
             "backbone": v.backbone,
             "model": v.model,
-            "model_description": MODELS[v.model][1],
+            "model_description": SWEEP_MODELS[v.model][1],
             "ratio": v.ratio,
             "precision": v.precision,
             "label": v.label,
@@ -624,15 +504,6 @@ class Sweep:
         }
         _write_json(self.paths.result(v), result)
         return result
-
-
-def split_list(name: str, text: str, cast: Callable[[str], Any] = str) -> tuple:
-    """'a, b' -> ('a', 'b'), each cast; a clear error naming the option otherwise."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return tuple(cast(t) for t in items)
-    except ValueError:
-        raise ConfigError(f"bad {name} {text!r}", "give a comma list, e.g. 0,0.5") from None
 
 
 def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, Any]:
