@@ -169,6 +169,11 @@ def train(
     fusion: str = typer.Option(
         "msff", help="fusion of the memory-guided features: msff (the paper) or linear (ablation)"
     ),
+    image_score: str = typer.Option(
+        "map",
+        help="the image score: from the anomaly map (map), or from the student's share of a "
+        "combined map alone (student)",
+    ),
     without_loss: list[str] = typer.Option(
         [],
         "--without-loss",
@@ -236,6 +241,7 @@ def train(
         patch_bank_size=patch_bank_size,
         map_scale=map_scale,
         fusion=fusion,
+        image_score=image_score,
     )
     _refuse_memory_options_without_memory(model_cfg, without_loss, fusion)
     jobs = [
@@ -332,15 +338,20 @@ def rescore(
     patch_bank_size: Optional[int] = typer.Option(
         None, help="rows per level of the patch memory, refilled from the training images"
     ),
+    image_score: Optional[str] = typer.Option(
+        None, help="map or student (the student's share of a combined map); default: as trained"
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):
     """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
-    from .config import MAP_SCALES, SCORE_SOURCES
+    from .config import IMAGE_SCORES, MAP_SCALES, SCORE_SOURCES
     from .errors import choose
     from .train.rescore import rescore_checkpoint
 
     choose("score source", score_source, SCORE_SOURCES)
     choose("map scale", map_scale, MAP_SCALES)
+    if image_score is not None:
+        choose("image score", image_score, IMAGE_SCORES)
     checks.integer("--patch-bank-size", patch_bank_size, 16, optional=True)
     summary = rescore_checkpoint(
         checkpoint,
@@ -348,6 +359,7 @@ def rescore(
         score_source,
         map_scale=map_scale,
         patch_bank_size=patch_bank_size,
+        image_score=image_score,
         device=device,
         console=console,
     )
