@@ -912,8 +912,17 @@ def sweep(
     metric: str = typer.Option("pro_30", help="report's accuracy axis: pro_30, i_auroc, p_auroc"),
     max_drop: float = typer.Option(1.0, help="report: fastest variant within this many points"),
     budget_ms: Optional[float] = typer.Option(None, help="report: best variant within X ms"),
+    ray: Optional[str] = typer.Option(
+        None,
+        help="train, prune, evaluate and export each training run as a task on a Ray cluster "
+        "(auto, local or the head's address; the cluster extra); the bench runs here, one "
+        "variant after another; OUT must be a path every node sees",
+    ),
+    ray_cpus: float = typer.Option(1.0, help="CPUs each Ray task holds (its torch threads)"),
+    ray_gpus: float = typer.Option(0.0, help="GPUs each Ray task holds (1: one GPU per run)"),
 ):
     """Train, prune, export, evaluate and bench a matrix of variants, then report (resumable)."""
+    from .train.runners import make_runner
     from .workflow.sweep import SweepConfig, run_sweep, split_list
 
     config = SweepConfig(
@@ -939,7 +948,8 @@ def sweep(
         max_drop=max_drop,
         budget_ms=budget_ms,
     )
-    summary = run_sweep(config, console)
+    runner = make_runner(ray, ray_cpus=ray_cpus, ray_gpus=ray_gpus) if ray else None
+    summary = run_sweep(config, console, runner)
     typer.echo((Path(summary["report"]["md"])).read_text())
     typer.echo(json.dumps(summary, indent=2))
 

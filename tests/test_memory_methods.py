@@ -453,3 +453,16 @@ def test_map_weights_are_measured_in_eval_mode_and_leave_training_state_alone(co
     assert model.training and model.student.training and not model.teacher.training
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # BatchNorm stats unmoved
+
+
+def test_a_bank_larger_than_the_training_patches_keeps_a_unit_distance_scale():
+    torch.manual_seed(0)
+    memory = PatchMemory(64, (8,))
+    train = [torch.randn(2, 8, 4, 4)]  # 32 patches for 64 rows: every patch is a bank row
+    memory.fill(train, seed=0)
+    points = local_average(train[0]).permute(0, 2, 3, 1).reshape(-1, 8)
+    pairwise = torch.cdist(points, points).fill_diagonal_(float("inf"))
+    expected = 1.0 / float(pairwise.min(1).values.mean())
+    assert float(memory.inv_distance0) == pytest.approx(expected, rel=1e-5)
+    distance = memory.read(torch.randn(1, 8, 4, 4), 0, want_nearest=False)[0]
+    assert 0.1 < float(distance.mean()) < 10  # in units of the patches' spacing, not 1e6
