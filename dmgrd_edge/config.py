@@ -152,18 +152,7 @@ class ModelConfig:
                 )
             for width in self.pruned_widths.values():
                 checks.integer("model pruned width", width, 1)
-        choose("method", self.method, METHODS)
-        choose("memory read", self.memory_read, MEMORY_READS)
-        choose("score source", self.score_source, SCORE_SOURCES)
-        choose("map scale", self.map_scale, MAP_SCALES)
-        choose("fusion", self.fusion, FUSIONS)
-        choose("image score", self.image_score, IMAGE_SCORES)
-        if self.image_score == "student" and self.score_source == "memory":
-            raise ConfigError(
-                "the image score cannot come from the student: this model scores with its "
-                "memory only",
-                "use image_score='map' with score_source='memory' (and the kNN baseline)",
-            )
+        self._check_choices()
         levels = self.memory_score_levels
         if not isinstance(levels, (list, tuple)) or not all(isinstance(v, int) for v in levels):
             raise ConfigError(
@@ -192,6 +181,20 @@ class ModelConfig:
                 "use --selection nearest for other sizes",
             )
         PreprocessConfig(height=self.image_size, width=self.image_size)  # validates size
+
+    def _check_choices(self) -> None:
+        choose("method", self.method, METHODS)
+        choose("memory read", self.memory_read, MEMORY_READS)
+        choose("score source", self.score_source, SCORE_SOURCES)
+        choose("map scale", self.map_scale, MAP_SCALES)
+        choose("fusion", self.fusion, FUSIONS)
+        choose("image score", self.image_score, IMAGE_SCORES)
+        if self.image_score == "student" and self.score_source == "memory":
+            raise ConfigError(
+                "the image score cannot come from the student: this model scores with its "
+                "memory only",
+                "use image_score='map' with score_source='memory' (and the kNN baseline)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
