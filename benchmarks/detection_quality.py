@@ -52,8 +52,8 @@ TRAINED = {
     "patch-no-triplet": (PATCH, {"triplet_weight": 0.0}),
 }
 MAIN_RUNS = ("rd", "image", "patch", "knn")
-# (row name, trained run, (score source, map scale, patch bank rows or None) of the rescored
-# checkpoint, or None for the run as trained)
+# (row name, trained run, (score source, map scale, patch bank rows or None[, image score]) of
+# the rescored checkpoint, or None for the run as trained)
 ROWS = [
     ("RD (no memory)", "rd", None),
     ("kNN baseline (training-free)", "knn", None),
@@ -70,6 +70,7 @@ ROWS = [
     ("RD + memory score (std scale)", "rd", ("combined", "std", None)),
     ("RD + memory score, K = 512 patches", "rd", ("combined", "mean", 512)),
     ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192)),
+    ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
 ]
 DEFAULT_ROW = "RD + memory score"
 
@@ -214,6 +215,13 @@ def main() -> None:
         help="train nothing: report the runs already finished in WORK",
     )
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="result JSONs of earlier runs at the same steps whose categories join the table",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/detection_quality.json"
     )
     args = parser.parse_args()
@@ -255,9 +263,10 @@ def main() -> None:
                 continue
             checkpoint, summary = trained[key]
             if rescore is not None:
-                source, scale, bank = rescore
+                source, scale, bank, image_score = (*rescore, None)[:4]
                 suffix = source if scale == "mean" else f"{source}-{scale}"
                 suffix += f"-k{bank}" if bank else ""
+                suffix += f"-{image_score}-score" if image_score else ""
                 target = checkpoint.with_name(f"rescored-{suffix}.pt")
                 if not target.is_file():
                     rescore_checkpoint(
@@ -266,6 +275,7 @@ def main() -> None:
                         source,
                         map_scale=scale,
                         patch_bank_size=bank,
+                        image_score=image_score,
                         device="cpu",
                         console=console,
                     )
@@ -290,6 +300,7 @@ def main() -> None:
         int8[category] = int8_accuracy(
             checkpoint, args.work / f"bundles{args.steps}-default" / category, console
         )
+    results += merged_rows(args.merge, args.steps, {(r["set"], r["category"]) for r in results})
     table = summarise(results)
     print(table)
     payload = {
@@ -305,6 +316,41 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1))
     console.print(f"wrote {args.out}")
+
+
+STUDENT_SCORE_ROW = "RD + memory map, student image score"
+
+
+def merged_rows(paths: list[Path], steps: int, have: set) -> list[dict]:
+    """Rows of earlier result files at ``steps`` for categories this run did not measure.
+
+    A file written before the student image score existed lacks that row; it is derived
+    there from the same run's rows: its image score is the RD student's score times a
+    constant (the same I-AUC as RD) and its map is the default's (the same P-AUC and
+    PRO@0.3). Derived rows say so (``derived``); the runs that measure the row directly
+    check the rule."""
+    rows = []
+    for path in paths:
+        payload = json.loads(path.read_text())
+        found = [r for r in payload["results"] if r["steps"] == steps]
+        found = [r for r in found if (r["set"], r["category"]) not in have]
+        for row in found:
+            rows.append({**row, "merged_from": path.name})
+        for kind, category in dict.fromkeys((r["set"], r["category"]) for r in found):
+            by_name = {r["variant"]: r for r in found if r["category"] == category}
+            if STUDENT_SCORE_ROW in by_name or not {"RD (no memory)", DEFAULT_ROW} <= set(by_name):
+                continue
+            rd, default = by_name["RD (no memory)"], by_name[DEFAULT_ROW]
+            rows.append(
+                {
+                    **default,
+                    "variant": STUDENT_SCORE_ROW,
+                    "i_auroc": rd["i_auroc"],
+                    "derived": "I-AUC of RD, P-AUC and PRO of the default, same run",
+                    "merged_from": path.name,
+                }
+            )
+    return rows
 
 
 def means(results: list[dict]) -> dict:

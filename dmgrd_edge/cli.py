@@ -233,6 +233,12 @@ def train(
         "fusion",
         help="fusion of the memory-guided features: msff (the paper) or linear (ablation)",
     ),
+    image_score: str = field_option(
+        ModelConfig,
+        "image_score",
+        help="the image score: from the anomaly map (map), or from the student's share of a "
+        "combined map alone (student)",
+    ),
     without_loss: list[str] = typer.Option(
         [],
         "--without-loss",
@@ -311,6 +317,7 @@ def train(
         patch_bank_size=patch_bank_size,
         map_scale=map_scale,
         fusion=fusion,
+        image_score=image_score,
     )
     _refuse_memory_options_without_memory(model_cfg, without_loss, fusion)
     jobs = [
@@ -411,15 +418,20 @@ def rescore(
     patch_bank_size: Optional[int] = typer.Option(
         None, help="rows per level of the patch memory, refilled from the training images"
     ),
+    image_score: Optional[str] = typer.Option(
+        None, help="map or student (the student's share of a combined map); default: as trained"
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):
     """Give a trained model another anomaly map (e.g. student + memory) without retraining."""
-    from .config import MAP_SCALES, SCORE_SOURCES
+    from .config import IMAGE_SCORES, MAP_SCALES, SCORE_SOURCES
     from .errors import choose
     from .train.rescore import rescore_checkpoint
 
     choose("score source", score_source, SCORE_SOURCES)
     choose("map scale", map_scale, MAP_SCALES)
+    if image_score is not None:
+        choose("image score", image_score, IMAGE_SCORES)
     checks.integer("--patch-bank-size", patch_bank_size, 16, optional=True)
     summary = rescore_checkpoint(
         checkpoint,
@@ -427,6 +439,7 @@ def rescore(
         score_source,
         map_scale=map_scale,
         patch_bank_size=patch_bank_size,
+        image_score=image_score,
         device=device,
         console=console,
     )
@@ -1019,8 +1032,17 @@ def sweep(
     budget_ms: Optional[float] = field_option(
         SweepConfig, "budget_ms", help="report: best variant within X ms"
     ),
+    ray: Optional[str] = typer.Option(
+        None,
+        help="train, prune, evaluate and export each training run as a task on a Ray cluster "
+        "(auto, local or the head's address; the cluster extra); the bench runs here, one "
+        "variant after another; OUT must be a path every node sees",
+    ),
+    ray_cpus: float = typer.Option(1.0, help="CPUs each Ray task holds (its torch threads)"),
+    ray_gpus: float = typer.Option(0.0, help="GPUs each Ray task holds (1: one GPU per run)"),
 ):
     """Train, prune, export, evaluate and bench a matrix of variants, then report (resumable)."""
+    from .train.runners import make_runner
     from .workflow.sweep import run_sweep
 
     config = SweepConfig(
@@ -1046,7 +1068,8 @@ def sweep(
         max_drop=max_drop,
         budget_ms=budget_ms,
     )
-    summary = run_sweep(config, console)
+    runner = make_runner(ray, ray_cpus=ray_cpus, ray_gpus=ray_gpus) if ray else None
+    summary = run_sweep(config, console, runner)
     typer.echo((Path(summary["report"]["md"])).read_text())
     typer.echo(json.dumps(summary, indent=2))
 

@@ -20,6 +20,8 @@ MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
 MAP_SCALES = ("mean", "p99", "std")
 FUSIONS = ("msff", "linear")
+# what the image score is read from: the anomaly map, or the student's share of it alone
+IMAGE_SCORES = ("map", "student")
 LOSS_TERMS = ("ot", "con", "triplet")  # the memory path's terms besides KD
 # the paper's model: the student guided by one whole bank image, scored by the student alone
 PAPER_MODEL_FIELDS = {
@@ -29,7 +31,7 @@ PAPER_MODEL_FIELDS = {
     "score_source": "student",
 }
 # what a checkpoint written before a field existed meant by it
-LEGACY_MODEL_FIELDS = {**PAPER_MODEL_FIELDS, "map_scale": "mean"}
+LEGACY_MODEL_FIELDS = {**PAPER_MODEL_FIELDS, "map_scale": "mean", "image_score": "map"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class ModelConfig:
     map_scale: str = "mean"
     # how the memory-guided features are fused: MSFF (the paper) or a 1x1 projection (ablation)
     fusion: str = "msff"
+    # the image score: from the anomaly map ("map"), or from the student's share of the map
+    # alone ("student"; the map a region is drawn from stays the combined one)
+    image_score: str = "map"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -147,11 +152,7 @@ class ModelConfig:
                 )
             for width in self.pruned_widths.values():
                 checks.integer("model pruned width", width, 1)
-        choose("method", self.method, METHODS)
-        choose("memory read", self.memory_read, MEMORY_READS)
-        choose("score source", self.score_source, SCORE_SOURCES)
-        choose("map scale", self.map_scale, MAP_SCALES)
-        choose("fusion", self.fusion, FUSIONS)
+        self._check_choices()
         levels = self.memory_score_levels
         if not isinstance(levels, (list, tuple)) or not all(isinstance(v, int) for v in levels):
             raise ConfigError(
@@ -180,6 +181,20 @@ class ModelConfig:
                 "use --selection nearest for other sizes",
             )
         PreprocessConfig(height=self.image_size, width=self.image_size)  # validates size
+
+    def _check_choices(self) -> None:
+        choose("method", self.method, METHODS)
+        choose("memory read", self.memory_read, MEMORY_READS)
+        choose("score source", self.score_source, SCORE_SOURCES)
+        choose("map scale", self.map_scale, MAP_SCALES)
+        choose("fusion", self.fusion, FUSIONS)
+        choose("image score", self.image_score, IMAGE_SCORES)
+        if self.image_score == "student" and self.score_source == "memory":
+            raise ConfigError(
+                "the image score cannot come from the student: this model scores with its "
+                "memory only",
+                "use image_score='map' with score_source='memory' (and the kNN baseline)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,6 +43,7 @@ NOT_FROM_FIELDS = {
     ("train", "map_scale"): "None: the method's default (config.model_config_from_options)",
     ("train", "synthesis"): "KEY=VALUE changes to SynthesisConfig's defaults",
     ("rescore", "patch_bank_size"): "None: keep the checkpoint's patch memory",
+    ("rescore", "image_score"): "None: the checkpoint's image score",
     ("build-engine", "batch"): "None: the bundle's batch profile",
     ("run", "threshold"): "None: the threshold of the bundle's file",
     ("run", "pixel_threshold"): "None: the image threshold",

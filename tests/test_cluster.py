@@ -7,6 +7,7 @@ as the local runner for the same seeds (both on 1 torch thread per job).
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,42 @@ def test_ray_runner_refuses_tasks_no_node_can_hold(local_ray, tmp_path, line_roo
     with pytest.raises(ConfigError, match="no task could ever start"):
         RayRunner(num_cpus=1, num_gpus=1).run([_job(line_root, tmp_path)])
     assert not (tmp_path / "washer").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_ray_matches_the_local_sweep_and_benches_here(tmp_path, line_root, local_ray):
+    """Two training runs (the default and the baseline) as Ray tasks: the same metrics as the
+    local sweep with the same seeds, every result written, and a second start sends nothing."""
+    from dmgrd_edge.workflow.sweep import SweepConfig, run_sweep
+
+    def config(out):
+        return SweepConfig(
+            str(line_root),
+            "washer",
+            str(out),
+            models=("default", "knn"),
+            precisions=("fp32",),
+            image_size=64,
+            steps=2,
+            batch_size=4,
+            calib_count=4,
+            bench_batches=(1,),
+            bench_runs=2,
+            threads=1,
+            device="cpu",
+        )
+
+    local = run_sweep(config(tmp_path / "local"))
+    runner = RayRunner(num_cpus=1)
+    remote = run_sweep(config(tmp_path / "ray"), runner=runner)
+    assert remote["variants"] == local["variants"] and len(remote["variants"]) == 2
+    for name in remote["variants"]:
+        a = json.loads(Path(local["results"][name]).read_text())["sweep"]
+        b = json.loads(Path(remote["results"][name]).read_text())["sweep"]
+        timed = ("ms_per_image",)
+        same = [{k: v for k, v in r["checkpoint_eval"].items() if k not in timed} for r in (a, b)]
+        assert same[0] == same[1]  # same seeds, same metrics
+        assert "export" in b["seconds"] and "bench" in b["seconds"]
+    stamps = {n: Path(p).stat().st_mtime_ns for n, p in remote["results"].items()}
+    again = run_sweep(config(tmp_path / "ray"), runner=runner)
+    assert {n: Path(p).stat().st_mtime_ns for n, p in again["results"].items()} == stamps

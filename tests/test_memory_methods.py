@@ -402,3 +402,67 @@ def test_rescore_refuses_a_bank_size_out_of_range_before_reading(tmp_path):
     )
     assert result.returncode != 0 and "--patch-bank-size" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_student_image_score_keeps_the_map_and_scores_the_students_share(combined_ckpt, tmp_path):
+    from dmgrd_edge.train.checkpoint import load_model
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    out, same_map = tmp_path / "student-score.pt", tmp_path / "map-score.pt"
+    rescore_checkpoint(combined_ckpt, out, "combined", image_score="student", device="cpu")
+    rescore_checkpoint(combined_ckpt, same_map, "combined", device="cpu")
+    combined, _ = load_model(same_map)
+    model, _ = load_model(out)
+    assert model.config.image_score == "student" and combined.config.image_score == "map"
+    torch.manual_seed(3)
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        got, same = model(x), combined(x)
+        teacher = model.teacher(x)
+        share = model.head.blur(
+            model.head.distance_map(teacher, model.decode(model.guide(teacher)))
+            * model.head.map_weights[0]
+        )
+    # the map is the combined one; the score is the top-k mean of the student's share alone
+    assert torch.allclose(got.anomaly_map, same.anomaly_map, atol=1e-5)
+    assert torch.allclose(got.score, share.flatten(1).topk(100, dim=1).values.mean(1), atol=1e-6)
+    assert not torch.allclose(got.score, same.score, atol=1e-4)
+    bundle = tmp_path / "bundle"
+    _export(out, bundle)
+    map_err, score_err = _torch_vs_onnx(out, bundle / "model.onnx")
+    assert map_err < 1e-3 and score_err < 1e-3
+
+
+def test_student_image_score_needs_a_student():
+    with pytest.raises(ConfigError, match="cannot come from the student"):
+        ModelConfig(method="knn", score_source="memory", image_score="student")
+    with pytest.raises(ConfigError, match="unknown image score"):
+        ModelConfig(image_score="max")
+    assert ModelConfig.from_dict({"backbone": "efficientnet_lite0"}).image_score == "map"
+
+
+def test_map_weights_are_measured_in_eval_mode_and_leave_training_state_alone(combined_ckpt):
+    from dmgrd_edge.train.checkpoint import load_model
+
+    model, _ = load_model(combined_ckpt)
+    normal = torch.rand(4, 3, 64, 64) * 2 - 1
+    expected = model.eval().calibrate_map_weights(normal)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    assert model.calibrate_map_weights(normal) == pytest.approx(expected, rel=1e-6)
+    assert model.training and model.student.training and not model.teacher.training
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # BatchNorm stats unmoved
+
+
+def test_a_bank_larger_than_the_training_patches_keeps_a_unit_distance_scale():
+    torch.manual_seed(0)
+    memory = PatchMemory(64, (8,))
+    train = [torch.randn(2, 8, 4, 4)]  # 32 patches for 64 rows: every patch is a bank row
+    memory.fill(train, seed=0)
+    points = local_average(train[0]).permute(0, 2, 3, 1).reshape(-1, 8)
+    pairwise = torch.cdist(points, points).fill_diagonal_(float("inf"))
+    expected = 1.0 / float(pairwise.min(1).values.mean())
+    assert float(memory.inv_distance0) == pytest.approx(expected, rel=1e-5)
+    distance = memory.read(torch.randn(1, 8, 4, 4), 0, want_nearest=False)[0]
+    assert 0.1 < float(distance.mean()) < 10  # in units of the patches' spacing, not 1e6

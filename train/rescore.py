@@ -66,6 +66,7 @@ def rescore_checkpoint(
     memory_score_levels: tuple[int, ...] | None = None,
     map_scale: str | None = None,
     patch_bank_size: int | None = None,
+    image_score: str | None = None,
     device: str = "auto",
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -83,6 +84,8 @@ def rescore_checkpoint(
         changes["map_scale"] = map_scale
     if patch_bank_size is not None:
         changes["patch_bank_size"] = patch_bank_size
+    if image_score is not None:
+        changes["image_score"] = image_score
     dev = pick_device(device)
     model = _rebuilt_model(checkpoint, payload, changes, dev)
     config = model.config

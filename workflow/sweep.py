@@ -424,7 +424,9 @@ class Sweep:
         )
         self.started = True
 
-    def run(self) -> dict[str, Any]:
+    def run(self, runner: Any = None) -> dict[str, Any]:
+        """The whole matrix; with a ``runner`` (train/runners.py) the stages before the bench
+        run as its tasks first (``prepare_on``)."""
         self.start()
         c, paths = self.config, self.paths
         for line in self.skipped:
@@ -448,6 +450,8 @@ class Sweep:
             console=self.console,
         )
         started = time.perf_counter()
+        if runner is not None:
+            self.prepare_on(runner, [v for v in self.variants if v.id not in finished])
         with progress:
             task = progress.add_task("", total=total, completed=len(finished))
             for number, v in enumerate(self.variants, 1):
@@ -473,13 +477,37 @@ class Sweep:
             "budget": {d: (p.name if p else None) for d, p in report["budget"].items()},
         }
 
-    def variant(self, v: Variant) -> dict:
-        """Train (or reuse), prune, evaluate, export and bench one variant; its result JSON
-        is written last, atomically."""
+    def prepare(self, v: Variant) -> tuple[Path, dict, Path]:
+        """Train (or reuse), prune, evaluate and export one variant: (checkpoint, evaluation,
+        bundle). Every stage returns at once when its output is there."""
         trained = self.train(v)
         checkpoint = self.prune(v, trained) if v.ratio else trained
         evaluation = self.evaluate(v, checkpoint)
-        bundle = self.export(v, checkpoint)
+        return checkpoint, evaluation, self.export(v, checkpoint)
+
+    def prepare_on(self, runner: Any, todo: list[Variant]) -> None:
+        """Train, prune, evaluate and export ``todo`` as tasks of ``runner``: one task per
+        training run (its pruned forms and precisions reuse it), so tasks never share a
+        folder. The bench then runs here, one variant after another, so that no two latency
+        measurements share this machine's CPU with each other or with a training."""
+        from dmgrd_edge.train.runners import Task
+
+        groups: dict[str, list[str]] = {}
+        for v in todo:
+            groups.setdefault(v.run, []).append(v.id)
+        if not groups:
+            return
+        self.say(f"{len(groups)} training runs as tasks of {type(runner).__name__}")
+        tasks = [
+            Task(f"sweep {run}", prepare_group, (self.config, ids)) for run, ids in groups.items()
+        ]
+        for seconds in runner.run_tasks(tasks, self.console):
+            for key, stages in seconds.items():
+                self.seconds.setdefault(key, {}).update(stages)
+
+    def variant(self, v: Variant) -> dict:
+        """Prepare and bench one variant; its result JSON is written last, atomically."""
+        checkpoint, evaluation, bundle = self.prepare(v)
         result = self.bench(v)
         summary = read_json(checkpoint.parent / "train_summary.json") or {}
         result["sweep"] = {
@@ -506,5 +534,18 @@ class Sweep:
         return result
 
 
-def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, Any]:
-    return Sweep(config, console).run()
+def prepare_group(config: SweepConfig, ids: list[str]) -> dict[str, dict[str, float]]:
+    """A runner's task (module level, so a Ray worker imports it by name): every stage
+    before the bench for the variants ``ids`` of one training run; the seconds per stage."""
+    sweep = Sweep(config)
+    sweep.started = True  # the submitting process checked the folder and wrote sweep.json
+    by_id = {v.id: v for v in sweep.variants}
+    for variant_id in ids:
+        sweep.prepare(by_id[variant_id])
+    return sweep.seconds
+
+
+def run_sweep(
+    config: SweepConfig, console: Console | None = None, runner: Any = None
+) -> dict[str, Any]:
+    return Sweep(config, console).run(runner)

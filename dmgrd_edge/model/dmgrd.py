@@ -73,6 +73,7 @@ class DMGRD(nn.Module):
             config.score_mode,
             config.score_topk,
             combined=config.score_source == "combined",
+            score_from_student=config.image_score == "student",
         )
         if config.pruned_widths:
             apply_widths(self, config.pruned_widths)
@@ -160,11 +161,18 @@ class DMGRD(nn.Module):
         two statistics."""
         if self.config.score_source != "combined":
             return None
-        teacher = self.teacher(normal)
-        maps = (
-            self.head.distance_map(teacher, self.decode(self.guide(teacher))),
-            self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size),
-        )
+        # the maps as deployed: BatchNorm on its running statistics (train mode would both
+        # measure other maps and move those statistics during a training run's validation)
+        was_training = self.training
+        self.eval()
+        try:
+            teacher = self.teacher(normal)
+            maps = (
+                self.head.distance_map(teacher, self.decode(self.guide(teacher))),
+                self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size),
+            )
+        finally:
+            self.train(was_training)
         scale = self.config.map_scale
         if scale == "mean":
             stats = [float(m.mean()) for m in maps]

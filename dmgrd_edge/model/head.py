@@ -32,9 +32,17 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 class AnomalyMapHead(nn.Module):
     def __init__(
-        self, image_size: int, sigma: float, score_mode: str, topk: int, combined: bool = False
+        self,
+        image_size: int,
+        sigma: float,
+        score_mode: str,
+        topk: int,
+        combined: bool = False,
+        score_from_student: bool = False,
     ):
         super().__init__()
+        # combined maps only: the image score reads the student's weighted share of the map
+        self.score_from_student = combined and score_from_student
         if combined:  # weights of the student's and the memory's maps (set on validation normals)
             self.register_buffer("map_weights", torch.full((2,), 0.5))
         self.image_size = image_size
@@ -87,9 +95,10 @@ class AnomalyMapHead(nn.Module):
                 self.distance_map(teacher, student) * self.map_weights[0]
                 + memory_map * self.map_weights[1]
             )
-        if self.sigma > 0:
-            total = self._blur_raw(total) * self.inv_norm
-        return total
+        return self.blur(total)
+
+    def blur(self, total: torch.Tensor) -> torch.Tensor:
+        return self._blur_raw(total) * self.inv_norm if self.sigma > 0 else total
 
     def forward(
         self,
@@ -98,6 +107,12 @@ class AnomalyMapHead(nn.Module):
         memory_map: torch.Tensor | None = None,
     ):
         """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
+        if self.score_from_student and student is not None and memory_map is not None:
+            # the blur is linear: blurring each weighted share and adding them gives the
+            # combined map (up to rounding), and the student's share gives the score
+            student_share = self.blur(self.distance_map(teacher, student) * self.map_weights[0])
+            anomaly_map = student_share + self.blur(memory_map * self.map_weights[1])
+            return anomaly_map, self.score(student_share)
         anomaly_map = self.anomaly_map(teacher, student, memory_map)
         return anomaly_map, self.score(anomaly_map)
 

@@ -86,9 +86,15 @@ class PatchMemory(nn.Module):
             self.bank(level).copy_(chosen)
             getattr(self, f"sqnorm{level}").copy_(chosen.pow(2).sum(1))
             getattr(self, f"inv_rms{level}").fill_(float(chosen.pow(2).mean().rsqrt()))
-            distance = torch.cat(
-                [self._distance(part[None], level)[0].flatten() for part in points.split(8192)]
-            )
+            if points.shape[0] <= self.size:
+                # every training patch is a bank row, at distance 0 from it: the unit is the
+                # distance from each patch to its nearest other one instead
+                pairwise = torch.cdist(points, points)
+                distance = pairwise.fill_diagonal_(float("inf")).min(1).values
+            else:
+                distance = torch.cat(
+                    [self._distance(part[None], level)[0].flatten() for part in points.split(8192)]
+                )
             getattr(self, f"inv_distance{level}").fill_(1.0 / max(float(distance.mean()), 1e-6))
 
     def _distance(self, query: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
