@@ -149,6 +149,9 @@ class LiveCamera:
         self.where = where  # () -> (bundle folder, model file) the camera runs now
         self.scores: collections.deque = collections.deque(maxlen=config.window)
         self.ng: collections.deque = collections.deque(maxlen=config.ng_frames)
+        # the NG frames a status listed, kept until twice as many newer ones were listed, so
+        # an image named in a status can be fetched after more NG frames came
+        self.listed: collections.OrderedDict = collections.OrderedDict()
         self.period = 1.0 / config.max_fps
         self.watchers = 0  # open streams that show this camera (changed in the server's loop)
         self.latest: Snapshot | None = None
@@ -175,7 +178,13 @@ class LiveCamera:
             snap.version = self.version
             self.latest = snap
 
+    def ng_frame(self, frame: int) -> Snapshot | None:
+        """An NG frame still kept or listed lately (called in the server's loop)."""
+        snap = self.listed.get(frame)
+        return snap or next((s for s in list(self.ng) if s.frame == frame), None)
+
     def status(self, scores: bool = False) -> dict:
+        """The camera's figures (called in the server's loop)."""
         stats, counters = self.pipeline.stats, self.capture.counters
         latency = {}
         for stage in ("end_to_end", "inference"):
@@ -184,6 +193,12 @@ class LiveCamera:
                 p50, p99 = sketch.quantiles((0.5, 0.99))
                 latency[stage] = {"p50": p50, "p99": p99}
         bundle, file = self.where()
+        last_ng = list(reversed(list(self.ng)))
+        for snap in reversed(last_ng):
+            self.listed[snap.frame] = snap
+            self.listed.move_to_end(snap.frame)
+        while len(self.listed) > 2 * (self.ng.maxlen or 1):
+            self.listed.popitem(last=False)
         out = {
             "camera": self.name,
             "source": self.source,
@@ -204,7 +219,7 @@ class LiveCamera:
                     "time": s.time,
                     "url": f"/api/cameras/{self.name}/ng/{s.frame}.jpg",
                 }
-                for s in reversed(list(self.ng))
+                for s in last_ng
             ],  # fmt: skip
         }
         if scores:

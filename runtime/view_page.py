@@ -200,7 +200,7 @@ def page_html() -> str:
     card = CARD.replace("{blank}", BLANK)
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<title>dmgrd-edge live view</title>"
+        "<title>dmgrd-edge live view</title><link rel='icon' href='data:,'>"
         f"<style>{STYLE}</style></head><body>"
         "<h1>dmgrd-edge live view</h1><p id='conn'>connecting</p><div id='cameras'></div>"
         "<h2>Changeovers</h2><table id='changeovers'><thead><tr><th>time</th><th>camera</th>"

@@ -107,7 +107,7 @@ class _Routes:
     async def ng_frame(self, request) -> web.Response:
         camera = self._camera(request)
         wanted = request.match_info["frame"]
-        snap = next((s for s in list(camera.ng) if str(s.frame) == wanted), None)
+        snap = camera.ng_frame(int(wanted)) if wanted.isdigit() else None
         if snap is None:
             return _error(404, f"frame {wanted} is not among the last NG frames kept", None)
         loop = asyncio.get_running_loop()
