@@ -731,6 +731,18 @@ def run(
     metrics: Optional[str] = typer.Option(
         None, help="serve Prometheus metrics on [HOST:]PORT (127.0.0.1 unless a host is given)"
     ),
+    view: Optional[str] = typer.Option(
+        None,
+        help="serve the live view and control interface on [HOST:]PORT (127.0.0.1 unless a "
+        "host is given; needs the line extra)",
+    ),
+    view_token: Optional[str] = typer.Option(
+        None,
+        envvar="DMGRD_VIEW_TOKEN",
+        show_envvar=False,
+        help="token every request to the view must carry (or DMGRD_VIEW_TOKEN); with --config: "
+        "for a [view] table without one",
+    ),
     ng_warn_rate: float = typer.Option(
         0.5, help="warn when more than this share of the first frames is NG (1: never)"
     ),
@@ -742,7 +754,7 @@ def run(
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
     if config is not None:
-        _run_line(locals(), config, stats_json, max_frames)
+        _run_line(locals(), config, stats_json, max_frames, view_token)
         return
     if bundle is None or source is None:
         raise ConfigError(
@@ -759,6 +771,7 @@ def run(
     loaded = load_bundle(bundle)
     checks.batch_for_bundle("--batch", batch, loaded.manifest)
     served = _serve_metrics(metrics)
+    viewer = _serve_view(view, view_token, served)
     # a wrong source or sink is reported before the model loads
     request = BackendRequest(
         backend=backend,
@@ -793,19 +806,25 @@ def run(
         drift_window=drift_window, drift_psi=drift_psi,
     )  # fmt: skip
     pipeline.monitors.append(watch)
-    code = _stream(pipeline, capture, watch, chosen, served, camera)
+    overrides = (threshold, pixel_threshold)
+    _show_in_view(viewer, pipeline, capture, bundle, chosen.file, source, camera, overrides)
+    code = _stream(pipeline, capture, watch, chosen, served, camera, viewer)
     if code:
         raise SystemExit(code)
 
 
-def _run_line(given: dict, config: Path, stats_json: Optional[Path], max_frames) -> None:
+def _run_line(
+    given: dict, config: Path, stats_json: Optional[Path], max_frames, view_token
+) -> None:
     """`run --config`: the cameras and bundles of a line configuration in one process; a
     single-source option given with it is refused first."""
     from .runtime.line_config import refuse_with_config
     from .runtime.multicam import run_line
 
     refuse_with_config(given, run)
-    code = run_line(config, log=say, stats_json=stats_json, max_frames=max_frames)
+    code = run_line(
+        config, log=say, stats_json=stats_json, max_frames=max_frames, view_token=view_token
+    )
     if code:
         raise SystemExit(code)
 
@@ -845,6 +864,39 @@ def _serve_metrics(metrics: Optional[str]):
     return LineMetrics(metrics, log=say).start()
 
 
+def _serve_view(view: Optional[str], token: Optional[str], served):
+    """The live view, listening (None without --view); its control and camera are given
+    once the pipeline exists. A port that is taken is reported before anything opens."""
+    if view is None:
+        if token is not None:
+            raise ConfigError("--view-token without --view", "add --view [HOST:]PORT")
+        return None
+    from .runtime.view import LiveView, ViewConfig
+
+    try:
+        return LiveView(ViewConfig(listen=view, token=token), None, log=say).start()
+    except BaseException:
+        if served is not None:
+            served.close()
+        raise
+
+
+def _show_in_view(viewer, pipeline, capture, bundle, file: str, source: str, camera, overrides):
+    """The single source's camera in the view, with its control interface: thresholds are
+    written into the bundle and applied to the pipeline (no bundle changeover here)."""
+    if viewer is None:
+        return
+    from .runtime.changeover import PipelineControl
+
+    control = PipelineControl(
+        pipeline, bundle, file, source, camera,
+        override=overrides[0] is not None, pixel_override=overrides[1] is not None, log=say,
+    )  # fmt: skip
+    viewer.control = control
+    pipeline.monitors.append(control)
+    viewer.watch(camera, pipeline, capture, source, lambda: (Path(bundle), file))
+
+
 def _single_pipeline(loaded, chosen, source_handle, sinks, run_config, queue_size, max_retries):
     """The capture of the source and the pipeline from it through the backend to the sinks."""
     from .runtime.capture import Capture
@@ -856,8 +908,9 @@ def _single_pipeline(loaded, chosen, source_handle, sinks, run_config, queue_siz
     return pipeline, capture
 
 
-def _stream(pipeline, capture, watch, chosen, served, camera: str) -> int:
-    """The run's exit code; the backend and the metrics endpoint are closed however it ends."""
+def _stream(pipeline, capture, watch, chosen, served, camera: str, viewer=None) -> int:
+    """The run's exit code; the backend, the metrics endpoint and the view are closed however
+    it ends."""
     if served is not None:
         from .runtime.metrics_server import CameraView
 
@@ -865,6 +918,8 @@ def _stream(pipeline, capture, watch, chosen, served, camera: str) -> int:
     try:
         return pipeline.run(capture)
     finally:
+        if viewer is not None:
+            viewer.close()
         chosen.close()  # TensorRT: buffers, context and engine freed before the CUDA context goes
         if served is not None:
             served.close()

@@ -12,6 +12,12 @@ metrics = "127.0.0.1:9108"   # Prometheus endpoint (off when absent)
 status_every_s = 5.0
 watch_config = false         # true: a change of this file is a changeover (as SIGHUP)
 
+[view]                       # optional: the live view and control interface (runtime/view.py)
+listen = "127.0.0.1:8090"    # HOST:PORT (127.0.0.1 unless a host is given)
+token = "a-long-secret"      # optional: every request must carry it
+# optional: max_fps (stream frames per second and camera, 5), window (recent scores per
+# camera for the threshold slider, 500), ng_frames (last NG frames kept per camera, 8)
+
 [[camera]]
 name = "left"                # unique; in messages, metrics and warnings
 source = "rtsp://cam-left/stream"
@@ -35,6 +41,8 @@ from pathlib import Path
 
 from dmgrd_edge import checks
 from dmgrd_edge.errors import ConfigError
+
+from .view import ViewConfig, check_view_value
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,12 @@ class LineConfig:
     metrics: str | None = None
     status_every_s: float = 5.0
     watch_config: bool = False
+    view: ViewConfig | None = None
     extra: dict = field(default_factory=dict)
 
 
-_LINE_KEYS = {f.name for f in fields(LineConfig)} - {"path", "cameras", "extra"}
+_LINE_KEYS = {f.name for f in fields(LineConfig)} - {"path", "cameras", "extra", "view"}
+_VIEW_KEYS = {f.name for f in fields(ViewConfig)}
 _CAMERA_KEYS = {f.name for f in fields(CameraConfig)}
 _REQUIRED = ("name", "source", "bundle")
 
@@ -101,10 +111,13 @@ def _check_number(path, key, value, check):
 def load_line_config(path: Path) -> LineConfig:
     path = Path(path)
     data = _read_toml(path)
-    unknown = sorted(set(data) - {"line", "camera"})
+    unknown = sorted(set(data) - {"line", "camera", "view"})
     if unknown:
         raise _refuse(
-            path, unknown[0], "unknown table", "the file has a [line] table and [[camera]] tables"
+            path,
+            unknown[0],
+            "unknown table",
+            "the file has a [line] table, [[camera]] tables and a [view] table",
         )
     line = data.get("line", {})
     _typed(path, "line", line, (dict,), "a table ([line])")
@@ -131,6 +144,8 @@ def load_line_config(path: Path) -> LineConfig:
                 path, f"camera[{i}].name", f"{parsed[-1].name!r} is used twice", "give unique names"
             )
         names.add(parsed[-1].name)
+    if "view" in data:
+        options["view"] = _view(path, data["view"])
     return LineConfig(path, tuple(parsed), **options)
 
 
@@ -174,6 +189,32 @@ def _line_options(path: Path, line: dict) -> dict:
             )
         )
     return options
+
+
+def _view(path: Path, table) -> ViewConfig:
+    """The [view] table, checked key by key."""
+    _typed(path, "view", table, (dict,), "a table ([view])")
+    for key in table:
+        if key not in _VIEW_KEYS:
+            raise _refuse(
+                path, f"view.{key}", "unknown key", f"known: {', '.join(sorted(_VIEW_KEYS))}"
+            )
+    if "listen" not in table:
+        raise _refuse(path, "view.listen", "missing", 'give HOST:PORT, e.g. "127.0.0.1:8090"')
+    values = {}
+    for key in ("listen", "token"):
+        if key in table:
+            values[key] = _typed(path, f"view.{key}", table[key], (str,), "a string")
+    for key, kinds, what in (
+        ("max_fps", (int, float), "a number"),
+        ("window", (int,), "a whole number"),
+        ("ng_frames", (int,), "a whole number"),
+    ):
+        if key in table:
+            values[key] = _typed(path, f"view.{key}", table[key], kinds, what)
+    for key, value in values.items():
+        _check_number(path, f"view.{key}", value, lambda v, k=key: check_view_value(k, v))
+    return ViewConfig(**values)
 
 
 def _camera(path: Path, i: int, table) -> CameraConfig:
@@ -227,7 +268,7 @@ def _camera(path: Path, i: int, table) -> CameraConfig:
 
 
 # options of `run` that go with --config (the rest is set per camera in the file)
-WITH_CONFIG = {"config", "stats_json", "max_frames", "headless"}
+WITH_CONFIG = {"config", "stats_json", "max_frames", "headless", "view_token"}
 
 
 def refuse_with_config(given: dict, command) -> None:

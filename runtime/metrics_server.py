@@ -38,7 +38,9 @@ class CameraView:
     watch: object | None = None
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(
+    text: str, what: str = "metrics", example: str = "127.0.0.1:9108"
+) -> tuple[str, int]:
     """``PORT``, ``:PORT`` or ``HOST:PORT`` -> (host, port); the host defaults to 127.0.0.1."""
     host, sep, port = str(text).rpartition(":")
     if not sep:
@@ -49,8 +51,8 @@ def parse_address(text: str) -> tuple[str, int]:
         number = -1
     if not 0 <= number <= 65535:
         raise ConfigError(
-            f"bad metrics address {text!r}",
-            "give HOST:PORT or PORT, e.g. 127.0.0.1:9108 (0 picks a free port)",
+            f"bad {what} address {text!r}",
+            f"give HOST:PORT or PORT, e.g. {example} (0 picks a free port)",
         )
     return host or "127.0.0.1", number
 

@@ -20,20 +20,23 @@ SIGHUP (or a change of the file with ``watch_config = true``) is a product chang
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from dmgrd_edge.atomic import atomic_write_bytes, check_target
 from dmgrd_edge.bundle import load_bundle
-from dmgrd_edge.errors import DmgrdError
+from dmgrd_edge.errors import ConfigError, DmgrdError
 
 from .capture import END, Capture
 from .line_config import CameraConfig, LineConfig, load_line_config
@@ -97,6 +100,11 @@ class CameraRun:
 
     def room(self) -> int:
         return 1 << 30 if self.max_frames is None else self.max_frames - self.taken
+
+    def where(self) -> tuple[Path, str]:
+        """The bundle folder and model file the camera runs now."""
+        group = self.group
+        return group.root, group.file
 
 
 @dataclass
@@ -172,7 +180,11 @@ class Line:
         self.errors: list[BaseException] = []  # a backend call that failed
         self.retired: list[BundleGroup] = []  # bundles no camera uses any more
         self.reload_requested = threading.Event()
+        self.wake = threading.Event()  # the run loop: a reload or a request is waiting
+        self._requests: queue.Queue = queue.Queue()  # (function, future) for the run loop
+        self._running = False
         self.changeovers: list[dict] = []
+        self.view = None  # the live view (runtime/view.py), when configured
         self._bundles = 1
         try:
             self._config_stamp = config.path.stat().st_mtime_ns
@@ -197,6 +209,11 @@ class Line:
             from .metrics_server import LineMetrics
 
             self.metrics = LineMetrics(cfg.metrics, log=self.log).start()
+        if cfg.view is not None:
+            from .changeover import LineControl
+            from .view import LiveView
+
+            self.view = LiveView(cfg.view, LineControl(self), log=self.log).start()
         self._bundles = len(roots)
         for root, cams in roots.items():
             group = self._group(root, cams[0])
@@ -279,6 +296,8 @@ class Line:
             from .metrics_server import CameraView
 
             self.metrics.add(CameraView(cam.name, pipeline, capture, watch))
+        if self.view is not None:
+            self.view.watch(cam.name, pipeline, capture, cam.source, lambda r=run: r.where())
 
     def _open_source_and_sinks(self, cam: CameraConfig, loaded, say):
         """The camera's source spec, its source (frames at the model's input size) and its
@@ -314,6 +333,8 @@ class Line:
                 pass
         if self.metrics is not None:
             self.metrics.close()
+        if self.view is not None:
+            self.view.close()
 
     # -- run -------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -321,7 +342,53 @@ class Line:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
             if hasattr(signal, "SIGHUP"):  # reload the configuration (product changeover)
-                signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+                signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+        self.wake.set()
+
+    def call(self, function, timeout: float = 120.0):
+        """``function()`` run in the run loop's thread, where every changeover is made one at
+        a time (reloads and requests on the control interface alike); its result, or the
+        exception it raised."""
+        from .changeover import ChangeoverRefused
+
+        future: Future = Future()
+        if not self._running:
+            raise ChangeoverRefused(
+                "the line is not running (starting or stopped)", "ask again while it runs"
+            )
+        self._requests.put((function, future))
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except FutureTimeout:
+                if not self._running:  # stopped after the request was queued
+                    self._serve_requests(_stopped())
+                elif time.monotonic() > deadline:
+                    raise ChangeoverRefused(
+                        f"the line did not answer within {timeout:.0f} s", "ask again"
+                    ) from None
+
+    def _serve_requests(self, error: BaseException | None = None) -> None:
+        """Runs the waiting requests (or fails them with ``error`` once the line stops)."""
+        while True:
+            try:
+                function, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            if error is not None:
+                future.set_exception(error)
+                continue
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                future.set_exception(exc)
 
     def _all_groups(self) -> list[BundleGroup]:
         return [*self.groups.values(), *self.retired]
@@ -332,15 +399,18 @@ class Line:
             cam.capture.start()
         for group in list(self.groups.values()):
             group.threads = self._start_group(group)
+        self._running = True
         try:
             while any(g.alive for g in self._all_groups()):
-                for group in self._all_groups():
-                    for t in group.threads:
-                        t.join(timeout=0.2)
+                self.wake.wait(timeout=0.2)
+                self.wake.clear()
                 if self.reload_requested.is_set() or self._config_changed():
                     self.reload_requested.clear()
                     self.reload()
+                self._serve_requests()
         finally:
+            self._running = False
+            self._serve_requests(_stopped())
             if any(g.alive for g in self._all_groups()):  # interrupted: stop the threads
                 self.stop_event.set()
                 for group in self._all_groups():
@@ -360,6 +430,8 @@ class Line:
                 raise self.errors[0]
             return self._finish()
         finally:
+            if self.view is not None:
+                self.view.close()
             for group in self._all_groups():
                 group.backend.close()
             if self.metrics is not None:
@@ -388,18 +460,27 @@ class Line:
 
         apply_reload(self)
 
-    def switch(self, cam: CameraRun, group: BundleGroup) -> None:
+    def switch(self, cam: CameraRun, group: BundleGroup, thresholds=None) -> dict:
         """Moves a camera to another bundle's backend. The old one takes no more of its
         frames; those already in its backend calls are decided by it, and only then does the
         new one take the camera's frames (queued frames preprocessed again for it), so the
-        camera's frames stay in order and none after the switch meets the old model."""
+        camera's frames stay in order and none after the switch meets the old model.
+        ``thresholds`` (image, pixel) are set between the two, so the old model's frames are
+        decided by its thresholds and the new one's by the new. Returns when the old one
+        stopped taking frames, how many were in its calls then, and the wait for them."""
         old = cam.group
         with old.ready:
             old.cameras.remove(cam)
             old.ready.notify_all()  # an old group left without cameras ends its threads
+            in_flight = cam.taken - cam.dispatched
+        switched_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        started = time.perf_counter()
         deadline = time.monotonic() + 60
         while cam.dispatched < cam.taken and time.monotonic() < deadline:
             time.sleep(0.002)  # the old calls in flight: at most ``workers`` of them
+        waited_ms = 1000 * (time.perf_counter() - started)
+        if thresholds is not None:
+            cam.pipeline.config.threshold, cam.pipeline.config.pixel_threshold = thresholds
         with group.ready:
             group.cameras.append(cam)
             cam.group = group
@@ -412,6 +493,7 @@ class Line:
             if self.groups.get(old.root) is old:
                 del self.groups[old.root]
             self.retired.append(old)
+        return {"switched_at": switched_at, "in_flight": in_flight, "waited_ms": waited_ms}
 
     def _start_group(self, group: BundleGroup) -> list[threading.Thread]:
         return _GroupThreads(self, group).start()
@@ -536,6 +618,31 @@ class _GroupThreads:
             self.line._dispatch(self.group, *result)
 
 
+def _with_view_token(config: LineConfig, token: str | None, log) -> LineConfig:
+    if token is None:
+        return config
+    if config.view is None:
+        raise ConfigError(
+            f"a view token was given (--view-token or DMGRD_VIEW_TOKEN) but {config.path} has "
+            "no [view] table",
+            'add [view] with listen = "127.0.0.1:8090", or unset the token',
+        )
+    if config.view.token is not None:
+        raise ConfigError(
+            f"the view's token is given twice: in {config.path} ([view] token) and by "
+            "--view-token or DMGRD_VIEW_TOKEN",
+            "keep one of them",
+        )
+    log("live view: the token from --view-token / DMGRD_VIEW_TOKEN")
+    return replace(config, view=replace(config.view, token=token))
+
+
+def _stopped() -> BaseException:
+    from .changeover import ChangeoverRefused
+
+    return ChangeoverRefused("the line stopped before the request was made", None)
+
+
 def _tensor(frame, group: BundleGroup):
     """The frame's input for ``group``: made again when another bundle's preprocess made it."""
     tagged = frame.tensor
@@ -559,11 +666,17 @@ def _named(cam: CameraConfig, key: str, make):
 
 
 def run_line(
-    path: Path, log=print, stats_json: Path | None = None, max_frames: int | None = None
+    path: Path,
+    log=print,
+    stats_json: Path | None = None,
+    max_frames: int | None = None,
+    view_token: str | None = None,
 ) -> int:
+    """``view_token`` (``--view-token``, ``DMGRD_VIEW_TOKEN``): the token of a [view] table
+    that has none."""
     if stats_json is not None:
         check_target(stats_json)
-    config = load_line_config(path)
+    config = _with_view_token(load_line_config(path), view_token, log)
     line = Line(config, log=log, max_frames=max_frames).open()
     line.install_signal_handlers()
     code = line.run()

@@ -53,6 +53,9 @@ class Pipeline:
         self.needs_overlay = any(getattr(s, "needs_overlay", False) for s in sinks)
         # watches fed with every decided frame (runtime/watch.py): ``decided(score, ng)``
         self.monitors: list = []
+        # the live view's camera (runtime/view.py), when one is configured: it gets the frame
+        # and its map too
+        self.view = None
 
     def install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -113,6 +116,8 @@ class Pipeline:
             self.stats.frame_done(ng)
             for monitor in self.monitors:
                 monitor.decided(float(score), ng)
+            if self.view is not None:
+                self.view.decided(frame, amap, float(score), ng, event)
 
     def _infer(self, frames: list) -> tuple[list, np.ndarray, np.ndarray, float]:
         batch = frames[0].tensor[None] if len(frames) == 1 else np.stack([f.tensor for f in frames])

@@ -13,6 +13,7 @@ import datetime as dt
 
 import numpy as np
 
+from dmgrd_edge import checks
 from dmgrd_edge.bundle import Bundle, add_files
 from dmgrd_edge.errors import ConfigError, DataError
 
@@ -103,11 +104,47 @@ def calibrate(
         "deciles": [float(v) for v in np.quantile(scores, DECILES)],
         "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    entry = dict(bundle.manifest["files"][file_name])
-    entry.update(
-        threshold=threshold,
-        threshold_calibration=summary,
-        threshold_rule=f"at most {allowed} of {scores.size} good frames score above it "
-        f"(false-alarm rate {false_alarm_rate:g}; NG: score > threshold)",
+    rule = (
+        f"at most {allowed} of {scores.size} good frames score above it "
+        f"(false-alarm rate {false_alarm_rate:g}; NG: score > threshold)"
     )
-    return add_files(bundle, {file_name: entry}), summary
+    return write_threshold(bundle, file_name, threshold, summary, rule), summary
+
+
+def write_threshold(
+    bundle: Bundle, file_name: str, threshold: float, record: dict, rule: str
+) -> Bundle:
+    """Stores ``threshold`` for the model file ``file_name`` in the bundle's manifest (written
+    atomically), with the record of how it was set and the rule it follows: the one writer of
+    a threshold after export (``calibrate-threshold`` and the live view)."""
+    checks.threshold("threshold", threshold)
+    entry = dict(bundle.manifest["files"][file_name])
+    entry.update(threshold=threshold, threshold_calibration=record, threshold_rule=rule)
+    return add_files(bundle, {file_name: entry})
+
+
+def choose_threshold(
+    bundle: Bundle, file_name: str, threshold: float, scores, source: str, camera: str
+) -> tuple[Bundle, dict]:
+    """Stores a threshold a person chose in the live view while looking at the camera's
+    recent scores (``scores``: good and defective frames alike, so no good-score deciles are
+    recorded and the drift watch keeps the run's own reference)."""
+    scores = np.asarray(scores, np.float64)
+    ng = int(np.count_nonzero(scores > threshold))
+    record = {
+        "threshold": float(threshold),
+        "count": int(scores.size),
+        "ng": ng,
+        "method": "view",
+        "camera": camera,
+        "source": source,
+        "source_kind": source_kind(source),
+        "p50": float(np.median(scores)) if scores.size else None,
+        "max": float(scores.max()) if scores.size else None,
+        "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    rule = (
+        f"chosen in the live view of camera {camera}: {ng} of its {scores.size} recent frames "
+        "score above it (NG: score > threshold)"
+    )
+    return write_threshold(bundle, file_name, float(threshold), record, rule), record

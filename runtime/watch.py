@@ -70,11 +70,18 @@ def threshold_origin(
             f"calibrated on frames of this source kind ({run_kind})",
         )
     kind = calibration.get("source_kind") or source_kind(str(calibration.get("source", "")))
-    where = (
-        f"calibrated on {calibration.get('count', '?')} good frames from "
-        f"{calibration.get('source', '?')} ({kind or 'unknown kind'}) at "
-        f"{calibration.get('calibrated_at', '?')}"
-    )
+    if calibration.get("method") == "view":  # chosen by a person on recent frames
+        where = (
+            f"chosen in the live view on {calibration.get('count', '?')} recent frames of "
+            f"{calibration.get('source', '?')} ({kind or 'unknown kind'}) at "
+            f"{calibration.get('calibrated_at', '?')}"
+        )
+    else:
+        where = (
+            f"calibrated on {calibration.get('count', '?')} good frames from "
+            f"{calibration.get('source', '?')} ({kind or 'unknown kind'}) at "
+            f"{calibration.get('calibrated_at', '?')}"
+        )
     fits = kind == run_kind
     text = f"threshold {threshold:.4f} of {file_name} {where}"
     if not fits:
