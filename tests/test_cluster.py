@@ -118,9 +118,9 @@ def test_a_sweep_on_ray_matches_the_local_sweep_and_benches_here(tmp_path, line_
 
     def config(out):
         return SweepConfig(
-            str(line_root),
-            "washer",
-            str(out),
+            data=str(line_root),
+            category="washer",
+            out=str(out),
             models=("default", "knn"),
             precisions=("fp32",),
             image_size=64,
