@@ -157,12 +157,12 @@ def evaluate(checkpoint: Path, console: Console) -> dict:
 
 def int8_accuracy(checkpoint: Path, bundle: Path, console: Console) -> dict:
     """Export with INT8 and evaluate the CPU INT8 form and the fp32 ONNX on the test split."""
-    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
     from dmgrd_edge.runtime.bench import accuracy
     from dmgrd_edge.runtime.select import create_backend
 
     from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.options import ExportOptions
 
     if not (bundle / "manifest.json").is_file():
         export_bundle(

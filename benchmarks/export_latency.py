@@ -29,7 +29,6 @@ import torch
 from dmgrd_edge.calib.data import CalibrationReader
 from dmgrd_edge.calib.quantize import quantize_qdq
 from dmgrd_edge.export.onnx_export import check_parity, int8_excluded_nodes, torch_to_onnx
-from dmgrd_edge.options import BatchProfile, ExportOptions
 from dmgrd_edge.runtime.bench import accuracy
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.onnx_backend import OnnxBackend
@@ -38,6 +37,7 @@ from dmgrd_edge.config import ModelConfig
 from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.model import BACKBONES, DMGRD
+from dmgrd_edge.options import BatchProfile, ExportOptions
 from dmgrd_edge.report import redact_paths
 
 

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from dmgrd_edge.config import ModelConfig
-from dmgrd_edge.options import ExportOptions
 from dmgrd_edge.export.pipeline import export_bundle
+from dmgrd_edge.options import ExportOptions
 from dmgrd_edge.model.pruning import trainable_parameter_count
 from dmgrd_edge.report import redact_paths
 from dmgrd_edge.tradeoff import write_report

@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 from dmgrd_edge.runtime.device_info import device_info
-from dmgrd_edge.runtime.line_config import CameraConfig, LineConfig
+from dmgrd_edge.runtime.line_config import LineConfig
 from dmgrd_edge.runtime.multicam import Line
 from runtime_stream import write_video
 
 from dmgrd_edge.bundle import load_bundle
+from dmgrd_edge.options import CameraConfig
 from dmgrd_edge.report import redact_paths
 
 

@@ -29,14 +29,13 @@ from dmgrd_edge.runtime.bench import throughput
 from dmgrd_edge.runtime.capture import Capture
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.pipeline import Pipeline, make_preprocess
-from dmgrd_edge.options import RunConfig
 from dmgrd_edge.runtime.select import create_backend
-from dmgrd_edge.options import parse_workers
 from dmgrd_edge.runtime.sinks import open_sink
 from dmgrd_edge.runtime.sources import VideoCaptureSource, parse_uri
 
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.synthetic import DEFECTS, make_image
+from dmgrd_edge.options import RunConfig, parse_workers
 from dmgrd_edge.report import redact_paths
 
 

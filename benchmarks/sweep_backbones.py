@@ -29,9 +29,9 @@ from pathlib import Path
 from rich.console import Console
 
 from dmgrd_edge.data.synthetic import generate_line_data
+from dmgrd_edge.options import SweepConfig
 from dmgrd_edge.report import redact_paths
 from dmgrd_edge.workflow.sweep import Sweep
-from dmgrd_edge.options import SweepConfig
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 

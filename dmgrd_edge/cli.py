@@ -25,6 +25,7 @@ from .errors import ConfigError, DmgrdError, ExitCode
 from .options import (
     BackendRequest,
     BatchProfile,
+    CameraConfig,
     ExportOptions,
     RunConfig,
     SweepConfig,
@@ -679,9 +680,11 @@ def run(
     ),
     backend: str = field_option(BackendRequest, "backend", help="auto, tensorrt or onnxruntime"),
     precision: str = field_option(BackendRequest, "precision", help="auto, int8, fp16 or fp32"),
-    threshold: Optional[float] = typer.Option(None, help="image threshold (default: the bundle's)"),
-    pixel_threshold: Optional[float] = typer.Option(
-        None, help="region threshold on the map (default: threshold)"
+    threshold: Optional[float] = field_option(
+        CameraConfig, "threshold", help="image threshold (default: the bundle's)"
+    ),
+    pixel_threshold: Optional[float] = field_option(
+        CameraConfig, "pixel_threshold", help="region threshold on the map (default: threshold)"
     ),
     batch: int = field_option(RunConfig, "batch", help="frames per inference call"),
     headless: bool = typer.Option(False, help="no window"),
@@ -689,22 +692,27 @@ def run(
     stats_json: Optional[Path] = field_option(
         RunConfig, "stats_json", help="write latency statistics here at the end"
     ),
-    input_width: Optional[int] = typer.Option(None, help="camera capture width (V4L2, CSI, RTSP)"),
-    input_height: Optional[int] = typer.Option(
-        None, help="camera capture height (V4L2, CSI, RTSP)"
+    input_width: Optional[int] = field_option(
+        CameraConfig, "input_width", help="camera capture width (V4L2, CSI, RTSP)"
     ),
-    input_fps: Optional[float] = typer.Option(
-        None,
+    input_height: Optional[int] = field_option(
+        CameraConfig, "input_height", help="camera capture height (V4L2, CSI, RTSP)"
+    ),
+    input_fps: Optional[float] = field_option(
+        CameraConfig,
+        "input_fps",
         help="camera frame rate; for a video file or image folder: "
         "replay at this rate like a camera (frames drop when inference "
         "falls behind)",
     ),
-    loop: bool = typer.Option(False, help="loop video files and image folders"),
-    queue_size: int = typer.Option(
-        4, help="capture queue length (live sources drop the oldest beyond it)"
+    loop: bool = field_option(CameraConfig, "loop", help="loop video files and image folders"),
+    queue_size: int = field_option(
+        CameraConfig,
+        "queue_size",
+        help="capture queue length (live sources drop the oldest beyond it)",
     ),
-    max_retries: int = typer.Option(
-        5, help="reconnect attempts for a live source before giving up"
+    max_retries: int = field_option(
+        CameraConfig, "max_retries", help="reconnect attempts for a live source before giving up"
     ),
     threads: int = field_option(
         BackendRequest, "threads", help="ONNX Runtime threads per call (0: cores / workers)"
@@ -743,14 +751,22 @@ def run(
         help="token every request to the view must carry (or DMGRD_VIEW_TOKEN); with --config: "
         "for a [view] table without one",
     ),
-    ng_warn_rate: float = typer.Option(
-        0.5, help="warn when more than this share of the first frames is NG (1: never)"
+    ng_warn_rate: float = field_option(
+        CameraConfig,
+        "ng_warn_rate",
+        help="warn when more than this share of the first frames is NG (1: never)",
     ),
-    ng_warn_frames: int = typer.Option(100, help="frames the NG-rate warning looks at"),
-    drift_window: int = typer.Option(
-        0, help="warn when the last N scores drift from the calibration ones (0: off)"
+    ng_warn_frames: int = field_option(
+        CameraConfig, "ng_warn_frames", help="frames the NG-rate warning looks at"
     ),
-    drift_psi: float = typer.Option(0.25, help="PSI above which the drift watch warns"),
+    drift_window: int = field_option(
+        CameraConfig,
+        "drift_window",
+        help="warn when the last N scores drift from the calibration ones (0: off)",
+    ),
+    drift_psi: float = field_option(
+        CameraConfig, "drift_psi", help="PSI above which the drift watch warns"
+    ),
 ):
     """Stream frames through the bundle: OK/NG, regions, overlays, latency (no torch needed)."""
     if config is not None:

@@ -189,6 +189,30 @@ class RunConfig:
         checks.threshold("pixel threshold", self.pixel_threshold)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CameraConfig:
+    """One camera at the line: `run`'s single-source options and a ``[[camera]]`` table of a
+    line configuration (runtime/line_config.py) share these fields and their defaults."""
+
+    name: str
+    source: str
+    bundle: Path
+    sinks: tuple[str, ...] = ()
+    threshold: float | None = None
+    pixel_threshold: float | None = None
+    input_fps: float | None = None
+    input_width: int | None = None
+    input_height: int | None = None
+    loop: bool = False
+    queue_size: int = 4
+    max_retries: int = 5
+    max_frames: int | None = None
+    ng_warn_rate: float = 0.5
+    ng_warn_frames: int = 100
+    drift_window: int = 0
+    drift_psi: float = 0.25
+
+
 def parse_workers(text: str | int | None) -> int | None:
     """``auto``/None -> None (decided with the backend), else an int >= 1."""
     if text is None or text == "auto":

@@ -21,8 +21,8 @@ import torch
 
 from dmgrd_edge.errors import DmgrdError
 from dmgrd_edge.model.dmgrd import DMGRD, AnomalyOutput
-
 from dmgrd_edge.options import BatchProfile
+
 from .precision import int8_excluded
 
 OPSET = 17

@@ -30,9 +30,9 @@ from dmgrd_edge.bundle import (
 )
 from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.errors import ConfigError, GuardError
+from dmgrd_edge.options import ExportOptions
 
 from .graph_check import require_trt_compatible
-from dmgrd_edge.options import ExportOptions
 
 FP32_ONNX = catalog.by_key("onnx-fp32").name
 FP16_ONNX = catalog.by_key("onnx-fp16").name

@@ -27,8 +27,8 @@ from dmgrd_edge import catalog
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.bundle import file_entry
 from dmgrd_edge.device import EngineError, gpu_name, import_tensorrt, trt_version
-
 from dmgrd_edge.options import BatchProfile
+
 from .precision import keep_fp32
 from .typed_int8 import typed_int8
 

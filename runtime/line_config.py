@@ -41,29 +41,9 @@ from pathlib import Path
 
 from dmgrd_edge import checks
 from dmgrd_edge.errors import ConfigError
+from dmgrd_edge.options import CameraConfig
 
 from .view import ViewConfig, check_view_value
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    name: str
-    source: str
-    bundle: Path
-    sinks: tuple[str, ...] = ()
-    threshold: float | None = None
-    pixel_threshold: float | None = None
-    input_fps: float | None = None
-    input_width: int | None = None
-    input_height: int | None = None
-    loop: bool = False
-    queue_size: int = 4
-    max_retries: int = 5
-    max_frames: int | None = None
-    ng_warn_rate: float = 0.5
-    ng_warn_frames: int = 100
-    drift_window: int = 0
-    drift_psi: float = 0.25
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,12 @@ import numpy as np
 from dmgrd_edge.atomic import atomic_write_bytes, check_target
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.errors import ConfigError, DmgrdError
+from dmgrd_edge.options import CameraConfig, RunConfig, parse_workers
 
 from .capture import END, Capture
-from .line_config import CameraConfig, LineConfig, load_line_config
+from .line_config import LineConfig, load_line_config
 from .pipeline import EXIT_OK, EXIT_SOURCE_LOST, Pipeline, make_preprocess
-from dmgrd_edge.options import RunConfig
 from .select import create_backend
-from dmgrd_edge.options import parse_workers
 from .sinks import open_sink
 from .sources import open_source, parse_uri
 from .watch import watch_for_run

@@ -3,7 +3,6 @@ source or sink before the model loads, and closes what it opened when a later st
 
 from __future__ import annotations
 
-
 from dmgrd_edge.bundle import Bundle
 from dmgrd_edge.options import BackendRequest
 

@@ -49,8 +49,9 @@ def test_lookups():
 
 def test_every_table_reads_the_catalog():
     from dmgrd_edge.calib.quantize import PLANS
-    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.runtime.select import PRECISIONS as RUN_PRECISIONS
+
+    from dmgrd_edge.options import ExportOptions
 
     assert bundle.PRECISIONS is catalog.PRECISIONS and bundle.FILE_KINDS is catalog.FILE_KINDS
     assert set(PLANS) == set(catalog.INT8_TARGETS)

@@ -17,6 +17,7 @@ from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.options import (
     BackendRequest,
     BatchProfile,
+    CameraConfig,
     ExportOptions,
     RunConfig,
     SweepConfig,
@@ -31,7 +32,7 @@ CLAIMS = {
     "rescore": (ModelConfig,),
     "export": (ExportOptions,),
     "build-engine": (ExportOptions,),
-    "run": (RunConfig, BackendRequest),
+    "run": (RunConfig, BackendRequest, CameraConfig),
     "bench": (BackendRequest,),
     "calibrate-threshold": (BackendRequest,),
     "sweep": (SweepConfig,),
@@ -45,15 +46,15 @@ NOT_FROM_FIELDS = {
     ("rescore", "patch_bank_size"): "None: keep the checkpoint's patch memory",
     ("rescore", "image_score"): "None: the checkpoint's image score",
     ("build-engine", "batch"): "None: the bundle's batch profile",
-    ("run", "threshold"): "None: the threshold of the bundle's file",
-    ("run", "pixel_threshold"): "None: the image threshold",
+    ("run", "bundle"): "not given with --config (a camera's bundle is in the file)",
+    ("run", "source"): "not given with --config (a camera's source is in the file)",
 }
 # a --no-X flag sets the field X
 NEGATED = {"no_amp": "amp", "no_spin": "spin"}
 # options whose default comes from a field of another name
 RENAMED = {("sweep", "runs"): "bench_runs"}
 # at least these come from fields (the count guards against a claim that covers nothing)
-LEAST_MAPPED = 71
+LEAST_MAPPED = 83
 
 
 def _sources(typer_app) -> dict[tuple[str, str], FieldSource]:

@@ -125,8 +125,9 @@ def test_check_refuses_a_folder_that_is_no_bundle(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, trained_ckpt):
-    from dmgrd_edge.options import BatchProfile, ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
+
+    from dmgrd_edge.options import BatchProfile, ExportOptions
 
     out = tmp_path_factory.mktemp("jetson") / "bundle"
     options = ExportOptions(

@@ -190,8 +190,9 @@ def test_rescore_adds_a_memory_to_a_model_trained_without_one(trained_ckpt, tmp_
 
 
 def _export(ckpt, out, **kwargs):
-    from dmgrd_edge.options import ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
+
+    from dmgrd_edge.options import ExportOptions
 
     return export_bundle(
         ExportOptions(checkpoint=ckpt, out=out, calib_count=8, **kwargs), log=lambda _: None

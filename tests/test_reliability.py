@@ -159,12 +159,12 @@ def test_run_refuses_a_bundle_with_a_zero_std(tmp_path, bundle):
 def test_a_score_exactly_at_the_threshold_is_ok_and_just_above_it_ng(tmp_path, bundle):
     from dmgrd_edge.runtime.capture import Capture
     from dmgrd_edge.runtime.pipeline import Pipeline, make_preprocess
-    from dmgrd_edge.options import RunConfig
     from dmgrd_edge.runtime.select import create_backend
     from dmgrd_edge.runtime.sinks import open_sink
     from dmgrd_edge.runtime.sources import open_source, parse_uri
 
     from dmgrd_edge.data.imageio import read_image
+    from dmgrd_edge.options import RunConfig
 
     frames = good_frames(tmp_path / "same", 5, same=True)
     loaded = load_bundle(bundle)

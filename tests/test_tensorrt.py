@@ -5,8 +5,8 @@ and is skipped cleanly without them."""
 import pytest
 
 from dmgrd_edge.device import EngineError, check_engine_matches
-from dmgrd_edge.options import BatchProfile
 from dmgrd_edge.export.tensorrt_engine import EngineRequest, engine_file_name, onnx_for, slug
+from dmgrd_edge.options import BatchProfile
 
 
 def test_engine_names_carry_precision_gpu_and_version():
