@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console
 
-PATCH = {"memory_read": "patch", "score_source": "combined"}
+PATCH = {"memory_read": "patch", "score_source": "combined", "image_score": "map"}
 # run name: (model options, training options)
 TRAINED = {
     "rd": ({"use_memory": False}, {}),
@@ -58,18 +58,18 @@ ROWS = [
     ("RD (no memory)", "rd", None),
     ("kNN baseline (training-free)", "knn", None),
     ("DM-GRD paper: image read, student score", "image", None),
-    ("DM-GRD image read, combined score", "image", ("combined", "mean", None)),
+    ("DM-GRD image read, combined score", "image", ("combined", "mean", None, "map")),
     ("DM-GRD patch read, student score", "patch", ("student", "mean", None)),
     ("DM-GRD patch read, combined score", "patch", None),
-    ("DM-GRD patch read, combined score (std scale)", "patch", ("combined", "std", None)),
+    ("DM-GRD patch read, combined score (std scale)", "patch", ("combined", "std", None, "map")),
     ("DM-GRD patch read, combined, MSFF -> 1x1 projection", "patch-linear", None),
     ("DM-GRD patch read, combined, without OT", "patch-no-ot", None),
     ("DM-GRD patch read, combined, without Con", "patch-no-con", None),
     ("DM-GRD patch read, combined, without triplet", "patch-no-triplet", None),
-    ("RD + memory score", "rd", ("combined", "mean", None)),
-    ("RD + memory score (std scale)", "rd", ("combined", "std", None)),
-    ("RD + memory score, K = 512 patches", "rd", ("combined", "mean", 512)),
-    ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192)),
+    ("RD + memory score", "rd", ("combined", "mean", None, "map")),
+    ("RD + memory score (std scale)", "rd", ("combined", "std", None, "map")),
+    ("RD + memory score, K = 512 patches", "rd", ("combined", "mean", 512, "map")),
+    ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192, "map")),
     ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
 ]
 DEFAULT_ROW = "RD + memory score"

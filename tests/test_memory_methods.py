@@ -411,7 +411,7 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
 
     out, same_map = tmp_path / "student-score.pt", tmp_path / "map-score.pt"
     rescore_checkpoint(combined_ckpt, out, "combined", image_score="student", device="cpu")
-    rescore_checkpoint(combined_ckpt, same_map, "combined", device="cpu")
+    rescore_checkpoint(combined_ckpt, same_map, "combined", image_score="map", device="cpu")
     combined, _ = load_model(same_map)
     model, _ = load_model(out)
     assert model.config.image_score == "student" and combined.config.image_score == "map"
@@ -426,7 +426,8 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
         )
     # the map is the combined one; the score is the top-k mean of the student's share alone
     assert torch.allclose(got.anomaly_map, same.anomaly_map, atol=1e-5)
-    assert torch.allclose(got.score, share.flatten(1).topk(100, dim=1).values.mean(1), atol=1e-6)
+    expected = (2 * share).flatten(1).topk(100, dim=1).values.mean(1)  # on the map's scale
+    assert torch.allclose(got.score, expected, atol=1e-6)
     assert not torch.allclose(got.score, same.score, atol=1e-4)
     bundle = tmp_path / "bundle"
     _export(out, bundle)
@@ -434,9 +435,12 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
     assert map_err < 1e-3 and score_err < 1e-3
 
 
-def test_student_image_score_needs_a_student():
-    with pytest.raises(ConfigError, match="cannot come from the student"):
-        ModelConfig(method="knn", score_source="memory", image_score="student")
+def test_student_image_score_is_the_default_and_old_checkpoints_keep_the_map():
+    assert ModelConfig().image_score == "student"
+    # a map that is not combined is the only one there is: the student rule changes nothing
+    assert not _head_reads_student(ModelConfig(method="knn", score_source="memory"))
+    assert not _head_reads_student(ModelConfig(use_memory=False, score_source="student"))
+    assert _head_reads_student(ModelConfig())
     with pytest.raises(ConfigError, match="unknown image score"):
         ModelConfig(image_score="max")
     assert ModelConfig.from_dict({"backbone": "efficientnet_lite0"}).image_score == "map"
@@ -467,3 +471,17 @@ def test_a_bank_larger_than_the_training_patches_keeps_a_unit_distance_scale():
     assert float(memory.inv_distance0) == pytest.approx(expected, rel=1e-5)
     distance = memory.read(torch.randn(1, 8, 4, 4), 0, want_nearest=False)[0]
     assert 0.1 < float(distance.mean()) < 10  # in units of the patches' spacing, not 1e6
+
+
+def _head_reads_student(config: ModelConfig) -> bool:
+    from dmgrd_edge.model.head import AnomalyMapHead
+
+    head = AnomalyMapHead(
+        64,
+        4.0,
+        "topk_mean",
+        100,
+        config.score_source == "combined",
+        config.image_score == "student",
+    )
+    return head.score_from_student

@@ -109,10 +109,11 @@ class AnomalyMapHead(nn.Module):
         """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
         if self.score_from_student and student is not None and memory_map is not None:
             # the blur is linear: blurring each weighted share and adding them gives the
-            # combined map (up to rounding), and the student's share gives the score
+            # combined map (up to rounding); the score is the student's share on the map's
+            # scale (each share weighs 0.5 on the validation normals, so the share doubled)
             student_share = self.blur(self.distance_map(teacher, student) * self.map_weights[0])
             anomaly_map = student_share + self.blur(memory_map * self.map_weights[1])
-            return anomaly_map, self.score(student_share)
+            return anomaly_map, self.score(student_share * 2.0)
         anomaly_map = self.anomaly_map(teacher, student, memory_map)
         return anomaly_map, self.score(anomaly_map)
 
