@@ -73,6 +73,15 @@ ROWS = [
     ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
 ]
 DEFAULT_ROW = "RD + memory score"
+DEFAULT_ROW_BEFORE = "RD + memory score"  # whose INT8 bundles are in WORK/bundles<steps>-default
+
+
+def rescore_suffix(rescore: tuple) -> str:
+    """The file-name part of a rescored checkpoint: rescored-<suffix>.pt."""
+    source, scale, bank, image_score = (*rescore, None)[:4]
+    suffix = source if scale == "mean" else f"{source}-{scale}"
+    suffix += f"-k{bank}" if bank else ""
+    return suffix + (f"-{image_score}-score" if image_score else "")
 
 
 def machine() -> dict:
@@ -210,6 +219,12 @@ def main() -> None:
         "--int8", default="", help="categories whose default model is exported with INT8"
     )
     parser.add_argument(
+        "--int8-row",
+        default=DEFAULT_ROW,
+        choices=[name for name, _, _ in ROWS],
+        help="the row whose model --int8 exports (default: the default's)",
+    )
+    parser.add_argument(
         "--finished-only",
         action="store_true",
         help="train nothing: report the runs already finished in WORK",
@@ -264,10 +279,7 @@ def main() -> None:
             checkpoint, summary = trained[key]
             if rescore is not None:
                 source, scale, bank, image_score = (*rescore, None)[:4]
-                suffix = source if scale == "mean" else f"{source}-{scale}"
-                suffix += f"-k{bank}" if bank else ""
-                suffix += f"-{image_score}-score" if image_score else ""
-                target = checkpoint.with_name(f"rescored-{suffix}.pt")
+                target = checkpoint.with_name(f"rescored-{rescore_suffix(rescore)}.pt")
                 if not target.is_file():
                     rescore_checkpoint(
                         checkpoint,
@@ -294,11 +306,15 @@ def main() -> None:
                 f"P-AUC {100 * row['p_auroc']:.1f} PRO@0.3 {100 * row['pro_30']:.1f}"
             )
     int8 = {}
+    int8_run, int8_rescore = next((key, r) for name, key, r in ROWS if name == args.int8_row)
+    suffix = rescore_suffix(int8_rescore) if int8_rescore else "trained"
     for category in [c for c in args.int8.split(",") if c]:
-        # the default row: the RD run with the memory's score (rescored above)
-        checkpoint = args.work / f"r{args.steps}" / "rd" / category / "rescored-combined.pt"
+        # the row's checkpoint (rescored above); the default row's bundles keep their name
+        run = args.work / f"r{args.steps}" / int8_run / category
+        checkpoint = run / (f"rescored-{suffix}.pt" if int8_rescore else "last.pt")
+        folder = "default" if args.int8_row == DEFAULT_ROW_BEFORE else suffix
         int8[category] = int8_accuracy(
-            checkpoint, args.work / f"bundles{args.steps}-default" / category, console
+            checkpoint, args.work / f"bundles{args.steps}-{folder}" / category, console
         )
     results += merged_rows(args.merge, args.steps, {(r["set"], r["category"]) for r in results})
     table = summarise(results)
@@ -310,6 +326,7 @@ def main() -> None:
         "results": results,
         "means": means(results),
         "int8": int8,
+        "int8_row": args.int8_row,
         "total_seconds": time.perf_counter() - started,
         "machine": machine(),
     }
