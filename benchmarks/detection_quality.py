@@ -81,7 +81,8 @@ def rescore_suffix(rescore: tuple) -> str:
     source, scale, bank, image_score = (*rescore, None)[:4]
     suffix = source if scale == "mean" else f"{source}-{scale}"
     suffix += f"-k{bank}" if bank else ""
-    return suffix + (f"-{image_score}-score" if image_score else "")
+    # "map" was the only rule when the earlier runs' files were named
+    return suffix + (f"-{image_score}-score" if image_score not in (None, "map") else "")
 
 
 def machine() -> dict:
@@ -355,9 +356,11 @@ def merged_rows(paths: list[Path], steps: int, have: set) -> list[dict]:
             rows.append({**row, "merged_from": path.name})
         for kind, category in dict.fromkeys((r["set"], r["category"]) for r in found):
             by_name = {r["variant"]: r for r in found if r["category"] == category}
-            if STUDENT_SCORE_ROW in by_name or not {"RD (no memory)", DEFAULT_ROW} <= set(by_name):
+            if STUDENT_SCORE_ROW in by_name or not {"RD (no memory)", DEFAULT_ROW_BEFORE} <= set(
+                by_name
+            ):
                 continue
-            rd, default = by_name["RD (no memory)"], by_name[DEFAULT_ROW]
+            rd, default = by_name["RD (no memory)"], by_name[DEFAULT_ROW_BEFORE]
             rows.append(
                 {
                     **default,

@@ -121,9 +121,9 @@ class ModelConfig:
     # how the memory-guided features are fused: MSFF (the paper) or a 1x1 projection (ablation)
     fusion: str = "msff"
     # the image score: from the anomaly map ("map"), or, where the map is combined, from the
-    # student's share alone ("student"; regions are still drawn from the combined map). The
-    # default since the 1000-step runs on real photographs (docs/METHOD.md)
-    image_score: str = "student"
+    # student's share alone ("student"; regions are still drawn from the combined map; the
+    # better rule after 1000 training steps, docs/METHOD.md)
+    image_score: str = "map"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:

@@ -435,12 +435,14 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
     assert map_err < 1e-3 and score_err < 1e-3
 
 
-def test_student_image_score_is_the_default_and_old_checkpoints_keep_the_map():
-    assert ModelConfig().image_score == "student"
+def test_student_image_score_applies_to_combined_maps_and_old_checkpoints_keep_the_map():
+    assert ModelConfig().image_score == "map"
     # a map that is not combined is the only one there is: the student rule changes nothing
-    assert not _head_reads_student(ModelConfig(method="knn", score_source="memory"))
-    assert not _head_reads_student(ModelConfig(use_memory=False, score_source="student"))
-    assert _head_reads_student(ModelConfig())
+    student = {"image_score": "student"}
+    assert not _head_reads_student(ModelConfig(method="knn", score_source="memory", **student))
+    assert not _head_reads_student(ModelConfig(use_memory=False, score_source="student", **student))
+    assert _head_reads_student(ModelConfig(image_score="student"))
+    assert not _head_reads_student(ModelConfig())
     with pytest.raises(ConfigError, match="unknown image score"):
         ModelConfig(image_score="max")
     assert ModelConfig.from_dict({"backbone": "efficientnet_lite0"}).image_score == "map"
