@@ -396,6 +396,64 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
     assert [e["frame"] for e in sink.events] == list(range(len(sink.events)))
 
 
+@pytest.mark.fault("inference threads ahead of a slow main thread (a busy CPU)")
+def test_inference_threads_stay_two_batches_each_ahead_of_a_slow_main_thread(video, bundle):
+    """A main thread that falls behind holds the inference threads back: at most 2 x workers
+    batches are taken and not yet handed over, so results do not pile up in memory. The
+    first frame's sink waits (up to 2 s) for the threads to run further ahead than that."""
+    import threading
+
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.select import create_backend
+
+    loaded = load_bundle(bundle)
+    chosen = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=2)
+    limit, real = 2 * chosen.workers, chosen.backend
+    lock, ran_ahead, calls, ahead = threading.Lock(), threading.Event(), [0], []
+    first_written = threading.Event()
+
+    class CountingBackend:  # the real ONNX Runtime backend, its calls counted
+        calls_from_any_thread = True
+
+        def infer(self, batch):
+            with lock:
+                calls[0] += 1
+                # while frame 0 is in its sink, batch 0 is handed and at most `limit` others
+                if calls[0] > limit + 1 and not first_written.is_set():
+                    ran_ahead.set()
+            return real.infer(batch)
+
+        def describe(self):
+            return real.describe()
+
+    class SlowSink(RecordingSink):
+        def write(self, event, frame, overlay):
+            if event.frame == 0:
+                ran_ahead.wait(timeout=2)
+            with lock:
+                ahead.append(calls[0] - (event.frame + 1))  # calls made beyond this frame's
+                first_written.set()
+            super().write(event, frame, overlay)
+
+    sink = SlowSink()
+    config = RunConfig(
+        threshold=loaded.threshold,
+        pixel_threshold=loaded.threshold,
+        status_every_s=1e9,
+        workers=chosen.workers,
+    )
+    pipeline = Pipeline(loaded, CountingBackend(), [sink], config, log=lambda *_: None)
+    capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
+    try:
+        assert pipeline.run(capture) == 0
+    finally:
+        chosen.close()
+    assert chosen.workers == 2 and not ran_ahead.is_set()
+    assert [e["frame"] for e in sink.events] == list(range(len(video[1])))
+    assert max(ahead) <= limit, ahead
+
+
 def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
     """With a usable engine, --workers 2 is an error, not a quiet switch to ONNX Runtime."""
     from dmgrd_edge.bundle import load_bundle
