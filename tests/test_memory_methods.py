@@ -326,7 +326,7 @@ def test_rescore_refills_the_patch_memory_at_another_size(combined_ckpt, tmp_pat
 def test_loss_weights_switch_terms_off_and_are_range_checked():
     from types import SimpleNamespace
 
-    from train.losses import AUTHORS_WEIGHTS, dmgrd_loss
+    from dmgrd_edge.train.losses import AUTHORS_WEIGHTS, dmgrd_loss
 
     torch.manual_seed(0)
     levels = [torch.randn(4, 8, 4, 4, requires_grad=True) for _ in range(3)]
