@@ -51,6 +51,13 @@ MECHANISMS = [
     "are read through typed schemas with ranges (the manifest through `bundle.py` with the "
     "same range checks); a damaged or edited field ends in a `CheckpointError` or "
     "`DataError` naming it.",
+    "- **Results waiting for the main thread** (`runtime/pipeline.py`, `_InFlight`; "
+    "`runtime/multicam.py` for `run --config`): an inference thread takes no new frames "
+    "while `2 x workers` batches are taken and not yet handed to the thread that "
+    "post-processes them and writes the sinks. Without the bound the inference threads ran "
+    "ahead of a descheduled main thread by up to 116 batches (frame, tensor and map each) in "
+    "a 20,000-frame soak, and the heaps of the threads that allocated them stayed resident "
+    "after the backlog was handled.",
 ]
 
 
@@ -158,7 +165,8 @@ def soak_section(path: Path) -> list[str]:
         "Resident memory is sampled once a second from /proc. 'At most' is the largest sample "
         "after the warm-up, shutdown included; 'at the end' is the last sample, which may fall "
         "in the shutdown; the whole trace is in the JSON (`rss_trace`). The goal is judged on "
-        "'at most'.",
+        "'at most'. The bundle is the tiny one the script trains and exports itself when no "
+        "`--bundle` is given (a short run with `--workdir W` leaves it in `W/bundle`).",
         "",
         *earlier_soaks(path.parent),
     ]
@@ -184,7 +192,8 @@ def streaming_growth(r: dict) -> float:
 
 EARLIER = {
     "runtime_soak_unbounded_results.json": "no bound on the results waiting for the main thread "
-    "(the inference threads ran ahead of it by up to 116 batches in a 20,000-frame soak)",
+    "(20,000 frames of the same stream, counted in the process, had up to 116 batches waiting) "
+    "and a bundle built by an earlier version",
     "runtime_soak_list_index.json": "the recording's AVI index as a list of tuples in memory",
     "runtime_soak_array_index.json": "the index as a flat array in memory (8 bytes a frame)",
 }

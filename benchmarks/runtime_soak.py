@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -215,7 +216,7 @@ def main() -> None:
         },
         "python": platform.python_version(),
         "command": redact_paths(
-            "nice -n 15 python benchmarks/runtime_soak.py " + " ".join(sys.argv[1:])
+            "nice -n 15 python benchmarks/runtime_soak.py " + shlex.join(sys.argv[1:])
         ),
         "exit_code": proc.returncode,
         "frames_asked": args.frames,
