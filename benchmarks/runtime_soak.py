@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from dmgrd_edge.runtime.device_info import cpu_model
 
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.report import redact_paths
@@ -42,14 +44,27 @@ def make_bundle(work: Path) -> Path:
     from dmgrd_edge.train.loop import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
+    from dmgrd_edge.config import ModelConfig, TrainConfig
+    from dmgrd_edge.data.synthetic import generate_line_data
+
     root = generate_line_data(work / "line", ["washer"], 12, 4, 2, size=64, seed=0)
     run = work / "run"
     config = ModelConfig(image_size=64, memory_size=4)
     train = TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=2, checkpoint_every=2)
-    train_category(TrainJob("mvtec", str(root), "washer", str(run), config, train))
+    job = TrainJob(
+        dataset="mvtec",
+        root=str(root),
+        category="washer",
+        out_dir=str(run),
+        model=config,
+        train=train,
+    )
+    train_category(job)
     out = work / "bundle"
     export_bundle(
-        ExportOptions(run / "last.pt", out, calib_count=4, batch=BatchProfile(1, 1, 4)),
+        ExportOptions(
+            checkpoint=run / "last.pt", out=out, calib_count=4, batch=BatchProfile(1, 1, 4)
+        ),
         log=lambda _: None,
     )
     return out
@@ -64,6 +79,20 @@ def write_clip(path: Path, frames: int, size: int) -> None:
         image, _ = make_image("washer", 0, "video", i, size)
         writer.write(np.ascontiguousarray(image[:, :, ::-1]))
     writer.release()
+
+
+def machine() -> str:
+    kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return f"{os.cpu_count()} cores of an {cpu_model()} VM, {kib / 2**20:.0f} GiB, no GPU"
+
+
+def load_average() -> float:
+    """The 1-minute load average: how busy the cores were with this and other work."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def rss_kib(pid: int) -> int | None:
@@ -115,6 +144,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     parser.add_argument("--out", default="benchmarks/results/runtime_soak.json")
+    parser.add_argument(
+        "--conditions", default="", help="what else ran on the machine, for the record"
+    )
     args = parser.parse_args()
     if args.frames < 1 or not 0 <= args.warmup < args.frames:
         raise SystemExit("--frames must be >= 1 and 0 <= --warmup < --frames")
@@ -154,15 +186,16 @@ def main() -> None:
     ]
     counter = LineCounter(events)
     samples: list[tuple[float, int, int]] = []  # (seconds, frames in the JSONL, RSS KiB)
+    loads: list[float] = []
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=open(work / "run.log", "wb"), env=os.environ
-    )
-    while proc.poll() is None:
-        time.sleep(args.interval)
-        rss = rss_kib(proc.pid)
-        if rss is not None and proc.poll() is None:
-            samples.append((time.perf_counter() - start, counter.update(), rss))
+    with open(work / "run.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=os.environ)
+        while proc.poll() is None:
+            time.sleep(args.interval)
+            rss = rss_kib(proc.pid)
+            if rss is not None and proc.poll() is None:
+                samples.append((time.perf_counter() - start, counter.update(), rss))
+                loads.append(load_average())
     wall = time.perf_counter() - start
     lines = counter.update()
     summary = json.loads(stats.read_text()) if stats.is_file() else {}
@@ -177,10 +210,15 @@ def main() -> None:
     decided = summary.get("frames")
     in_video = video_frames(video) if video.is_file() else 0
     result = {
-        "machine": "2-core AMD EPYC VM",
+        "machine": machine(),
+        "conditions": args.conditions,
+        "load_average_1min": {
+            "mean": round(float(np.mean(loads)), 2) if loads else None,
+            "max": round(max(loads), 2) if loads else None,
+        },
         "python": platform.python_version(),
         "command": redact_paths(
-            "nice -n 15 python benchmarks/runtime_soak.py " + " ".join(sys.argv[1:])
+            "nice -n 15 python benchmarks/runtime_soak.py " + shlex.join(sys.argv[1:])
         ),
         "exit_code": proc.returncode,
         "frames_asked": args.frames,

@@ -476,7 +476,7 @@ class Line:
         started = time.perf_counter()
         deadline = time.monotonic() + 60
         while cam.dispatched < cam.taken and time.monotonic() < deadline:
-            time.sleep(0.002)  # the old calls in flight: at most ``workers`` of them
+            time.sleep(0.002)  # the old calls not yet decided: at most ``2 * workers``
         waited_ms = 1000 * (time.perf_counter() - started)
         if thresholds is not None:
             cam.pipeline.config.threshold, cam.pipeline.config.pixel_threshold = thresholds
@@ -535,15 +535,19 @@ class Line:
 class _GroupThreads:
     """One bundle's threads: ``workers`` inference loops that gather frames from the group's
     cameras and call the backend, numbering the calls, and one handler that takes the
-    results in that order (so each camera's frames stay in order) and dispatches them."""
+    results in that order (so each camera's frames stay in order) and dispatches them.
+    At most ``2 * workers`` calls are made and not yet handled, as in the single-camera
+    pipeline (runtime/pipeline.py, ``_InFlight``): results do not pile up in memory while
+    the handler is slower or descheduled."""
 
     def __init__(self, line: Line, group: BundleGroup):
         self.line = line
         self.group = group
         self.filed = threading.Condition()
         self.results: dict[int, object] = {}
-        self.issued = 0
+        self.issued = self.handled = 0
         self.running = max(1, group.workers)
+        self.most_pending = 2 * self.running
 
     def start(self) -> list[threading.Thread]:
         name = self.group.root.name
@@ -565,12 +569,13 @@ class _GroupThreads:
             while True:
                 if self.line.stop_event.is_set():
                     return None
-                taken = group.gather()
-                if taken:
-                    break
-                if all(c.done for c in group.cameras):
-                    return None
-                group.ready.wait(timeout=0.2)
+                if self.issued - self.handled < self.most_pending:
+                    taken = group.gather()
+                    if taken:
+                        break
+                    if all(c.done for c in group.cameras):
+                        return None
+                group.ready.wait(timeout=0.2)  # a frame, or room after the handler's next
             number = self.issued
             self.issued += 1
         return number, taken
@@ -607,8 +612,11 @@ class _GroupThreads:
                     for cam in self.group.cameras:
                         cam.pipeline._status(cam.capture)
                 result = self.results.pop(expected, None)
+                self.handled += result is not None
             if result is None:
                 return
+            with self.group.ready:
+                self.group.ready.notify_all()  # room for an inference loop waiting to gather
             expected += 1
             if isinstance(result, BaseException):
                 self.line.errors.append(result)

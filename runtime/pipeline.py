@@ -242,13 +242,22 @@ class _InFlight:
     """The inference threads of a run: each takes the next frames from the capture queue
     itself (under a lock, so batches are numbered in the order their frames were read),
     infers them and files the result (or its exception) under the batch's number for the
-    main thread, which handles them strictly in that order."""
+    main thread, which handles them strictly in that order.
+
+    At most ``2 * workers`` batches are taken and not yet handed to the main thread (one in
+    each call, one waiting behind it); a thread waits for the main thread before it takes
+    more. Without that bound the inference threads run ahead whenever the main thread is
+    slower or descheduled (a busy CPU): in a 20,000-frame soak on 2 shared cores up to 116
+    results waited, each with its frame, tensor and map, and glibc kept the grown heaps of
+    the threads that allocated them resident after the backlog was handled, so resident
+    memory rose by several MiB with every such burst (benchmarks/runtime_soak.py)."""
 
     def __init__(self, pipeline: Pipeline, capture: Capture, workers: int):
         self.pipeline, self.capture = pipeline, capture
         self.read_lock, self.filed = threading.Lock(), threading.Condition()
         self.results: dict[int, object] = {}  # batch number -> _infer's result or its exception
         self.issued, self.read, self.ended, self.running = 0, 0, False, workers
+        self.handed, self.most_pending = 0, 2 * workers
         self.threads = [
             threading.Thread(target=self._infer_loop, name=f"dmgrd-infer-{i}", daemon=True)
             for i in range(workers)
@@ -267,7 +276,7 @@ class _InFlight:
         nothing more will be read (the source ended, or --max-frames is reached)."""
         pipeline = self.pipeline
         with self.read_lock:
-            if self.ended or pipeline._room(self.read) <= 0:
+            if not self._wait_for_room() or self.ended or pipeline._room(self.read) <= 0:
                 return None
             frames, self.ended = pipeline._next_batch(self.capture)
             frames = frames[: max(0, pipeline._room(self.read))]
@@ -277,6 +286,17 @@ class _InFlight:
             self.issued += 1
             self.read += len(frames)
             return number, frames
+
+    def _wait_for_room(self) -> bool:
+        """Wait (holding the read lock) until fewer than ``most_pending`` batches are taken
+        and not handed; False when the run stops meanwhile."""
+        pipeline = self.pipeline
+        with self.filed:
+            while self.issued - self.handed >= self.most_pending:
+                if pipeline.stop_event.is_set() or pipeline._abort.is_set():
+                    return False
+                self.filed.wait(timeout=0.2)
+        return True
 
     def _infer_loop(self) -> None:
         pipeline = self.pipeline
@@ -290,7 +310,7 @@ class _InFlight:
                     continue
                 try:
                     result = pipeline._infer(frames)
-                except BaseException as exc:  # handed to the main thread, which raises it
+                except BaseException as exc:  # noqa: BLE001 - the main thread raises it
                     result = exc
                 with self.filed:
                     self.results[number] = result
@@ -306,7 +326,11 @@ class _InFlight:
         with self.filed:
             if number not in self.results and (self.running or number < self.issued):
                 self.filed.wait(timeout=0.5)
-            return self.results.pop(number, None)
+            result = self.results.pop(number, None)
+            if result is not None:
+                self.handed += 1
+                self.filed.notify_all()  # room for a thread waiting to take more frames
+            return result
 
     def all_handed(self, number: int) -> bool:
         """No thread runs and every batch before ``number`` was handed over."""

@@ -54,6 +54,7 @@ def test_local_runner_skips_finished_runs_and_starts_missing_ones(tmp_path, line
     assert json.loads(summary.read_text())["steps"] == 3
 
 
+@pytest.mark.fault("software, weights or device missing")
 def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'dmgrd-edge\[cluster\]'"):
@@ -62,6 +63,7 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
         make_runner(ray="auto", devices=2)
 
 
+@pytest.mark.fault("software, weights or device missing")
 def test_ray_without_a_cluster_names_the_fix(tmp_path, line_root, monkeypatch):
     ray = pytest.importorskip(
         "ray", reason="Ray is not installed: pip install -e '.[cluster]' to run this test"
@@ -104,6 +106,7 @@ def test_ray_tasks_match_the_local_runner_and_resume(tmp_path, line_root, local_
         runner.run([_job(line_root, tmp_path / "taken")])
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_ray_runner_refuses_tasks_no_node_can_hold(local_ray, tmp_path, line_root):
     with pytest.raises(ConfigError, match="no task could ever start"):
         RayRunner(num_cpus=1, num_gpus=1).run([_job(line_root, tmp_path)])

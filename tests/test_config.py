@@ -23,6 +23,7 @@ def test_round_trip():
     assert PreprocessConfig.from_dict(pre.to_dict()) == pre
 
 
+@pytest.mark.fault("configuration file or record that is not valid")
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
@@ -39,11 +40,13 @@ def test_invalid_model_config_names_the_choices(kwargs, needle):
     assert needle in str(info.value)
 
 
+@pytest.mark.fault("configuration file or record that is not valid")
 def test_unknown_fields_rejected():
     with pytest.raises(ConfigError, match="unknown fields"):
         ModelConfig.from_dict({"backbone": "resnet18", "future_field": 1})
 
 
+@pytest.mark.fault("configuration file or record that is not valid")
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="batch size"):
         TrainConfig(batch_size=1)

@@ -33,6 +33,7 @@ def test_gray_rgba_and_16bit_are_converted_consistently(tmp_path, rgb):
     np.testing.assert_array_equal(read_image(tmp_path / "rgb.png"), rgb)
 
 
+@pytest.mark.fault("image file corrupt or truncated")
 def test_truncated_and_corrupt_files_are_named(tmp_path, rgb):
     png = write_png(tmp_path / "a.png", rgb)
     png.write_bytes(png.read_bytes()[:-30])
@@ -75,6 +76,7 @@ def test_normalize_matches_the_textbook_formula(order):
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
 
 
+@pytest.mark.fault("input shape or batch the model cannot take")
 def test_preprocess_rejects_wrong_shape():
     with pytest.raises(DataError, match="RGB uint8"):
         preprocess(np.zeros((8, 8), np.uint8), PreprocessConfig(height=32, width=32))
@@ -92,6 +94,7 @@ def test_mvtec_layout(line_root):
         resolve_categories("mvtec", line_root, "bottle")
 
 
+@pytest.mark.fault("dataset folder missing, empty or without masks")
 def test_missing_mask_and_folder_errors(tmp_path, line_root):
     import shutil
 
@@ -108,6 +111,7 @@ def test_missing_mask_and_folder_errors(tmp_path, line_root):
         index_category("kolektor", copy, "washer")
 
 
+@pytest.mark.fault("dataset folder missing, empty or without masks")
 def test_empty_category(tmp_path):
     (tmp_path / "cat" / "train" / "good").mkdir(parents=True)
     (tmp_path / "cat" / "test").mkdir()
@@ -191,6 +195,7 @@ def test_synthetic_is_seeded_and_masks_match():
         make_image("bottle", 0, "train", 0)
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_generator_never_overwrites(tmp_path):
     out = generate_line_data(
         tmp_path / "d", ["granite"], n_train=2, n_test_good=1, n_test_per_defect=1, size=32

@@ -16,6 +16,7 @@ from dmgrd_edge.errors import DataError
 from dmgrd_edge.workflow.demo import prepare_out
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_prepare_out_never_removes_what_is_not_a_demo(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -158,6 +158,7 @@ def test_ddp_matches_one_process_and_resumes_from_either_kind(tmp_path, line_roo
     assert _losses(to_single) == pytest.approx(a, rel=LOSS_RTOL)
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_devices_cli_refuses_bad_combinations_and_reports_a_rank_error(tmp_path, line_root):
     def cli(*args):
         return subprocess.run(

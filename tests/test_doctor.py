@@ -46,6 +46,7 @@ def jetson(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.fault("software, weights or device missing")
 @pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
 )
@@ -85,6 +86,7 @@ def test_with_the_fakes_on_a_pretend_jetson_everything_required_is_found(version
     assert doctor.render(checks).endswith("ready: every required part found")
 
 
+@pytest.mark.fault("platform or library version not supported")
 def test_jetpack_5_and_tensorrt_8_5_are_refused_with_the_fix(jetson):
     (jetson / "nv_tegra_release").write_text("# R35 (release), REVISION: 4.1, GCID: 1\n")
     with installed("8.5.2.2"):
@@ -94,6 +96,7 @@ def test_jetpack_5_and_tensorrt_8_5_are_refused_with_the_fix(jetson):
     assert trt.failed and "8.5.2.2 is too old" in trt.detail and "JetPack 5" in trt.fix
 
 
+@pytest.mark.fault("software, weights or device missing")
 def test_missing_tools_and_cameras_are_warnings_with_fixes(jetson, monkeypatch):
     tool(jetson / "bin", "gst-inspect-1.0", "No such element or plugin 'nvarguscamerasrc'", 1)
     (jetson / "bin" / "nvpmodel").unlink()
@@ -118,6 +121,7 @@ class RefuseCv2(importlib.abc.MetaPathFinder):
         return None
 
 
+@pytest.mark.fault("platform or library version not supported")
 def test_an_opencv_broken_by_numpy_2_is_named_with_the_numpy_fix(monkeypatch):
     monkeypatch.delitem(sys.modules, "cv2", raising=False)
     monkeypatch.setattr(sys, "meta_path", [RefuseCv2(), *sys.meta_path])

@@ -51,6 +51,7 @@ def _manifest(met):
     }
 
 
+@pytest.mark.fault("INT8 accuracy bound missed (--max-drop)")
 def test_a_missed_max_drop_is_its_own_error(tmp_path):
     pytest.importorskip("torch")
     from dmgrd_edge.export.pipeline import require_max_drop

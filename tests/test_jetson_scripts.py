@@ -47,6 +47,7 @@ def install(tmp_path, env: dict, *args):
     )
 
 
+@pytest.mark.fault("platform or library version not supported")
 def test_install_refuses_a_machine_that_is_not_a_jetson(tmp_path):
     out = install(tmp_path, {"DMGRD_ARCH": "x86_64"})
     assert out.returncode == 2
@@ -56,6 +57,7 @@ def test_install_refuses_a_machine_that_is_not_a_jetson(tmp_path):
     assert not (tmp_path / "dmgrd-venv").exists()
 
 
+@pytest.mark.fault("platform or library version not supported")
 def test_install_refuses_jetpack_5(tmp_path):
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
@@ -65,6 +67,7 @@ def test_install_refuses_jetpack_5(tmp_path):
     assert not (tmp_path / "dmgrd-venv").exists()
 
 
+@pytest.mark.fault("software, weights or device missing")
 @pytest.mark.skipif(
     subprocess.run(["/usr/bin/python3", "-c", "import tensorrt"], capture_output=True).returncode
     == 0,
@@ -115,6 +118,7 @@ def test_systemd_unit_restarts_the_runtime():
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
+@pytest.mark.fault("bundle file tampered, truncated or not a bundle")
 def test_check_refuses_a_folder_that_is_no_bundle(tmp_path):
     out = subprocess.run(
         ["bash", str(CHECK), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True

@@ -255,6 +255,7 @@ def _toml(path: Path, text: str) -> Path:
 CAM = '[[camera]]\nname = "a"\nsource = "x.mp4"\nbundle = "b"\n'
 
 
+@pytest.mark.fault("configuration file or record that is not valid")
 @pytest.mark.parametrize(
     "text, needle",
     [
@@ -291,6 +292,7 @@ def test_line_config_reads_cameras_with_defaults_and_relative_bundles(tmp_path):
     assert (right.threshold, right.sinks, right.queue_size) == (None, (), 4)
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_run_config_refuses_single_source_options(tmp_path):
     path = _toml(tmp_path / "line.toml", '[[camera]]\nname = "a"\nsource = "x.mp4"\nbundle = "b"\n')
     proc = cli("run", "--config", path, "--threshold", "0.5")
@@ -386,6 +388,7 @@ class LostCamera:
         pass
 
 
+@pytest.mark.fault("camera failing or lost mid-stream")
 def test_a_dead_camera_never_stalls_the_others(tmp_path, videos, fp32_bundle):
     from dmgrd_edge.runtime.multicam import Line
 
@@ -451,6 +454,7 @@ def _until(predicate, timeout=120):
     return predicate()
 
 
+@pytest.mark.fault("bundle file tampered, truncated or not a bundle")
 def test_changeover_switches_bundles_while_frames_flow_and_refuses_a_broken_one(
     tmp_path, videos, fp32_bundle
 ):

@@ -31,6 +31,7 @@ def test_parse_mqtt_uri():
     assert parse_mqtt_uri("mqtt://broker/t").port == 1883
 
 
+@pytest.mark.fault("source or sink URI that cannot be used")
 @pytest.mark.parametrize(
     "uri, needle",
     [
@@ -111,6 +112,7 @@ def test_every_frame_arrives_with_its_fields_and_a_retained_status(broker):
     late.close()
 
 
+@pytest.mark.fault("MQTT broker down")
 def test_broker_restart_within_the_buffer_loses_nothing(broker):
     sub = Subscriber(broker.port, "line/cam1")
     sink, logs = _sink(broker.port, buffer=500)
@@ -132,6 +134,7 @@ def test_broker_restart_within_the_buffer_loses_nothing(broker):
         sub.close()
 
 
+@pytest.mark.fault("MQTT broker down")
 def test_a_full_buffer_drops_the_oldest_counts_and_reports_it(tmp_path):
     need_mosquitto()
     b = Broker(tmp_path)  # not started yet: the sink cannot connect

@@ -84,6 +84,7 @@ def test_plc_reads_last_result_counters_and_clears_result_ready():
         right.close()
 
 
+@pytest.mark.fault("source or sink URI that cannot be used")
 def test_bad_opcua_uri_and_taken_port():
     with pytest.raises(SinkError, match="bad OPC-UA sink"):
         open_sink("opcua://127.0.0.1:4840/some/path", True)

@@ -135,6 +135,7 @@ def test_knn_baseline_has_no_student_and_no_training(knn_ckpt):
     assert read_checkpoint(knn_ckpt)["metadata"]["score_stats"]["threshold"] > 0
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_knn_baseline_cannot_be_pruned(knn_ckpt, tmp_path):
     from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
 
@@ -322,10 +323,11 @@ def test_rescore_refills_the_patch_memory_at_another_size(combined_ckpt, tmp_pat
     assert float(after.patch_memory.bank0.abs().sum()) > 0
 
 
+@pytest.mark.fault("configuration file or record that is not valid")
 def test_loss_weights_switch_terms_off_and_are_range_checked():
     from types import SimpleNamespace
 
-    from train.losses import AUTHORS_WEIGHTS, dmgrd_loss
+    from dmgrd_edge.train.losses import AUTHORS_WEIGHTS, dmgrd_loss
 
     torch.manual_seed(0)
     levels = [torch.randn(4, 8, 4, 4, requires_grad=True) for _ in range(3)]
@@ -377,6 +379,7 @@ def test_linear_fusion_replaces_msff_with_the_same_shapes():
         ModelConfig(fusion="attention")
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_memory_path_ablations_need_a_memory_guided_student(line_root, tmp_path):
     base = [sys.executable, "-m", "dmgrd_edge.cli", "train", "--data", str(line_root)]
     base += ["--category", "washer", "--out", str(tmp_path / "runs"), "--steps", "1"]
@@ -393,6 +396,7 @@ def test_memory_path_ablations_need_a_memory_guided_student(line_root, tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.fault("command-line number out of range")
 def test_rescore_refuses_a_bank_size_out_of_range_before_reading(tmp_path):
     out = tmp_path / "new.pt"
     result = subprocess.run(

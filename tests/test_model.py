@@ -63,6 +63,7 @@ def test_cli_lists_and_accepts_every_backbone():
     assert "ResNet18_Weights.IMAGENET1K_V1" in lines["resnet18"]
 
 
+@pytest.mark.fault("software, weights or device missing")
 def test_missing_weight_package_names_it(monkeypatch):
     import sys
 
@@ -110,6 +111,7 @@ def test_lite_weights_load_strictly_and_give_sane_features(name):
         assert all(torch.isfinite(f).all() and 0.05 < f.std() < 20 for f in teacher(x))
 
 
+@pytest.mark.fault("teacher weights of another model")
 def test_lite_weights_of_another_size_are_refused():
     with pytest.raises(WeightsError, match="does not hold efficientnet_lite1 weights"):
         create_teacher(
@@ -132,6 +134,7 @@ def test_lite_model_builds_and_runs_at_256(name):
     assert [t.shape[1] for t in features.teacher] == list(BACKBONES[name].channels)
 
 
+@pytest.mark.fault("software, weights or device missing")
 def test_resnet_without_weights_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.hub.set_dir(str(tmp_path / "hub"))
@@ -162,6 +165,7 @@ def test_resnet_weights_from_file(tmp_path):
         create_teacher("resnet18", weights_file=str(path))
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_unknown_backbone_lists_choices():
     with pytest.raises(ConfigError, match="efficientnet_lite0"):
         create_teacher("vit_b16")

@@ -99,6 +99,7 @@ def test_training_and_test_material_are_disjoint():
     assert rng_rows == {False}
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="choose from"):
         build_photo_set(tmp_path / "x", ["marble"])

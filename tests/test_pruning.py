@@ -137,6 +137,7 @@ def test_prune_finetune_export_end_to_end(tmp_path, trained_ckpt):
     assert {"model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"} <= set(manifest["files"])
 
 
+@pytest.mark.fault("command-line number out of range")
 def test_prune_cli_refuses_bad_input_and_keeps_files(tmp_path, trained_ckpt):
     run = lambda *args: subprocess.run(
         [sys.executable, "-m", "dmgrd_edge.cli", "prune", *map(str, args)],  # noqa: E731

@@ -80,6 +80,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close: no index, no final sizes
 """
 
 
+@pytest.mark.fault("process killed or stopped mid-run (SIGKILL, SIGTERM)")
 @pytest.mark.parametrize("max_bytes", [1 << 30, 40_000])
 def test_avi_survives_kill(tmp_path, max_bytes):
     target = tmp_path / "rec.avi"
@@ -121,6 +122,7 @@ def test_avi_rolls_over_without_losing_frames(tmp_path):
     assert first == 40
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_video_sink_never_overwrites_and_refuses_mp4(tmp_path):
     with pytest.raises(SinkError, match=r"\.avi only") as info:
         open_sink(str(tmp_path / "out.mp4"), headless=True)
@@ -138,6 +140,7 @@ def test_video_sink_never_overwrites_and_refuses_mp4(tmp_path):
     assert not (tmp_path / "new.avi").exists()  # no frame, no file
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_folder_sink_adds_and_never_replaces(tmp_path):
     latency = Latency(preprocess=1.0, inference=2.0, postprocess=0.5)
     ng = Event.judged(7, 1.25, True, [], latency)
@@ -178,6 +181,7 @@ print(written)
 """
 
 
+@pytest.mark.fault("disk full")
 def test_avi_stays_readable_when_the_disk_fills_up(tmp_path):
     target = tmp_path / "rec.avi"
     code = FULL_DISK.format(frame_source=inspect.getsource(frame), target=str(target))

@@ -87,6 +87,7 @@ def test_parse_uri(uri, kind, location):
     assert spec.live == (kind in ("v4l2", "csi", "rtsp", "gst"))
 
 
+@pytest.mark.fault("source or sink URI that cannot be used")
 @pytest.mark.parametrize(
     "uri, needle",
     [
@@ -200,6 +201,7 @@ def test_every_source_implements_the_protocol(video, tmp_path):
     assert not isinstance(Incomplete(), Source)
 
 
+@pytest.mark.fault("image file corrupt or truncated")
 def test_folder_skips_corrupt_files(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), i * 50, np.uint8))
@@ -220,6 +222,7 @@ class SlowConsumerLive(VideoCaptureSource):
         self.live = True
 
 
+@pytest.mark.fault("live source faster than inference (frames drop)")
 def test_live_source_drops_oldest_but_file_never_drops(video):
     path, truth = video
     live = Capture(SlowConsumerLive(parse_uri(str(path))), queue_size=2, max_retries=0)
@@ -259,6 +262,7 @@ class FlakyCamera(VideoCaptureSource):
         return super().read()
 
 
+@pytest.mark.fault("camera failing or lost mid-stream")
 def test_source_failing_mid_stream_reconnects_then_exits_cleanly(video, bundle):
     from dmgrd_edge.bundle import load_bundle
     from dmgrd_edge.runtime.pipeline import EXIT_SOURCE_LOST, Pipeline, make_preprocess
@@ -373,6 +377,7 @@ def test_every_backend_declares_the_batches_it_takes(bundle):
     assert not isinstance(Undeclared(), Backend)
 
 
+@pytest.mark.fault("inference error in a worker thread")
 def test_inference_error_in_a_worker_stops_the_run(video, bundle):
     """An exception in an inference thread ends the run with that error; sinks are closed and
     capture stops; nothing hangs."""
@@ -424,6 +429,65 @@ def test_inference_error_in_a_worker_stops_the_run(video, bundle):
     assert [e["frame"] for e in sink.events] == list(range(len(sink.events)))
 
 
+@pytest.mark.fault("inference threads ahead of a slow main thread (a busy CPU)")
+def test_inference_threads_stay_two_batches_each_ahead_of_a_slow_main_thread(video, bundle):
+    """A main thread that falls behind holds the inference threads back: at most 2 x workers
+    batches are taken and not yet handed over, so results do not pile up in memory. The
+    first frame's sink waits (up to 2 s) for the threads to run further ahead than that."""
+    import threading
+
+    from dmgrd_edge.bundle import load_bundle
+    from dmgrd_edge.runtime.pipeline import Pipeline, RunConfig, make_preprocess
+    from dmgrd_edge.runtime.select import create_backend
+
+    loaded = load_bundle(bundle)
+    chosen = create_backend(loaded, "onnxruntime", "fp32", log=lambda *_: None, workers=2)
+    limit, real = 2 * chosen.workers, chosen.backend
+    lock, ran_ahead, calls, ahead = threading.Lock(), threading.Event(), [0], []
+    first_written = threading.Event()
+
+    class CountingBackend:  # the real ONNX Runtime backend, its calls counted
+        calls_from_any_thread = True
+
+        def infer(self, batch):
+            with lock:
+                calls[0] += 1
+                # while frame 0 is in its sink, batch 0 is handed and at most `limit` others
+                if calls[0] > limit + 1 and not first_written.is_set():
+                    ran_ahead.set()
+            return real.infer(batch)
+
+        def describe(self):
+            return real.describe()
+
+    class SlowSink(RecordingSink):
+        def write(self, event, frame, overlay):
+            if event.frame == 0:
+                ran_ahead.wait(timeout=2)
+            with lock:
+                ahead.append(calls[0] - (event.frame + 1))  # calls made beyond this frame's
+                first_written.set()
+            super().write(event, frame, overlay)
+
+    sink = SlowSink()
+    config = RunConfig(
+        threshold=loaded.threshold,
+        pixel_threshold=loaded.threshold,
+        status_every_s=1e9,
+        workers=chosen.workers,
+    )
+    pipeline = Pipeline(loaded, CountingBackend(), [sink], config, log=lambda *_: None)
+    capture = Capture(open_source(parse_uri(str(video[0]))), make_preprocess(loaded), queue_size=4)
+    try:
+        assert pipeline.run(capture) == 0
+    finally:
+        chosen.close()
+    assert chosen.workers == 2 and not ran_ahead.is_set()
+    assert [e["frame"] for e in sink.events] == list(range(len(video[1])))
+    assert max(ahead) <= limit, ahead
+
+
+@pytest.mark.fault("option or combination that is not allowed")
 def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
     """With a usable engine, --workers 2 is an error, not a quiet switch to ONNX Runtime."""
     from dmgrd_edge.bundle import load_bundle
@@ -437,6 +501,7 @@ def test_tensorrt_engine_refuses_calls_in_flight(bundle, monkeypatch):
         select.create_backend(loaded, "auto", workers=2, log=lambda *_: None)
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_workers_option():
     from dmgrd_edge.runtime.select import auto_workers
     from dmgrd_edge.options import parse_workers
@@ -464,6 +529,7 @@ def test_regions_boxes_and_peaks():
     assert found[0].peak == 2.0 and found[1].area == 24 * 4
 
 
+@pytest.mark.fault("source or sink URI that cannot be used")
 def test_sink_uris(tmp_path):
     with pytest.raises(SinkError, match="--headless"):
         open_sink("display://", headless=True)
@@ -529,6 +595,7 @@ def test_run_end_to_end_without_torch(tmp_path, video, bundle):
     assert reader.get(cv2.CAP_PROP_FPS) == 25  # the source video's rate
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(
     tmp_path, video, bundle
 ):
@@ -541,6 +608,7 @@ def test_run_keeps_an_earlier_recording_and_says_so_before_loading_the_model(
     assert old.read_bytes() == b"yesterday's recording"
 
 
+@pytest.mark.fault("disk full")
 def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, video, bundle):
     proc = _run_cli(
         "run", bundle, "--source", video[0], "--sink", "jsonl:///dev/full", "--headless"
@@ -550,6 +618,7 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, video, bundle):
     assert "No space left on device" in err and "/dev/full" in err and "Traceback" not in out + err
 
 
+@pytest.mark.fault("process killed or stopped mid-run (SIGKILL, SIGTERM)")
 def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
     path, _ = video
     proc = _run_cli(
@@ -578,6 +647,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path, video, bundle):
     json.loads(lines[-1])  # the last line is complete
 
 
+@pytest.mark.fault("bundle file tampered, truncated or not a bundle")
 def test_tampered_bundle_fails_at_start(tmp_path, video, bundle):
     import shutil
 
@@ -861,6 +931,7 @@ def test_bench_peak_memory_is_its_own_not_its_parents():
     assert own <= inherited
 
 
+@pytest.mark.fault("no permission (not root)")
 def test_jetson_clocks_state_says_unknown_without_root(monkeypatch):
     """`jetson_clocks --show` reads the clocks only as root: without root, or when it fails,
     the device record says the state is unknown and why, never the tool's error text."""

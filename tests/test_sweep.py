@@ -54,6 +54,7 @@ def test_plan_orders_the_matrix_and_leaves_out_pruned_knn(tmp_path):
     )
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 @pytest.mark.parametrize(
     "changes, needle",
     [
@@ -74,12 +75,14 @@ def test_bad_options_are_refused_before_any_work(tmp_path, changes, needle):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_split_list_names_the_option():
     assert split_list("--ratios", "0, 0.5,", float) == (0.0, 0.5)
     with pytest.raises(ConfigError, match="bad --ratios 'half'"):
         split_list("--ratios", "half", float)
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_a_folder_of_other_settings_or_no_sweep_is_refused(tmp_path):
     out = tmp_path / "s"
     config = tiny(tmp_path, out, steps=5)
@@ -96,6 +99,7 @@ def test_a_folder_of_other_settings_or_no_sweep_is_refused(tmp_path):
         check_sweep_folder(Paths(other), config)
 
 
+@pytest.mark.fault("result file cut short or of other settings")
 def test_only_a_complete_result_of_the_same_settings_counts_as_finished(tmp_path):
     config = tiny(tmp_path, tmp_path / "s")
     v = Variant("efficientnet_lite0", "default", 0.0, "fp32")
@@ -160,6 +164,7 @@ def _sweep_command(data: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.fault("process killed or stopped mid-run (SIGKILL, SIGTERM)")
 @pytest.mark.slow
 def test_a_killed_sweep_continues_where_it_stopped(tmp_path, line_root):
     """Two variants (unpruned and pruned 50 %, fp32). The sweep is killed (SIGKILL) as soon as

@@ -19,6 +19,7 @@ def test_engine_names_carry_precision_gpu_and_version():
     assert slug("  ") == "unknown"
 
 
+@pytest.mark.fault("TensorRT engine truncated or built elsewhere")
 def test_mismatched_engine_says_how_to_rebuild():
     entry = {"precision": "int8", "gpu": "Orin", "trt_version": "10.3.0"}
     check_engine_matches(entry, "Orin", "10.3.0", "e")

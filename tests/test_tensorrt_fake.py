@@ -226,6 +226,7 @@ def test_fake_enforces_the_bindings_rules(bundle):
             network.get_layer(0).precision = trt.float32
 
 
+@pytest.mark.fault("platform or library version not supported")
 def test_tensorrt_below_86_is_refused(bundle):
     """JetPack 5 (TensorRT 8.5, Python 3.8): building and running refuse it, naming JetPack 6."""
     from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
@@ -265,6 +266,7 @@ def test_gpu_name_is_one_identity_for_build_and_run(bundle, tmp_path, monkeypatc
             device.gpu_name()
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_dla_build_needs_cores_the_device_has(bundle):
     with installed("11.1.0"):  # no DLA in TensorRT 11.0-11.3 on JetPack
         with pytest.raises(EngineError, match="DLA core 0 asked for, this device has 0"):
@@ -274,6 +276,7 @@ def test_dla_build_needs_cores_the_device_has(bundle):
 # -- running --------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("input shape or batch the model cannot take")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize(
     "profile", [BatchProfile(4, 4, 4), BatchProfile(1, 4, 8)], ids=["fixed4", "dyn1-8"]
@@ -311,6 +314,7 @@ def test_backend_runs_batches_inside_the_profile_and_refuses_others(
     assert trt.fake.errors == []
 
 
+@pytest.mark.fault("input shape or batch the model cannot take")
 def test_refused_input_shape_is_an_error_not_a_wrong_answer(bundle):
     from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
 
@@ -324,6 +328,7 @@ def test_refused_input_shape_is_an_error_not_a_wrong_answer(bundle):
         backend.close()
 
 
+@pytest.mark.fault("TensorRT engine truncated or built elsewhere")
 def test_truncated_engine_is_refused_with_the_rebuild(fake, bundle):
     from dmgrd_edge.runtime.select import create_backend
     from dmgrd_edge.runtime.tensorrt_backend import TensorRTBackend
@@ -345,6 +350,7 @@ def test_truncated_engine_is_refused_with_the_rebuild(fake, bundle):
     assert cuda.gpu.memory == {}  # nothing left allocated by the failed load
 
 
+@pytest.mark.fault("TensorRT engine truncated or built elsewhere")
 def test_mismatched_engine_is_refused(bundle):
     """Built with another TensorRT, on another GPU, or for another image size: refused with
     the rebuild command (auto says why it takes ONNX Runtime instead)."""
@@ -533,6 +539,7 @@ def test_export_builds_the_engine_inside_the_bundle(trained_ckpt, tmp_path):
         assert not refused.exists() and not [p for p in tmp_path.iterdir() if p.name[0] == "."]
 
 
+@pytest.mark.fault("input shape or batch the model cannot take")
 def test_bench_refuses_batches_below_the_profile(bundle):
     """bench measures the batch sizes asked for or none: a batch below the engine's minimum
     would be padded and measured as a larger one."""

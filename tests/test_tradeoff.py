@@ -59,6 +59,7 @@ def test_pareto_front_and_recommendation():
     assert picks["gpu B"].name == "gpu"
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 def test_report_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="pro_30"):
         write_report([tmp_path / "x.json"], tmp_path / "out", metric="f1")

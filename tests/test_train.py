@@ -62,6 +62,7 @@ def test_resume_is_bit_for_bit(tmp_path, line_root):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.fault("existing output kept, never overwritten")
 def test_existing_run_is_not_overwritten(tmp_path, line_root):
     out = tmp_path / "run"
     out.mkdir()
@@ -94,6 +95,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
 
 
+@pytest.mark.fault("checkpoint with damaged or mistyped fields")
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, trained_ckpt):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(trained_ckpt.read_bytes()[:1000])
@@ -130,6 +132,7 @@ def test_cli_eval_writes_reports(tmp_path, trained_ckpt):
     assert (tmp_path / "ev" / "report.csv").read_text().startswith("category,i_auroc")
 
 
+@pytest.mark.fault("option or combination that is not allowed")
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -190,6 +193,7 @@ def test_cli_train_and_generate(tmp_path):
     )
 
 
+@pytest.mark.fault("image file corrupt or truncated")
 def test_overwrite_replaces_a_run_only_once_the_new_run_has_a_checkpoint(tmp_path, line_root):
     import shutil
 
