@@ -16,7 +16,7 @@ old-model decisions after the switch (and how many frames were in the old calls 
 new-model decisions before it, decisions whose OK/NG disagrees with their model's
 threshold, and the largest gap between decisions from the request to 2 s after the switch.
 
-    python benchmarks/runtime_changeover.py --make-bundles /tmp/changeover   # two tiny models
+    python benchmarks/runtime_changeover.py --make-bundles DIR   # two tiny models
     python benchmarks/runtime_changeover.py --bundle-a A --bundle-b B
 
 Torch is not imported (``--make-bundles`` trains and exports through the CLI, in processes
