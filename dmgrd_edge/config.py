@@ -34,6 +34,18 @@ PAPER_MODEL_FIELDS = {
 LEGACY_MODEL_FIELDS = {**PAPER_MODEL_FIELDS, "map_scale": "mean", "image_score": "map"}
 
 
+def refuse_unknown_fields(
+    cls: type, data: dict[str, Any], what: str, written: str = "the checkpoint was written"
+) -> None:
+    """A record with fields this version's ``cls`` lacks comes from a newer dmgrd-edge."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(
+            f"{what} has unknown fields {sorted(unknown)}",
+            f"{written} by a newer dmgrd-edge; upgrade",
+        )
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Everything `preprocess()` needs; stored in checkpoints and bundle manifests."""
@@ -76,12 +88,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(
-                f"preprocess config has unknown fields {sorted(unknown)}",
-                "it was written by a newer dmgrd-edge; upgrade",
-            )
+        refuse_unknown_fields(cls, data, "preprocess config", "it was written")
         return cls(**data)
 
 
@@ -196,13 +203,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(
-                f"model config has unknown fields {sorted(unknown)}",
-                "the checkpoint was written by a newer dmgrd-edge; upgrade",
-            )
+        refuse_unknown_fields(cls, data, "model config")
         data = {**LEGACY_MODEL_FIELDS, **data}
         return cls(**data)
 
@@ -285,12 +286,7 @@ class SynthesisConfig:
         stored): the defaults, which is what such a checkpoint was trained with."""
         if data is None:
             return cls()
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(
-                f"synthesis config has unknown fields {sorted(unknown)}",
-                "the checkpoint was written by a newer dmgrd-edge; upgrade",
-            )
+        refuse_unknown_fields(cls, data, "synthesis config")
         return cls(**data)
 
     @classmethod
