@@ -36,6 +36,15 @@ from dmgrd_edge.workflow.sweep import Sweep
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
+def machine() -> str:
+    """This machine in words, for the result files: CPU model and core count."""
+    import os
+
+    from dmgrd_edge.runtime.device_info import cpu_model
+
+    return f"{os.cpu_count()}-core {cpu_model()}"
+
+
 def config(args, work: Path, steps: int, prune_steps: int) -> SweepConfig:
     return SweepConfig(
         data=str(work / "line"),
@@ -127,7 +136,7 @@ def main() -> None:
         rows, totals = estimate(sweep, args.steps, args.prune_steps, steps, prune)
         record = {
             "benchmark": "sweep_backbones estimate",
-            "machine": "2-core AMD EPYC VM, shared with other jobs during the tiny run",
+            "machine": f"{machine()}, load: whatever ran beside the tiny run",
             "tiny_run": {"steps": steps, "prune_steps": prune, "seconds": round(seconds, 1)},
             "estimate_for": {"steps": args.steps, "prune_steps": args.prune_steps},
             "estimated_wall_seconds_at_this_load": round(totals["wall"], 1),
@@ -154,6 +163,7 @@ def main() -> None:
         shutil.copyfile(sweep.paths.report / name, args.out / name)
     record = {
         "benchmark": "sweep_backbones",
+        "machine": machine(),
         "args": {k: str(v) for k, v in vars(args).items() if k not in ("work", "out")},
         "seconds": round(seconds, 1),
         "recommended": summary["recommended"],

@@ -3,7 +3,8 @@
 Sources: a dataset root + category (its training normals) or a folder of images (searched
 recursively). A seeded shuffle splits the normals into a held-out guard set (used only to
 compare fp32 and int8) and the calibration set. Pseudo-anomalous images (the training
-synthesis) can join the calibration set, and always form the anomalous half of the guard.
+synthesis, with the settings the checkpoint was trained with) can join the calibration set,
+and always form the anomalous half of the guard.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmgrd_edge.config import PreprocessConfig
+from dmgrd_edge.config import PreprocessConfig, SynthesisConfig
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import IMAGE_SUFFIXES
 from dmgrd_edge.data.preprocess import normalize, read_frames
@@ -32,6 +33,7 @@ class CalibrationData:
     source: str
     n_pseudo: int
     warnings: list[str]
+    synthesis: SynthesisConfig
 
     def summary(self) -> dict:
         return {
@@ -40,6 +42,7 @@ class CalibrationData:
             "pseudo_anomalous_in_calibration": self.n_pseudo,
             "guard_normal": int((self.guard_labels == 0).sum()),
             "guard_pseudo_anomalous": int((self.guard_labels == 1).sum()),
+            "synthesis": self.synthesis.to_dict(),
             "warnings": self.warnings,
         }
 
@@ -76,7 +79,10 @@ def collect(
     pseudo: bool,
     seed: int = 0,
     progress=None,
+    synthesis: SynthesisConfig | None = None,
 ) -> CalibrationData:
+    """``synthesis``: how the pseudo-anomalies are made, the checkpoint's training settings
+    (None: the defaults, what a checkpoint from before they were stored was trained with)."""
     files = list_source_images(Path(source), dataset, category)
     order = np.random.default_rng([seed, 11]).permutation(len(files))
     n_guard = min(guard_count // 2, max(2, len(files) // 5))
@@ -96,7 +102,8 @@ def collect(
     read = progress or (lambda xs, _: xs)
     calib = read_frames(read(calib_files, "calibration images"), cfg)
     guard = read_frames(read(guard_files, "guard images"), cfg)
-    synth = AnomalySynthesizer(cfg.height, cfg.width)
+    synthesis = synthesis or SynthesisConfig()
+    synth = AnomalySynthesizer(cfg.height, cfg.width, config=synthesis)
     rng = np.random.default_rng([seed, 12])
     bad, masks = zip(*(synth(image, rng, calib) for image in guard))
     n_pseudo = 0
@@ -118,6 +125,7 @@ def collect(
         source=where,
         n_pseudo=n_pseudo,
         warnings=warnings,
+        synthesis=synthesis,
     )
 
 

@@ -23,18 +23,29 @@ from . import checks
 from .config import ModelConfig, SynthesisConfig, TrainConfig
 from .errors import ConfigError, DmgrdError, ExitCode
 from .options import (
+    SWEEP_MODELS,
     BackendRequest,
     BatchProfile,
+    BenchSettings,
     CameraConfig,
+    DemoSettings,
+    EvalSettings,
     ExportOptions,
+    LineDataSettings,
+    PhotoDataSettings,
+    PruneFinetune,
+    PruneJob,
+    ReportSettings,
     RunConfig,
     SweepConfig,
+    ThresholdSettings,
+    TrainJob,
     format_size,
     parse_size,
     parse_workers,
     split_list,
 )
-from .registry import LAYOUTS, TEACHERS
+from .registry import LAYOUTS, PHOTO_PARTS, PHOTO_SURFACES, TEACHERS
 
 app = typer.Typer(
     add_completion=False,
@@ -105,13 +116,19 @@ SYNTHESIS_DEFAULTS = SynthesisConfig().describe()
 @app.command("generate-data")
 def generate_data(
     out: Path = typer.Argument(..., help="folder to create (MVTec AD layout)"),
-    categories: str = typer.Option("all", help="comma list of synthetic categories or 'all'"),
-    n_train: int = typer.Option(60, help="good training images per category"),
-    n_test_good: int = typer.Option(10, help="good test images per category"),
-    n_test_per_defect: int = typer.Option(4, help="test images per defect kind"),
-    size: int = typer.Option(256, help="image side in pixels"),
-    seed: int = typer.Option(0),
-    overwrite: bool = typer.Option(False, help="replace an existing folder"),
+    categories: str = field_option(
+        LineDataSettings, "categories", help="comma list of synthetic categories or 'all'"
+    ),
+    n_train: int = field_option(LineDataSettings, "n_train", help="good training images"),
+    n_test_good: int = field_option(LineDataSettings, "n_test_good", help="good test images"),
+    n_test_per_defect: int = field_option(
+        LineDataSettings, "n_test_per_defect", help="test images per defect kind"
+    ),
+    size: int = field_option(LineDataSettings, "size", help="image side in pixels"),
+    seed: int = field_option(LineDataSettings, "seed"),
+    overwrite: bool = field_option(
+        LineDataSettings, "overwrite", help="replace an existing folder"
+    ),
 ):
     """Write seeded synthetic production-line data with masks (5 defect kinds)."""
     from rich.progress import track
@@ -143,15 +160,21 @@ def generate_data(
 @app.command("photo-data")
 def photo_data(
     out: Path = typer.Argument(..., help="folder to create (MVTec AD layout)"),
-    categories: str = typer.Option(
-        "all", help="comma list of brick, grass, gravel, coin, or 'all'"
+    categories: str = field_option(
+        PhotoDataSettings,
+        "categories",
+        help=f"comma list of {', '.join(PHOTO_SURFACES + PHOTO_PARTS)}, or 'all'",
     ),
-    n_train: int = typer.Option(60, help="good training crops per category"),
-    n_test_good: int = typer.Option(24, help="good test crops per category"),
-    n_test_defect: int = typer.Option(32, help="defective test crops per category (5 kinds)"),
-    size: int = typer.Option(256, help="crop side in pixels"),
-    seed: int = typer.Option(0),
-    overwrite: bool = typer.Option(False, help="replace an existing folder"),
+    n_train: int = field_option(PhotoDataSettings, "n_train", help="good training crops"),
+    n_test_good: int = field_option(PhotoDataSettings, "n_test_good", help="good test crops"),
+    n_test_defect: int = field_option(
+        PhotoDataSettings, "n_test_defect", help="defective test crops (5 kinds)"
+    ),
+    size: int = field_option(PhotoDataSettings, "size", help="crop side in pixels"),
+    seed: int = field_option(PhotoDataSettings, "seed"),
+    overwrite: bool = field_option(
+        PhotoDataSettings, "overwrite", help="replace an existing folder"
+    ),
 ):
     """Cut a seeded evaluation set with masks from real photographs (needs scikit-image)."""
     from rich.progress import track
@@ -186,7 +209,7 @@ def backbones():
 @app.command()
 def train(
     data: Path = typer.Option(..., help="dataset root"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
+    dataset: str = field_option(TrainJob, "dataset", help=f"layout: {DATASET_NAMES}"),
     category: str = typer.Option("all", help="category, comma list, or 'all' (one model each)"),
     out: Path = typer.Option(Path("runs"), help="output folder (one subfolder per category)"),
     backbone: str = field_option(ModelConfig, "backbone", help=f"one of {BACKBONE_NAMES}"),
@@ -256,19 +279,25 @@ def train(
         f"{SYNTHESIS_DEFAULTS} (beta: the blend's transparency range LOW,HIGH); "
         "stored in the checkpoint, and --resume goes on with the run's",
     ),
-    teacher_weights: Optional[Path] = typer.Option(
-        None, help="ImageNet weights file for the teacher"
+    teacher_weights: Optional[Path] = field_option(
+        TrainJob, "teacher_weights", help="ImageNet weights file for the teacher"
     ),
-    random_teacher: bool = typer.Option(False, help="random teacher weights (tests only)"),
+    random_teacher: bool = field_option(
+        TrainJob,
+        "pretrained",
+        "--random-teacher",
+        negated=True,
+        help="random teacher weights (tests only)",
+    ),
     val_every: int = field_option(TrainConfig, "val_every"),
     checkpoint_every: int = field_option(TrainConfig, "checkpoint_every"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    device: str = field_option(TrainJob, "device", help="auto, cpu, cuda or cuda:N"),
     no_amp: bool = field_option(
         TrainConfig, "amp", "--no-amp", negated=True, help="disable mixed precision on CUDA"
     ),
     threads: int = field_option(TrainConfig, "threads", help="torch CPU threads (0: default)"),
-    resume: bool = typer.Option(False, help="continue from OUT/<category>/last.pt"),
-    overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+    resume: bool = field_option(TrainJob, "resume", help="continue from OUT/<category>/last.pt"),
+    overwrite: bool = field_option(TrainJob, "overwrite", help="replace an existing run folder"),
     devices: int = typer.Option(
         1, help="processes for each model (DDP): N GPUs, or N CPU processes with gloo"
     ),
@@ -285,7 +314,6 @@ def train(
     from .config import model_config_from_options, train_config_from_options
     from .data.datasets import resolve_categories
     from .train.distributed import session
-    from .train.loop import TrainJob
     from .train.runners import make_runner
 
     checks.integer("--image-size", image_size, 32, note="a multiple of 32")
@@ -378,10 +406,12 @@ def evaluate(
     ),
     dataset: Optional[str] = typer.Option(None, help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="override the checkpoint's category"),
-    out: Path = typer.Option(Path("eval"), help="folder for report.md/.csv/.json and overlays"),
-    batch_size: int = typer.Option(8),
-    device: str = typer.Option("auto"),
-    overlays: int = typer.Option(2, help="overlay PNGs per defect type"),
+    out: Path = field_option(
+        EvalSettings, "out", shown=Path, help="folder for report.md/.csv/.json and overlays"
+    ),
+    batch_size: int = field_option(EvalSettings, "batch_size"),
+    device: str = field_option(EvalSettings, "device", help="auto, cpu, cuda or cuda:N"),
+    overlays: int = field_option(EvalSettings, "overlays", help="overlay PNGs per defect type"),
 ):
     """Evaluate checkpoints on their test sets: paper-style table plus heat-map overlays."""
     from .errors import choose
@@ -453,30 +483,42 @@ def prune(
     out: Path = typer.Option(
         ..., "--out", help="folder for pruned.pt and the fine-tune's last.pt/best.pt"
     ),
-    ratio: float = typer.Option(
-        0.5, help="share of the channels inside each bottleneck/student block to remove"
+    ratio: float = field_option(
+        PruneJob,
+        "ratio",
+        help="share of the channels inside each bottleneck/student block to remove",
     ),
-    multiple: int = typer.Option(
-        8, help="kept widths are multiples of this (8 suits INT8 kernels and TensorRT)"
+    multiple: int = field_option(
+        PruneJob,
+        "multiple",
+        help="kept widths are multiples of this (8 suits INT8 kernels and TensorRT)",
     ),
-    steps: int = typer.Option(500, help="fine-tune steps after the cut (0: cut only)"),
-    lr: float = typer.Option(0.001, help="fine-tune learning rate (peak, cosine decay)"),
-    batch_size: Optional[int] = typer.Option(
-        None, help="fine-tune batch (default: the original run's)"
+    steps: int = field_option(
+        PruneFinetune, "steps", help="fine-tune steps after the cut (0: cut only)"
     ),
-    data: Optional[Path] = typer.Option(
-        None, help="dataset root (default: the one the checkpoint was trained on)"
+    lr: float = field_option(
+        PruneFinetune, "lr", help="fine-tune learning rate (peak, cosine decay)"
     ),
-    dataset: Optional[str] = typer.Option(None, help=f"layout: {DATASET_NAMES}"),
-    category: Optional[str] = typer.Option(None, help="category (default: the checkpoint's)"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: default)"),
-    overwrite: bool = typer.Option(False, help="replace a non-empty --out folder"),
+    batch_size: Optional[int] = field_option(
+        PruneFinetune, "batch_size", help="fine-tune batch (default: the original run's)"
+    ),
+    data: Optional[Path] = field_option(
+        PruneJob, "data", help="dataset root (default: the one the checkpoint was trained on)"
+    ),
+    dataset: Optional[str] = field_option(PruneJob, "dataset", help=f"layout: {DATASET_NAMES}"),
+    category: Optional[str] = field_option(
+        PruneJob, "category", help="category (default: the checkpoint's)"
+    ),
+    device: str = field_option(PruneJob, "device", help="auto, cpu, cuda or cuda:N"),
+    threads: int = field_option(
+        PruneFinetune, "threads", help="torch CPU threads (0: the original run's)"
+    ),
+    overwrite: bool = field_option(PruneJob, "overwrite", help="replace a non-empty --out folder"),
 ):
     """Remove channels inside the bottleneck and student blocks, then fine-tune on the same data."""
     from .errors import choose
     from .train.checkpoint import read_checkpoint
-    from .train.prune import PruneJob, finetune_config, prune_checkpoint
+    from .train.prune import finetune_config, prune_checkpoint
 
     checks.number(
         "--ratio", ratio, 0, 1, lo_open=True, hi_open=True, note="the share of channels removed"
@@ -949,10 +991,10 @@ def bench(
     batch: Optional[str] = typer.Option(
         None, help="comma list of batch sizes (default: 1,4,8 up to the bundle's largest batch)"
     ),
-    warmup: int = typer.Option(5),
-    runs: int = typer.Option(30),
+    warmup: int = field_option(BenchSettings, "warmup", help="calls before the timed ones"),
+    runs: int = field_option(BenchSettings, "runs", help="timed calls per batch size"),
     data: Optional[Path] = typer.Option(None, help="dataset root for accuracy (test split)"),
-    dataset: str = typer.Option("mvtec", help=f"layout: {DATASET_NAMES}"),
+    dataset: str = field_option(BenchSettings, "dataset", help=f"layout: {DATASET_NAMES}"),
     category: Optional[str] = typer.Option(None, help="category (default: the bundle's)"),
     threads: int = field_option(
         BackendRequest, "threads", help="ONNX Runtime threads per call (0: cores / workers)"
@@ -964,7 +1006,7 @@ def bench(
         help="calls in flight for the throughput figure, as in `run` (auto or N); "
         "latency is always one call at a time",
     ),
-    out: Path = typer.Option(Path("bench.json"), help="JSON results"),
+    out: Path = field_option(BenchSettings, "out", shown=Path, help="JSON results"),
     label: Optional[str] = typer.Option(
         None,
         help="name of this variant in `dmgrd-edge report` (default: backbone, "
@@ -1019,15 +1061,23 @@ def report(
     results: list[Path] = typer.Argument(
         ..., help="JSON files written by dmgrd-edge bench (one per backbone, precision or device)"
     ),
-    out: Path = typer.Option(
-        Path("tradeoff"), help="folder for report.md, report.csv, report.html, pareto.png"
+    out: Path = field_option(
+        ReportSettings,
+        "out",
+        shown=Path,
+        help="folder for report.md, report.csv, report.html, pareto.png",
     ),
-    metric: str = typer.Option("pro_30", help="accuracy axis: pro_30, i_auroc or p_auroc"),
-    max_drop: float = typer.Option(
-        1.0, help="recommend the fastest variant within this many points of the best"
+    metric: str = field_option(
+        ReportSettings, "metric", help="accuracy axis: pro_30, i_auroc or p_auroc"
     ),
-    budget_ms: Optional[float] = typer.Option(
-        None,
+    max_drop: float = field_option(
+        ReportSettings,
+        "max_drop",
+        help="recommend the fastest variant within this many points of the best",
+    ),
+    budget_ms: Optional[float] = field_option(
+        ReportSettings,
+        "budget_ms",
         help="also name the most accurate variant whose batch-1 p50 latency fits this "
         "many ms (per device), or say that none fits",
     ),
@@ -1062,7 +1112,7 @@ def sweep(
         SweepConfig,
         "models",
         shown=_comma,
-        help="comma list of model variants: default, knn, no-memory, paper",
+        help=f"comma list of model variants: {', '.join(SWEEP_MODELS)}",
     ),
     ratios: str = field_option(
         SweepConfig, "ratios", shown=_comma, help="comma list of pruning ratios (0: not pruned)"
@@ -1147,12 +1197,16 @@ def sweep(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("dmgrd-demo"), help="folder for everything the demo makes"),
+    out: Path = field_option(
+        DemoSettings, "out", shown=Path, help="folder for everything the demo makes"
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="the same steps at a reduced size (64 px, a few steps; tests)"
     ),
-    threads: int = typer.Option(0, help="torch and ONNX Runtime threads (0: default)"),
-    overwrite: bool = typer.Option(False, help="replace an earlier demo in --out"),
+    threads: int = field_option(
+        DemoSettings, "threads", help="torch and ONNX Runtime threads (0: default)"
+    ),
+    overwrite: bool = field_option(DemoSettings, "overwrite", help="replace an earlier demo"),
 ):
     """The whole toolkit on generated line data: train, export, stream, sweep, summary page."""
     from .workflow.demo import console_summary, run_demo
@@ -1168,18 +1222,21 @@ def calibrate_threshold(
     source: str = typer.Option(
         ..., help="known-good frames: image folder/glob, video file, or a camera URI"
     ),
-    false_alarm_rate: float = typer.Option(0.001, help="wanted share of good frames flagged NG"),
+    false_alarm_rate: float = field_option(
+        ThresholdSettings, "false_alarm_rate", help="wanted share of good frames flagged NG"
+    ),
     backend: str = field_option(
         BackendRequest,
         "backend",
         help="the backend the line will run: auto, tensorrt or onnxruntime",
     ),
     precision: str = field_option(BackendRequest, "precision", help="auto, int8, fp16 or fp32"),
-    max_frames: Optional[int] = typer.Option(
-        None, help="stop after N frames (needed for live sources)"
+    max_frames: Optional[int] = field_option(
+        ThresholdSettings, "max_frames", help="stop after N frames (needed for live sources)"
     ),
-    batch: Optional[int] = typer.Option(
-        None,
+    batch: Optional[int] = field_option(
+        ThresholdSettings,
+        "batch",
         help="frames per inference call (default: 8, or the bundle's largest batch when smaller)",
     ),
 ):

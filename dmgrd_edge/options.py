@@ -1,21 +1,173 @@
-"""What the stages are asked to do, as dataclasses: the export's options, the runtime's
-backend request and stream settings, the sweep's matrix. Each field's default is the default
-of the command-line option of the same meaning (dmgrd_edge/cli.py builds its options from
-these fields, tests/test_cli_defaults.py checks that every one it claims does), so a default
-is written once. In the core, not in the stages, because the command line is built when it
-is imported and imports no stage then; the checkpoint's own configurations (model, training,
+"""What the stages are asked to do, as dataclasses: the data generators' sizes, a training
+or pruning job, the evaluation's, bench's and report's settings, the export's options, the
+runtime's backend request and stream settings, the sweep's matrix, the demo. Each field's
+default is the default of the command-line option of the same meaning (dmgrd_edge/cli.py
+builds its options from these fields, tests/test_cli_defaults.py checks that every one it
+claims does), and a stage function's keyword default names the field, so a default is
+written once. In the core, not in the stages, because the command line is built when it is
+imported and imports no stage then; the checkpoint's own configurations (model, training,
 synthesis, preprocessing) are in dmgrd_edge/config.py.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import checks
+from .config import ModelConfig, SynthesisConfig, TrainConfig
 from .errors import ConfigError, choose
+
+# -- data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineDataSettings:
+    """`generate-data`: seeded synthetic line data (dmgrd_edge/data/synthetic.py)."""
+
+    categories: str = "all"
+    n_train: int = 60
+    n_test_good: int = 10
+    n_test_per_defect: int = 4
+    size: int = 256
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhotoDataSettings:
+    """`photo-data`: the evaluation set cut from photographs (dmgrd_edge/data/photos.py)."""
+
+    categories: str = "all"
+    n_train: int = 60
+    n_test_good: int = 24
+    n_test_defect: int = 32
+    size: int = 256
+    seed: int = 0
+    overwrite: bool = False
+
+
+# -- training, pruning, evaluation -----------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TrainJob:
+    """One model to train (train/loop.py, train/trainer.py)."""
+
+    dataset: str = "mvtec"
+    root: str
+    category: str
+    out_dir: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrained: bool = True
+    teacher_weights: str | None = None
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    # start from this checkpoint's weights and memory (fine-tuning a pruned model)
+    init_from: str | None = None
+
+    def digest(self) -> str:
+        """What makes this run the run it is: data, category, model and training settings.
+        Not where it reads or writes, nor on how many threads or processes it runs; a summary
+        with the same digest is the result of this job (so a runner need not run it again)."""
+        train = {k: v for k, v in self.train.to_dict().items() if k != "threads"}
+        if self.train.synthesis == SynthesisConfig():  # the digest runs had before it was a field
+            del train["synthesis"]
+        if train["texture_dir"]:
+            train["texture_dir"] = Path(train["texture_dir"]).name
+        fields = {
+            "dataset": self.dataset,
+            "category": self.category,
+            "model": self.model.to_dict(),
+            "train": train,
+            "pretrained": self.pretrained,
+            "teacher_weights": Path(self.teacher_weights).name if self.teacher_weights else None,
+            "init_from": Path(self.init_from).name if self.init_from else None,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneFinetune:
+    """The fine-tune after a cut (train/prune.py ``finetune_config``): ``steps`` 0 is a cut
+    only; ``batch_size`` None and ``threads`` 0 keep the original run's."""
+
+    steps: int = 500
+    lr: float = 0.001
+    batch_size: int | None = None
+    threads: int = 0
+
+
+@dataclass(kw_only=True)
+class PruneJob:
+    """One checkpoint to prune (train/prune.py); ``finetune`` None: cut only; ``data``,
+    ``dataset`` and ``category`` None: the checkpoint's own."""
+
+    checkpoint: str
+    out_dir: str
+    ratio: float = 0.5
+    multiple: int = 8
+    finetune: TrainConfig | None = None
+    data: str | None = None
+    dataset: str | None = None
+    category: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSettings:
+    """`eval` (train/evaluate.py ``evaluate_checkpoint``)."""
+
+    out: str = "eval"
+    batch_size: int = 8
+    device: str = "auto"
+    overlays: int = 2  # overlay PNGs per defect type
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """`bench` (runtime/bench.py ``run_bench``), besides the backend request."""
+
+    warmup: int = 5
+    runs: int = 30
+    dataset: str = "mvtec"
+    out: str = "bench.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSettings:
+    """`report` (dmgrd_edge/tradeoff.py ``write_report``)."""
+
+    out: str = "tradeoff"
+    metric: str = "pro_30"
+    max_drop: float = 1.0  # points of accuracy the recommended variant may give up
+    budget_ms: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdSettings:
+    """`calibrate-threshold` (runtime/threshold.py), besides the backend request; ``batch``
+    None: 8, or the bundle's largest batch when smaller."""
+
+    false_alarm_rate: float = 0.001
+    max_frames: int | None = None
+    batch: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSettings:
+    """`demo` (workflow/demo.py)."""
+
+    out: str = "dmgrd-demo"
+    threads: int = 0
+    overwrite: bool = False
 
 # -- export ----------------------------------------------------------------------------------
 

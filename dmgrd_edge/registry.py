@@ -148,3 +148,7 @@ LAYOUTS = {
     "folder": "ROOT/good/*.png (normal images), ROOT/<defect>/*.png (one folder per defect type), "
     "optional ROOT/masks/<defect>/<name>.png",
 }
+
+# the real-photograph evaluation set (dmgrd_edge/data/photos.py): its surfaces and its parts
+PHOTO_SURFACES = ("brick", "grass", "gravel")
+PHOTO_PARTS = ("coin",)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes, check_target
 from .errors import ConfigError, DataError, choose
+from .options import ReportSettings
 from .schema import bench_result
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
@@ -406,8 +407,8 @@ PLOT_METRICS = ("pro_30", "i_auroc")  # the panels per device; the report's metr
 def write_report(
     results: list[Path],
     out_dir: Path,
-    metric: str = "pro_30",
-    max_drop: float = 1.0,
+    metric: str = ReportSettings.metric,
+    max_drop: float = ReportSettings.max_drop,
     budget_ms: float | None = None,
 ) -> dict:
     choose("metric", metric, tuple(METRICS))

@@ -96,8 +96,11 @@ def _check_checkpoint(opts: ExportOptions, cfg, meta: dict) -> None:
 def _collect(opts: ExportOptions, meta: dict, pre, timings: dict, log, progress):
     """Calibration and guard images (calib/data.py), read through the shared preprocess."""
     from dmgrd_edge.calib.data import collect
+    from dmgrd_edge.config import SynthesisConfig
 
     source, dataset, category = _calibration_source(opts, meta)
+    # pseudo-anomalies as the model's training made them
+    synthesis = SynthesisConfig.from_dict((meta.get("train_config") or {}).get("synthesis"))
     with step(log, "read calibration and guard images", timings):
         data = collect(
             source,
@@ -109,6 +112,7 @@ def _collect(opts: ExportOptions, meta: dict, pre, timings: dict, log, progress)
             opts.calib_pseudo,
             opts.seed,
             progress,
+            synthesis=synthesis,
         )
     for warning in data.warnings:
         log(f"warning: {warning}")

@@ -17,6 +17,7 @@ from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.preprocess import normalize, read_frames, read_masks
 from dmgrd_edge.errors import ConfigError, DataError
 from dmgrd_edge.metrics import evaluate_all
+from dmgrd_edge.options import BenchSettings
 
 from .device_info import device_info
 from .select import create_backend
@@ -134,10 +135,10 @@ def run_bench(
     backend_name: str = "auto",
     precision: str = "auto",
     batches=(1, 4, 8),
-    warmup: int = 5,
-    runs: int = 30,
+    warmup: int = BenchSettings.warmup,
+    runs: int = BenchSettings.runs,
     data: Path | None = None,
-    dataset: str = "mvtec",
+    dataset: str = BenchSettings.dataset,
     category: str | None = None,
     threads: int = 0,
     log=print,

@@ -17,10 +17,20 @@ from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.options import (
     BackendRequest,
     BatchProfile,
+    BenchSettings,
     CameraConfig,
+    DemoSettings,
+    EvalSettings,
     ExportOptions,
+    LineDataSettings,
+    PhotoDataSettings,
+    PruneFinetune,
+    PruneJob,
+    ReportSettings,
     RunConfig,
     SweepConfig,
+    ThresholdSettings,
+    TrainJob,
     parse_size,
     parse_workers,
     split_list,
@@ -28,17 +38,24 @@ from dmgrd_edge.options import (
 
 # command -> the dataclasses its options set
 CLAIMS = {
-    "train": (TrainConfig, ModelConfig),
+    "generate-data": (LineDataSettings,),
+    "photo-data": (PhotoDataSettings,),
+    "train": (TrainJob, TrainConfig, ModelConfig),
+    "prune": (PruneJob, PruneFinetune),
+    "eval": (EvalSettings,),
     "rescore": (ModelConfig,),
     "export": (ExportOptions,),
     "build-engine": (ExportOptions,),
     "run": (RunConfig, BackendRequest, CameraConfig),
-    "bench": (BackendRequest,),
-    "calibrate-threshold": (BackendRequest,),
+    "bench": (BackendRequest, BenchSettings),
+    "calibrate-threshold": (BackendRequest, ThresholdSettings),
     "sweep": (SweepConfig,),
+    "report": (ReportSettings,),
+    "demo": (DemoSettings,),
 }
 # options named like a claimed field that do not take its default, and why
 NOT_FROM_FIELDS = {
+    ("train", "category"): "a comma list or 'all': one TrainJob per category",
     ("train", "memory_read"): "None: the method's default (config.model_config_from_options)",
     ("train", "score_source"): "None: the method's default (config.model_config_from_options)",
     ("train", "map_scale"): "None: the method's default (config.model_config_from_options)",
@@ -50,11 +67,11 @@ NOT_FROM_FIELDS = {
     ("run", "source"): "not given with --config (a camera's source is in the file)",
 }
 # a --no-X flag sets the field X
-NEGATED = {"no_amp": "amp", "no_spin": "spin"}
+NEGATED = {"no_amp": "amp", "no_spin": "spin", "random_teacher": "pretrained"}
 # options whose default comes from a field of another name
 RENAMED = {("sweep", "runs"): "bench_runs"}
 # at least these come from fields (the count guards against a claim that covers nothing)
-LEAST_MAPPED = 83
+LEAST_MAPPED = 133
 
 
 def _sources(typer_app) -> dict[tuple[str, str], FieldSource]:

@@ -91,6 +91,34 @@ def test_old_checkpoints_mean_the_defaults_and_re_synthesis_uses_the_stored():
     assert _train_config({}).synthesis == SynthesisConfig()
 
 
+def test_int8_calibration_synthesises_as_the_checkpoint_was_trained(tmp_path, line_root):
+    """The export's calibration and guard pseudo-anomalies are made with the checkpoint's
+    synthesis settings (recorded in the manifest's calibration summary); a checkpoint
+    without them means the defaults."""
+    import numpy as np
+    from dmgrd_edge.export.pipeline import _collect
+
+    from dmgrd_edge.config import PreprocessConfig
+    from dmgrd_edge.options import ExportOptions
+
+    pre = PreprocessConfig(height=64, width=64)
+    opts = ExportOptions(checkpoint=tmp_path / "x.pt", out=tmp_path / "b", calib_count=8)
+    opts.guard_count, opts.calib_pseudo = 8, True
+    meta = {"root": str(line_root), "dataset": "mvtec", "category": "washer"}
+    changed = {**meta, "train_config": TrainConfig(synthesis=CHANGED).to_dict()}
+    found = {}
+    for name, given in (("old", meta), ("changed", changed)):
+        found[name] = _collect(opts, given, pre, {}, lambda _: None, None)
+    assert found["old"].summary()["synthesis"] == SynthesisConfig().to_dict()
+    assert found["changed"].summary()["synthesis"] == CHANGED.to_dict()
+    old, new = found["old"], found["changed"]
+    assert np.array_equal(old.guard_labels, new.guard_labels)
+    normal = old.guard_labels == 0
+    assert np.array_equal(old.guard_images[normal], new.guard_images[normal])
+    # the same seed, other settings: other pseudo-anomalies
+    assert not np.array_equal(old.guard_images[~normal], new.guard_images[~normal])
+
+
 def test_a_default_synthesis_keeps_the_digest_finished_runs_have():
     job = _job("root", "out", 4)
     train = {k: v for k, v in job.train.to_dict().items() if k not in ("threads", "synthesis")}

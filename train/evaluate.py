@@ -16,6 +16,7 @@ from dmgrd_edge.data.imageio import write_image
 from dmgrd_edge.data.preprocess import read_frames, read_masks
 from dmgrd_edge.errors import DataError
 from dmgrd_edge.metrics import evaluate_all
+from dmgrd_edge.options import EvalSettings
 from dmgrd_edge.viz import draw_contour, heat_overlay, put_label
 
 from .checkpoint import checkpoint_preprocess, load_model
@@ -58,9 +59,9 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     category: str | None = None,
     out_dir: str | Path | None = None,
-    batch_size: int = 8,
-    device: str = "auto",
-    overlays_per_type: int = 2,
+    batch_size: int = EvalSettings.batch_size,
+    device: str = EvalSettings.device,
+    overlays_per_type: int = EvalSettings.overlays,
     console: Console | None = None,
 ) -> dict[str, Any]:
     console = console or Console()

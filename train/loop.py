@@ -7,59 +7,19 @@ seeded with (seed, s), so a resumed run sees exactly the data the uninterrupted 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from dmgrd_edge.config import ModelConfig, PreprocessConfig, SynthesisConfig, TrainConfig
+from dmgrd_edge.config import PreprocessConfig, TrainConfig
 from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
-
-
-@dataclass(kw_only=True)
-class TrainJob:
-    dataset: str
-    root: str
-    category: str
-    out_dir: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    pretrained: bool = True
-    teacher_weights: str | None = None
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    init_from: str | None = (
-        None  # start from this checkpoint's weights and memory (fine-tuning a pruned model)
-    )
-
-    def digest(self) -> str:
-        """What makes this run the run it is: data, category, model and training settings.
-        Not where it reads or writes, nor on how many threads or processes it runs; a summary
-        with the same digest is the result of this job (so a runner need not run it again)."""
-        train = {k: v for k, v in self.train.to_dict().items() if k != "threads"}
-        if self.train.synthesis == SynthesisConfig():  # the digest runs had before it was a field
-            del train["synthesis"]
-        if train["texture_dir"]:
-            train["texture_dir"] = Path(train["texture_dir"]).name
-        fields = {
-            "dataset": self.dataset,
-            "category": self.category,
-            "model": self.model.to_dict(),
-            "train": train,
-            "pretrained": self.pretrained,
-            "teacher_weights": Path(self.teacher_weights).name if self.teacher_weights else None,
-            "init_from": Path(self.init_from).name if self.init_from else None,
-        }
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+from dmgrd_edge.options import TrainJob  # noqa: F401  (a core record: the CLI's defaults)
 
 
 def pick_device(name: str) -> torch.device:

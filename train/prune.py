@@ -19,9 +19,9 @@ from rich.console import Console
 from dmgrd_edge.config import TrainConfig
 from dmgrd_edge.errors import ConfigError, DataError
 from dmgrd_edge.model.pruning import prune, trainable_parameter_count
+from dmgrd_edge.options import PruneJob, TrainJob
 
 from .checkpoint import load_model, save_checkpoint
-from .loop import TrainJob
 from .trainer import train_category
 
 
@@ -43,20 +43,6 @@ def finetune_config(
         threads=threads or base.threads,
         checkpoint_every=min(base.checkpoint_every, steps),
     )
-
-
-@dataclasses.dataclass(kw_only=True)
-class PruneJob:
-    checkpoint: str
-    out_dir: str
-    ratio: float
-    multiple: int = 8
-    finetune: TrainConfig | None = None  # None: cut only
-    data: str | None = None  # default: the checkpoint's dataset root, layout and category
-    dataset: str | None = None
-    category: str | None = None
-    device: str = "auto"
-    overwrite: bool = False
 
 
 def _check_job(job: PruneJob) -> None:

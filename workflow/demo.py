@@ -39,7 +39,7 @@ from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.errors import DataError, DmgrdError
 
 from .sweep import Sweep, Variant, _die_with_parent
-from dmgrd_edge.options import SweepConfig
+from dmgrd_edge.options import DemoSettings, SweepConfig
 
 CATEGORY = "washer"
 MARKER = "demo.json"
@@ -569,7 +569,11 @@ def console_summary(s: dict[str, Any]) -> str:
 
 
 def run_demo(
-    out: Path, size: str = "full", console: Console | None = None, threads: int = 0, overwrite=False
+    out: Path,
+    size: str = "full",
+    console: Console | None = None,
+    threads: int = DemoSettings.threads,
+    overwrite: bool = DemoSettings.overwrite,
 ) -> dict[str, Any]:
     summary = Demo(out, size, console, threads, overwrite).run()
     summary["index"] = str(Path(out) / "index.html")

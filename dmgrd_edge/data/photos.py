@@ -31,10 +31,12 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..options import PhotoDataSettings
+from ..registry import PHOTO_PARTS, PHOTO_SURFACES
 from .synthetic import write_mvtec_set
 
-SURFACES = ("brick", "grass", "gravel")
-PARTS = ("coin",)
+SURFACES = PHOTO_SURFACES
+PARTS = PHOTO_PARTS
 CATEGORIES = SURFACES + PARTS
 DEFECTS = ("scratch", "stain", "foreign", "missing", "smudge")
 # photographs that foreign material is cut from (never one of the categories' own)
@@ -302,11 +304,11 @@ def make_photo_image(
 def build_photo_set(
     out: str | Path,
     categories: list[str] | None = None,
-    n_train: int = 60,
-    n_test_good: int = 24,
-    n_test_defect: int = 32,
-    size: int = 256,
-    seed: int = 0,
+    n_train: int = PhotoDataSettings.n_train,
+    n_test_good: int = PhotoDataSettings.n_test_good,
+    n_test_defect: int = PhotoDataSettings.n_test_defect,
+    size: int = PhotoDataSettings.size,
+    seed: int = PhotoDataSettings.seed,
     overwrite: bool = False,
     progress: Callable | None = None,
 ) -> Path:

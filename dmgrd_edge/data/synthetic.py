@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..options import LineDataSettings
 from .imageio import write_image
 
 DEFECTS = ("scratch", "spot", "missing", "foreign", "color")
@@ -263,11 +264,11 @@ def write_mvtec_set(
 def generate_line_data(
     out: str | Path,
     categories: list[str] | None = None,
-    n_train: int = 60,
-    n_test_good: int = 10,
-    n_test_per_defect: int = 4,
-    size: int = 256,
-    seed: int = 0,
+    n_train: int = LineDataSettings.n_train,
+    n_test_good: int = LineDataSettings.n_test_good,
+    n_test_per_defect: int = LineDataSettings.n_test_per_defect,
+    size: int = LineDataSettings.size,
+    seed: int = LineDataSettings.seed,
     overwrite: bool = False,
     progress=None,
 ) -> Path:
