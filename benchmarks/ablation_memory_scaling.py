@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from dmgrd_edge.train.evaluate import evaluate_checkpoint
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 

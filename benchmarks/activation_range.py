@@ -7,7 +7,6 @@ images: tells which parts fit fp16 (max 65504) and which must stay fp32.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from dmgrd_edge.train.checkpoint import load_model
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.imageio import read_image
 from dmgrd_edge.data.preprocess import preprocess
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def _tensors(value):
@@ -67,8 +66,7 @@ def main() -> None:
         results[str(ckpt)] = activation_range(ckpt)
         top = sorted(results[str(ckpt)].items(), key=lambda kv: -kv[1])
         print(ckpt, " ".join(f"{k}={v:.3g}" for k, v in top[:6]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(results, indent=2)))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Each run names its torch threads per process (1x2: one process on 2 threads).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -22,13 +21,13 @@ from pathlib import Path
 from dmgrd_edge.runtime.device_info import cpu_model
 from dmgrd_edge.train.checkpoint import read_checkpoint
 from dmgrd_edge.train.distributed import launch
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def main() -> None:
@@ -102,8 +101,7 @@ def main() -> None:
         "backend": "gloo",
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)) + "\n")
+    write_result(args.out, record)
 
 
 if __name__ == "__main__":

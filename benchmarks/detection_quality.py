@@ -108,7 +108,7 @@ def train_run(
     threads: int,
     console: Console,
 ) -> tuple[Path, dict]:
-    from dmgrd_edge.train.loop import TrainJob
+    from dmgrd_edge.options import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     from dmgrd_edge.config import TrainConfig, model_config_from_options

@@ -38,7 +38,7 @@ from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.model import BACKBONES, DMGRD
 from dmgrd_edge.options import BatchProfile, ExportOptions
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def untrained_model(name: str, size: int) -> DMGRD:
@@ -252,8 +252,7 @@ def main() -> None:
         "device": device_info(),
         "torch": str(torch.__version__),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
+    write_result(args.out, record)
     print(f"wrote {args.out}")
 
 

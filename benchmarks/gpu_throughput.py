@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from dmgrd_edge.data.preprocess import normalize
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.data.synthetic import make_image
 from dmgrd_edge.model import BACKBONES, DMGRD
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def _sync(device):
@@ -173,8 +172,7 @@ def main():
             "python": platform.python_version(),
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
+    write_result(args.out, record)
 
 
 if __name__ == "__main__":

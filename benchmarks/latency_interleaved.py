@@ -12,7 +12,6 @@ ONNX Runtime, one call at a time on ``--threads`` (0: all cores), batch 1. Torch
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.select import create_backend
 
 from dmgrd_edge.bundle import load_bundle
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def main() -> None:
@@ -107,8 +106,7 @@ def main() -> None:
         "bundles": [str(b) for b in args.bundles],
         "device": device_info(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

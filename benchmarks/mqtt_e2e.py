@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from dmgrd_edge.runtime.device_info import device_info
 from dmgrd_edge.runtime.mqtt_sink import MqttSink, parse_mqtt_uri
 
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def start_broker(folder: Path, port: int):
@@ -147,8 +147,7 @@ def main() -> None:
         f"{result['write_ms']['p50']:.3f} ms, max {result['write_ms']['max']:.2f} ms; "
         f"reconnects {stats['reconnects']}"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 from dmgrd_edge.runtime.device_info import device_info
 
 
@@ -131,8 +131,7 @@ def main() -> None:
         "device": device_info(),
         "onnxruntime": ort.__version__,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
+    write_result(args.out, record)
     print(f"wrote {args.out}")
 
 

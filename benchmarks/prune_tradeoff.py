@@ -30,8 +30,9 @@ from dmgrd_edge.model.pruning import trainable_parameter_count
 from dmgrd_edge.report import redact_paths
 from dmgrd_edge.tradeoff import write_report
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
-from dmgrd_edge.train.loop import TrainJob
-from dmgrd_edge.train.prune import PruneJob, finetune_config, prune_checkpoint
+from dmgrd_edge.options import TrainJob
+from dmgrd_edge.options import PruneJob
+from dmgrd_edge.train.prune import finetune_config, prune_checkpoint
 from dmgrd_edge.train.trainer import train_category
 
 

@@ -12,20 +12,19 @@ runs compute the same floats. Ray's wall time includes starting its workers, not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 from dmgrd_edge.runtime.device_info import cpu_model
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.runners import LocalRunner, RayRunner
 from rich.console import Console
 
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def main() -> None:
@@ -124,8 +123,7 @@ def main() -> None:
         "rerun_returned_the_same_summaries": again == remote,
         "variants": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)) + "\n")
+    write_result(args.out, record)
 
 
 if __name__ == "__main__":

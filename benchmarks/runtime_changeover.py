@@ -49,7 +49,7 @@ from dmgrd_edge.runtime.sources import Status, open_source, parse_uri
 from runtime_stream import write_video
 
 from dmgrd_edge.bundle import load_bundle
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 TOKEN = "changeover-benchmark"
 TRIGGERS = ("signal", "file", "request")
@@ -332,8 +332,7 @@ def main() -> None:
         load_average=os.getloadavg(),
     )
     print_table(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2, default=str)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

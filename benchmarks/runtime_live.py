@@ -15,7 +15,6 @@ Torch is not imported.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ from runtime_stream import write_video
 
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.options import RunConfig, parse_workers
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def stream_at(
@@ -152,8 +151,7 @@ def main() -> None:
         "backend": chosen.describe(),
         "device": device_info(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

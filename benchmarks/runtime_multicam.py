@@ -17,7 +17,6 @@ Torch is not imported.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from runtime_stream import write_video
 
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.options import CameraConfig
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def point(bundle: Path, video: Path, cameras: int, fps: float, batch: int, args) -> dict:
@@ -138,8 +137,7 @@ def main() -> None:
         "image_size": size,
         "device": device_info(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

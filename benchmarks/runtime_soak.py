@@ -37,15 +37,13 @@ CLI = "import sys; sys.modules['torch'] = None\nfrom dmgrd_edge.cli import main\
 
 def make_bundle(work: Path) -> Path:
     """A tiny bundle, as the test suite makes it (tests/conftest.py)."""
-    from dmgrd_edge.config import ModelConfig, TrainConfig
-    from dmgrd_edge.data.synthetic import generate_line_data
-    from dmgrd_edge.options import BatchProfile, ExportOptions
     from dmgrd_edge.export.pipeline import export_bundle
-    from dmgrd_edge.train.loop import TrainJob
+    from dmgrd_edge.options import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     from dmgrd_edge.config import ModelConfig, TrainConfig
     from dmgrd_edge.data.synthetic import generate_line_data
+    from dmgrd_edge.options import BatchProfile, ExportOptions
 
     root = generate_line_data(work / "line", ["washer"], 12, 4, 2, size=64, seed=0)
     run = work / "run"

@@ -36,7 +36,7 @@ from dmgrd_edge.runtime.sources import VideoCaptureSource, parse_uri
 from dmgrd_edge.bundle import load_bundle
 from dmgrd_edge.data.synthetic import DEFECTS, make_image
 from dmgrd_edge.options import RunConfig, parse_workers
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def rss_mib() -> float:
@@ -394,8 +394,7 @@ def main() -> None:
     ):
         value = result[key]
         print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(result, indent=2)))
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

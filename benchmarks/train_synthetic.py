@@ -10,7 +10,6 @@ is evaluated (no model selection on the test set).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -18,13 +17,13 @@ from pathlib import Path
 
 import torch
 from dmgrd_edge.train.evaluate import evaluate_checkpoint
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.trainer import train_category
 from rich.console import Console
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.data.synthetic import generate_line_data
-from dmgrd_edge.report import redact_paths
+from dmgrd_edge.report import write_result
 
 
 def cpu_name() -> str:
@@ -135,8 +134,7 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(redact_paths(json.dumps(record, indent=2)))
+    write_result(args.out, record)
     console.print(f"wrote {args.out}")
 
 

@@ -21,6 +21,11 @@ COLUMNS = (
 PERCENT = {"i_auroc", "p_auroc", "pro_30", "pro_full"}
 
 
+def percent(value: float | None, digits: int = 2) -> str:
+    """A share (0..1) as percentage points with ``digits`` decimals; "-" when not measured."""
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
 def _fmt(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -99,3 +104,13 @@ def redact_paths(text: str) -> str:
 
     root = re.escape(tempfile.gettempdir().rstrip("/"))
     return re.sub(root + r"/[A-Za-z0-9_.\-]+", "<work>", text)
+
+
+def write_result(path: str | Path, record: Any) -> Path:
+    """A benchmark's JSON record, its temporary folders redacted, written atomically (the
+    folder made when missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = redact_paths(json.dumps(record, indent=2, default=str)) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return path

@@ -25,6 +25,7 @@ from pathlib import Path
 from .atomic import atomic_write_bytes, check_target
 from .errors import ConfigError, DataError, choose
 from .options import ReportSettings
+from .report import percent
 from .schema import bench_result
 
 METRICS = {"pro_30": "PRO@0.3", "i_auroc": "I-AUC", "p_auroc": "P-AUC"}
@@ -204,7 +205,7 @@ def budget_sentence(
     if pick is not None:
         return (
             f"Within {budget_ms:g} ms (batch-1 p50): **{pick.name}**, the most accurate "
-            f"({METRICS[metric]} {_pct(getattr(pick, metric))}, {pick.ms_b1_p50:.2f} ms)."
+            f"({METRICS[metric]} {percent(getattr(pick, metric))}, {pick.ms_b1_p50:.2f} ms)."
         )
     mine = [v for v in variants if v.device == device]
     fastest = min(mine, key=lambda v: v.ms_b1_p50)
@@ -217,10 +218,6 @@ def budget_sentence(
         f"No variant within {budget_ms:g} ms has {METRICS[metric]} to rank by "
         "(run bench with --data)."
     )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
 
 
 NOTES = (
@@ -248,9 +245,9 @@ def _cells(v: Variant) -> list[str]:
         f"{v.ms_b1_p50:.2f}",
         f"{v.ms_b1_p99:.2f}",
         f"{v.best_images_per_s:.1f} ({v.best_batch})",
-        _pct(v.i_auroc),
-        _pct(v.p_auroc),
-        _pct(v.pro_30),
+        percent(v.i_auroc),
+        percent(v.p_auroc),
+        percent(v.pro_30),
         f"{v.peak_host_rss_mib:.0f}",
         f"{v.startup_s:.2f}",
         "yes" if v.pareto else "",

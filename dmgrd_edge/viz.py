@@ -24,8 +24,18 @@ def draw_contour(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.nd
     return out
 
 
-def put_label(rgb: np.ndarray, text: str, colour=(255, 255, 255)) -> np.ndarray:
-    out = np.ascontiguousarray(rgb.copy())
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+def put_label(
+    rgb: np.ndarray,
+    text: str,
+    colour=(255, 255, 255),
+    at: tuple[int, int] = (4, 14),
+    scale: float = 0.4,
+    thickness: int = 1,
+    copy: bool = True,
+) -> np.ndarray:
+    """``text`` at ``at`` in ``colour``, outlined in black so it reads on any background
+    (on a copy unless ``copy`` is False)."""
+    out = np.ascontiguousarray(rgb.copy()) if copy else rgb
+    for ink, width in (((0, 0, 0), thickness + 2), (colour, thickness)):
+        cv2.putText(out, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, width, cv2.LINE_AA)
     return out

@@ -62,28 +62,17 @@ def _header(width: int, height: int, fps: float) -> bytes:
     strf = struct.pack(
         "<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3, 0, 0, 0, 0
     )
-    strl = (
-        b"strl"
-        + b"strh"
-        + struct.pack("<I", len(strh))
-        + strh
-        + b"strf"
-        + struct.pack("<I", len(strf))
-        + strf
-    )
-    hdrl = (
-        b"hdrl"
-        + b"avih"
-        + struct.pack("<I", len(avih))
-        + avih
-        + b"LIST"
-        + struct.pack("<I", len(strl))
-        + strl
-    )
-    head = b"RIFF" + struct.pack("<I", 0) + b"AVI " + b"LIST" + struct.pack("<I", len(hdrl)) + hdrl
+    strl = b"strl" + _chunk(b"strh", strh) + _chunk(b"strf", strf)
+    hdrl = b"hdrl" + _chunk(b"avih", avih) + _chunk(b"LIST", strl)
+    head = b"RIFF" + struct.pack("<I", 0) + b"AVI " + _chunk(b"LIST", hdrl)
     head += b"LIST" + struct.pack("<I", 4) + b"movi"
     assert len(head) == _MOVI_DATA, len(head)
     return head
+
+
+def _chunk(tag: bytes, payload: bytes) -> bytes:
+    """A RIFF chunk: its tag, its payload's length (little-endian 32 bits), the payload."""
+    return tag + struct.pack("<I", len(payload)) + payload
 
 
 class _Segment:
@@ -106,7 +95,7 @@ class _Segment:
         os.pwrite(self.fd, struct.pack("<I", value), offset)
 
     def write(self, jpeg: bytes) -> None:
-        chunk = b"00dc" + struct.pack("<I", len(jpeg)) + jpeg + (b"\0" if len(jpeg) % 2 else b"")
+        chunk = _chunk(b"00dc", jpeg) + (b"\0" if len(jpeg) % 2 else b"")
         if os.pwrite(self.fd, chunk, self.end) != len(chunk):
             raise OSError(errno.ENOSPC, "short write: no room for the frame", str(self.path))
         if self.index is not None:

@@ -41,7 +41,7 @@ from dmgrd_edge.options import CameraConfig, RunConfig, parse_workers
 
 from .capture import END, Capture
 from .line_config import LineConfig, load_line_config
-from .pipeline import EXIT_OK, EXIT_SOURCE_LOST, Pipeline, make_preprocess
+from .pipeline import EXIT_OK, EXIT_SOURCE_LOST, NumberedResults, Pipeline, make_preprocess
 from .select import create_backend
 from .sinks import open_sink
 from .sources import open_source, parse_uri
@@ -532,7 +532,7 @@ class Line:
         return code
 
 
-class _GroupThreads:
+class _GroupThreads(NumberedResults):
     """One bundle's threads: ``workers`` inference loops that gather frames from the group's
     cameras and call the backend, numbering the calls, and one handler that takes the
     results in that order (so each camera's frames stay in order) and dispatches them.
@@ -541,12 +541,10 @@ class _GroupThreads:
     the handler is slower or descheduled."""
 
     def __init__(self, line: Line, group: BundleGroup):
+        super().__init__(max(1, group.workers))
         self.line = line
         self.group = group
-        self.filed = threading.Condition()
-        self.results: dict[int, object] = {}
         self.issued = self.handled = 0
-        self.running = max(1, group.workers)
         self.most_pending = 2 * self.running
 
     def start(self) -> list[threading.Thread]:
@@ -594,14 +592,9 @@ class _GroupThreads:
         try:
             while (call := self._take()) is not None:
                 number, taken = call
-                result = self._infer(taken)
-                with self.filed:
-                    self.results[number] = result
-                    self.filed.notify_all()
+                self.file(number, self._infer(taken))
         finally:
-            with self.filed:
-                self.running -= 1
-                self.filed.notify_all()
+            self.thread_stopped()
 
     def handle_loop(self) -> None:
         expected = 0

@@ -238,7 +238,30 @@ class Pipeline:
         return out
 
 
-class _InFlight:
+class NumberedResults:
+    """Results of numbered calls that several threads make, for one taker that wants them
+    in number order: each thread files what its call gave (a result or the exception it
+    raised) and says when it stops; ``running`` counts those still running. The taker
+    waits on ``filed``. Shared by the single-camera pipeline and the line's bundle groups
+    (runtime/multicam.py)."""
+
+    def __init__(self, threads: int):
+        self.filed = threading.Condition()
+        self.results: dict[int, object] = {}
+        self.running = threads
+
+    def file(self, number: int, result: object) -> None:
+        with self.filed:
+            self.results[number] = result
+            self.filed.notify_all()
+
+    def thread_stopped(self) -> None:
+        with self.filed:
+            self.running -= 1
+            self.filed.notify_all()
+
+
+class _InFlight(NumberedResults):
     """The inference threads of a run: each takes the next frames from the capture queue
     itself (under a lock, so batches are numbered in the order their frames were read),
     infers them and files the result (or its exception) under the batch's number for the
@@ -253,10 +276,10 @@ class _InFlight:
     memory rose by several MiB with every such burst (benchmarks/runtime_soak.py)."""
 
     def __init__(self, pipeline: Pipeline, capture: Capture, workers: int):
+        super().__init__(workers)  # batch number -> _infer's result or its exception
         self.pipeline, self.capture = pipeline, capture
-        self.read_lock, self.filed = threading.Lock(), threading.Condition()
-        self.results: dict[int, object] = {}  # batch number -> _infer's result or its exception
-        self.issued, self.read, self.ended, self.running = 0, 0, False, workers
+        self.read_lock = threading.Lock()
+        self.issued, self.read, self.ended = 0, 0, False
         self.handed, self.most_pending = 0, 2 * workers
         self.threads = [
             threading.Thread(target=self._infer_loop, name=f"dmgrd-infer-{i}", daemon=True)
@@ -312,13 +335,9 @@ class _InFlight:
                     result = pipeline._infer(frames)
                 except BaseException as exc:  # noqa: BLE001 - the main thread raises it
                     result = exc
-                with self.filed:
-                    self.results[number] = result
-                    self.filed.notify_all()
+                self.file(number, result)
         finally:
-            with self.filed:
-                self.running -= 1
-                self.filed.notify_all()
+            self.thread_stopped()
 
     def wait_for(self, number: int):
         """Batch ``number``'s result, or None after a wait without it (a thread's end, or

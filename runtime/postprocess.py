@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dmgrd_edge.viz import heat_overlay
+from dmgrd_edge.viz import heat_overlay, put_label
 
 from .decision import is_ng
 
@@ -77,24 +77,6 @@ def draw(
     colour = (255, 40, 40) if ng else (40, 220, 40)
     for r in found:
         cv2.rectangle(out, (r.x, r.y), (r.x + r.w, r.y + r.h), colour, 2)
-    cv2.putText(
-        out,
-        f"{'NG' if ng else 'OK'} {score:.3f}",
-        (8, 24),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.7,
-        (0, 0, 0),
-        4,
-        cv2.LINE_AA,
-    )
-    cv2.putText(
-        out,
-        f"{'NG' if ng else 'OK'} {score:.3f}",
-        (8, 24),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.7,
-        colour,
-        2,
-        cv2.LINE_AA,
-    )
+    text = f"{'NG' if ng else 'OK'} {score:.3f}"
+    put_label(out, text, colour, at=(8, 24), scale=0.7, thickness=2, copy=False)
     return out

@@ -196,12 +196,8 @@ def dump_surface(package: str) -> dict:
 
     trt = importlib.import_module(package)
     names = {}
-    for name in sorted(dir(trt)):
-        if name.startswith("_") and name != "__version__":
-            continue
-        value = getattr(trt, name)
-        if isinstance(value, type) and hasattr(value, "__members__"):
-            members = {m: int(v) for m, v in value.__members__.items()}
+    for name, value in public_values(trt, dir(trt)):
+        if (members := enum_members(value)) is not None:
             names[name] = {"kind": "enum", "members": members}
         elif isinstance(value, type):
             members = {
@@ -217,6 +213,21 @@ def dump_surface(package: str) -> dict:
         else:
             names[name] = {"kind": "value", "type": short_type(type(value).__name__)}
     return {"version": trt.__version__, "names": names}
+
+
+def public_values(module, names, skip=()):
+    """(name, value) of a module's public names and its ``__version__``, in name order."""
+    for name in sorted(names):
+        if (name.startswith("_") and name != "__version__") or name in skip:
+            continue
+        yield name, getattr(module, name)
+
+
+def enum_members(value) -> dict[str, int] | None:
+    """An enum class's members and their values; None for anything else."""
+    if isinstance(value, type) and hasattr(value, "__members__"):
+        return {m: int(v) for m, v in value.__members__.items()}
+    return None
 
 
 def types_module():
@@ -590,14 +601,9 @@ def fake_names(version: str) -> dict[str, dict]:
     trt = fake_tensorrt.make(version, FakeGPU())
     inherited = {m for base in BUILTIN_BASES for m in dir(base)}
     names = {}
-    for name in sorted(vars(trt)):
-        if name.startswith("_") and name != "__version__":
-            continue
-        if name == "fake":  # the fake's own record of errors, not part of TensorRT
-            continue
-        value = getattr(trt, name)
-        if isinstance(value, type) and hasattr(value, "__members__"):
-            members = {m: int(v) for m, v in value.__members__.items()}
+    # "fake": the fake's own record of errors, not part of TensorRT
+    for name, value in public_values(trt, vars(trt), skip=("fake",)):
+        if (members := enum_members(value)) is not None:
             names[name] = {"kind": "enum", "members": members}
         elif isinstance(value, type):
             members = {m for m in dir(value) if not m.startswith("_") and m not in inherited}

@@ -32,7 +32,7 @@ def line_root(tmp_path_factory) -> Path:
 def trained_ckpt(tmp_path_factory, line_root) -> Path:
     """A tiny DM-GRD checkpoint (64 px, a few steps) for eval/export tests."""
     from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
-    from dmgrd_edge.train.loop import TrainJob
+    from dmgrd_edge.options import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     out = tmp_path_factory.mktemp("run") / "washer"

@@ -13,7 +13,7 @@ import pytest
 
 from dmgrd_edge.config import ModelConfig, TrainConfig
 from dmgrd_edge.errors import ConfigError, DataError
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.runners import LocalRunner, RayRunner, make_runner
 
 

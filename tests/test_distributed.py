@@ -27,7 +27,7 @@ import torch
 from dmgrd_edge.config import PAPER_MODEL_FIELDS, ModelConfig, TrainConfig
 from dmgrd_edge.train.checkpoint import read_checkpoint
 from dmgrd_edge.train.distributed import launch
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.trainer import train_category
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from dmgrd_edge.model.patch_memory import PatchMemory, greedy_coreset, local_ave
 
 
 def _train(line_root, out, steps=4, **options):
-    from dmgrd_edge.train.loop import TrainJob
+    from dmgrd_edge.options import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     cfg = model_config_from_options(image_size=64, memory_size=4, patch_bank_size=64, **options)
@@ -137,7 +137,8 @@ def test_knn_baseline_has_no_student_and_no_training(knn_ckpt):
 
 @pytest.mark.fault("option or combination that is not allowed")
 def test_knn_baseline_cannot_be_pruned(knn_ckpt, tmp_path):
-    from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
+    from dmgrd_edge.options import PruneJob
+    from dmgrd_edge.train.prune import prune_checkpoint
 
     with pytest.raises(ConfigError, match="no channels to prune"):
         prune_checkpoint(PruneJob(checkpoint=str(knn_ckpt), out_dir=str(tmp_path / "p"), ratio=0.5))

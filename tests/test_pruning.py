@@ -100,7 +100,8 @@ def test_kept_widths_are_rounded_and_checked():
 def test_prune_finetune_export_end_to_end(tmp_path, trained_ckpt):
     from dmgrd_edge.export.pipeline import export_bundle
     from dmgrd_edge.train.checkpoint import load_model
-    from dmgrd_edge.train.prune import PruneJob, prune_checkpoint
+    from dmgrd_edge.options import PruneJob
+    from dmgrd_edge.train.prune import prune_checkpoint
 
     from dmgrd_edge.options import BatchProfile, ExportOptions
 

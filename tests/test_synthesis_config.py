@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 from dmgrd_edge.train.checkpoint import read_checkpoint
-from dmgrd_edge.train.loop import TrainJob
+from dmgrd_edge.options import TrainJob
 from dmgrd_edge.train.trainer import train_category
 from typer.testing import CliRunner
 

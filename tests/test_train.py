@@ -13,7 +13,8 @@ from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, DataError
 from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
 from dmgrd_edge.train.evaluate import evaluate_checkpoint
-from dmgrd_edge.train.loop import BatchSource, TrainJob, lr_at
+from dmgrd_edge.options import TrainJob
+from dmgrd_edge.train.loop import BatchSource, lr_at
 from dmgrd_edge.train.trainer import train_category
 
 

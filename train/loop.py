@@ -8,7 +8,6 @@ seeded with (seed, s), so a resumed run sees exactly the data the uninterrupted 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +18,6 @@ from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
 from dmgrd_edge.metrics import evaluate_all
-from dmgrd_edge.options import TrainJob  # noqa: F401  (a core record: the CLI's defaults)
 
 
 def pick_device(name: str) -> torch.device:

@@ -24,7 +24,7 @@ from rich.console import Console
 from dmgrd_edge.errors import ConfigError, DmgrdError
 
 from .distributed import current, launch
-from .loop import TrainJob
+from dmgrd_edge.options import TrainJob
 
 SUMMARY = "train_summary.json"
 

@@ -30,12 +30,12 @@ from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import CheckpointError, ConfigError, DataError
 from dmgrd_edge.model import DMGRD
+from dmgrd_edge.options import TrainJob
 
 from . import distributed
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
-    TrainJob,
     as_tensor,
     load_images,
     lr_at,

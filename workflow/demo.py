@@ -37,9 +37,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.errors import DataError, DmgrdError
+from dmgrd_edge.options import DemoSettings, SweepConfig
+from dmgrd_edge.report import percent
 
 from .sweep import Sweep, Variant, _die_with_parent
-from dmgrd_edge.options import DemoSettings, SweepConfig
 
 CATEGORY = "washer"
 MARKER = "demo.json"
@@ -468,10 +469,6 @@ class Demo:
 STEP_COUNT = 8  # the self.step calls of Demo.run
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 _CSS = (
     "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -498,8 +495,8 @@ def index_html(s: dict[str, Any]) -> str:
     )
     sweep = "".join(
         f"<tr><td>{link(r['result'], r['label'])}</td><td>{e(r['file'])}</td>"
-        f"<td>{_pct(r['i_auroc'])}</td><td>{_pct(r['p_auroc'])}</td><td>{_pct(r['pro_30'])}</td>"
-        f"<td>{r['ms_b1_p50']:.2f}</td><td>{r['images_per_s_b1']:.1f}</td></tr>"
+        + "".join(f"<td>{percent(r[k], 1)}</td>" for k in ("i_auroc", "p_auroc", "pro_30"))
+        + f"<td>{r['ms_b1_p50']:.2f}</td><td>{r['images_per_s_b1']:.1f}</td></tr>"
         for r in s["sweep"]
     )
     ng = "".join(
@@ -561,7 +558,7 @@ def console_summary(s: dict[str, Any]) -> str:
         f"demo finished in {s['seconds']:.0f} s",
         f"stream: {st['frames']} frames, NG found {st['ng_found']} of {st['defective_frames']} "
         f"defective, {len(st['false_alarms'])} false alarms, {st['fps']:.1f} fps",
-        f"best PRO@0.3: {best['label']} {_pct(best['pro_30'])}, {best['ms_b1_p50']:.2f} ms",
+        f"best PRO@0.3: {best['label']} {percent(best['pro_30'], 1)}, {best['ms_b1_p50']:.2f} ms",
         *(f"recommended on {d}: {n}" for d, n in s["recommended"].items()),
         f"summary page: {s['index']}",
     ]

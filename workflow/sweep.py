@@ -239,7 +239,7 @@ class Sweep:
         self.console.print(text, markup=False, highlight=False)
 
     def train(self, v: Variant) -> Path:
-        from dmgrd_edge.train.loop import TrainJob
+        from dmgrd_edge.options import TrainJob
         from dmgrd_edge.train.trainer import train_category
 
         from dmgrd_edge.config import TrainConfig, model_config_from_options
@@ -285,7 +285,8 @@ class Sweep:
 
     def prune(self, v: Variant, trained: Path) -> Path:
         from dmgrd_edge.train.checkpoint import read_checkpoint
-        from dmgrd_edge.train.prune import PruneJob, finetune_config, prune_checkpoint
+        from dmgrd_edge.options import PruneJob
+        from dmgrd_edge.train.prune import finetune_config, prune_checkpoint
 
         out = self.paths.run(v)
         if (out / "train_summary.json").is_file() and (out / "last.pt").is_file():

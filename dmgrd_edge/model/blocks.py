@@ -45,6 +45,15 @@ class Residual(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+def _shortcut(c_in: int, c_out: int, mode: str) -> list | None:
+    """The residual's projection when the block changes resolution or width, else None."""
+    if mode == "same" and c_in == c_out:
+        return None
+    if mode == "up":
+        return up_bn(c_in, c_out)
+    return conv_bn(c_in, c_out, 1, 2 if mode == "down" else 1)
+
+
 def basic_block(c_in: int, c_out: int, mode: str = "same") -> Residual:
     """ResNet basic block; mode 'down' (stride 2), 'up' (ConvTranspose x2) or 'same'."""
     first = {
@@ -53,14 +62,7 @@ def basic_block(c_in: int, c_out: int, mode: str = "same") -> Residual:
         "same": conv_bn(c_in, c_out),
     }[mode]
     body = first + [nn.ReLU(inplace=True)] + conv_bn(c_out, c_out)
-    shortcut = None
-    if mode != "same" or c_in != c_out:
-        shortcut = (
-            up_bn(c_in, c_out)
-            if mode == "up"
-            else conv_bn(c_in, c_out, 1, 2 if mode == "down" else 1)
-        )
-    return Residual(body, shortcut, nn.ReLU(inplace=True))
+    return Residual(body, _shortcut(c_in, c_out, mode), nn.ReLU(inplace=True))
 
 
 def bottleneck_block(c_in: int, c_out: int, width: int, mode: str = "same") -> Residual:
@@ -72,14 +74,7 @@ def bottleneck_block(c_in: int, c_out: int, width: int, mode: str = "same") -> R
     }[mode]
     body = conv_bn(c_in, width, 1) + [nn.ReLU(inplace=True)] + middle + [nn.ReLU(inplace=True)]
     body += conv_bn(width, c_out, 1)
-    shortcut = None
-    if mode != "same" or c_in != c_out:
-        shortcut = (
-            up_bn(c_in, c_out)
-            if mode == "up"
-            else conv_bn(c_in, c_out, 1, 2 if mode == "down" else 1)
-        )
-    return Residual(body, shortcut, nn.ReLU(inplace=True))
+    return Residual(body, _shortcut(c_in, c_out, mode), nn.ReLU(inplace=True))
 
 
 def inverted_residual(
