@@ -84,8 +84,8 @@ class _Segment:
         os.write(self.fd, _header(width, height, fps))
         self.end, self.frames, self.biggest = _MOVI_DATA, 0, 0
         # the idx1 entries, 16 bytes a frame, go to an unlinked file beside the recording, not
-        # to memory (a list of tuples took about 124 bytes a frame: 12 MiB in a 100,000-frame
-        # soak); if it cannot be written (a full disk) the recording goes on without an index
+        # to memory, where they would grow with every frame of a run of days; if it cannot be
+        # written (a full disk) the recording goes on without an index
         try:
             self.index: IO[bytes] | None = tempfile.TemporaryFile(dir=path.parent)
         except OSError:

@@ -26,7 +26,7 @@ from .select import create_backend
 def _peak_rss_mib() -> float:
     """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss
     does not, and counts the memory of whatever process launched this one (a benchmark
-    script holding torch made a 170 MiB bench report 3.2 GiB)."""
+    script holding torch would make the bench report torch's memory)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

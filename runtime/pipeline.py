@@ -270,10 +270,10 @@ class _InFlight(NumberedResults):
     At most ``2 * workers`` batches are taken and not yet handed to the main thread (one in
     each call, one waiting behind it); a thread waits for the main thread before it takes
     more. Without that bound the inference threads run ahead whenever the main thread is
-    slower or descheduled (a busy CPU): in a 20,000-frame soak on 2 shared cores up to 116
-    results waited, each with its frame, tensor and map, and glibc kept the grown heaps of
-    the threads that allocated them resident after the backlog was handled, so resident
-    memory rose by several MiB with every such burst (benchmarks/runtime_soak.py)."""
+    slower or descheduled (a busy CPU): results pile up, each with its frame, tensor and map,
+    and glibc keeps the grown heaps of the threads that allocated them resident after the
+    backlog is handled, so resident memory grows with every such burst (measured in
+    benchmarks/runtime_soak.py; docs/RELIABILITY.md, "Soak")."""
 
     def __init__(self, pipeline: Pipeline, capture: Capture, workers: int):
         super().__init__(workers)  # batch number -> _infer's result or its exception

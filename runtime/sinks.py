@@ -72,7 +72,8 @@ class JsonlSink:
         if self.ng_only and not event.ng:
             return
         # flushed to the kernel per line: a killed process loses nothing already written
-        # (fsync per frame would cost ~1 ms and only protects against power loss)
+        # (fsync per frame would cost a disk flush per frame and only protects against power
+        # loss)
         with _naming(self.path):
             self.handle.write(event.to_json() + "\n")
             self.handle.flush()

@@ -41,8 +41,8 @@ def resize_rgb(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def normalize(batch_hwc: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 (N, H, W, 3) RGB at model size -> float32 (N, 3, H, W) normalised:
     (x - 255 mean) / (255 std) per channel, computed as x * a + b written straight into the
-    NCHW output, one plane at a time (about 6x faster than converting the whole batch to
-    float and transposing it, which matters at the line: it runs for every frame)."""
+    NCHW output, one plane at a time (several times faster than converting the whole batch
+    to float and transposing it, which matters at the line: it runs for every frame)."""
     scale = np.asarray(cfg.std, np.float32) * np.float32(255.0)
     shift = np.asarray(cfg.mean, np.float32) * np.float32(255.0)
     gain, bias = (np.float32(1.0) / scale).astype(np.float32), (-shift / scale).astype(np.float32)
