@@ -71,6 +71,7 @@ ROWS = [
     ("RD + memory score, K = 512 patches", "rd", ("combined", "mean", 512, "map")),
     ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192, "map")),
     ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
+    ("RD + memory map, auto image score", "rd", ("combined", "mean", None, "auto")),
 ]
 DEFAULT_ROW = "RD + memory score"
 DEFAULT_ROW_BEFORE = "RD + memory score"  # whose INT8 bundles are in WORK/bundles<steps>-default
@@ -145,6 +146,14 @@ def train_seconds(summary: dict, steps: int) -> float | None:
         return 0.0
     rate = summary.get("train_img_per_s")
     return steps * 8 / rate if rate else summary.get("wall_seconds")
+
+
+def image_score_chosen(checkpoint: Path) -> str | None:
+    """The rule an `auto` image score chose on the validation pseudo-anomalies."""
+    from dmgrd_edge.train.checkpoint import read_checkpoint
+
+    choice = read_checkpoint(checkpoint)["metadata"].get("image_score_choice")
+    return choice["chosen"] if choice else None
 
 
 def evaluate(checkpoint: Path, console: Console) -> dict:
@@ -293,6 +302,7 @@ def main() -> None:
                         console=console,
                     )
                 checkpoint = target
+            chosen = image_score_chosen(checkpoint) if rescore is not None else None
             row = {
                 "set": kind,
                 "category": category,
@@ -300,6 +310,7 @@ def main() -> None:
                 "steps": args.steps,
                 "train_seconds": train_seconds(summary, args.steps),
                 **evaluate(checkpoint, console),
+                **({"image_score_chosen": chosen} if chosen else {}),
             }
             results.append(row)
             console.print(

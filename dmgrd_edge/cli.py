@@ -260,8 +260,9 @@ def train(
     image_score: str = field_option(
         ModelConfig,
         "image_score",
-        help="the image score: from the anomaly map (map), or from the student's share of a "
-        "combined map alone (student)",
+        help="the image score: from the anomaly map (map), from the student's share of a "
+        "combined map alone (student), or the one of the two that separates the validation "
+        "pseudo-anomalies better, chosen at each validation (auto)",
     ),
     without_loss: list[str] = typer.Option(
         [],
@@ -450,7 +451,9 @@ def rescore(
         None, help="rows per level of the patch memory, refilled from the training images"
     ),
     image_score: Optional[str] = typer.Option(
-        None, help="map or student (the student's share of a combined map); default: as trained"
+        None,
+        help="map, student (the student's share of a combined map) or auto (the one that "
+        "separates the validation pseudo-anomalies better); default: as trained",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
 ):

@@ -20,8 +20,10 @@ MEMORY_READS = ("image", "patch")
 SCORE_SOURCES = ("student", "memory", "combined")
 MAP_SCALES = ("mean", "p99", "std")
 FUSIONS = ("msff", "linear")
-# what the image score is read from: the anomaly map, or the student's share of it alone
-IMAGE_SCORES = ("map", "student")
+# what the image score is read from: the anomaly map, the student's share of it alone, or
+# whichever of the two separates the validation pseudo-anomalies better ("auto", chosen at
+# each validation and kept in the checkpoint's weights)
+IMAGE_SCORES = ("map", "student", "auto")
 LOSS_TERMS = ("ot", "con", "triplet")  # the memory path's terms besides KD
 # the paper's model: the student guided by one whole bank image, scored by the student alone
 PAPER_MODEL_FIELDS = {
@@ -129,7 +131,8 @@ class ModelConfig:
     fusion: str = "msff"
     # the image score: from the anomaly map ("map"), or, where the map is combined, from the
     # student's share alone ("student"; regions are still drawn from the combined map; the
-    # better rule after 1000 training steps, docs/METHOD.md)
+    # better rule after 1000 training steps, docs/METHOD.md), or the one of the two that
+    # separates the validation pseudo-anomalies better ("auto")
     image_score: str = "map"
 
     def __post_init__(self):

@@ -440,6 +440,42 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
     assert map_err < 1e-3 and score_err < 1e-3
 
 
+def test_auto_image_score_keeps_the_rule_that_separates_validation_better(combined_ckpt, tmp_path):
+    """`--image-score auto`: the rescored checkpoint keeps the rule whose validation figures
+    are the better (its choice is in the weights and the metadata), scores exactly as the
+    fixed rule it chose, and exports to one graph with the same scores."""
+    from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
+    from dmgrd_edge.train.rescore import rescore_checkpoint
+
+    auto = tmp_path / "auto.pt"
+    rescore_checkpoint(combined_ckpt, auto, "combined", image_score="auto", device="cpu")
+    choice = read_checkpoint(auto)["metadata"]["image_score_choice"]
+    found = choice["validation"]
+    best = max(found, key=lambda r: (found[r]["i_auroc"], found[r]["margin"]))
+    assert choice["chosen"] == best and set(found) == {"map", "student"}
+    model, _ = load_model(auto)
+    assert model.config.image_score == "auto"
+    assert float(model.head.student_score) == (1.0 if best == "student" else 0.0)
+    torch.manual_seed(4)
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    fixed = {}
+    for rule in ("map", "student"):
+        rescore_checkpoint(combined_ckpt, tmp_path / f"{rule}.pt", "combined", image_score=rule)
+        fixed[rule] = load_model(tmp_path / f"{rule}.pt")[0]
+    with torch.no_grad():
+        got = model(x)
+        want = {rule: m(x) for rule, m in fixed.items()}
+        assert torch.allclose(got.score, want[best].score, atol=1e-6)
+        assert torch.allclose(got.anomaly_map, want["map"].anomaly_map, atol=1e-5)
+        model.head.student_score.fill_(1.0 - float(model.head.student_score))  # the other rule
+        other = "map" if best == "student" else "student"
+        assert torch.allclose(model(x).score, want[other].score, atol=1e-6)
+    bundle = tmp_path / "bundle"
+    _export(auto, bundle)
+    map_err, score_err = _torch_vs_onnx(auto, bundle / "model.onnx")
+    assert map_err < 1e-3 and score_err < 1e-3
+
+
 def test_student_image_score_applies_to_combined_maps_and_old_checkpoints_keep_the_map():
     assert ModelConfig().image_score == "map"
     # a map that is not combined is the only one there is: the student rule changes nothing

@@ -17,7 +17,7 @@ from dmgrd_edge.config import PreprocessConfig, TrainConfig
 from dmgrd_edge.data.preprocess import normalize, read_frames
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
 from dmgrd_edge.errors import ConfigError
-from dmgrd_edge.metrics import evaluate_all
+from dmgrd_edge.metrics import auroc, evaluate_all
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,6 +113,31 @@ def score_statistics(normal_scores: np.ndarray) -> dict[str, float]:
     stats["threshold"] = stats["mean"] + 3 * stats["std"]
     stats["threshold_rule"] = "mean + 3 std of validation normal scores"
     return stats
+
+
+def choose_image_score(model, val, cfg: PreprocessConfig, device) -> dict[str, Any] | None:
+    """For ``image_score="auto"``: score the validation set with each rule (the combined
+    map's, the student's share's) and keep the one that separates its pseudo-anomalies from
+    its normals better: the higher image AUROC, then, on a tie (both often separate them
+    fully), the larger margin (anomalous scores' mean minus the normals', in normal standard
+    deviations); a full tie keeps the map's. The choice is the head's ``student_score`` flag,
+    saved with the weights. None when the model has no choice to make."""
+    head = model.head
+    if not getattr(head, "choose_score", False):
+        return None
+    images, labels, _ = val
+    found = {}
+    for rule, flag in (("map", 0.0), ("student", 1.0)):
+        head.student_score.fill_(flag)
+        scores = predict(model, images, cfg, device)[1].astype(np.float64)
+        normal, anomalous = scores[labels == 0], scores[labels == 1]
+        found[rule] = {
+            "i_auroc": round(float(auroc(labels, scores)), 4),
+            "margin": float((anomalous.mean() - normal.mean()) / max(normal.std(), 1e-12)),
+        }
+    chosen = max(found, key=lambda r: (found[r]["i_auroc"], found[r]["margin"]))
+    head.student_score.fill_(1.0 if chosen == "student" else 0.0)
+    return {"chosen": chosen, "validation": found}
 
 
 def validate(model, val, cfg: PreprocessConfig, device) -> dict[str, Any]:

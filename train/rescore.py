@@ -23,10 +23,17 @@ from dmgrd_edge.errors import CheckpointError, ConfigError
 from dmgrd_edge.model import DMGRD
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .loop import as_tensor, load_images, make_validation_set, pick_device, validate
+from .loop import (
+    as_tensor,
+    choose_image_score,
+    load_images,
+    make_validation_set,
+    pick_device,
+    validate,
+)
 from .trainer import split_train_val
 
-REBUILT_KEYS = ("patch_memory.", "head.map_weights")
+REBUILT_KEYS = ("patch_memory.", "head.map_weights", "head.student_score")
 
 
 def _rebuilt_model(checkpoint: Path, payload: dict[str, Any], changes: dict[str, Any], dev):
@@ -101,6 +108,10 @@ def rescore_checkpoint(
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir, tcfg.synthesis)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
     means = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, dev))
+    choice = choose_image_score(model, val, cfg, dev)
+    meta.pop("image_score_choice", None)
+    if choice is not None:
+        meta["image_score_choice"] = choice
     metrics = validate(model, val, cfg, dev)
     meta.update(
         score_stats=metrics["score_stats"],

@@ -74,6 +74,7 @@ class DMGRD(nn.Module):
             config.score_topk,
             combined=config.score_source == "combined",
             score_from_student=config.image_score == "student",
+            choose_score=config.image_score == "auto",
         )
         if config.pruned_widths:
             apply_widths(self, config.pruned_widths)

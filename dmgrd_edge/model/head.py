@@ -39,10 +39,16 @@ class AnomalyMapHead(nn.Module):
         topk: int,
         combined: bool = False,
         score_from_student: bool = False,
+        choose_score: bool = False,
     ):
         super().__init__()
         # combined maps only: the image score reads the student's weighted share of the map
         self.score_from_student = combined and score_from_student
+        # combined maps only: a stored flag says which of the two scores is the image score
+        # (1: the student's share), set on validation pseudo-anomalies (train/loop.py)
+        self.choose_score = combined and choose_score
+        if self.choose_score:
+            self.register_buffer("student_score", torch.zeros(()))
         if combined:  # weights of the student's and the memory's maps (set on validation normals)
             self.register_buffer("map_weights", torch.full((2,), 0.5))
         self.image_size = image_size
@@ -107,13 +113,18 @@ class AnomalyMapHead(nn.Module):
         memory_map: torch.Tensor | None = None,
     ):
         """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
-        if self.score_from_student and student is not None and memory_map is not None:
+        split = self.score_from_student or self.choose_score
+        if split and student is not None and memory_map is not None:
             # the blur is linear: blurring each weighted share and adding them gives the
             # combined map (up to rounding); the score is the student's share on the map's
             # scale (each share weighs 0.5 on the validation normals, so the share doubled)
             student_share = self.blur(self.distance_map(teacher, student) * self.map_weights[0])
             anomaly_map = student_share + self.blur(memory_map * self.map_weights[1])
-            return anomaly_map, self.score(student_share * 2.0)
+            from_student = self.score(student_share * 2.0)
+            if not self.choose_score:
+                return anomaly_map, from_student
+            chosen = torch.where(self.student_score > 0.5, from_student, self.score(anomaly_map))
+            return anomaly_map, chosen
         anomaly_map = self.anomaly_map(teacher, student, memory_map)
         return anomaly_map, self.score(anomaly_map)
 
