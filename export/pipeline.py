@@ -36,6 +36,9 @@ from .graph_check import require_trt_compatible
 
 FP32_ONNX = catalog.by_key("onnx-fp32").name
 FP16_ONNX = catalog.by_key("onnx-fp16").name
+# an INT8 file exported without --max-drop that loses more than this many points of I-AUC
+# or PRO@0.3 on the guard set is written with a warning that says so
+UNGUARDED_WARNING_POINTS = 1.0
 
 
 @contextlib.contextmanager
@@ -396,8 +399,26 @@ def _int8_target(target, opts, staging, proto, data, pre, reader, reference, tim
         f"PRO@0.3 {100 * guard['pro_30_fp32']:.2f} -> {100 * guard['pro_30_int8']:.2f}, "
         f"map cosine {guard['map_cosine_mean']:.4f}"
     )
+    warning = unguarded_warning(name, guard, opts.max_drop)
+    if warning:
+        log(warning)
     job.cache.unlink(missing_ok=True)
     return quant, guard
+
+
+def unguarded_warning(name: str, guard: dict, max_drop: float | None) -> str | None:
+    """The warning for an INT8 file exported without --max-drop whose guard lost more than
+    UNGUARDED_WARNING_POINTS of I-AUC or PRO@0.3; None otherwise."""
+    from dmgrd_edge.calib.guard import within
+
+    if max_drop is not None or within(guard, UNGUARDED_WARNING_POINTS):
+        return None
+    return (
+        f"warning: {name} loses {guard['i_auroc_drop_points']:.1f} I-AUC and "
+        f"{guard['pro_30_drop_points']:.1f} PRO@0.3 points against fp32 on the guard set; "
+        f"export with --max-drop N to keep its most sensitive layers in fp32, or deploy "
+        f"{FP32_ONNX}"
+    )
 
 
 def _fit_drop(job: _Int8Job) -> dict:

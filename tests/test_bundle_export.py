@@ -30,8 +30,40 @@ def bundle(tmp_path_factory, trained_ckpt):
         calib_count=8,
         batch=BatchProfile(1, 2, 4),
     )
-    export_bundle(opts, log=lambda _: None)
+    lines = []
+    export_bundle(opts, log=lines.append)
+    (out.parent / "export.log").write_text("\n".join(map(str, lines)))
     return out
+
+
+def test_an_int8_file_that_loses_accuracy_is_written_with_a_warning(bundle):
+    """Without --max-drop a lossy INT8 file is still written (the guard's figures are in the
+    manifest), and the export says so: a warning for exactly the INT8 files whose guard drop
+    exceeds a point."""
+    from dmgrd_edge.export.pipeline import UNGUARDED_WARNING_POINTS
+
+    log = (bundle.parent / "export.log").read_text()
+    files = load_bundle(bundle).manifest["files"]
+    guards = {"model.int8.onnx": load_bundle(bundle).manifest["guard"]}
+    guards["model.int8-cpu.onnx"] = files["model.int8-cpu.onnx"]["guard"]
+    for name, guard in guards.items():
+        lossy = max(guard["i_auroc_drop_points"], guard["pro_30_drop_points"])
+        warned = f"warning: {name} loses" in log
+        assert warned == (lossy > UNGUARDED_WARNING_POINTS), (name, lossy)
+        if warned:
+            assert "--max-drop" in log and f"{guard['pro_30_drop_points']:.1f} PRO@0.3" in log
+
+
+def test_the_unguarded_warning_names_the_loss_and_the_fix():
+    from dmgrd_edge.export.pipeline import unguarded_warning
+
+    lossy = {"i_auroc_drop_points": 22.0, "pro_30_drop_points": 33.18}
+    text = unguarded_warning("model.int8-cpu.onnx", lossy, None)
+    assert text.startswith("warning: model.int8-cpu.onnx loses 22.0 I-AUC and 33.2 PRO@0.3")
+    assert "--max-drop" in text and "model.onnx" in text
+    assert unguarded_warning("model.int8-cpu.onnx", lossy, 1.0) is None  # the fit's own warning
+    fine = {"i_auroc_drop_points": -1.0, "pro_30_drop_points": 0.9}
+    assert unguarded_warning("model.int8.onnx", fine, None) is None
 
 
 def test_manifest_and_files(bundle):
