@@ -73,8 +73,9 @@ ROWS = [
     ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
     ("RD + memory map, auto image score", "rd", ("combined", "mean", None, "auto")),
 ]
-DEFAULT_ROW = "RD + memory score"
-DEFAULT_ROW_BEFORE = "RD + memory score"  # whose INT8 bundles are in WORK/bundles<steps>-default
+DEFAULT_ROW = "RD + memory map, auto image score"
+# the default before the auto image score: its INT8 bundles are in WORK/bundles<steps>-default
+DEFAULT_ROW_BEFORE = "RD + memory score"
 
 
 def rescore_suffix(rescore: tuple) -> str:

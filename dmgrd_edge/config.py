@@ -129,11 +129,12 @@ class ModelConfig:
     map_scale: str = "mean"
     # how the memory-guided features are fused: MSFF (the paper) or a 1x1 projection (ablation)
     fusion: str = "msff"
-    # the image score: from the anomaly map ("map"), or, where the map is combined, from the
-    # student's share alone ("student"; regions are still drawn from the combined map; the
-    # better rule after 1000 training steps, docs/METHOD.md), or the one of the two that
-    # separates the validation pseudo-anomalies better ("auto")
-    image_score: str = "map"
+    # the image score, where the map is combined: from the map ("map"), from the student's
+    # share alone ("student"; regions are still drawn from the combined map), or the one of
+    # the two that separates the validation pseudo-anomalies better ("auto", the default:
+    # docs/METHOD.md, docs/BENCHMARKS.md "Detection quality"); a map that is not combined is
+    # its own score
+    image_score: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:

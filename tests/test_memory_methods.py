@@ -477,7 +477,7 @@ def test_auto_image_score_keeps_the_rule_that_separates_validation_better(combin
 
 
 def test_student_image_score_applies_to_combined_maps_and_old_checkpoints_keep_the_map():
-    assert ModelConfig().image_score == "map"
+    assert ModelConfig().image_score == "auto"
     # a map that is not combined is the only one there is: the student rule changes nothing
     student = {"image_score": "student"}
     assert not _head_reads_student(ModelConfig(method="knn", score_source="memory", **student))
