@@ -63,6 +63,13 @@ def load_model(path: str | Path, device: str = "cpu"):
     payload = read_checkpoint(path)
     config = ModelConfig.from_dict(payload["model_config"])
     model = DMGRD(config, pretrained=False)
+    load_weights(model, payload, path)
+    return model.to(device).eval(), payload
+
+
+def load_weights(model, payload: dict[str, Any], path: str | Path) -> None:
+    """A checkpoint's weights into ``model``, strictly, and where its teacher came from; a
+    CheckpointError naming ``path`` when they do not fit the model's config."""
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
@@ -70,7 +77,6 @@ def load_model(path: str | Path, device: str = "cpu"):
             f"{path}: weights do not match the model config: {str(exc)[:300]}"
         ) from exc
     model.teacher_source = payload["metadata"].get("teacher_weights", "from checkpoint")
-    return model.to(device).eval(), payload
 
 
 def checkpoint_preprocess(payload: dict[str, Any]) -> PreprocessConfig:

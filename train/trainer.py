@@ -28,12 +28,12 @@ from dmgrd_edge.atomic import atomic_write_bytes
 from dmgrd_edge.config import SynthesisConfig
 from dmgrd_edge.data.datasets import index_category
 from dmgrd_edge.data.synthesis import AnomalySynthesizer
-from dmgrd_edge.errors import CheckpointError, ConfigError, DataError
+from dmgrd_edge.errors import ConfigError, DataError
 from dmgrd_edge.model import DMGRD
 from dmgrd_edge.options import TrainJob
 
 from . import distributed
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
     as_tensor,
@@ -259,13 +259,7 @@ def _start_on_main(job: TrainJob, out: Path, model, optimizer, metadata, data, d
         return payload["step"], payload["metadata"]
     if job.init_from:
         init = read_checkpoint(job.init_from)
-        try:
-            model.load_state_dict(init["state_dict"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{job.init_from} does not fit the model config: {str(exc)[:300]}"
-            ) from exc
-        model.teacher_source = init["metadata"].get("teacher_weights", "from checkpoint")
+        load_weights(model, init, job.init_from)
         metadata["teacher_weights"] = model.teacher_source
         # the memory banks stay those of the run it came from (filled from its training images)
         for key in ("memory", "pruning"):
