@@ -18,6 +18,11 @@ check compares the exported graph with the original, unrewritten model on real i
   changes and, in the INT8 graph, runs the middle on uint8; ``DepthToSpace`` it computes
   in fp32 between a DequantizeLinear and a QuantizeLinear, and it was the largest non-conv
   cost of the INT8 graph (``benchmarks/ort_profile.py``, docs/BENCHMARKS.md).
+
+* A head that chooses its image score (``--image-score auto``) -> the fixed rule its stored
+  flag names. Training and ``rescore`` set the flag once, on validation; the flag is a
+  constant of the graph, so the graph computes only the chosen rule's score (and, for the
+  map's rule, blurs the combined map once instead of each share on its own).
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def _rewrite_sequential(seq: nn.Sequential) -> int:
     return count
 
 
-def deployable(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+def deployable(model: nn.Module) -> tuple[nn.Module, dict[str, int | str]]:
     """An eval-mode fp32 copy of ``model`` with the rewrites applied, and what was rewritten."""
     model = copy.deepcopy(model).eval().float().cpu()
     count = 0
@@ -130,4 +135,12 @@ def deployable(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
         if isinstance(module, nn.Sequential) and not isinstance(module, PixelShuffleUp):
             count += _rewrite_sequential(module)
     kept = sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
-    return model, {"conv_transpose_to_pixel_shuffle": count, "conv_transpose_kept": kept}
+    rewrites: dict[str, int | str] = {
+        "conv_transpose_to_pixel_shuffle": count,
+        "conv_transpose_kept": kept,
+    }
+    head = getattr(model, "head", None)
+    chosen = head.fix_image_score() if hasattr(head, "fix_image_score") else None
+    if chosen is not None:
+        rewrites["image_score_fixed"] = chosen
+    return model, rewrites

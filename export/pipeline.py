@@ -170,6 +170,8 @@ def _source_record(opts: ExportOptions, meta: dict, step_done: int) -> dict[str,
         "category": meta.get("category"),
         "step": step_done,
         "teacher_weights": meta.get("teacher_weights"),
+        # `--image-score auto`: the rule chosen on validation, the one rule the graph computes
+        "image_score_chosen": (meta.get("image_score_choice") or {}).get("chosen"),
         # a pruned checkpoint (dmgrd-edge prune): the cut, without the per-group widths
         "pruning": (
             {k: v for k, v in meta["pruning"].items() if k not in ("widths", "from")}

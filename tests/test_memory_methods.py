@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -442,8 +443,10 @@ def test_student_image_score_keeps_the_map_and_scores_the_students_share(combine
 
 def test_auto_image_score_keeps_the_rule_that_separates_validation_better(combined_ckpt, tmp_path):
     """`--image-score auto`: the rescored checkpoint keeps the rule whose validation figures
-    are the better (its choice is in the weights and the metadata), scores exactly as the
-    fixed rule it chose, and exports to one graph with the same scores."""
+    are the better (its choice is in the weights and the metadata; the figures are each fixed
+    rule's own validation, from one forward pass), scores exactly as the fixed rule it chose,
+    and exports to one graph that computes that rule alone, with the same scores."""
+    from dmgrd_edge.export.deploy import deployable
     from dmgrd_edge.train.checkpoint import load_model, read_checkpoint
     from dmgrd_edge.train.rescore import rescore_checkpoint
 
@@ -462,18 +465,29 @@ def test_auto_image_score_keeps_the_rule_that_separates_validation_better(combin
     for rule in ("map", "student"):
         rescore_checkpoint(combined_ckpt, tmp_path / f"{rule}.pt", "combined", image_score=rule)
         fixed[rule] = load_model(tmp_path / f"{rule}.pt")[0]
+        own = read_checkpoint(tmp_path / f"{rule}.pt")["metadata"]["rescored"]["validation"]
+        assert found[rule]["i_auroc"] == round(own["i_auroc"], 4)
+    other = "map" if best == "student" else "student"
     with torch.no_grad():
         got = model(x)
         want = {rule: m(x) for rule, m in fixed.items()}
         assert torch.allclose(got.score, want[best].score, atol=1e-6)
         assert torch.allclose(got.anomaly_map, want["map"].anomaly_map, atol=1e-5)
-        model.head.student_score.fill_(1.0 - float(model.head.student_score))  # the other rule
-        other = "map" if best == "student" else "student"
-        assert torch.allclose(model(x).score, want[other].score, atol=1e-6)
+        for rule in (best, other):  # the deployment rewrite fixes the rule the flag names
+            deployed, rewrites = deployable(model)
+            assert rewrites["image_score_fixed"] == rule and not deployed.head.choose_score
+            assert torch.allclose(deployed(x).score, want[rule].score, atol=1e-6)
+            assert torch.allclose(model(x).score, want[rule].score, atol=1e-6)
+            model.head.student_score.fill_(1.0 - float(model.head.student_score))
     bundle = tmp_path / "bundle"
-    _export(auto, bundle)
+    assert _export(auto, bundle)["source"]["image_score_chosen"] == best
     map_err, score_err = _torch_vs_onnx(auto, bundle / "model.onnx")
     assert map_err < 1e-3 and score_err < 1e-3
+    graph = onnx.load(str(bundle / "model.onnx"))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert f"image_score_fixed={best}" in props["dmgrd_edge.rewrites"]
+    ops = [n.op_type for n in graph.graph.node]
+    assert "Where" not in ops and ops.count("TopK") == 1  # one rule's score, computed once
 
 
 def test_student_image_score_applies_to_combined_maps_and_old_checkpoints_keep_the_map():

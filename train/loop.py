@@ -86,15 +86,28 @@ def make_validation_set(images: np.ndarray, synth: AnomalySynthesizer, seed: int
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, cfg: PreprocessConfig, device, batch_size: int = 16):
-    """Maps (N, H, W) and scores (N,) for uint8 images at model size."""
+def predict(
+    model,
+    images: np.ndarray,
+    cfg: PreprocessConfig,
+    device,
+    batch_size: int = 16,
+    both_scores: bool = False,
+):
+    """Maps (N, H, W) and scores (N,) for uint8 images at model size. With ``both_scores`` (a
+    model that chooses its image score) the scores are (N, 2), the map's rule's and the
+    student's share's, from the same forward pass."""
     model.eval()
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
         x = as_tensor(images[i : i + batch_size], cfg, device)
-        out = model(x)
-        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
-        scores.append(out.score.float().cpu().numpy())
+        if both_scores:
+            anomaly_map, *rules = model.both_image_scores(x)
+            score = torch.stack(rules, dim=1)
+        else:
+            anomaly_map, score = model(x)
+        maps.append(anomaly_map[:, 0].float().cpu().numpy())
+        scores.append(score.float().cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
@@ -115,35 +128,41 @@ def score_statistics(normal_scores: np.ndarray) -> dict[str, float]:
     return stats
 
 
-def choose_image_score(model, val, cfg: PreprocessConfig, device) -> dict[str, Any] | None:
-    """For ``image_score="auto"``: score the validation set with each rule (the combined
-    map's, the student's share's) and keep the one that separates its pseudo-anomalies from
-    its normals better: the higher image AUROC, then, on a tie (both often separate them
-    fully), the larger margin (anomalous scores' mean minus the normals', in normal standard
-    deviations); a full tie keeps the map's. The choice is the head's ``student_score`` flag,
-    saved with the weights. None when the model has no choice to make."""
-    head = model.head
-    if not getattr(head, "choose_score", False):
-        return None
-    images, labels, _ = val
+IMAGE_SCORE_RULES = ("map", "student")  # the columns of predict(..., both_scores=True)
+
+
+def choose_image_score(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """For ``image_score="auto"``: of the two rules' validation scores (``scores`` [N, 2], see
+    ``IMAGE_SCORE_RULES``), keep the one that separates the pseudo-anomalies from the normals
+    better: the higher image AUROC, then, on a tie (both often separate them fully), the
+    larger margin (anomalous scores' mean minus the normals', in normal standard deviations);
+    a full tie keeps the map's."""
     found = {}
-    for rule, flag in (("map", 0.0), ("student", 1.0)):
-        head.student_score.fill_(flag)
-        scores = predict(model, images, cfg, device)[1].astype(np.float64)
-        normal, anomalous = scores[labels == 0], scores[labels == 1]
+    for column, rule in enumerate(IMAGE_SCORE_RULES):
+        rule_scores = scores[:, column].astype(np.float64)
+        normal, anomalous = rule_scores[labels == 0], rule_scores[labels == 1]
         found[rule] = {
-            "i_auroc": round(float(auroc(labels, scores)), 4),
+            "i_auroc": round(float(auroc(labels, rule_scores)), 4),
             "margin": float((anomalous.mean() - normal.mean()) / max(normal.std(), 1e-12)),
         }
     chosen = max(found, key=lambda r: (found[r]["i_auroc"], found[r]["margin"]))
-    head.student_score.fill_(1.0 if chosen == "student" else 0.0)
     return {"chosen": chosen, "validation": found}
 
 
-def validate(model, val, cfg: PreprocessConfig, device) -> dict[str, Any]:
+def validate(model, val, cfg: PreprocessConfig, device) -> tuple[dict[str, Any], dict | None]:
+    """Validation metrics of the model as it will score, and, for a model that chooses its
+    image score, the choice (``choose_image_score``; the head's ``student_score`` flag, saved
+    with the weights, is set to it). One forward pass per image either way."""
     images, labels, masks = val
-    maps, scores = predict(model, images, cfg, device)
+    chooses = getattr(model.head, "choose_score", False)
+    maps, scores = predict(model, images, cfg, device, both_scores=chooses)
+    choice = None
+    if chooses:
+        choice = choose_image_score(labels, scores)
+        column = IMAGE_SCORE_RULES.index(choice["chosen"])
+        model.head.student_score.fill_(float(choice["chosen"] == "student"))
+        scores = scores[:, column]
     metrics = evaluate_all(labels, scores, masks, maps)
     metrics = {k: metrics[k] for k in ("i_auroc", "p_auroc", "pro_30") if k in metrics}
     metrics["score_stats"] = score_statistics(scores[labels == 0])
-    return metrics
+    return metrics, choice

@@ -25,7 +25,6 @@ from dmgrd_edge.model import DMGRD
 from .checkpoint import read_checkpoint, save_checkpoint
 from .loop import (
     as_tensor,
-    choose_image_score,
     load_images,
     make_validation_set,
     pick_device,
@@ -108,11 +107,10 @@ def rescore_checkpoint(
     synth = AnomalySynthesizer(cfg.height, cfg.width, tcfg.texture_dir, tcfg.synthesis)
     val = make_validation_set(images[val_idx], synth, tcfg.seed)
     means = model.calibrate_map_weights(as_tensor(val[0][val[1] == 0], cfg, dev))
-    choice = choose_image_score(model, val, cfg, dev)
+    metrics, choice = validate(model, val, cfg, dev)
     meta.pop("image_score_choice", None)
     if choice is not None:
         meta["image_score_choice"] = choice
-    metrics = validate(model, val, cfg, dev)
     meta.update(
         score_stats=metrics["score_stats"],
         rescored_from=str(checkpoint),

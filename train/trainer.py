@@ -37,7 +37,6 @@ from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .loop import (
     BatchSource,
     as_tensor,
-    choose_image_score,
     load_images,
     lr_at,
     make_validation_set,
@@ -300,10 +299,9 @@ class _Session:
                 "student": weights[0],
                 "memory": weights[1],
             }
-        choice = choose_image_score(model, val, self.cfg, self.device)
+        metrics, choice = validate(model, val, self.cfg, self.device)
         if choice is not None:
             self.metadata["image_score_choice"] = choice
-        metrics = validate(model, val, self.cfg, self.device)
         metrics.update(
             step=done,
             loss=loss,

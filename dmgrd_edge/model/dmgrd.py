@@ -109,16 +109,26 @@ class DMGRD(nn.Module):
     def outputs(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor] | None
     ) -> AnomalyOutput:
-        memory_map = None
-        if self.config.score_source != "student":
-            memory_map = self.patch_memory(
-                teacher, self.config.memory_score_levels, self.config.image_size
-            )
+        memory_map = self._memory_map(teacher) if self.config.score_source != "student" else None
         return AnomalyOutput(
             *self.head(
                 teacher, student if self.config.score_source != "memory" else None, memory_map
             )
         )
+
+    def _memory_map(self, teacher: list[torch.Tensor]) -> torch.Tensor:
+        return self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size)
+
+    def both_image_scores(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a model that chooses its image score (``image_score="auto"``): the anomaly map
+        and both rules' image scores (the map's, the student's share's) from one forward."""
+        if not self.head.choose_score:
+            raise ValueError("this model has a fixed image score; both_image_scores needs auto")
+        teacher = self.teacher(image)
+        student = self.decode(self.guide(teacher))
+        return self.head.both_scores(teacher, student, self._memory_map(teacher))
 
     def training_features(self, image: torch.Tensor) -> TrainingFeatures:
         teacher = self.teacher_features(image)
@@ -170,7 +180,7 @@ class DMGRD(nn.Module):
             teacher = self.teacher(normal)
             maps = (
                 self.head.distance_map(teacher, self.decode(self.guide(teacher))),
-                self.patch_memory(teacher, self.config.memory_score_levels, self.config.image_size),
+                self._memory_map(teacher),
             )
         finally:
             self.train(was_training)

@@ -106,6 +106,37 @@ class AnomalyMapHead(nn.Module):
     def blur(self, total: torch.Tensor) -> torch.Tensor:
         return self._blur_raw(total) * self.inv_norm if self.sigma > 0 else total
 
+    def shares(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], memory_map: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combined map, the student's blurred share of it). The blur is linear: blurring each
+        weighted share and adding them gives the combined map (up to rounding)."""
+        student_share = self.blur(self.distance_map(teacher, student) * self.map_weights[0])
+        return student_share + self.blur(memory_map * self.map_weights[1]), student_share
+
+    def student_share_score(self, student_share: torch.Tensor) -> torch.Tensor:
+        """The image score from the student's share, on the map's scale (each share weighs 0.5
+        on the validation normals, so the share doubled)."""
+        return self.score(student_share * 2.0)
+
+    def both_scores(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], memory_map: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(combined map, the map's image score, the student's share's image score): what a
+        model that chooses its rule weighs on validation, from one forward pass."""
+        anomaly_map, student_share = self.shares(teacher, student, memory_map)
+        return anomaly_map, self.score(anomaly_map), self.student_share_score(student_share)
+
+    def fix_image_score(self) -> str | None:
+        """Turn a stored choice into the fixed rule it names (the deployment rewrite): the
+        head then computes only that rule's score. Returns the rule, None without a choice."""
+        if not self.choose_score:
+            return None
+        chosen = "student" if float(self.student_score) > 0.5 else "map"
+        self.choose_score = False
+        self.score_from_student = chosen == "student"
+        return chosen
+
     def forward(
         self,
         teacher: list[torch.Tensor],
@@ -115,12 +146,8 @@ class AnomalyMapHead(nn.Module):
         """(anomaly_map, score); a module call so exported nodes sit under ``/head/``."""
         split = self.score_from_student or self.choose_score
         if split and student is not None and memory_map is not None:
-            # the blur is linear: blurring each weighted share and adding them gives the
-            # combined map (up to rounding); the score is the student's share on the map's
-            # scale (each share weighs 0.5 on the validation normals, so the share doubled)
-            student_share = self.blur(self.distance_map(teacher, student) * self.map_weights[0])
-            anomaly_map = student_share + self.blur(memory_map * self.map_weights[1])
-            from_student = self.score(student_share * 2.0)
+            anomaly_map, student_share = self.shares(teacher, student, memory_map)
+            from_student = self.student_share_score(student_share)
             if not self.choose_score:
                 return anomaly_map, from_student
             chosen = torch.where(self.student_score > 0.5, from_student, self.score(anomaly_map))
