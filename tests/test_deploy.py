@@ -57,10 +57,15 @@ def test_deployable_model_matches_the_trained_one(backbone, count):
     x = torch.randn(2, 3, 64, 64)
     model.fill_memory(x, x.flip(-1))
     deployed, rewrites = deployable(model)
-    assert rewrites == {"conv_transpose_to_pixel_shuffle": count, "conv_transpose_kept": 0}
+    assert rewrites == {
+        "conv_transpose_to_pixel_shuffle": count,
+        "conv_transpose_kept": 0,
+        "image_score_fixed": "map",  # the default chooses; a fresh model's flag is the map's
+    }
     assert any(
         isinstance(m, nn.ConvTranspose2d) for m in model.modules()
     )  # the original is untouched
+    assert model.head.choose_score and not deployed.head.choose_score
     with torch.no_grad():
         a, b = model(x), deployed(x)
     torch.testing.assert_close(b.anomaly_map, a.anomaly_map, rtol=1e-4, atol=1e-5)
