@@ -44,6 +44,7 @@ class HalfPrecisionDMGRD(torch.nn.Module):
     guide = DMGRD.guide
     outputs = DMGRD.outputs
     _fuse = DMGRD._fuse
+    _memory_map = DMGRD._memory_map
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
