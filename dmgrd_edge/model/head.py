@@ -132,10 +132,14 @@ class AnomalyMapHead(nn.Module):
         head then computes only that rule's score. Returns the rule, None without a choice."""
         if not self.choose_score:
             return None
-        chosen = "student" if float(self.student_score) > 0.5 else "map"
-        self.choose_score = False
-        self.score_from_student = chosen == "student"
-        return chosen
+        self.score_from_student, self.choose_score = self.reads_student(), False
+        return "student" if self.score_from_student else "map"
+
+    def reads_student(self) -> bool:
+        """Whether the image score is the student's share's: fixed so, or chosen so."""
+        return self.score_from_student or (
+            self.choose_score and float(self.student_score) > 0.5
+        )
 
     def forward(
         self,
@@ -147,11 +151,9 @@ class AnomalyMapHead(nn.Module):
         split = self.score_from_student or self.choose_score
         if split and student is not None and memory_map is not None:
             anomaly_map, student_share = self.shares(teacher, student, memory_map)
-            from_student = self.student_share_score(student_share)
-            if not self.choose_score:
-                return anomaly_map, from_student
-            chosen = torch.where(self.student_score > 0.5, from_student, self.score(anomaly_map))
-            return anomaly_map, chosen
+            if self.reads_student():
+                return anomaly_map, self.student_share_score(student_share)
+            return anomaly_map, self.score(anomaly_map)
         anomaly_map = self.anomaly_map(teacher, student, memory_map)
         return anomaly_map, self.score(anomaly_map)
 
