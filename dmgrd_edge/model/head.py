@@ -137,9 +137,7 @@ class AnomalyMapHead(nn.Module):
 
     def reads_student(self) -> bool:
         """Whether the image score is the student's share's: fixed so, or chosen so."""
-        return self.score_from_student or (
-            self.choose_score and float(self.student_score) > 0.5
-        )
+        return self.score_from_student or (self.choose_score and float(self.student_score) > 0.5)
 
     def forward(
         self,
