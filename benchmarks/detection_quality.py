@@ -72,6 +72,11 @@ ROWS = [
     ("RD + memory score, K = 8192 patches", "rd", ("combined", "mean", 8192, "map")),
     ("RD + memory map, student image score", "rd", ("combined", "mean", None, "student")),
     ("RD + memory map, auto image score", "rd", ("combined", "mean", None, "auto")),
+    (
+        "RD + memory map (std scale), student image score",
+        "rd",
+        ("combined", "std", None, "student"),
+    ),
 ]
 DEFAULT_ROW = "RD + memory map, auto image score"
 # the default before the auto image score: its INT8 bundles are in WORK/bundles<steps>-default

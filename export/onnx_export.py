@@ -169,7 +169,7 @@ def check_parity(
     from dmgrd_edge.runtime.onnx_backend import OnnxBackend
 
     backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"])
-    rel, absolute = 0.0, 0.0
+    rel, absolute, peak = 0.0, 0.0, 1.0
     step = batch.max if batch.dynamic else batch.min
     for i in range(0, len(images), step):
         chunk = images[i : i + step]
@@ -191,12 +191,15 @@ def check_parity(
             rel, float(np.max(np.abs(ort_score - ref_score) / np.maximum(np.abs(ref_score), 1.0)))
         )
         absolute = max(absolute, float(np.max(np.abs(ort_map - ref_map))))
+        peak = max(peak, float(np.max(np.abs(ref_map))))
     parity = Parity(rel, absolute, len(images))
-    if rel > score_rtol or absolute > map_atol:
+    # the map's limit scales with its peak above 1: a map on a larger scale (the combined
+    # map divided by its shares' standard deviations) carries a larger rounding error
+    if rel > score_rtol or absolute > map_atol * peak:
         raise ExportError(
             f"ONNX output differs from PyTorch: score rel. error {rel:.2e} (limit "
             f"{score_rtol:.0e}), "
-            f"map abs. error {absolute:.2e} (limit {map_atol:.0e})",
+            f"map abs. error {absolute:.2e} (limit {map_atol:.0e} x the map's peak {peak:.3g})",
             "this is a bug in the export; please report it with the checkpoint",
         )
     return parity

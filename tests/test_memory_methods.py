@@ -542,3 +542,36 @@ def _head_reads_student(config: ModelConfig) -> bool:
         config.image_score == "student",
     )
     return head.score_from_student
+
+
+def test_parity_check_refuses_a_map_off_by_more_than_its_limit_at_the_maps_peak(
+    combined_ckpt, tmp_path
+):
+    from dmgrd_edge.export.onnx_export import ExportError, check_parity
+    from dmgrd_edge.model.dmgrd import AnomalyOutput
+    from dmgrd_edge.options import BatchProfile
+    from dmgrd_edge.train.checkpoint import load_model
+
+    bundle = tmp_path / "bundle"
+    _export(combined_ckpt, bundle)
+    model, _ = load_model(combined_ckpt)
+    model.eval()
+    images = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        peak = max(1.0, float(model(torch.from_numpy(images)).anomaly_map.abs().max()))
+
+    class Shifted(torch.nn.Module):  # PyTorch's map moved by a constant
+        def __init__(self, by):
+            super().__init__()
+            self.by = by
+
+        def forward(self, x):
+            out = model(x)
+            return AnomalyOutput(out.anomaly_map + self.by, out.score)
+
+    batch, onnx_path = BatchProfile(2, 2, 2), bundle / "model.onnx"
+    limit = 1e-2 * peak
+    parity = check_parity(Shifted(0.8 * limit), onnx_path, images, batch, 1e-3, 1e-2)
+    assert 0.7 * limit < parity.map_max_abs_err < 0.9 * limit
+    with pytest.raises(ExportError, match="map abs. error"):
+        check_parity(Shifted(1.2 * limit), onnx_path, images, batch, 1e-3, 1e-2)
