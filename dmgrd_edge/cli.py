@@ -1141,6 +1141,11 @@ def sweep(
     workers: str = field_option(
         SweepConfig, "workers", help="bench: calls in flight for throughput"
     ),
+    image_score: str = field_option(
+        SweepConfig,
+        "image_score",
+        help="image score of the models whose map is combined: map, student or auto",
+    ),
     threads: int = field_option(
         SweepConfig, "threads", help="torch and ONNX Runtime threads (0: default)"
     ),
@@ -1186,6 +1191,7 @@ def sweep(
         bench_batches=split_list("--bench-batches", bench_batches, int),
         bench_runs=runs,
         workers=workers,
+        image_score=image_score,
         threads=threads,
         device=device,
         metric=metric,

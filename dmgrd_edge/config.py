@@ -125,16 +125,17 @@ class ModelConfig:
     score_source: str = "combined"
     patch_bank_size: int = 2048  # rows per level of the patch memory
     memory_score_levels: tuple[int, ...] = (1, 2)  # teacher levels the memory's map uses
-    # combined score: each map is divided by this statistic of its values on validation normals
-    map_scale: str = "mean"
+    # combined score: each map is divided by this statistic of its values on validation
+    # normals; the standard deviation is the default (docs/METHOD.md, "The default")
+    map_scale: str = "std"
     # how the memory-guided features are fused: MSFF (the paper) or a 1x1 projection (ablation)
     fusion: str = "msff"
     # the image score, where the map is combined: from the map ("map"), from the student's
-    # share alone ("student"; regions are still drawn from the combined map), or the one of
-    # the two that separates the validation pseudo-anomalies better ("auto", the default:
-    # docs/METHOD.md, docs/BENCHMARKS.md "Detection quality"); a map that is not combined is
-    # its own score
-    image_score: str = "auto"
+    # share alone ("student", the default: regions are still drawn from the combined map;
+    # docs/METHOD.md, docs/BENCHMARKS.md "Detection quality"), or the one of the two that
+    # separates the validation pseudo-anomalies better ("auto"); a map that is not combined
+    # is its own score
+    image_score: str = "student"
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:

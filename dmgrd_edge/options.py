@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import checks
-from .config import ModelConfig, SynthesisConfig, TrainConfig
+from .config import IMAGE_SCORES, ModelConfig, SynthesisConfig, TrainConfig
 from .errors import ConfigError, choose
 
 # -- data ------------------------------------------------------------------------------------
@@ -168,6 +168,7 @@ class DemoSettings:
     out: str = "dmgrd-demo"
     threads: int = 0
     overwrite: bool = False
+
 
 # -- export ----------------------------------------------------------------------------------
 
@@ -406,6 +407,7 @@ SETTING_FIELDS = (
     "prune_steps",
     "prune_lr",
     "memory_size",
+    "image_score",
     "seed",
     "calib_count",
     "guard_count",
@@ -434,6 +436,8 @@ class SweepConfig:
     prune_steps: int = 100
     prune_lr: float = PruneFinetune.lr
     memory_size: int = ModelConfig.memory_size
+    # the image score of every variant whose map is combined (the default model's)
+    image_score: str = ModelConfig.image_score
     seed: int = TrainConfig.seed
     calib_count: int = 100
     guard_count: int = 40
@@ -453,6 +457,7 @@ class SweepConfig:
 
         choose("dataset", self.dataset, LAYOUTS)
         choose("metric", self.metric, tuple(METRICS))
+        choose("image score", self.image_score, IMAGE_SCORES)
         for name, values in (
             ("--backbones", self.backbones),
             ("--models", self.models),

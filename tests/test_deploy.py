@@ -51,7 +51,8 @@ def test_pixel_shuffle_up_equals_conv_transpose(with_bn, bias, act):
 def test_deployable_model_matches_the_trained_one(backbone, count):
     torch.manual_seed(0)
     model = DMGRD(
-        ModelConfig(backbone=backbone, image_size=64, memory_size=2), pretrained=False
+        ModelConfig(backbone=backbone, image_size=64, memory_size=2, image_score="auto"),
+        pretrained=False,
     ).eval()
     _randomise_batchnorm(model.student)
     x = torch.randn(2, 3, 64, 64)
@@ -60,7 +61,7 @@ def test_deployable_model_matches_the_trained_one(backbone, count):
     assert rewrites == {
         "conv_transpose_to_pixel_shuffle": count,
         "conv_transpose_kept": 0,
-        "image_score_fixed": "map",  # the default chooses; a fresh model's flag is the map's
+        "image_score_fixed": "map",  # auto chooses; a fresh model's flag is the map's
     }
     assert any(
         isinstance(m, nn.ConvTranspose2d) for m in model.modules()

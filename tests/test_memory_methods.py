@@ -295,10 +295,11 @@ def test_map_scale_sets_the_combined_weights_from_that_statistic(combined_ckpt, 
     from dmgrd_edge.train.checkpoint import load_model
     from dmgrd_edge.train.rescore import rescore_checkpoint
 
-    out = tmp_path / "std.pt"
+    out, mean = tmp_path / "std.pt", tmp_path / "mean.pt"
     summary = rescore_checkpoint(combined_ckpt, out, "combined", map_scale="std", device="cpu")
+    rescore_checkpoint(combined_ckpt, mean, "combined", map_scale="mean", device="cpu")
     model, payload = load_model(out)
-    mean_model, mean_payload = load_model(combined_ckpt)
+    mean_model, mean_payload = load_model(mean)
     assert model.config.map_scale == "std" and mean_model.config.map_scale == "mean"
     stds = summary["map_stats"]
     expected = torch.tensor([0.5 / stds["student"], 0.5 / stds["memory"]])
@@ -491,13 +492,14 @@ def test_auto_image_score_keeps_the_rule_that_separates_validation_better(combin
 
 
 def test_student_image_score_applies_to_combined_maps_and_old_checkpoints_keep_the_map():
-    assert ModelConfig().image_score == "auto"
+    assert ModelConfig().image_score == "student" and ModelConfig().map_scale == "std"
     # a map that is not combined is the only one there is: the student rule changes nothing
     student = {"image_score": "student"}
     assert not _head_reads_student(ModelConfig(method="knn", score_source="memory", **student))
     assert not _head_reads_student(ModelConfig(use_memory=False, score_source="student", **student))
-    assert _head_reads_student(ModelConfig(image_score="student"))
-    assert not _head_reads_student(ModelConfig())
+    assert _head_reads_student(ModelConfig())  # the default: the student's share
+    assert not _head_reads_student(ModelConfig(image_score="map"))
+    assert not _head_reads_student(ModelConfig(image_score="auto"))
     with pytest.raises(ConfigError, match="unknown image score"):
         ModelConfig(image_score="max")
     assert ModelConfig.from_dict({"backbone": "efficientnet_lite0"}).image_score == "map"

@@ -66,6 +66,7 @@ def test_plan_orders_the_matrix_and_leaves_out_pruned_knn(tmp_path):
         ({"image_size": 100}, "multiple of 32"),
         ({"bench_batches": (1, 16)}, "--bench-batches"),
         ({"workers": "many"}, "--workers"),
+        ({"image_score": "max"}, "unknown image score 'max'"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(tmp_path, changes, needle):
@@ -92,6 +93,8 @@ def test_a_folder_of_other_settings_or_no_sweep_is_refused(tmp_path):
     check_sweep_folder(Paths(out), tiny(tmp_path, out, steps=5, ratios=(0.0, 0.5)))  # matrix grows
     with pytest.raises(ConfigError, match="steps: 5 there, 7 now"):
         check_sweep_folder(Paths(out), tiny(tmp_path, out, steps=7))
+    with pytest.raises(ConfigError, match="image_score: 'student' there, 'auto' now"):
+        check_sweep_folder(Paths(out), tiny(tmp_path, out, steps=5, image_score="auto"))
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -253,6 +253,7 @@ class Sweep:
             backbone=v.backbone,
             image_size=c.image_size,
             memory_size=c.memory_size,
+            image_score=c.image_score,
             **SWEEP_MODELS[v.model][0],
         )
         steps = c.steps
