@@ -78,7 +78,7 @@ ROWS = [
         ("combined", "std", None, "student"),
     ),
 ]
-DEFAULT_ROW = "RD + memory map, auto image score"
+DEFAULT_ROW = "RD + memory map (std scale), student image score"
 # the default before the auto image score: its INT8 bundles are in WORK/bundles<steps>-default
 DEFAULT_ROW_BEFORE = "RD + memory score"
 
@@ -106,6 +106,13 @@ def machine() -> dict:
     }
 
 
+def run_root(work: Path, steps: int, seed: int) -> Path:
+    """The folder of one steps-and-seed's runs; the default seed keeps the earlier name."""
+    from dmgrd_edge.config import TrainConfig
+
+    return work / (f"r{steps}" if seed == TrainConfig().seed else f"r{steps}-seed{seed}")
+
+
 def train_run(
     key: str,
     dataset_root: Path,
@@ -114,13 +121,14 @@ def train_run(
     work: Path,
     threads: int,
     console: Console,
+    seed: int,
 ) -> tuple[Path, dict]:
     from dmgrd_edge.options import TrainJob
     from dmgrd_edge.train.trainer import train_category
 
     from dmgrd_edge.config import TrainConfig, model_config_from_options
 
-    out = work / f"r{steps}" / key / category
+    out = run_root(work, steps, seed) / key / category
     summary_path = out / "train_summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -129,7 +137,7 @@ def train_run(
     model_options, train_options = TRAINED[key]
     model_cfg = model_config_from_options(**model_options)
     train_cfg = TrainConfig(
-        steps=steps, warmup_steps=min(100, steps), threads=threads, **train_options
+        steps=steps, warmup_steps=min(100, steps), threads=threads, seed=seed, **train_options
     )
     job = TrainJob(
         dataset="mvtec",
@@ -224,6 +232,12 @@ def main() -> None:
     parser.add_argument("--line-categories", default="")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed (default: the trainer's); other seeds train in WORK/r<steps>-seed<N>",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per training (0: default)"
     )
     parser.add_argument(
@@ -256,6 +270,10 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "benchmarks/results/detection_quality.json"
     )
     args = parser.parse_args()
+    if args.seed is None:
+        from dmgrd_edge.config import TrainConfig
+
+        args.seed = TrainConfig().seed
     console = Console(stderr=True)
     started = time.perf_counter()
 
@@ -282,12 +300,12 @@ def main() -> None:
     for kind, root, category in sets:
         trained = {}
         for key in runs:
-            run_dir = args.work / f"r{args.steps}" / key / category
+            run_dir = run_root(args.work, args.steps, args.seed) / key / category
             if args.finished_only and not (run_dir / "train_summary.json").is_file():
                 continue
             console.print(f"[bold]{kind}/{category}: {key} ({args.steps} steps)[/]")
             trained[key] = train_run(
-                key, root, category, args.steps, args.work, args.threads, console
+                key, root, category, args.steps, args.work, args.threads, console, args.seed
             )
         for name, key, rescore in ROWS:
             if key not in trained:
@@ -314,6 +332,7 @@ def main() -> None:
                 "category": category,
                 "variant": name,
                 "steps": args.steps,
+                "seed": args.seed,
                 "train_seconds": train_seconds(summary, args.steps),
                 **evaluate(checkpoint, console),
                 **({"image_score_chosen": chosen} if chosen else {}),
@@ -326,13 +345,15 @@ def main() -> None:
     int8 = {}
     int8_run, int8_rescore = next((key, r) for name, key, r in ROWS if name == args.int8_row)
     suffix = rescore_suffix(int8_rescore) if int8_rescore else "trained"
+    # WORK/bundles<steps>[-seed<N>]-<row>
+    bundles = args.work / run_root(args.work, args.steps, args.seed).name.replace("r", "bundles", 1)
     for category in [c for c in args.int8.split(",") if c]:
         # the row's checkpoint (rescored above); the default row's bundles keep their name
-        run = args.work / f"r{args.steps}" / int8_run / category
+        run = run_root(args.work, args.steps, args.seed) / int8_run / category
         checkpoint = run / (f"rescored-{suffix}.pt" if int8_rescore else "last.pt")
         folder = "default" if args.int8_row == DEFAULT_ROW_BEFORE else suffix
         int8[category] = int8_accuracy(
-            checkpoint, args.work / f"bundles{args.steps}-{folder}" / category, console
+            checkpoint, bundles.parent / f"{bundles.name}-{folder}" / category, console
         )
     results += merged_rows(args.merge, args.steps, {(r["set"], r["category"]) for r in results})
     table = summarise(results)
